@@ -1,0 +1,263 @@
+"""weaver data config (YAML or exported ``preprocess.json``) -> one typed :class:`DataConfig`.
+
+This one object travels from features to padding to the model's input names; nothing re-derives feature
+lists or their order elsewhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ._errors import JetTaggerError
+from .expressions import Expression
+
+PAD_MODES = ("constant", "wrap")
+
+
+@dataclasses.dataclass(frozen=True)
+class VarSpec:
+    """One input variable: ``clip((x - center) * scale, clip_min, clip_max)`` unless ``center`` is None."""
+
+    name: str
+    center: float | None | str = None  # "auto" until resolved
+    scale: float = 1.0
+    clip_min: float = -5.0
+    clip_max: float = 5.0
+    pad_value: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class InputGroup:
+    name: str
+    length: int | None
+    pad_mode: str
+    vars: tuple[VarSpec, ...]
+
+    @property
+    def var_names(self) -> tuple[str, ...]:
+        return tuple(v.name for v in self.vars)
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """A parsed weaver data config."""
+
+    inputs: dict[str, InputGroup]
+    new_variables: dict[str, Expression] = dataclasses.field(default_factory=dict)
+    selection: Expression | None = None
+    label_type: str = "simple"
+    label_value: list[str] | dict[str, Expression] = dataclasses.field(default_factory=list)
+    observers: tuple[str, ...] = ()
+    preprocess_method: str = "manual"
+    data_fraction: float = 0.1
+    source: str = "<dict>"
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    # -- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, opts: Mapping[str, Any], source: str = "<dict>") -> DataConfig:
+        opts = copy.deepcopy(dict(opts))
+        pre = opts.get("preprocess") or {}
+        method = str(pre.get("method", "manual")).lower()
+        auto = method.startswith("auto")
+        params = pre.get("params") or {}
+        new_vars = {
+            str(k): Expression(v, where=f"{source}: new_variables.{k}")
+            for k, v in (opts.get("new_variables") or {}).items()
+            if str(k) != str(v)
+        }
+        if not opts.get("inputs"):
+            raise JetTaggerError(f"{source}: no `inputs` section")
+        groups = {}
+        for gname, g in opts["inputs"].items():
+            if not isinstance(g, Mapping) or "vars" not in g:
+                raise JetTaggerError(f"{source}: input group {gname!r} has no `vars`")
+            pad_mode = str(g.get("pad_mode", "constant")).lower()
+            if pad_mode not in PAD_MODES:
+                raise JetTaggerError(f"{source}: input group {gname!r}: unknown pad_mode {pad_mode!r}")
+            if gname.endswith("_mask") and pad_mode != "constant":
+                raise JetTaggerError(f"{source}: mask input {gname!r} must use pad_mode: constant")
+            length = g.get("length")
+            if length is not None and (not isinstance(length, int) or length <= 0):
+                raise JetTaggerError(f"{source}: input group {gname!r}: length must be a positive int")
+            vs = []
+            for v in g["vars"]:
+                v = list(v) if isinstance(v, (list, tuple)) else [v]
+                name = str(v[0])
+                if name in params:  # a resolved (auto) config carries explicit params
+                    p = params[name]
+                    vs.append(VarSpec(name, p.get("center"), float(p.get("scale", 1)), float(p.get("min", -5)),
+                                      float(p.get("max", 5)), float(p.get("pad_value", 0))))
+                    continue
+
+                def get(i, default, v=v):
+                    return v[i] if len(v) > i else default
+
+                center = get(1, "auto" if auto else None)
+                if center is not None and center != "auto":
+                    center = float(center)
+                vs.append(VarSpec(name, center, float(get(2, 1)), float(get(3, -5)), float(get(4, 5)),
+                                  float(get(5, 0))))
+            groups[str(gname)] = InputGroup(str(gname), length, pad_mode, tuple(vs))
+        labels = opts.get("labels") or {}
+        ltype = str(labels.get("type", "simple"))
+        lvalue: list[str] | dict[str, Expression]
+        if ltype == "simple":
+            lvalue = [str(x) for x in labels.get("value") or []]
+        elif ltype == "custom":
+            lvalue = {str(k): Expression(v, where=f"{source}: labels.{k}") for k, v in labels["value"].items()}
+        else:
+            raise JetTaggerError(f"{source}: unknown labels type {ltype!r} (simple or custom)")
+        sel = opts.get("selection")
+        observers = tuple(opts.get("observers") or ()) or tuple(opts.get("monitor_variables") or ())
+        return cls(
+            inputs=groups,
+            new_variables=new_vars,
+            selection=Expression(sel, where=f"{source}: selection") if sel else None,
+            label_type=ltype,
+            label_value=lvalue,
+            observers=observers,
+            preprocess_method=method,
+            data_fraction=float(pre.get("data_fraction", 0.1)),
+            source=source,
+            raw=opts,
+        )
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> DataConfig:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise JetTaggerError(f"cannot read data config {path}: {err.strerror}") from None
+        try:
+            opts = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise JetTaggerError(f"{path}: invalid YAML: {err}") from None
+        if not isinstance(opts, Mapping):
+            raise JetTaggerError(f"{path}: a data config must be a mapping")
+        return cls.from_dict(opts, source=str(path))
+
+    @classmethod
+    def from_preprocess_json(cls, path: str | Path, base: DataConfig | None = None) -> DataConfig:
+        """weaver's exported ``preprocess.json``. It carries neither ``pad_mode`` nor ``new_variables``:
+        they come from ``base`` (the training YAML) when given, else from the built-in JetClass formulas
+        with ``pad_mode: constant`` (only the mask matters for a correctly masked network)."""
+        path = Path(path)
+        try:
+            j = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise JetTaggerError(f"cannot read preprocess.json {path}: {err}") from None
+        try:
+            inputs = {}
+            for gname in j["input_names"]:
+                g = j[gname]
+                vars_ = []
+                for vname in g["var_names"]:
+                    info = g["var_infos"][vname]
+                    lo, hi = float(info["lower_bound"]), float(info["upper_bound"])
+                    identity = lo <= -1e31 and hi >= 1e31 and float(info["norm_factor"]) == 1.0
+                    vars_.append([vname, None if identity else float(info["median"]), float(info["norm_factor"]),
+                                  lo, hi, float(info.get("pad", 0))])
+                pad_mode = base.inputs[gname].pad_mode if base and gname in base.inputs else "constant"
+                inputs[gname] = {"length": int(g["var_length"]), "pad_mode": pad_mode, "vars": vars_}
+            output_names = list(j["output_names"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise JetTaggerError(f"{path}: malformed preprocess.json ({type(err).__name__}: {err})") from None
+        if base is not None:
+            new_vars = {k: e.source for k, e in base.new_variables.items()}
+            observers = list(base.observers)
+        else:
+            from .sources import JETCLASS_NEW_VARIABLES
+
+            new_vars = dict(JETCLASS_NEW_VARIABLES)
+            observers = []
+        opts = {"inputs": inputs, "new_variables": new_vars, "observers": observers,
+                "labels": {"type": "simple", "value": output_names}}
+        return cls.from_dict(opts, source=str(path))
+
+    # -- queries --------------------------------------------------------------------------------------
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(self.inputs)
+
+    @property
+    def class_names(self) -> list[str]:
+        if self.label_type == "simple":
+            return [n.removeprefix("label_") for n in self.label_value]
+        return list(self.label_value)
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, int, int | None]]:
+        return {k: (-1, len(g.vars), g.length) for k, g in self.inputs.items()}
+
+    @property
+    def max_length(self) -> int | None:
+        lengths = [g.length for g in self.inputs.values() if g.length is not None]
+        return max(lengths) if lengths else None
+
+    @property
+    def needs_auto(self) -> bool:
+        return any(v.center == "auto" for g in self.inputs.values() for v in g.vars)
+
+    def resolve_auto(self, table: Mapping[str, Any]) -> DataConfig:
+        """weaver's ``preprocess: auto``: centre = median, scale = 1 / max(p84 - median, median - p16)."""
+        import awkward as ak
+        import numpy as np
+
+        params = {}
+        for g in self.inputs.values():
+            for v in g.vars:
+                if v.center == "auto":
+                    if v.name.endswith("_mask"):
+                        center, scale = None, 1.0
+                    else:
+                        a = np.nan_to_num(ak.to_numpy(ak.flatten(table[v.name], axis=None)))
+                        low, center, high = np.percentile(a, [16, 50, 84])
+                        width = max(high - center, center - low)
+                        scale = 1.0 if width == 0 else 1.0 / width
+                        center = float(center)
+                else:
+                    center, scale = v.center, v.scale
+                params[v.name] = {"length": g.length, "pad_mode": g.pad_mode, "center": center,
+                                  "scale": float(scale), "min": v.clip_min, "max": v.clip_max,
+                                  "pad_value": v.pad_value}
+        opts = copy.deepcopy(self.raw)
+        opts.setdefault("preprocess", {})
+        opts["preprocess"]["method"] = "manual"
+        opts["preprocess"]["params"] = params
+        return DataConfig.from_dict(opts, source=self.source)
+
+    # -- output ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        opts = copy.deepcopy(self.raw)
+        opts["inputs"] = {
+            g.name: {"length": g.length, "pad_mode": g.pad_mode,
+                     "vars": [[v.name, v.center, v.scale, v.clip_min, v.clip_max, v.pad_value] for v in g.vars]}
+            for g in self.inputs.values()
+        }
+        opts.setdefault("preprocess", {})["method"] = "manual"
+        opts["preprocess"].pop("params", None)
+        return opts
+
+    def dump_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def preprocess_json(self) -> dict[str, Any]:
+        """The ``preprocess.json`` weaver writes next to an exported ONNX model."""
+        j: dict[str, Any] = {"output_names": list(self.label_value) if self.label_type == "simple" else
+                             list(self.label_value), "input_names": list(self.input_names)}
+        for g in self.inputs.values():
+            j[g.name] = {"var_names": list(g.var_names), "var_length": g.length, "var_infos": {
+                v.name: {"median": 0 if v.center is None else v.center, "norm_factor": v.scale,
+                         "replace_inf_value": 0, "lower_bound": -1e32 if v.center is None else v.clip_min,
+                         "upper_bound": 1e32 if v.center is None else v.clip_max, "pad": v.pad_value}
+                for v in g.vars}}
+        return j

@@ -1,0 +1,139 @@
+"""Pythia 8 events -> visible final-state particles and the truth resonances with their decay quarks."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator
+
+import awkward as ak
+import numpy as np
+
+from .settings import PROCESSES, GenerationSettings
+
+NEUTRINOS = (12, 14, 16)
+
+
+@dataclasses.dataclass
+class Event:
+    """One event: visible final-state particles (GeV, mm) and truth resonances."""
+
+    p4: np.ndarray  # (n, 4) px, py, pz, E
+    mass: np.ndarray
+    pdg: np.ndarray
+    charge: np.ndarray
+    vertex: np.ndarray  # (n, 3) production vertex in mm
+    truth: list[tuple[np.ndarray, np.ndarray]]  # (resonance p4, decay-quark p4s (k, 4))
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Pythia prints banners on init through C++ stdout; keep the progress bar readable."""
+    fd = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        os.dup2(fd, 1)
+        os.close(fd)
+
+
+def _daughters(d1: int, d2: int) -> list[int]:
+    if d1 > 0 and d2 >= d1:
+        return list(range(d1, d2 + 1))
+    if d1 > 0 and d2 == 0:
+        return [d1]
+    if d1 > 0 and 0 < d2 < d1:
+        return [d1, d2]
+    return []
+
+
+def _last_copy(i: int, pid: np.ndarray, d1: np.ndarray, d2: np.ndarray) -> int:
+    while True:
+        same = [d for d in _daughters(int(d1[i]), int(d2[i])) if pid[d] == pid[i]]
+        if not same:
+            return i
+        i = same[0]
+
+
+def _decay_quarks(i: int, pid, d1, d2, p4) -> list[np.ndarray]:
+    """Decay quarks of resonance i (for top: the b and the W's quarks)."""
+    out = []
+    for d in _daughters(int(d1[i]), int(d2[i])):
+        a = abs(int(pid[d]))
+        if 1 <= a <= 5:
+            out.append(p4[d])
+        elif a == 24:
+            w = _last_copy(d, pid, d1, d2)
+            out.extend(p4[q] for q in _daughters(int(d1[w]), int(d2[w])) if 1 <= abs(int(pid[q])) <= 5)
+    return out
+
+
+def _truth(resonance: int | None, pid, d1, d2, p4) -> list[tuple[np.ndarray, np.ndarray]]:
+    if resonance is None:
+        return []
+    out = []
+    for i in np.nonzero(np.abs(pid) == resonance)[0]:
+        if _last_copy(int(i), pid, d1, d2) != i:
+            continue
+        quarks = _decay_quarks(int(i), pid, d1, d2, p4)
+        if quarks:
+            out.append((p4[i], np.asarray(quarks)))
+    return out
+
+
+class EventSource:
+    """A seeded Pythia instance that yields :class:`Event` objects in batches."""
+
+    def __init__(self, settings: GenerationSettings, seed: int, batch: int = 50) -> None:
+        import pythia8mc
+
+        with _quiet_stdout():
+            self.pythia = pythia8mc.Pythia("", False)
+            for line in settings.pythia_settings(seed):
+                if not self.pythia.readString(line):
+                    raise RuntimeError(f"Pythia rejected setting {line!r}")
+            if not self.pythia.init():
+                raise RuntimeError(f"Pythia failed to initialise process {settings.process!r}")
+        self.resonance = PROCESSES[settings.process]["resonance"]
+        self.batch = batch
+        self._charge: dict[int, float] = {}
+
+    def _charges(self, pdg: np.ndarray) -> np.ndarray:
+        for p in np.unique(pdg):
+            if int(p) not in self._charge:
+                self._charge[int(p)] = float(self.pythia.particleData.charge(int(p)))
+        lut = self._charge
+        return np.fromiter((lut[int(p)] for p in pdg), dtype=np.float64, count=len(pdg))
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            with _quiet_stdout():
+                batch = self.pythia.nextBatch(self.batch)
+            prt = batch["prt"]
+            counts = ak.to_numpy(ak.num(prt))
+            flat = ak.flatten(prt)
+            pid = ak.to_numpy(flat["id"])
+            status = ak.to_numpy(flat["status"])
+            d1 = ak.to_numpy(flat["daughter1"])
+            d2 = ak.to_numpy(flat["daughter2"])
+            p = flat["p"]
+            p4 = np.stack([ak.to_numpy(p[c]) for c in ("px", "py", "pz", "e")], axis=1)
+            mass = ak.to_numpy(flat["m"])
+            vprod = ak.fill_none(flat["vProd"], {"px": 0.0, "py": 0.0, "pz": 0.0, "e": 0.0})
+            vtx = np.stack([ak.to_numpy(vprod[c]) for c in ("px", "py", "pz")], axis=1)
+            offsets = np.concatenate([[0], np.cumsum(counts)])
+            for k in range(len(counts)):
+                s = slice(offsets[k], offsets[k + 1])
+                e_pid, e_status = pid[s], status[s]
+                final = (e_status > 0) & ~np.isin(np.abs(e_pid), NEUTRINOS)
+                yield Event(
+                    p4=p4[s][final],
+                    mass=mass[s][final],
+                    pdg=e_pid[final],
+                    charge=self._charges(e_pid[final]),
+                    vertex=vtx[s][final],
+                    truth=_truth(self.resonance, e_pid, d1[s], d2[s], p4[s]),
+                )

@@ -1,0 +1,127 @@
+"""Write generated jets as ROOT TTrees: a PFNano-like ``Events`` tree and a JetClass-layout ``tree``.
+
+Both are made from the same :class:`~.jets.Jet` objects, so the two files describe the same jets.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+
+from .jets import Jet, delta_phi, pt_eta_phi
+from .settings import JETCLASS_LABELS
+
+#: Deterministic file UUIDs, so that the same seed gives the same bytes.
+_FIXED_UUID = uuid.UUID(int=0x6A657474616767657200000000000000)
+
+
+def _recreate(path: Path):
+    import uproot
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return uproot.recreate(path, uuid_function=lambda: _FIXED_UUID, compression=uproot.LZMA(6))
+
+
+def _write_tree(path: Path, name: str, data: dict) -> None:
+    with _recreate(path) as f:
+        tree = f.mktree(name, {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in data.items()})
+        tree.extend(data)
+
+
+def _masses(p4: np.ndarray) -> np.ndarray:
+    m2 = p4[..., 3] ** 2 - (p4[..., :3] ** 2).sum(axis=-1)
+    return np.sqrt(np.maximum(m2, 0.0))
+
+
+def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet]]]) -> None:
+    """PFNano-like ``Events``: FatJet, FatJetPFCands (jet by jet) and PFCands (the jets' constituents)."""
+    fj: dict[str, list] = {k: [] for k in ("pt", "eta", "phi", "mass", "msoftdrop", "nConstituents",
+                                           "tau1", "tau2", "tau3", "tau4", "truthLabel")}
+    link: dict[str, list] = {"jetIdx": [], "pFCandsIdx": []}
+    pf: dict[str, list] = {k: [] for k in ("pt", "eta", "phi", "mass", "pdgId", "charge",
+                                           "d0", "d0Err", "dz", "dzErr")}
+    for _, _, jets in events:
+        ev_fj = {k: [] for k in fj}
+        ev_link = {k: [] for k in link}
+        ev_pf = {k: [] for k in pf}
+        offset = 0
+        for ij, jet in enumerate(jets):
+            pt, eta, phi = pt_eta_phi(jet.p4)
+            for k, v in zip(("pt", "eta", "phi", "mass", "msoftdrop"), (pt, eta, phi, _masses(jet.p4), jet.msoftdrop)):
+                ev_fj[k].append(float(v))
+            for n in range(4):
+                ev_fj[f"tau{n + 1}"].append(float(jet.tau[n]))
+            n = len(jet.c_p4)
+            ev_fj["nConstituents"].append(n)
+            ev_fj["truthLabel"].append(JETCLASS_LABELS.index(jet.label))
+            ev_link["jetIdx"].extend([ij] * n)
+            ev_link["pFCandsIdx"].extend(range(offset, offset + n))
+            offset += n
+            cpt, ceta, cphi = pt_eta_phi(jet.c_p4)
+            ev_pf["pt"].append(cpt)
+            ev_pf["eta"].append(ceta)
+            ev_pf["phi"].append(cphi)
+            ev_pf["mass"].append(jet.c_mass)
+            ev_pf["pdgId"].append(jet.c_pdg)
+            ev_pf["charge"].append(jet.c_charge)
+            for k, v in (("d0", jet.c_d0), ("d0Err", jet.c_d0err), ("dz", jet.c_dz), ("dzErr", jet.c_dzerr)):
+                ev_pf[k].append(v)
+        for k in fj:
+            fj[k].append(ev_fj[k])
+        for k in link:
+            link[k].append(ev_link[k])
+        for k in pf:
+            pf[k].append(np.concatenate(ev_pf[k]) if ev_pf[k] else np.zeros(0))
+
+    int_fields = {"nConstituents", "truthLabel", "jetIdx", "pFCandsIdx", "pdgId", "charge"}
+
+    def jag(d):
+        return ak.zip(
+            {k: ak.values_astype(ak.Array(v), np.int32 if k in int_fields else np.float32) for k, v in d.items()}
+        )
+
+    data = {
+        "run": np.ones(len(events), dtype=np.uint32),
+        "luminosityBlock": np.array([b + 1 for _, b, _ in events], dtype=np.uint32),
+        "event": np.array([e for e, _, _ in events], dtype=np.uint64),
+        "FatJet": jag(fj),
+        "FatJetPFCands": jag(link),
+        "PFCands": jag(pf),
+    }
+    _write_tree(path, "Events", data)
+
+
+def write_jetclass(path: Path, events: list[tuple[int, int, list[Jet]]]) -> None:
+    """JetClass layout: one jet per entry, particles pT-descending, all ten one-hot label branches."""
+    jets = [j for _, _, js in events for j in js]
+    part: dict[str, list] = {k: [] for k in (
+        "px", "py", "pz", "energy", "deta", "dphi", "charge", "isChargedHadron", "isNeutralHadron",
+        "isPhoton", "isElectron", "isMuon", "d0val", "d0err", "dzval", "dzerr")}
+    jet_cols: dict[str, list] = {k: [] for k in (
+        "pt", "eta", "phi", "energy", "nparticles", "sdmass", "tau1", "tau2", "tau3", "tau4")}
+    for jet in jets:
+        jpt, jeta, jphi = pt_eta_phi(jet.p4)
+        _, ceta, cphi = pt_eta_phi(jet.c_p4)
+        apdg = np.abs(jet.c_pdg)
+        cols = {
+            "px": jet.c_p4[:, 0], "py": jet.c_p4[:, 1], "pz": jet.c_p4[:, 2], "energy": jet.c_p4[:, 3],
+            "deta": (ceta - jeta) * np.sign(jeta), "dphi": delta_phi(cphi, jphi),
+            "charge": jet.c_charge, "isChargedHadron": apdg == 211, "isNeutralHadron": apdg == 130,
+            "isPhoton": apdg == 22, "isElectron": apdg == 11, "isMuon": apdg == 13,
+            "d0val": jet.c_d0, "d0err": jet.c_d0err, "dzval": jet.c_dz, "dzerr": jet.c_dzerr,
+        }
+        for k, v in cols.items():
+            part[k].append(np.asarray(v, dtype=np.float64))
+        for k, v in zip(jet_cols, (jpt, jeta, jphi, jet.p4[3], len(jet.c_p4), jet.msoftdrop, *jet.tau)):
+            jet_cols[k].append(float(v))
+    data: dict = {
+        "part": ak.zip({k: ak.values_astype(ak.Array(v), np.float32) for k, v in part.items()}),
+    }
+    for k, v in jet_cols.items():
+        data[f"jet_{k}"] = np.asarray(v, dtype=np.float32)
+    for lab in JETCLASS_LABELS:
+        data[f"label_{lab}"] = np.array([j.label == lab for j in jets], dtype=bool)
+    _write_tree(path, "tree", data)
