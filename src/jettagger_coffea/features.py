@@ -1,0 +1,149 @@
+"""Variables -> standardise / clip -> pad: the one featurization path of inference, training and export.
+
+Standardisation runs in float32 as weaver does, then NaN and +-inf become 0 (and are counted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from ._errors import JetTaggerError
+from .config import DataConfig, InputGroup, VarSpec
+from .padding import dynamic_length, pad
+from .sources import Table, is_pfnano, pfnano_columns, record_columns
+
+
+@dataclasses.dataclass
+class Features:
+    """Dense model inputs of N jets plus what the outputs need to be trusted."""
+
+    inputs: dict[str, np.ndarray]  # group -> float32 [N, C, P]
+    counts: np.ndarray  # real particles per jet (before truncation)
+    length: int
+    n_nonfinite: int = 0  # NaN/inf values replaced by 0
+    labels: np.ndarray | None = None
+    observers: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    @property
+    def empty_jets(self) -> np.ndarray:
+        """Jets without constituents: all-masked rows, their scores are NaN."""
+        return self.counts == 0
+
+
+def make_table(data: Any, config: DataConfig, where: str = "input") -> Table:
+    """A lazy column table over a PFNano FatJet array, JetClass records, a dict or an uproot TTree."""
+    base = pfnano_columns(data, where) if isinstance(data, ak.Array) and is_pfnano(data) else record_columns(
+        data, where)
+    return Table(base, config.new_variables, where)
+
+
+def _standardise(values: np.ndarray, v: VarSpec) -> np.ndarray:
+    x = values.astype(np.float32, copy=False)
+    if v.center is None:
+        return x
+    if v.center == "auto":
+        raise JetTaggerError(f"variable {v.name!r} has preprocess: auto but was not resolved (run resolve_auto)")
+    x = (x - np.float32(v.center)) * np.float32(v.scale)
+    return np.clip(x, np.float32(v.clip_min), np.float32(v.clip_max))
+
+
+def _flat(table: Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        arr = table[name]
+    except JetTaggerError:
+        raise
+    except Exception as err:
+        raise JetTaggerError(f"{table.where}: cannot compute variable {name!r}: {type(err).__name__}: {err}") from err
+    arr = ak.Array(arr) if not isinstance(arr, (ak.Array, np.ndarray)) else arr
+    if isinstance(arr, np.ndarray) or arr.ndim == 1:
+        flat = ak.to_numpy(arr) if isinstance(arr, ak.Array) else arr
+        return np.asarray(flat), np.ones(len(flat), dtype=np.int64)
+    return ak.to_numpy(ak.flatten(arr, axis=1)), ak.to_numpy(ak.num(arr, axis=1))
+
+
+def group_values(table: Table, group: InputGroup) -> tuple[list[np.ndarray], np.ndarray, int]:
+    """Standardised flat values of each variable of a group, their shared counts, non-finite count."""
+    values, counts, bad = [], None, 0
+    for v in group.vars:
+        flat, c = _flat(table, v.name)
+        if counts is None:
+            counts = c
+        elif len(c) != len(counts) or not np.array_equal(c, counts):
+            raise JetTaggerError(f"{table.where}: variable {v.name!r} of input {group.name!r} is not aligned "
+                                 f"with {group.vars[0].name!r}")
+        x = _standardise(flat, v)
+        finite = np.isfinite(x)
+        if not finite.all():
+            bad += int((~finite).sum())
+            x = np.where(finite, x, np.float32(0))
+        values.append(x)
+    assert counts is not None
+    return values, counts, bad
+
+
+def featurize(data: Any, config: DataConfig, length: int | str | None = None, where: str = "input",
+              table: Table | None = None, with_labels: bool = False) -> Features:
+    """Dense float32 [N, C, P] inputs of every group.
+
+    ``length``: None -> the config's length per group (weaver); "dynamic" -> the longest real jet of this
+    chunk capped at the config length; an int -> that length.
+    """
+    table = table if table is not None else make_table(data, config, where)
+    if config.needs_auto:
+        raise JetTaggerError(f"{config.source}: preprocess: auto is not resolved; resolve it on training data")
+    groups, all_counts, nbad = {}, None, 0
+    for g in config.inputs.values():
+        values, counts, bad = group_values(table, g)
+        groups[g.name] = (values, counts)
+        nbad += bad
+        if g.length is not None and (all_counts is None or counts.sum() > all_counts.sum()):
+            all_counts = counts
+    if all_counts is None:
+        all_counts = next(iter(groups.values()))[1]
+    if length == "dynamic":
+        plen = dynamic_length(all_counts, config.max_length)
+    elif isinstance(length, int):
+        plen = length
+    else:
+        plen = None
+    inputs = {}
+    for g in config.inputs.values():
+        values, counts = groups[g.name]
+        glen = g.length if g.length is not None else 1
+        if plen is not None and g.length is not None:
+            glen = min(plen, g.length) if length == "dynamic" else plen
+        out = np.empty((len(counts), len(g.vars), glen), dtype=np.float32)
+        for i, (x, v) in enumerate(zip(values, g.vars)):
+            out[:, i, :] = pad(x, counts, glen, g.pad_mode, v.pad_value)
+        inputs[g.name] = out
+    feats = Features(inputs=inputs, counts=all_counts, length=plen or (config.max_length or 1), n_nonfinite=nbad)
+    if with_labels:
+        feats.labels = labels(table, config)
+    for name in config.observers:
+        try:
+            feats.observers[name] = np.asarray(ak.to_numpy(table[name]))
+        except JetTaggerError:
+            continue
+    return feats
+
+
+def labels(table: Table, config: DataConfig) -> np.ndarray:
+    """Class index per jet (``simple``: argmax of the one-hot branches; ``custom``: the expression)."""
+    if config.label_type == "simple":
+        onehot = np.stack([np.asarray(ak.to_numpy(table[n]), dtype=np.float32) for n in config.label_value], axis=1)
+        return onehot.argmax(axis=1)
+    name, expr = next(iter(config.label_value.items()))  # type: ignore[union-attr]
+    return np.asarray(ak.to_numpy(expr(table)))
+
+
+def selection_mask(table: Table, config: DataConfig) -> np.ndarray | None:
+    if config.selection is None:
+        return None
+    return np.asarray(ak.to_numpy(config.selection(table)), dtype=bool)
