@@ -1,0 +1,57 @@
+"""Pieces every network shares: input roles, the inference wrapper, angular helpers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+#: Which data-config input group feeds which network argument (matched on the group name).
+ROLES = ("points", "features", "vectors", "mask")
+
+
+def role_of(group: str) -> str | None:
+    for role in ROLES:
+        if role in group:
+            return role
+    return None
+
+
+def delta_phi(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b + math.pi) % (2 * math.pi) - math.pi
+
+
+def eta_phi(v: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pseudorapidity and azimuth of (N, 4, P) four-vectors (px, py, pz, E); scale-invariant."""
+    px, py, pz = v[:, 0:1], v[:, 1:2], v[:, 2:3]
+    pt = torch.sqrt((px.square() + py.square()).clamp(min=eps))
+    return torch.asinh(pz / pt), torch.atan2(py, px)
+
+
+class Tagger(nn.Module):
+    """Inference wrapper: data-config groups in, class probabilities out.
+
+    Takes the groups positionally in data-config order (the ONNX input names), pads to the network's
+    minimum length (k-NN needs k + 1 points; exported models rely on the runtime for it), applies softmax, and returns NaN for jets without constituents.
+    """
+
+    def __init__(self, net: nn.Module, input_names: list[str], min_length: int = 1) -> None:
+        super().__init__()
+        self.mod = net
+        self.input_names = list(input_names)
+        self.roles = [role_of(n) for n in self.input_names]
+        if "mask" not in self.roles:
+            raise ValueError(f"no mask input among {self.input_names}")
+        self.min_length = int(min_length)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        args = {r: x for r, x in zip(self.roles, inputs) if r is not None}
+        short = self.min_length - args["mask"].shape[-1]
+        if not torch.onnx.is_in_onnx_export() and short > 0:  # the runtime pads to min_length itself
+            args = {k: nn.functional.pad(x, (0, short)) for k, x in args.items()}
+        mask = args["mask"]
+        logits = self.mod(**{k: v for k, v in args.items() if k in self.mod.uses})
+        probs = torch.softmax(logits, dim=1)
+        empty = (mask.sum(dim=(1, 2)) == 0).unsqueeze(1)
+        return torch.where(empty, torch.full_like(probs, float("nan")), probs)

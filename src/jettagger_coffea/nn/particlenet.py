@@ -1,0 +1,90 @@
+"""ParticleNet / ParticleNet-Lite (arXiv:1902.08570): EdgeConv on k-NN graphs, first in (deta, dphi),
+then in the learned feature space; mean over neighbours, shortcut, global average over real particles.
+Module names follow weaver-core so its checkpoints load strictly."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+PARTICLENET = {"conv_params": [(16, (64, 64, 64)), (16, (128, 128, 128)), (16, (256, 256, 256))],
+               "fc_params": [(256, 0.1)]}
+PARTICLENET_LITE = {"conv_params": [(7, (32, 32, 32)), (7, (64, 64, 64))], "fc_params": [(128, 0.1)]}
+
+
+def knn(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (N, P, k) of the k nearest other points of (N, C, P) coordinates."""
+    inner = -2 * torch.matmul(x.transpose(2, 1), x)
+    xx = x.square().sum(dim=1, keepdim=True)
+    dist = (xx.transpose(2, 1) + inner + xx).clamp(min=0)
+    return dist.topk(k=k + 1, dim=-1, largest=False, sorted=True)[1][:, :, 1:]
+
+
+def edge_features(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(N, 2C, P, k): the centre's features and neighbour - centre."""
+    n, c, p = x.shape
+    k = idx.shape[-1]
+    base = torch.arange(n, device=x.device).view(-1, 1, 1) * p
+    flat = x.transpose(2, 1).reshape(-1, c)
+    nbr = flat[(idx + base).reshape(-1)].view(n, p, k, c).permute(0, 3, 1, 2)
+    centre = x.unsqueeze(-1).expand(-1, -1, -1, k)
+    return torch.cat((centre, nbr - centre), dim=1)
+
+
+class EdgeConvBlock(nn.Module):
+    def __init__(self, k: int, in_feat: int, out_feats: tuple[int, ...]) -> None:
+        super().__init__()
+        self.k = k
+        chans = [2 * in_feat, *out_feats]
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, kernel_size=1, bias=False) for a, b in zip(chans, chans[1:]))
+        self.bns = nn.ModuleList(nn.BatchNorm2d(c) for c in out_feats)
+        self.acts = nn.ModuleList(nn.ReLU() for _ in out_feats)
+        if in_feat == out_feats[-1]:
+            self.sc = None
+        else:
+            self.sc = nn.Conv1d(in_feat, out_feats[-1], kernel_size=1, bias=False)
+            self.sc_bn = nn.BatchNorm1d(out_feats[-1])
+        self.sc_act = nn.ReLU()
+
+    def forward(self, points: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        x = edge_features(features, knn(points, self.k))
+        for conv, bn, act in zip(self.convs, self.bns, self.acts):
+            x = act(bn(conv(x)))
+        sc = features if self.sc is None else self.sc_bn(self.sc(features))
+        return self.sc_act(sc + x.mean(dim=-1))
+
+
+class ParticleNet(nn.Module):
+    uses = ("points", "features", "mask")
+
+    def __init__(self, input_dims: int, num_classes: int, conv_params=PARTICLENET["conv_params"],
+                 fc_params=PARTICLENET["fc_params"], use_fts_bn: bool = True, use_counts: bool = True,
+                 **_: object) -> None:
+        super().__init__()
+        self.use_fts_bn = use_fts_bn
+        if use_fts_bn:
+            self.bn_fts = nn.BatchNorm1d(input_dims)
+        self.use_counts = use_counts
+        self.edge_convs = nn.ModuleList()
+        for i, (k, chans) in enumerate(conv_params):
+            in_feat = input_dims if i == 0 else conv_params[i - 1][1][-1]
+            self.edge_convs.append(EdgeConvBlock(k, in_feat, tuple(chans)))
+        fcs: list[nn.Module] = []
+        in_chn = conv_params[-1][1][-1]
+        for chans, drop in fc_params:
+            fcs.append(nn.Sequential(nn.Linear(in_chn, chans), nn.ReLU(), nn.Dropout(drop)))
+            in_chn = chans
+        fcs.append(nn.Linear(in_chn, num_classes))
+        self.fc = nn.Sequential(*fcs)
+        self.min_length = max(k for k, _ in conv_params) + 1
+
+    def forward(self, points: torch.Tensor, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mask = mask != 0
+        pad = ~mask
+        counts = mask.float().sum(dim=-1).clamp(min=1)
+        fts = self.bn_fts(features).masked_fill(pad, 0) if self.use_fts_bn else features
+        for i, conv in enumerate(self.edge_convs):
+            pts = (points if i == 0 else fts).masked_fill(pad, 1e9)
+            fts = conv(pts, fts).masked_fill(pad, 0)
+        x = fts.sum(dim=-1) / counts if self.use_counts else fts.mean(dim=-1)
+        return self.fc(x)
