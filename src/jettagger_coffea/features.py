@@ -37,10 +37,10 @@ class Features:
         return self.counts == 0
 
 
-def make_table(data: Any, config: DataConfig, where: str = "input") -> Table:
+def make_table(data: Any, config: DataConfig, where: str = "input", pf: Any = None) -> Table:
     """A lazy column table over a PFNano FatJet array, JetClass records, a dict or an uproot TTree."""
-    base = pfnano_columns(data, where) if isinstance(data, ak.Array) and is_pfnano(data) else record_columns(
-        data, where)
+    base = (pfnano_columns(data, where, pf) if isinstance(data, ak.Array) and is_pfnano(data)
+            else record_columns(data, where))
     return Table(base, config.new_variables, where)
 
 
@@ -147,3 +147,58 @@ def selection_mask(table: Table, config: DataConfig) -> np.ndarray | None:
     if config.selection is None:
         return None
     return np.asarray(ak.to_numpy(config.selection(table)), dtype=bool)
+
+
+def jagged_features(data: Any, config: DataConfig, where: str = "input", pf: Any = None) -> ak.Array:
+    """Standardised, unpadded per-particle inputs as a record per jet (``<group>.<var>``).
+
+    Pure awkward operations, so it runs on typetracers: under dask-awkward it is applied per partition
+    with :func:`featurize_dask`, and column projection reads only the branches the config needs.
+    """
+    table = make_table(data, config, where, pf)
+    groups = {}
+    for g in config.inputs.values():
+        cols = {}
+        for v in g.vars:
+            x = ak.values_astype(table[v.name], np.float32)
+            if v.center is not None:
+                x = (x - np.float32(v.center)) * np.float32(v.scale)  # clip via ufuncs: typetracer-safe
+                x = np.minimum(np.maximum(x, np.float32(v.clip_min)), np.float32(v.clip_max))
+            cols[v.name] = x
+        groups[g.name] = ak.zip(cols, depth_limit=1)
+    return ak.zip(groups, depth_limit=1)
+
+
+def featurize_dask(data: Any, config: DataConfig, where: str = "input"):
+    """dask-awkward version of :func:`jagged_features` (one task per partition)."""
+    import dask_awkward as dak
+
+    pf = None
+    if is_pfnano(data):
+        try:
+            pf = data.constituents.pf
+        except AttributeError as err:
+            raise JetTaggerError(f"{where}: FatJet has no constituents.pf (PFNano cross-references)") from err
+    configure_dask()
+    return dak.map_partitions(jagged_features, data, config, where, pf, label="jettagger-features")
+
+
+def configure_dask() -> None:
+    """Keep dask-awkward's column projection but skip its layer-chain rewrite, which fails on coffea's
+    cross-referenced collections (FatJet -> PFCands) with dask >= 2025.4 ("Cannot fuse tasks with multiple
+    outputs"). Set globally: it must hold when the graph is computed."""
+    import dask
+
+    dask.config.set({"awkward.optimization.which": ["columns"]})
+
+
+def pad_jagged(jagged: ak.Array, config: DataConfig, length: int | str | None = None) -> Features:
+    """Dense inputs from :func:`jagged_features` output (what :func:`featurize` gives directly)."""
+    table = {f"{g}\0{v}": jagged[g][v] for g in config.inputs for v in config.inputs[g].var_names}
+    flat_cfg = dataclasses.replace(config, new_variables={})
+    renamed = DataConfig(
+        inputs={g.name: dataclasses.replace(g, vars=tuple(dataclasses.replace(v, name=f"{g.name}\0{v.name}",
+                                                                              center=None) for v in g.vars))
+                for g in flat_cfg.inputs.values()},
+        observers=(), source=config.source)
+    return featurize(table, renamed, length=length)

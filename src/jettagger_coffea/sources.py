@@ -58,16 +58,18 @@ def is_pfnano(obj: Any) -> bool:
     return "constituents" in fields or ("pt" in fields and "msoftdrop" in fields)
 
 
-def pfnano_columns(fatjets: ak.Array, where: str = "FatJet") -> Getter:
-    """Column getter for a flat (one entry per jet) coffea FatJet array with ``constituents.pf``."""
+def pfnano_columns(fatjets: ak.Array, where: str = "FatJet", pf: ak.Array | None = None) -> Getter:
+    """Column getter for a flat (one entry per jet) coffea FatJet array with ``constituents.pf``
+    (or the constituents given as ``pf``, as under dask where cross-references resolve outside tasks)."""
     import vector
 
     cache: dict[str, Any] = {}
+    given = pf
 
     def pf():
         if "pf" not in cache:
             try:
-                cands = fatjets.constituents.pf
+                cands = given if given is not None else fatjets.constituents.pf
             except AttributeError as err:
                 raise JetTaggerError(f"{where}: FatJet has no constituents.pf (PFNano cross-references)") from err
             order = ak.argsort(cands.pt, axis=-1, ascending=False, stable=True)

@@ -26,7 +26,9 @@ def eta_phi(v: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Ten
     """Pseudorapidity and azimuth of (N, 4, P) four-vectors (px, py, pz, E); scale-invariant."""
     px, py, pz = v[:, 0:1], v[:, 1:2], v[:, 2:3]
     pt = torch.sqrt((px.square() + py.square()).clamp(min=eps))
-    return torch.asinh(pz / pt), torch.atan2(py, px)
+    r = pz / pt  # asinh(r), spelled out: ONNX has no Asinh in the TorchScript exporter
+    eta = torch.sign(r) * torch.log(r.abs() + torch.sqrt(r.square() + 1))
+    return eta, torch.atan2(py, px)
 
 
 class Tagger(nn.Module):
