@@ -5,7 +5,12 @@ Both are made from the same :class:`~.jets.Jet` objects, so the two files descri
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import os
+import types
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import awkward as ak
@@ -18,15 +23,37 @@ from .settings import JETCLASS_LABELS
 _FIXED_UUID = uuid.UUID(int=0x6A657474616767657200000000000000)
 
 
-def _recreate(path: Path):
-    import uproot
+@contextlib.contextmanager
+def _fixed_clock() -> Iterator[None]:
+    """uproot stamps ``datetime.now()`` into file headers and baskets; pin it (to SOURCE_DATE_EPOCH, or
+    2026-01-01) while writing so that the same seed gives the same bytes."""
+    from uproot.writing import _cascade, _cascadetree, writable
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return uproot.recreate(path, uuid_function=lambda: _FIXED_UUID, compression=uproot.LZMA(6))
+    stamp = datetime.datetime.fromtimestamp(int(os.environ.get("SOURCE_DATE_EPOCH", "1767225600")))
+
+    class _Fixed(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return stamp
+
+    shim = types.SimpleNamespace(datetime=_Fixed)
+    modules = (_cascade, _cascadetree, writable)
+    saved = [m.datetime for m in modules]
+    try:
+        for m in modules:
+            m.datetime = shim
+        yield
+    finally:
+        for m, old in zip(modules, saved):
+            m.datetime = old
 
 
 def _write_tree(path: Path, name: str, data: dict) -> None:
-    with _recreate(path) as f:
+    import uproot
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _fixed_clock(), uproot.recreate(path, uuid_function=lambda: _FIXED_UUID,
+                                         compression=uproot.LZMA(6)) as f:
         tree = f.mktree(name, {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in data.items()})
         tree.extend(data)
 
