@@ -31,7 +31,7 @@ from jettagger_coffea.features import featurize
     ],
 )
 def test_hostile_expressions_refused(source):
-    with pytest.raises(JetTaggerError, match="refused|cannot parse"):
+    with pytest.raises(JetTaggerError, match=r"refused|cannot parse"):
         Expression(source, where="cfg.yaml: new_variables.x")
 
 

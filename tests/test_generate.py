@@ -14,8 +14,8 @@ import uproot
 pytest.importorskip("pythia8mc")
 pytest.importorskip("fastjet")
 
-from jettagger_coffea.generate import GenerationSettings, generate  # noqa: E402
-from jettagger_coffea.nanoevents import open_events  # noqa: E402
+from jettagger_coffea.generate import GenerationSettings, generate
+from jettagger_coffea.nanoevents import open_events
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ class VarSpec:
     """One input variable: ``clip((x - center) * scale, clip_min, clip_max)`` unless ``center`` is None."""
 
     name: str
-    center: float | None | str = None  # "auto" until resolved
+    center: float | str | None = None  # "auto" until resolved
     scale: float = 1.0
     clip_min: float = -5.0
     clip_max: float = 5.0
@@ -252,8 +252,7 @@ class DataConfig:
 
     def preprocess_json(self) -> dict[str, Any]:
         """The ``preprocess.json`` weaver writes next to an exported ONNX model."""
-        j: dict[str, Any] = {"output_names": list(self.label_value) if self.label_type == "simple" else
-                             list(self.label_value), "input_names": list(self.input_names)}
+        j: dict[str, Any] = {"output_names": list(self.label_value), "input_names": list(self.input_names)}
         for g in self.inputs.values():
             j[g.name] = {"var_names": list(g.var_names), "var_length": g.length, "var_infos": {
                 v.name: {"median": 0 if v.center is None else v.center, "norm_factor": v.scale,

@@ -139,7 +139,7 @@ def labels(table: Table, config: DataConfig) -> np.ndarray:
     if config.label_type == "simple":
         onehot = np.stack([np.asarray(ak.to_numpy(table[n]), dtype=np.float32) for n in config.label_value], axis=1)
         return onehot.argmax(axis=1)
-    name, expr = next(iter(config.label_value.items()))  # type: ignore[union-attr]
+    _, expr = next(iter(config.label_value.items()))  # type: ignore[union-attr]
     return np.asarray(ak.to_numpy(expr(table)))
 
 

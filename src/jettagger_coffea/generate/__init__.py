@@ -5,7 +5,7 @@ Needs the ``generate`` extra (pythia8mc, fastjet); the rest of the package never
 
 from __future__ import annotations
 
-from .settings import PROCESSES, GenerationSettings
 from .run import generate
+from .settings import PROCESSES, GenerationSettings
 
 __all__ = ["PROCESSES", "GenerationSettings", "generate"]

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import awkward as ak
 import numpy as np
@@ -32,7 +33,7 @@ def _quiet_stdout() -> Iterator[None]:
     """Pythia prints banners on init through C++ stdout; keep the progress bar readable."""
     fd = os.dup(1)
     try:
-        with open(os.devnull, "w") as devnull:
+        with Path(os.devnull).open("w") as devnull:
             os.dup2(devnull.fileno(), 1)
             yield
     finally:

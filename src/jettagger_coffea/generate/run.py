@@ -37,7 +37,8 @@ def _run_block(args: tuple[GenerationSettings, int, int]):
             events.append((block * 1_000_000 + ievent, block, jets))
             njets += len(jets)
         if njets >= nwanted:
-            return events
+            break
+    return events
 
 
 def generate(

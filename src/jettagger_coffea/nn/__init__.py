@@ -49,7 +49,7 @@ def load_state(model: Tagger, path: str | Path) -> None:
     """Load a weaver (``mod.``-prefixed) or our own checkpoint strictly, never unpickling code."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is the file's fault
         raise JetTaggerError(f"cannot load checkpoint {path}: {type(err).__name__}: {err}") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
@@ -61,5 +61,15 @@ def load_state(model: Tagger, path: str | Path) -> None:
         raise JetTaggerError(f"checkpoint {path} does not fit this network: {err}") from None
 
 
-__all__ = ["NETWORKS", "EFN", "PFN", "ParticleNet", "ParticleTransformer", "ParticleTransformerIRC",
-           "ParticleTransformerPlain", "Tagger", "build", "load_state"]
+__all__ = [
+    "EFN",
+    "NETWORKS",
+    "PFN",
+    "ParticleNet",
+    "ParticleTransformer",
+    "ParticleTransformerIRC",
+    "ParticleTransformerPlain",
+    "Tagger",
+    "build",
+    "load_state",
+]

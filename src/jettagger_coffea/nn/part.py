@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from .common import delta_phi
+from .common import atan2, delta_phi
 
 
 def pair_features(v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -17,7 +17,7 @@ def pair_features(v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     px, py, pz, e = v.split(1, dim=1)
     pt = torch.sqrt(px.square() + py.square())
     rap = 0.5 * torch.log(1 + (2 * pz) / (e - pz).clamp(min=1e-20))
-    phi = torch.atan2(py, px)
+    phi = atan2(py, px)
     pti, ptj = pt.unsqueeze(-1), pt.unsqueeze(-2)
     delta = torch.sqrt((rap.unsqueeze(-1) - rap.unsqueeze(-2)).square()
                        + delta_phi(phi.unsqueeze(-1), phi.unsqueeze(-2)).square())

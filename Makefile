@@ -1,0 +1,33 @@
+# Everything runs from a project virtual environment (.venv), created on first use.
+PY      ?= python3
+VENV    ?= .venv
+BIN      = $(VENV)/bin
+PIP_OPTS = -c .ci/constraints.txt --only-binary=pythia8mc,fastjet
+
+.PHONY: install test lint run samples train clean
+
+$(BIN)/jettagger:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(PIP_OPTS) -e ".[dev]"
+
+install: $(BIN)/jettagger
+
+lint: install
+	$(BIN)/ruff check src tests processors examples benchmarks
+
+test: install lint
+	$(BIN)/python -m pytest
+
+run: install
+	$(BIN)/jettagger run
+
+# larger, uncommitted training / test sets (seeded; R = 0.8 multi-class and R = 1.0 W/Z vs QCD)
+samples: install
+	$(BIN)/jettagger generate --process qcd wqq zqq tbqq --njets 25000 --seed 11 --jobs 2 --format jetclass -o samples/train
+	$(BIN)/jettagger generate --process qcd wqq zqq tbqq --njets 5000 --seed 12 --jobs 2 --format jetclass -o samples/test
+	$(BIN)/jettagger generate --process qcd wqq zqq --njets 15000 --seed 21 --radius 1.0 --jobs 2 --format jetclass -o samples/train_r10
+	$(BIN)/jettagger generate --process qcd wqq zqq --njets 4000 --seed 22 --radius 1.0 --jobs 2 --format jetclass -o samples/test_r10
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
