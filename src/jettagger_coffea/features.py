@@ -88,6 +88,73 @@ def group_values(table: Table, group: InputGroup) -> tuple[list[np.ndarray], np.
     return values, counts, bad
 
 
+@dataclasses.dataclass
+class Standardised:
+    """Standardised flat per-particle values of every input group (before padding).
+
+    Inference orders jets by multiplicity once (:meth:`take`) and then builds bounded dense batches of
+    similar lengths (:meth:`dense`); :func:`featurize` densifies everything at once, as weaver does.
+    """
+
+    config: DataConfig
+    groups: dict[str, tuple[list[np.ndarray], np.ndarray]]  # group -> (values per var, counts per jet)
+    counts: np.ndarray  # real particles per jet
+    n_nonfinite: int = 0
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def take(self, order: np.ndarray) -> Standardised:
+        groups = {}
+        for name, (values, counts) in self.groups.items():
+            starts = np.zeros(len(counts), dtype=np.int64)
+            np.cumsum(counts[:-1], out=starts[1:])
+            c = counts[order]
+            new_starts = np.zeros(len(c), dtype=np.int64)
+            np.cumsum(c[:-1], out=new_starts[1:])
+            idx = np.repeat(starts[order] - new_starts, c) + np.arange(int(c.sum()))
+            groups[name] = ([v[idx] for v in values], c)
+        return Standardised(self.config, groups, self.counts[order], self.n_nonfinite)
+
+    def dense(self, start: int = 0, stop: int | None = None, length: int | str | None = None,
+              min_length: int = 1) -> dict[str, np.ndarray]:
+        """Padded float32 [n, C, P] of jets ``start:stop``; ``length`` as in :func:`featurize`."""
+        stop = len(self) if stop is None else stop
+        if length == "dynamic":
+            plen = max(dynamic_length(self.counts[start:stop], self.config.max_length), min_length)
+        else:
+            plen = length if isinstance(length, int) else None
+        out = {}
+        for g in self.config.inputs.values():
+            values, counts = self.groups[g.name]
+            lo = int(counts[:start].sum())
+            c = counts[start:stop]
+            hi = lo + int(c.sum())
+            glen = g.length if g.length is not None else 1
+            if plen is not None and g.length is not None:
+                glen = plen if length != "dynamic" else max(min(plen, g.length), min_length)
+            arr = np.empty((len(c), len(g.vars), glen), dtype=np.float32)
+            for i, (x, v) in enumerate(zip(values, g.vars)):
+                arr[:, i, :] = pad(x[lo:hi], c, glen, g.pad_mode, v.pad_value)
+            out[g.name] = arr
+        return out
+
+
+def standardise(table: Table, config: DataConfig) -> Standardised:
+    if config.needs_auto:
+        raise JetTaggerError(f"{config.source}: preprocess: auto is not resolved; resolve it on training data")
+    groups, main, nbad = {}, None, 0
+    for g in config.inputs.values():
+        values, counts, bad = group_values(table, g)
+        groups[g.name] = (values, counts)
+        nbad += bad
+        if g.length is not None and (main is None or counts.sum() > main.sum()):
+            main = counts
+    if main is None:
+        main = next(iter(groups.values()))[1]
+    return Standardised(config, groups, main, nbad)
+
+
 def featurize(data: Any, config: DataConfig, length: int | str | None = None, where: str = "input",
               table: Table | None = None, with_labels: bool = False) -> Features:
     """Dense float32 [N, C, P] inputs of every group.
@@ -96,34 +163,10 @@ def featurize(data: Any, config: DataConfig, length: int | str | None = None, wh
     chunk capped at the config length; an int -> that length.
     """
     table = table if table is not None else make_table(data, config, where)
-    if config.needs_auto:
-        raise JetTaggerError(f"{config.source}: preprocess: auto is not resolved; resolve it on training data")
-    groups, all_counts, nbad = {}, None, 0
-    for g in config.inputs.values():
-        values, counts, bad = group_values(table, g)
-        groups[g.name] = (values, counts)
-        nbad += bad
-        if g.length is not None and (all_counts is None or counts.sum() > all_counts.sum()):
-            all_counts = counts
-    if all_counts is None:
-        all_counts = next(iter(groups.values()))[1]
-    if length == "dynamic":
-        plen = dynamic_length(all_counts, config.max_length)
-    elif isinstance(length, int):
-        plen = length
-    else:
-        plen = None
-    inputs = {}
-    for g in config.inputs.values():
-        values, counts = groups[g.name]
-        glen = g.length if g.length is not None else 1
-        if plen is not None and g.length is not None:
-            glen = min(plen, g.length) if length == "dynamic" else plen
-        out = np.empty((len(counts), len(g.vars), glen), dtype=np.float32)
-        for i, (x, v) in enumerate(zip(values, g.vars)):
-            out[:, i, :] = pad(x, counts, glen, g.pad_mode, v.pad_value)
-        inputs[g.name] = out
-    feats = Features(inputs=inputs, counts=all_counts, length=plen or (config.max_length or 1), n_nonfinite=nbad)
+    std = standardise(table, config)
+    inputs = std.dense(length=length)
+    plen = next((v.shape[-1] for k, v in inputs.items() if config.inputs[k].length is not None), 1)
+    feats = Features(inputs=inputs, counts=std.counts, length=plen, n_nonfinite=std.n_nonfinite)
     if with_labels:
         feats.labels = labels(table, config)
     for name in config.observers:

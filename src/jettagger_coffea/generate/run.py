@@ -24,8 +24,13 @@ def block_seed(seed: int, process: str, block: int) -> int:
 
 
 def _run_block(args: tuple[GenerationSettings, int, int]):
-    from .events import EventSource
+    import fastjet
+
+    from .events import EventSource, _quiet_stdout
     from .jets import select_jets
+
+    with _quiet_stdout():  # FastJet's banner goes to C++ stdout once per process
+        fastjet.ClusterSequence.print_banner()
 
     settings, block, nwanted = args
     seed = block_seed(settings.seed, settings.process, block)

@@ -6,6 +6,7 @@ Both are made from the same :class:`~.jets.Jet` objects, so the two files descri
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import datetime
 import os
 import types
@@ -19,8 +20,19 @@ import numpy as np
 from .jets import Jet, delta_phi, pt_eta_phi
 from .settings import JETCLASS_LABELS
 
-#: Deterministic file UUIDs, so that the same seed gives the same bytes.
-_FIXED_UUID = uuid.UUID(int=0x6A657474616767657200000000000000)
+_NAMESPACE = uuid.UUID("6a657474-6167-6765-7200-000000000000")
+
+
+def _file_uuid(name: str, data: dict) -> uuid.UUID:
+    """Deterministic (same seed, same bytes) but distinct per file: coffea keys its caches on it."""
+    h = hashlib.sha256(name.encode())
+    for k in sorted(data):
+        v = data[k]
+        cols = [v[f] for f in ak.fields(v)] if isinstance(v, ak.Array) and ak.fields(v) else [v]
+        for c in cols:
+            flat = ak.to_numpy(ak.flatten(c, axis=None)) if isinstance(c, ak.Array) else np.asarray(c)
+            h.update(k.encode() + np.ascontiguousarray(flat).tobytes())
+    return uuid.uuid5(_NAMESPACE, h.hexdigest())
 
 
 @contextlib.contextmanager
@@ -52,7 +64,8 @@ def _write_tree(path: Path, name: str, data: dict) -> None:
     import uproot
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _fixed_clock(), uproot.recreate(path, uuid_function=lambda: _FIXED_UUID,
+    file_uuid = _file_uuid(f"{path.name}/{name}", data)
+    with _fixed_clock(), uproot.recreate(path, uuid_function=lambda: file_uuid,
                                          compression=uproot.LZMA(6)) as f:
         tree = f.mktree(name, {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in data.items()})
         tree.extend(data)

@@ -1,0 +1,148 @@
+"""Model runners: onnxruntime (default, no torch needed) and torch. One session per worker process, reused
+across chunks; batches of similar multiplicity, padded dynamically and bounded in size."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ._errors import JetTaggerError
+from .features import Standardised
+
+#: at most this many particle slots (jets x padded length) in one dense batch: bounds memory
+MAX_SLOTS = 256 * 128
+
+_SESSIONS: dict[tuple, Any] = {}
+_LOCK = threading.Lock()
+
+
+def default_threads() -> int:
+    """Threads per inference session: JETTAGGER_THREADS, else the dask worker's thread count, else all cores."""
+    env = os.environ.get("JETTAGGER_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        return os.cpu_count() or 1
+
+
+class Backend(Protocol):
+    input_names: list[str]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+class OnnxBackend:
+    """onnxruntime session, created once per process (cached by file, size and mtime)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> None:
+        self.path = Path(path)
+        self.threads = threads
+        self.providers = providers or ["CPUExecutionProvider"]
+        self._sess: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:  # sessions never travel: each worker makes its own
+        return {**self.__dict__, "_sess": None}
+
+    @property
+    def session(self):
+        if self._sess is None:
+            import onnxruntime as ort
+
+            st = self.path.stat()
+            threads = self.threads or default_threads()
+            key = (str(self.path), st.st_size, st.st_mtime_ns, threads, tuple(self.providers))
+            with _LOCK:
+                if key not in _SESSIONS:
+                    opts = ort.SessionOptions()
+                    opts.intra_op_num_threads = threads
+                    opts.inter_op_num_threads = 1
+                    _SESSIONS[key] = ort.InferenceSession(str(self.path), opts, providers=self.providers)
+                self._sess = _SESSIONS[key]
+        return self._sess
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.session.get_inputs()]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, {k: inputs[k] for k in self.input_names})[0]
+
+
+class TorchBackend:
+    """The bundle's ``model.pt`` in torch (CPU or GPU); needs the ``train`` extra."""
+
+    def __init__(self, bundle: Any, device: str | None = None) -> None:
+        self.bundle = bundle
+        self.device = device
+        self._model: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_model": None}
+
+    @property
+    def model(self):
+        if self._model is None:
+            try:
+                import torch
+            except ImportError as err:
+                raise JetTaggerError("the torch backend needs the `train` extra (pip install "
+                                     "jettagger-coffea[train])") from err
+            from .nn import build, load_state
+
+            card = self.bundle.card
+            path = self.bundle.path / "model.pt"
+            if not path.is_file():
+                raise JetTaggerError(f"tagger bundle {self.bundle.path}: no model.pt for the torch backend")
+            dims = {k: v[1] for k, v in self.bundle.config.input_shapes.items()}
+            m = build(card["network"], list(self.bundle.config.input_names), dims, len(self.bundle.classes),
+                      **(card.get("network_options") or {}))
+            load_state(m, path)
+            self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            self._model = m.eval().to(self.device)
+        return self._model
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.model.input_names)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            xs = [torch.from_numpy(inputs[k]).to(self.device) for k in self.model.input_names]
+            return self.model(*xs).float().cpu().numpy()
+
+
+def run_batched(backend: Backend, std: Standardised, n_classes: int, padding: str | int = "dynamic",
+                min_length: int = 1, max_slots: int = MAX_SLOTS) -> np.ndarray:
+    """Scores of every jet of ``std`` in input order. Jets are sorted by multiplicity so that each batch
+    pads to little more than its own longest jet; batches never exceed ``max_slots`` particle slots."""
+    n = len(std)
+    out = np.full((n, n_classes), np.nan, dtype=np.float32)
+    if n == 0:
+        return out
+    order = np.argsort(std.counts, kind="stable")
+    ordered = std.take(order)
+    cap = std.config.max_length or int(ordered.counts.max()) or 1
+    start = 0
+    while start < n:
+        # grow the batch while (jets x padded length) stays under max_slots; counts ascend
+        longest = lambda stop: max(min(int(ordered.counts[stop - 1]), cap), min_length, 1)  # noqa: E731
+        plen_fixed = isinstance(padding, int) or padding == "fixed"
+        step = max(1, max_slots // (cap if plen_fixed else longest(min(n, start + 1))))
+        stop = min(n, start + step)
+        while stop > start + 1 and (stop - start) * (cap if plen_fixed else longest(stop)) > max_slots:
+            stop = start + (stop - start) // 2
+        length: int | str = cap if padding == "fixed" else padding
+        dense = ordered.dense(start, stop, length=length, min_length=min_length)
+        out[order[start:stop]] = backend.run(dense)
+        start = stop
+    return out

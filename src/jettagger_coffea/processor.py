@@ -1,0 +1,91 @@
+"""coffea processor: select FatJets, tag them, fill hists (scores, discriminants, soft-drop mass,
+working-point pass/total vs pT and mass) and count events and jets. Works under coffea's Runner
+(Iterative, Futures, Dask executors; eager or virtual arrays) and with ``apply_to_fileset`` (dask-awkward)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import awkward as ak
+import numpy as np
+from coffea import processor
+
+from .histograms import PT_BINS, make_histograms
+from .tagger import JetTagger, _is_dask
+
+
+class TaggerProcessor(processor.ProcessorABC):
+    """Tag ``FatJet`` s in ``pt_range``, ``|eta| < eta_max`` (and an optional soft-drop mass window)."""
+
+    def __init__(self, bundle: str | Path, pt_range: tuple[float, float] = (500.0, 1000.0), eta_max: float = 2.0,
+                 msd_range: tuple[float, float] | None = None, pt_bins: Sequence[float] = PT_BINS,
+                 backend: str = "onnx", padding: str | int = "dynamic") -> None:
+        self.tagger = JetTagger(bundle, backend=backend, padding=padding)
+        self.pt_range, self.eta_max, self.msd_range = pt_range, eta_max, msd_range
+        self.pt_bins = tuple(pt_bins)
+        self.wps = {d: dict(self.tagger.bundle.working_points.get(d, {})) for d in self.tagger.bundle.discriminants}
+
+    def select(self, fatjets):
+        sel = (fatjets.pt > self.pt_range[0]) & (fatjets.pt < self.pt_range[1]) & (abs(fatjets.eta) < self.eta_max)
+        if self.msd_range is not None:
+            sel = sel & (fatjets.msoftdrop > self.msd_range[0]) & (fatjets.msoftdrop < self.msd_range[1])
+        return fatjets[sel]
+
+    def process(self, events):
+        dask = _is_dask(events)
+        if dask:
+            import dask_awkward as akx
+        else:
+            akx = ak
+        dataset = events.metadata.get("dataset", "unknown")
+        jets = self.select(events.FatJet)
+        scores = self.tagger(jets)
+        flat = akx.flatten(scores, axis=1)
+        pt = akx.flatten(jets.pt, axis=1)
+        msd = akx.flatten(jets.msoftdrop, axis=1)
+        truth = (akx.flatten(jets.truthLabel, axis=1) if "truthLabel" in ak.fields(jets)
+                 else akx.values_astype(pt * 0 - 1, np.int64))
+        classes = self.tagger.classes
+        wp_names = sorted({w for d in self.wps.values() for w in d})
+        hists = make_histograms(classes, list(self.wps), wp_names, self.pt_bins, dask=dask)
+        tagged = np.isfinite(flat[:, 0])
+        hists["jets"].fill(dataset=dataset, truth=truth[tagged], status="tagged", pt=pt[tagged])
+        hists["jets"].fill(dataset=dataset, truth=truth[~tagged], status="no_constituents", pt=pt[~tagged])
+        hists["msoftdrop"].fill(dataset=dataset, truth=truth, msd=msd)
+        t_truth, t_pt, t_msd, t_scores = truth[tagged], pt[tagged], msd[tagged], flat[tagged]
+        for i, c in enumerate(classes):
+            hists["scores"].fill(dataset=dataset, truth=t_truth, pt=t_pt, cls=c, score=t_scores[:, i])
+        for name, wps in self.wps.items():
+            disc = self.tagger.discriminant(t_scores, name)
+            hists["discriminant"].fill(dataset=dataset, truth=t_truth, pt=t_pt, disc=name, score=disc)
+            for wp, thr in wps.items():
+                passed = disc > thr
+                hists["wp_pt"].fill(dataset=dataset, truth=t_truth, disc=name, wp=wp, passed=passed, pt=t_pt)
+                hists["wp_msd"].fill(dataset=dataset, truth=t_truth, disc=name, wp=wp, passed=passed, msd=t_msd)
+        n_events = akx.num(events, axis=0) if dask else len(events)
+        cutflow = {
+            "events": n_events,
+            "fatjets": akx.sum(akx.num(events.FatJet, axis=1)),
+            "selected_jets": akx.sum(akx.num(jets, axis=1)),
+            "tagged_jets": akx.sum(tagged),
+            "no_constituent_jets": akx.sum(~tagged),
+        }
+        return {"hists": hists, "cutflow": {dataset: cutflow}}
+
+    def postprocess(self, accumulator: Any) -> Any:
+        return accumulator
+
+
+def efficiency(h, disc: str, wp: str, axis: str = "pt", truth: int | None = None, dataset: str | None = None):
+    """(edges, pass/total, total) of a working point from the ``wp_pt`` / ``wp_msd`` histogram."""
+    sel: dict[str, Any] = {"disc": disc, "wp": wp}
+    if truth is not None:
+        sel["truth"] = truth
+    if dataset is not None:
+        sel["dataset"] = dataset
+    sub = h[sel].project("passed", axis)
+    passed, total = sub[True, :].values(), sub.project(axis).values()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sub.axes[axis].edges, passed / total, total
