@@ -135,7 +135,7 @@ def run_batched(backend: Backend, std: Standardised, n_classes: int, padding: st
     start = 0
     while start < n:
         # grow the batch while (jets x padded length) stays under max_slots; counts ascend
-        longest = lambda stop: max(min(int(ordered.counts[stop - 1]), cap), min_length, 1)  # noqa: E731
+        longest = lambda stop: max(min(int(ordered.counts[stop - 1]), cap), min_length, 1)
         plen_fixed = isinstance(padding, int) or padding == "fixed"
         step = max(1, max_slots // (cap if plen_fixed else longest(min(n, start + 1))))
         stop = min(n, start + step)

@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import hist
+import numpy as np
 
 PT_BINS = (500, 600, 700, 800, 1000)
 MSD_AXIS = hist.axis.Regular(50, 0, 250, name="msd", label=r"Soft-drop mass [GeV]")
 SCORE_AXIS = hist.axis.Regular(50, 0, 1, name="score", label="Score")
+#: discriminant bins: uniform to 0.9, then logarithmically finer towards 1 (ROC at high rejection)
+DISC_EDGES = np.unique(np.concatenate([np.linspace(0, 0.9, 91), 1 - np.logspace(-1, -6, 251), [1.0]]))
+DISC_AXIS = hist.axis.Variable(DISC_EDGES, name="score", label="Discriminant")
 
 
 def _hist(dask: bool, *axes) -> hist.Hist:
@@ -36,12 +40,18 @@ def make_histograms(classes: Sequence[str], discriminants: Sequence[str], workin
     cls = hist.axis.StrCategory(list(classes), name="cls", label="Class")
     disc = hist.axis.StrCategory(list(discriminants) or ["none"], name="disc", label="Discriminant")
     wps = hist.axis.StrCategory(list(working_points) or ["none"], name="wp", label="Working point")
-    passed = hist.axis.Boolean(name="passed")
+    # 0 / 1 rather than a Boolean axis: dask-histogram cannot fill Boolean axes lazily
+    passed = hist.axis.Integer(0, 2, name="passed", label="Passed", underflow=False, overflow=False)
     return {
+        # event / jet counts as a histogram: scalar reductions do not work lazily with dask >= 2025.4
+        "counts": _hist(dask, dataset_axis(), hist.axis.StrCategory(
+            ["events", "fatjets", "selected_jets"], name="step"), hist.axis.Regular(1, 0, 1, name="unit")),
         "jets": _hist(dask, dataset_axis(), truth_axis(), hist.axis.StrCategory(
             ["tagged", "no_constituents"], name="status"), pt_axis(pt_bins)),
         "scores": _hist(dask, dataset_axis(), truth_axis(), pt_axis(pt_bins), cls, SCORE_AXIS),
-        "discriminant": _hist(dask, dataset_axis(), truth_axis(), pt_axis(pt_bins), disc, SCORE_AXIS),
+        "discriminant": _hist(dask, dataset_axis(), truth_axis(), pt_axis(pt_bins), disc, DISC_AXIS),
+        "predicted": _hist(dask, dataset_axis(), truth_axis(), hist.axis.IntCategory(
+            list(range(len(classes))), name="predicted", label="Predicted class (argmax)")),
         "msoftdrop": _hist(dask, dataset_axis(), truth_axis(), MSD_AXIS),
         "wp_pt": _hist(dask, dataset_axis(), truth_axis(), disc, wps, passed, pt_axis(pt_bins)),
         "wp_msd": _hist(dask, dataset_axis(), truth_axis(), disc, wps, passed, MSD_AXIS),

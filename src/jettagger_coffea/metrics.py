@@ -81,3 +81,15 @@ def summary(labels: np.ndarray, scores: np.ndarray, classes: Sequence[str],
             "auc": auc(y, disc), "rej50": rejection(y, disc, 0.5), "rej30": rejection(y, disc, 0.3),
             "rej99": rejection(y, disc, 0.99), "rej995": rejection(y, disc, 0.995)}
     return out
+
+
+def roc_from_hist(signal_counts: np.ndarray, background_counts: np.ndarray):
+    """Binned ROC (eps_b, eps_s) from discriminant histograms, cutting at every bin edge from the top."""
+    s = np.r_[0.0, np.cumsum(np.asarray(signal_counts, dtype=np.float64)[::-1])]
+    b = np.r_[0.0, np.cumsum(np.asarray(background_counts, dtype=np.float64)[::-1])]
+    return b / max(b[-1], 1e-300), s / max(s[-1], 1e-300)
+
+
+def rejection_from_roc(eps_b: np.ndarray, eps_s: np.ndarray, at: float) -> float:
+    e = float(np.interp(at, eps_s, eps_b))
+    return float("inf") if e <= 0 else 1.0 / e

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import awkward as ak
+import hist
 import numpy as np
 from coffea import processor
 
@@ -55,37 +56,49 @@ class TaggerProcessor(processor.ProcessorABC):
         hists["jets"].fill(dataset=dataset, truth=truth[~tagged], status="no_constituents", pt=pt[~tagged])
         hists["msoftdrop"].fill(dataset=dataset, truth=truth, msd=msd)
         t_truth, t_pt, t_msd, t_scores = truth[tagged], pt[tagged], msd[tagged], flat[tagged]
+        hists["predicted"].fill(dataset=dataset, truth=t_truth, predicted=akx.argmax(t_scores, axis=1))
         for i, c in enumerate(classes):
             hists["scores"].fill(dataset=dataset, truth=t_truth, pt=t_pt, cls=c, score=t_scores[:, i])
         for name, wps in self.wps.items():
             disc = self.tagger.discriminant(t_scores, name)
             hists["discriminant"].fill(dataset=dataset, truth=t_truth, pt=t_pt, disc=name, score=disc)
             for wp, thr in wps.items():
-                passed = disc > thr
+                passed = akx.values_astype(disc > thr, np.int64)
                 hists["wp_pt"].fill(dataset=dataset, truth=t_truth, disc=name, wp=wp, passed=passed, pt=t_pt)
                 hists["wp_msd"].fill(dataset=dataset, truth=t_truth, disc=name, wp=wp, passed=passed, msd=t_msd)
-        n_events = akx.num(events, axis=0) if dask else len(events)
-        cutflow = {
-            "events": n_events,
-            "fatjets": akx.sum(akx.num(events.FatJet, axis=1)),
-            "selected_jets": akx.sum(akx.num(jets, axis=1)),
-            "tagged_jets": akx.sum(tagged),
-            "no_constituent_jets": akx.sum(~tagged),
-        }
-        return {"hists": hists, "cutflow": {dataset: cutflow}}
+        n_fatjets = akx.num(events.FatJet, axis=1)
+        half = n_fatjets * 0 + 0.5  # one entry per event in the single "unit" bin
+        hists["counts"].fill(dataset=dataset, step="events", unit=half)
+        hists["counts"].fill(dataset=dataset, step="fatjets", unit=half, weight=n_fatjets)
+        hists["counts"].fill(dataset=dataset, step="selected_jets", unit=half, weight=akx.num(jets, axis=1))
+        return {"hists": hists}
 
     def postprocess(self, accumulator: Any) -> Any:
         return accumulator
+
+
+def cutflow(hists: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Per dataset: events, FatJets, selected jets, tagged jets and jets without constituents."""
+    out = {}
+    counts, jets = hists["counts"], hists["jets"]
+    for ds in counts.axes["dataset"]:
+        row = {step: int(round(counts[{"dataset": ds, "step": step}].sum(flow=True)))
+               for step in counts.axes["step"]}
+        for status, key in (("tagged", "tagged_jets"), ("no_constituents", "no_constituent_jets")):
+            j = jets[{"status": status}]
+            row[key] = int(round(j[{"dataset": ds}].sum(flow=True))) if ds in j.axes["dataset"] else 0
+        out[ds] = row
+    return out
 
 
 def efficiency(h, disc: str, wp: str, axis: str = "pt", truth: int | None = None, dataset: str | None = None):
     """(edges, pass/total, total) of a working point from the ``wp_pt`` / ``wp_msd`` histogram."""
     sel: dict[str, Any] = {"disc": disc, "wp": wp}
     if truth is not None:
-        sel["truth"] = truth
+        sel["truth"] = hist.loc(truth)  # a label, not a position
     if dataset is not None:
         sel["dataset"] = dataset
     sub = h[sel].project("passed", axis)
-    passed, total = sub[True, :].values(), sub.project(axis).values()
+    passed, total = sub[hist.loc(1), :].values(), sub.project(axis).values()
     with np.errstate(invalid="ignore", divide="ignore"):
         return sub.axes[axis].edges, passed / total, total

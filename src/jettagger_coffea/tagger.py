@@ -64,9 +64,12 @@ class JetTagger:
     # -- flat jets ------------------------------------------------------------------------------------
     def score_jets(self, jets: Any, pf: Any = None, where: str = "input") -> TagResult:
         """Scores of a flat collection (one entry per jet): PFNano FatJets, JetClass records or a TTree."""
+        k = len(self.classes)
+        if len(jets) == 0:  # empty chunk: nothing to read, nothing to run
+            return TagResult(np.zeros((0, k), dtype=np.float32), 0, 0, 0)
         table = make_table(jets, self.config, where, pf)
         std = standardise(table, self.config)
-        scores = run_batched(self.backend, std, len(self.classes), self.padding, self.bundle.min_length,
+        scores = run_batched(self.backend, std, k, self.padding, self.bundle.min_length,
                              self.max_slots)
         return TagResult(scores, len(std), int((std.counts == 0).sum()), std.n_nonfinite)
 

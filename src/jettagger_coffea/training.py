@@ -73,10 +73,23 @@ def lr_factor(step: int, total: int, warmup: float = 0.05, flat: float = 0.7) ->
     return math.exp(math.log(0.01) * (step - start) / max(1.0, total - start))
 
 
-def batches(n: int, batch_size: int, rng: np.random.Generator | None):
+def batches(n: int, batch_size: int, rng: np.random.Generator | None, counts: np.ndarray | None = None,
+            bucket: int = 32):
+    """Index batches; with ``counts``, shuffled jets are sorted by multiplicity within groups of ``bucket``
+    batches (weaver's bucketing), so each batch pads to little more than its own longest jet."""
     idx = rng.permutation(n) if rng is not None else np.arange(n)
-    for i in range(0, n, batch_size):
-        yield idx[i : i + batch_size]
+    if counts is None or rng is None:
+        for i in range(0, n, batch_size):
+            yield idx[i : i + batch_size]
+        return
+    group = batch_size * bucket
+    out = []
+    for g in range(0, n, group):
+        chunk = idx[g : g + group]
+        chunk = chunk[np.argsort(counts[chunk], kind="stable")]
+        out.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    for j in rng.permutation(len(out)):
+        yield out[j]
 
 
 def to_tensors(f: Features, idx: np.ndarray, names: Sequence[str], min_length: int, trim_q: float | None = None,
@@ -133,7 +146,7 @@ def train(config_path: str | Path, network: str, train_files: Sequence[str | Pat
           epochs: int = 10, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 0.01,
           optimizer: str = "adamw", seed: int = 1, max_minutes: float | None = None, trim: bool = False,
           resume: bool = False, device: str | None = None, threads: int | None = None,
-          progress: bool = True) -> dict[str, Any]:
+          max_train_jets: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Train ``network`` on ``train_files``; returns the summary (also in ``output/summary.json``)."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -157,6 +170,10 @@ def train(config_path: str | Path, network: str, train_files: Sequence[str | Pat
         perm = rng.permutation(len(data))
         nval = int(len(data) * val_fraction)
         train_set, val_set = subset(data, perm[nval:]), subset(data, perm[:nval])
+    if max_train_jets and len(train_set) > max_train_jets:
+        train_set = subset(train_set, np.sort(rng.choice(len(train_set), max_train_jets, replace=False)))
+    if max_train_jets and len(val_set) > max_train_jets // 4:
+        val_set = subset(val_set, np.sort(rng.choice(len(val_set), max_train_jets // 4, replace=False)))
     dims = {k: v.shape[1] for k, v in data.inputs.items()}
     model = build(network, list(config.input_names), dims, len(config.class_names), **(network_options or {}))
     model.to(device)
@@ -179,7 +196,7 @@ def train(config_path: str | Path, network: str, train_files: Sequence[str | Pat
         model.train()
         tl, tc, tn = 0.0, 0, 0
         ep_rng = np.random.default_rng([seed, epoch])
-        bar = tqdm(batches(len(train_set), batch_size, ep_rng), total=steps_per_epoch,
+        bar = tqdm(batches(len(train_set), batch_size, ep_rng, train_set.counts), total=steps_per_epoch,
                    desc=f"{network} epoch {epoch}", disable=not progress, leave=False)
         for idx in bar:
             q = float(ep_rng.uniform(0.9, 1.0)) if trim else None
@@ -193,7 +210,7 @@ def train(config_path: str | Path, network: str, train_files: Sequence[str | Pat
             scaler.step(opt)
             scaler.update()
             sched.step()
-            tl += float(loss) * len(idx)
+            tl += float(loss.detach()) * len(idx)
             tc += int((out.argmax(1) == y).sum())
             tn += len(idx)
             bar.set_postfix(loss=f"{tl / tn:.4f}", acc=f"{tc / tn:.3f}")
@@ -235,3 +252,77 @@ def load_trained(output: str | Path, which: str = "best"):
     name = "best_state.pt" if which == "best" else f"epoch-{which}_state.pt"
     model.load_state_dict(torch.load(output / name, map_location="cpu", weights_only=True))
     return model.eval(), config, summary
+
+
+DEFAULT_DISCRIMINANTS = {
+    "WvsQCD": {"signal": ["Wqq"], "background": ["QCD"]},
+    "ZvsQCD": {"signal": ["Zqq"], "background": ["QCD"]},
+    "TvsQCD": {"signal": ["Tbqq"], "background": ["QCD"]},
+}
+
+
+def export(train_dir: str | Path, bundle_dir: str | Path, name: str | None = None,
+           reference_files: Sequence[str | Path] = (), discriminants: dict | None = None,
+           card: dict | None = None) -> Path:
+    """A trained folder -> bundle (ONNX + configs + model card); working points derived on
+    ``reference_files`` (fixed mistag 0.5/1/2.5/5 %, fixed efficiency 30/50 %) and their metrics stored."""
+    from .bundle import CARD, write_bundle
+    from .evaluation import predict_files
+    from .metrics import discriminant, summary
+    from .tagger import JetTagger
+    from .workingpoints import derive
+
+    model, config, s = load_trained(train_dir)
+    classes = config.class_names
+    discs = {k: v for k, v in (discriminants or DEFAULT_DISCRIMINANTS).items()
+             if all(c in classes for c in [*v["signal"], *v["background"]])}
+    best = next(r for r in s["history"] if r["epoch"] == s["best_epoch"])
+    info = {"name": name or Path(bundle_dir).name, "network": s["network"], "network_options": s["network_options"],
+            "discriminants": discs,
+            "provenance": {"train_files": s["train_files"], "n_train": s["n_train"], "n_val": s["n_val"],
+                           "seed": s["seed"], "epochs_run": len(s["history"]), "best_epoch": s["best_epoch"],
+                           "best_val_loss": best["val_loss"], "best_val_acc": best["val_acc"],
+                           "optimizer": s["optimizer"], "lr": s["lr"], "batch_size": s["batch_size"],
+                           "parameters": s["parameters"]},
+            **(card or {})}
+    bundle = write_bundle(bundle_dir, model, config, info, s["input_dims"])
+    if reference_files:
+        tagger = JetTagger(bundle)
+        cols = predict_files(tagger, reference_files)
+        scores = np.stack([cols[f"score_{c}"] for c in classes], axis=1)
+        labels = cols["label"].astype(int)
+        wps = {}
+        for dname, d in discs.items():
+            disc = discriminant(scores, classes, d["signal"], d["background"])
+            sig = np.isin(labels, [classes.index(c) for c in d["signal"]])
+            bkg = np.isin(labels, [classes.index(c) for c in d["background"]])
+            wps[dname] = derive(disc[sig], disc[bkg])
+        full = yaml_load(Path(bundle_dir) / CARD)
+        full["working_points"] = wps
+        full["working_points_reference"] = [str(f) for f in reference_files]
+        full["metrics"] = _plain(summary(labels, scores, classes, discs))
+        full["metrics"]["files"] = [str(f) for f in reference_files]
+        yaml_dump(full, Path(bundle_dir) / CARD)
+    return Path(bundle_dir)
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def yaml_dump(obj: dict, path: Path) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(_plain(obj), sort_keys=False))

@@ -6,8 +6,8 @@ Both are made from the same :class:`~.jets.Jet` objects, so the two files descri
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import datetime
+import hashlib
 import os
 import types
 import uuid

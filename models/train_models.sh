@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Trains and exports the shipped bundles on this 2-core CPU machine, with wall-time budgets.
+# Data: `make samples` (R = 0.8: seeds 11 train / 12 test; R = 1.0: seeds 21 / 22).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+J=${JETTAGGER:-.venv/bin/jettagger}
+OUT=${OUT:-runs}
+CFG=src/jettagger_coffea/configs
+TRAIN="samples/train/qcd_jetclass.root samples/train/wqq_jetclass.root samples/train/zqq_jetclass.root samples/train/tbqq_jetclass.root"
+TEST="samples/test/qcd_jetclass.root samples/test/wqq_jetclass.root samples/test/zqq_jetclass.root samples/test/tbqq_jetclass.root"
+DATA='{"data_command": "jettagger generate --process qcd wqq zqq tbqq --njets 25000 --seed 11 --jobs 2 --format jetclass -o samples/train", "test_command": "jettagger generate --process qcd wqq zqq tbqq --njets 5000 --seed 12 --jobs 2 --format jetclass -o samples/test"}'
+SMALL_PART='{"num_layers": 3, "embed_dims": [64, 128, 64], "pair_embed_dims": [32, 32], "num_heads": 4, "num_cls_layers": 1}'
+NJ=${NJETS:-40000}
+
+train() {  # name network options minutes [extra]
+  $J train --data-config $CFG/wzt_full.yaml --network "$2" --network-options "$3" --train $TRAIN \
+    --output "$OUT/$1" --epochs 30 --max-minutes "$4" --max-train-jets "$NJ" --batch-size 128 --lr 2e-3 --threads 2
+  $J export "$OUT/$1" --output "models/$1" --name "$1" --reference $TEST --card "$DATA"
+}
+
+train pfn pfn '{}' "${MIN_PFN:-4}"
+train particlenet-lite particlenet-lite '{}' "${MIN_PNL:-14}"
+train part part "$SMALL_PART" "${MIN_PART:-16}"
+train part-irc part-irc "$SMALL_PART" "${MIN_IRC:-16}"
+
+# seed-1 style W / Z vs QCD on R = 1.0 jets
+$J train --data-config $CFG/wz_r10_kin.yaml --network particlenet-lite \
+  --train samples/train_r10/qcd_jetclass.root samples/train_r10/wqq_jetclass.root samples/train_r10/zqq_jetclass.root \
+  --output "$OUT/wz-r10-particlenet-lite" --epochs 30 --max-minutes "${MIN_R10:-8}" --max-train-jets 30000 \
+  --batch-size 128 --lr 2e-3 --threads 2
+$J export "$OUT/wz-r10-particlenet-lite" --output models/wz-r10-particlenet-lite --name wz-r10-particlenet-lite \
+  --reference samples/test_r10/qcd_jetclass.root samples/test_r10/wqq_jetclass.root samples/test_r10/zqq_jetclass.root \
+  --card '{"data_command": "jettagger generate --process qcd wqq zqq --njets 15000 --seed 21 --radius 1.0 --jobs 2 --format jetclass -o samples/train_r10"}'

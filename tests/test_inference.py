@@ -1,0 +1,218 @@
+"""Inference: bundles (validated at load), JetTagger on awkward / dask, the processor under every
+executor, chunk-size / padding invariance, odd input, predict, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+import yaml
+
+from jettagger_coffea._errors import JetTaggerError
+from jettagger_coffea.bundle import Bundle
+from jettagger_coffea.data import default_fileset, sample_path
+from jettagger_coffea.nanoevents import open_events
+from jettagger_coffea.run import run_fileset, write_outputs
+from jettagger_coffea.tagger import JetTagger
+
+from .conftest import PN_KIN_WEIGHTS, odd_pfnano, shared_file
+
+
+def test_bundle_card_and_working_points(tiny_bundle):
+    b = Bundle.load(tiny_bundle)
+    assert b.classes == ["QCD", "Wqq", "Zqq", "Tbqq"]
+    assert set(b.discriminants) == {"WvsQCD", "ZvsQCD", "TvsQCD"}
+    wps = b.working_points["TvsQCD"]
+    assert set(wps) == {"mistag0.5%", "mistag1%", "mistag2.5%", "mistag5%", "eff30%", "eff50%"}
+    assert wps["mistag0.5%"] >= wps["mistag1%"] >= wps["mistag2.5%"] >= wps["mistag5%"]
+    assert b.card["provenance"]["n_train"] > 0
+
+
+def test_bundle_refuses_config_that_disagrees_with_model(tiny_bundle, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_bundle, bad)
+    cfg = yaml.safe_load((bad / "data_config.yaml").read_text())
+    cfg["inputs"]["pf_features"]["vars"] = cfg["inputs"]["pf_features"]["vars"][:-2]
+    (bad / "data_config.yaml").write_text(yaml.safe_dump(cfg))
+    (bad / "preprocess.json").unlink()
+    with pytest.raises(JetTaggerError, match=r"pf_features.*\[.*17.*\].*\[-1, 15, 128\]"):
+        Bundle.load(bad)
+
+
+def test_bundle_refuses_missing_and_tampered_files(tiny_bundle, tmp_path):
+    missing = tmp_path / "missing"
+    shutil.copytree(tiny_bundle, missing)
+    (missing / "model.onnx").unlink()
+    with pytest.raises(JetTaggerError, match="missing model.onnx"):
+        Bundle.load(missing)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny_bundle, tampered)
+    j = json.loads((tampered / "preprocess.json").read_text())
+    j["pf_features"]["var_infos"]["part_pt_log"]["median"] = 99.0
+    (tampered / "preprocess.json").write_text(json.dumps(j))
+    with pytest.raises(JetTaggerError, match=r"preprocess.json.*part_pt_log.median"):
+        Bundle.load(tampered)
+
+
+def test_scores_attach_and_match_flat_scoring(tiny_bundle):
+    tagger = JetTagger(tiny_bundle)
+    ev = open_events(str(sample_path("wqq")))
+    scores = tagger(ev.FatJet)
+    assert ak.to_list(ak.num(scores)) == ak.to_list(ak.num(ev.FatJet))
+    assert scores.type.content.content.size == 4
+    flat = tagger.score_jets(uproot.open(sample_path("wqq", "jetclass"))["tree"])
+    np.testing.assert_allclose(ak.to_numpy(ak.flatten(scores)), flat.scores, atol=1e-5)
+    fj = tagger.attach(ev.FatJet)
+    np.testing.assert_allclose(ak.flatten(fj.score_Wqq), ak.flatten(scores[..., 1]))
+    d = ak.flatten(fj.score_WvsQCD)
+    np.testing.assert_allclose(d, ak.flatten(scores[..., 1] / (scores[..., 1] + scores[..., 0])), rtol=1e-6)
+
+
+def test_chunk_size_padding_and_batch_invariance(tiny_bundle):
+    path = str(sample_path("tbqq"))
+    whole = JetTagger(tiny_bundle)(open_events(path, entry_stop=60).FatJet)
+    fixed = JetTagger(tiny_bundle, padding="fixed")(open_events(path, entry_stop=60).FatJet)
+    tiny_batches = JetTagger(tiny_bundle, max_slots=64)(open_events(path, entry_stop=60).FatJet)
+    for other in (fixed, tiny_batches):
+        np.testing.assert_allclose(ak.to_numpy(ak.flatten(other)), ak.to_numpy(ak.flatten(whole)), atol=1e-6)
+    for size in (1, 7):
+        parts = [JetTagger(tiny_bundle)(open_events(path, entry_start=i, entry_stop=min(i + size, 60)).FatJet)
+                 for i in range(0, 60, size)]
+        np.testing.assert_allclose(ak.to_numpy(ak.flatten(ak.concatenate(parts))),
+                                   ak.to_numpy(ak.flatten(whole)), atol=1e-6)
+
+
+def test_torch_backend_equals_onnx(tiny_bundle):
+    pytest.importorskip("torch")
+    ev = open_events(str(sample_path("zqq")), entry_stop=100)
+    a = JetTagger(tiny_bundle)(ev.FatJet)
+    b = JetTagger(tiny_bundle, backend="torch")(ev.FatJet)
+    np.testing.assert_allclose(ak.to_numpy(ak.flatten(a)), ak.to_numpy(ak.flatten(b)), atol=1e-5)
+
+
+def test_odd_events_counted(tiny_bundle, tmp_path):
+    path = odd_pfnano(tmp_path / "odd.root")
+    out = run_fileset(tiny_bundle, {"odd": {"files": {str(path): "Events"}}}, executor="iterative", chunksize=2,
+                      progress=False)
+    assert out["cutflow"]["odd"] == {"events": 5, "fatjets": 4, "selected_jets": 4, "tagged_jets": 3,
+                                     "no_constituent_jets": 1}
+    jets = out["hists"]["jets"]
+    assert jets[{"status": "no_constituents"}].sum() == 1
+    assert jets[{"status": "tagged"}].sum() == 3
+    assert out["hists"]["scores"].sum() == 3 * 4  # NaN scores never enter the score histograms
+    ev = open_events(str(path))
+    scores = JetTagger(tiny_bundle)(ev.FatJet)
+    assert ak.to_list(ak.num(scores)) == [2, 0, 1, 1, 0]
+    assert np.isnan(ak.to_numpy(scores[2][0])).all()
+    assert np.isfinite(ak.to_numpy(scores[3][0])).all()
+    empty = JetTagger(tiny_bundle)(ev.FatJet[:0])
+    assert len(empty) == 0
+
+
+def _fileset(processes=("qcd", "tbqq")):
+    fs = default_fileset()
+    return {p: fs[p] for p in processes}
+
+
+def _by_label(h):
+    """{(dataset, truth): values}: growth axes fill in arrival order, which differs between executors."""
+    import hist
+
+    return {(d, t): h[{"dataset": d, "truth": hist.loc(t)}].values(flow=True)
+            for d in h.axes["dataset"] for t in h.axes["truth"]}
+
+
+def _same(a, b):
+    assert a["cutflow"] == b["cutflow"]
+    for name in ("jets", "msoftdrop", "predicted", "wp_pt", "wp_msd", "scores", "discriminant"):
+        ha, hb = _by_label(a["hists"][name]), _by_label(b["hists"][name])
+        assert ha.keys() == hb.keys()
+        for k in ha:
+            np.testing.assert_array_equal(ha[k], hb[k], err_msg=f"{name} {k}")
+
+
+@pytest.mark.slow
+def test_same_histograms_under_every_executor(tiny_bundle):
+    ref = run_fileset(tiny_bundle, _fileset(), executor="iterative", chunksize=400, progress=False)
+    assert ref["cutflow"]["qcd"]["selected_jets"] == 1000
+    assert ref["cutflow"]["tbqq"]["events"] == len(open_events(str(sample_path("tbqq"))))
+    for executor, chunks in (("futures", 150), ("dask", 1000), ("dask-awkward", 300)):
+        _same(ref, run_fileset(tiny_bundle, _fileset(), executor=executor, workers=2, chunksize=chunks,
+                               progress=False))
+
+
+def test_write_outputs(tiny_bundle, tmp_path):
+    out = run_fileset(tiny_bundle, _fileset(("qcd", "wqq", "tbqq")), executor="iterative", chunksize=1000,
+                      progress=False)
+    paths = write_outputs(out, tmp_path)
+    m = json.loads(paths["metrics"].read_text())
+    assert m["cutflow"]["wqq"]["selected_jets"] == 1000
+    assert m["discriminants"]["TvsQCD"]["n_signal"] == 1000
+    assert 0.5 < m["discriminants"]["TvsQCD"]["auc"] <= 1
+    with uproot.open(paths["root"]) as f:
+        assert f["qcd/msoftdrop_QCD"].values(flow=True).sum() == 1000
+    for key in ("roc", "confusion", "eff_pt_TvsQCD", "eff_msd_TvsQCD", "msoftdrop"):
+        assert paths[key].stat().st_size > 10_000
+
+
+def test_binned_metrics_agree_with_per_jet_metrics(tiny_bundle):
+    from sklearn.metrics import roc_auc_score
+
+    from jettagger_coffea.run import metrics_from_hists
+
+    out = run_fileset(tiny_bundle, _fileset(), executor="iterative", chunksize=1000, progress=False)
+    m = metrics_from_hists(out)
+    tagger = JetTagger(tiny_bundle)
+    s = tagger.score_jets(uproot.open(sample_path("tbqq", "jetclass"))["tree"]).scores
+    b = tagger.score_jets(uproot.open(sample_path("qcd", "jetclass"))["tree"]).scores
+    d = np.r_[s[:, 3] / (s[:, 3] + s[:, 0]), b[:, 3] / (b[:, 3] + b[:, 0])]
+    y = np.r_[np.ones(len(s)), np.zeros(len(b))]
+    assert m["discriminants"]["TvsQCD"]["auc"] == pytest.approx(roc_auc_score(y, d), abs=2e-3)
+
+
+def test_imported_particlenet_kin_runs(tmp_path):
+    pytest.importorskip("torch")
+    from jettagger_coffea.weaver import import_weaver
+
+    from .conftest import JETCLASS_CONFIGS
+
+    weights = shared_file(PN_KIN_WEIGHTS)
+    b = import_weaver(JETCLASS_CONFIGS / "JetClass_kin.yaml", tmp_path / "pn", network="particlenet",
+                      checkpoint=weights, discriminants={"TvsQCD": {"signal": ["Tbqq"], "background": ["QCD"]}})
+    tagger = JetTagger(b)
+    top = tagger.score_jets(uproot.open(sample_path("tbqq", "jetclass"))["tree"]).scores
+    qcd = tagger.score_jets(uproot.open(sample_path("qcd", "jetclass"))["tree"]).scores
+    assert np.mean(top.argmax(1) == 8) > 0.7
+    assert np.mean(qcd.argmax(1) == 0) > 0.7
+
+
+def test_predict_cli(tiny_bundle, tmp_path):
+    files = [str(sample_path("wqq", "jetclass")), str(sample_path("qcd"))]
+    for suffix in (".root", ".parquet"):
+        out = tmp_path / f"pred{suffix}"
+        r = subprocess.run([sys.executable, "-m", "jettagger_coffea.cli", "predict", "--model", str(tiny_bundle),
+                            "--input", *files, "--output", str(out)], capture_output=True, text=True, check=False)
+        assert r.returncode == 0, r.stderr
+        if suffix == ".root":
+            cols = uproot.open(out)["Events"].arrays(library="np")
+        else:
+            table = ak.from_parquet(out)
+            cols = {k: ak.to_numpy(table[k]) for k in ak.fields(table)}
+        assert len(cols["score_QCD"]) == 2000
+        assert np.array_equal(cols["file_index"], np.r_[np.zeros(1000), np.ones(1000)])
+        ref = uproot.open(files[0])["tree"]["jet_pt"].array(library="np")
+        np.testing.assert_allclose(cols["jet_pt"][:1000], ref, rtol=1e-6)
+        assert np.all(cols["label"][:1000] == 1) and np.all(cols["label"][1000:] == 0)
+
+
+def test_run_cli_bad_model(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "jettagger_coffea.cli", "run", "--model", str(tmp_path / "nope")],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 2
+    assert "no tagger bundle" in r.stderr
