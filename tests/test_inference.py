@@ -49,7 +49,7 @@ def test_bundle_refuses_missing_and_tampered_files(tiny_bundle, tmp_path):
     missing = tmp_path / "missing"
     shutil.copytree(tiny_bundle, missing)
     (missing / "model.onnx").unlink()
-    with pytest.raises(JetTaggerError, match="missing model.onnx"):
+    with pytest.raises(JetTaggerError, match=r"missing model\.onnx"):
         Bundle.load(missing)
     tampered = tmp_path / "tampered"
     shutil.copytree(tiny_bundle, tampered)

@@ -34,7 +34,7 @@ def predict_files(tagger: JetTagger, files: Sequence[str | Path], with_labels: b
         for name in tagger.config.observers:
             try:
                 row[name] = np.asarray(table[name])
-            except Exception:  # noqa: BLE001 - an observer the source lacks is left out
+            except Exception:  # noqa: BLE001, S112 - an observer the source lacks is left out
                 continue
         row["file_index"] = np.full(len(res.scores), list(files).index(path), dtype=np.int32)
         for k, v in row.items():

@@ -82,11 +82,11 @@ def cutflow(hists: dict[str, Any]) -> dict[str, dict[str, int]]:
     out = {}
     counts, jets = hists["counts"], hists["jets"]
     for ds in counts.axes["dataset"]:
-        row = {step: int(round(counts[{"dataset": ds, "step": step}].sum(flow=True)))
+        row = {step: round(counts[{"dataset": ds, "step": step}].sum(flow=True))
                for step in counts.axes["step"]}
         for status, key in (("tagged", "tagged_jets"), ("no_constituents", "no_constituent_jets")):
             j = jets[{"status": status}]
-            row[key] = int(round(j[{"dataset": ds}].sum(flow=True))) if ds in j.axes["dataset"] else 0
+            row[key] = round(j[{"dataset": ds}].sum(flow=True)) if ds in j.axes["dataset"] else 0
         out[ds] = row
     return out
 

@@ -179,9 +179,9 @@ def train(config_path: str | Path, network: str, train_files: Sequence[str | Pat
     model.to(device)
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / batch_size)
-    total = steps_per_epoch * epochs
+    plan = [steps_per_epoch * epochs]  # total steps; shortened to fit ``max_minutes`` once steps are timed
     sched = torch.optim.lr_scheduler.LambdaLR(opt.inner if isinstance(opt, Lookahead) else opt,
-                                              lambda s: lr_factor(s, total))
+                                              lambda s: lr_factor(s, plan[0]))
     scaler = torch.amp.GradScaler(enabled=device == "cuda")
     start_epoch, best, history = 0, math.inf, []
     if resume and (output / "last.pt").exists():
@@ -214,6 +214,12 @@ def train(config_path: str | Path, network: str, train_files: Sequence[str | Pat
             tc += int((out.argmax(1) == y).sum())
             tn += len(idx)
             bar.set_postfix(loss=f"{tl / tn:.4f}", acc=f"{tc / tn:.3f}")
+            step = sched.last_epoch
+            if max_minutes and step == start_epoch * steps_per_epoch + 20:
+                per_step = (time.perf_counter() - t0) / 20
+                fit = int(0.85 * 60 * max_minutes / per_step)  # leave room for validation passes
+                plan[0] = max(min(plan[0], fit), 1)
+                log.info("time budget: %.2f s/step, LR schedule over %d steps", per_step, plan[0])
             if max_minutes and time.perf_counter() - t0 > 60 * max_minutes:
                 break
         vl, va = evaluate_loss(model, val_set, 2 * batch_size, device)
