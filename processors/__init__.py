@@ -1,0 +1,1 @@
+"""Ready-to-run analysis processors built on jettagger_coffea."""

@@ -1,0 +1,58 @@
+"""W-tagged jet mass: the soft-drop mass of FatJets passing a WvsQCD working point, per dataset.
+
+Run it on the bundled samples with the default model:
+
+    python processors/wtag_mass.py --wp mistag1%
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import awkward as ak
+import hist
+from coffea import processor
+
+from jettagger_coffea import models
+from jettagger_coffea.data import default_fileset
+from jettagger_coffea.nanoevents import PFNanoSchema
+from jettagger_coffea.tagger import JetTagger
+
+
+class WTagMass(processor.ProcessorABC):
+    def __init__(self, bundle=None, discriminant: str = "WvsQCD", wp: str = "mistag1%") -> None:
+        self.tagger = JetTagger(models.resolve(bundle))
+        self.discriminant = discriminant
+        self.threshold = self.tagger.bundle.working_points[discriminant][wp]
+
+    def process(self, events):
+        fj = events.FatJet
+        fj = fj[(fj.pt > 500) & (abs(fj.eta) < 2)]
+        fj = self.tagger.attach(fj)
+        tagged = fj[fj[f"score_{self.discriminant}"] > self.threshold]
+        h = hist.Hist.new.StrCat([], growth=True, name="dataset").StrCat(["all", "tagged"], name="category").Reg(
+            50, 0, 250, name="msd", label="Soft-drop mass [GeV]").Double()
+        ds = events.metadata["dataset"]
+        h.fill(dataset=ds, category="all", msd=ak.flatten(fj.msoftdrop))
+        h.fill(dataset=ds, category="tagged", msd=ak.flatten(tagged.msoftdrop))
+        return {"msd": h}
+
+    def postprocess(self, accumulator):
+        return accumulator
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--wp", default="mistag1%")
+    args = ap.parse_args()
+    runner = processor.Runner(processor.FuturesExecutor(workers=2), schema=PFNanoSchema, chunksize=500)
+    out = runner(default_fileset(), WTagMass(args.model, wp=args.wp), treename="Events")
+    h = out["msd"]
+    for ds in h.axes["dataset"]:
+        n_all, n_tag = h[ds, "all", :].sum(flow=True), h[ds, "tagged", :].sum(flow=True)
+        print(f"{ds:6s} tagged {n_tag:6.0f} / {n_all:6.0f} = {n_tag / n_all:.3f}")
+
+
+if __name__ == "__main__":
+    main()
