@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib.resources import files
 from pathlib import Path
 
@@ -21,7 +22,9 @@ def available() -> list[str]:
 
 
 def resolve(name_or_path: str | None = None) -> Path:
-    """A bundle path from a folder path, a shipped bundle name, or None (the default bundle)."""
+    """A bundle path from a folder path, a shipped bundle name, or None (``$JETTAGGER_MODEL``, else the
+    default bundle named in ``models/DEFAULT``)."""
+    name_or_path = name_or_path or os.environ.get("JETTAGGER_MODEL") or None
     if name_or_path and Path(name_or_path).is_dir():
         return Path(name_or_path)
     d = models_dir()

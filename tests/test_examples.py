@@ -1,0 +1,49 @@
+"""The example script, notebook and ready-made processor run as an analyst would run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(bundle) -> dict[str, str]:
+    return {**os.environ, "JETTAGGER_MODEL": str(bundle), "MPLBACKEND": "Agg"}
+
+
+def test_example_script(tiny_bundle):
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "tag_fatjets.py")], env=_env(tiny_bundle),
+                       capture_output=True, text=True, check=False, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "W-tag efficiency at 1% mistag" in r.stdout
+    assert "jets without constituents: 0" in r.stdout
+
+
+def test_example_notebook(tiny_bundle, monkeypatch):
+    monkeypatch.setenv("JETTAGGER_MODEL", str(tiny_bundle))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    nb = json.loads((ROOT / "examples" / "tag_fatjets.ipynb").read_text())
+    ns: dict = {}
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            exec(compile("".join(cell["source"]), "notebook", "exec"), ns)  # noqa: S102 - our own notebook
+    assert set(ns["jets"]) == {"qcd", "wqq", "zqq", "tbqq"}
+    assert ns["h"].sum() > 0
+
+
+@pytest.mark.slow
+def test_wtag_processor(tiny_bundle):
+    r = subprocess.run([sys.executable, str(ROOT / "processors" / "wtag_mass.py"), "--model", str(tiny_bundle)],
+                       capture_output=True, text=True, check=False, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines() if "tagged" in line]
+    assert len(lines) == 4
+    assert all(line.split("/")[1].split("=")[0].strip() == "1000" for line in lines)
