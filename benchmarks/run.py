@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import awkward as ak
 import numpy as np
 
 from jettagger_coffea import models
-from jettagger_coffea.backends import OnnxBackend, TorchBackend, run_batched
+from jettagger_coffea.backends import TorchBackend, run_batched
 from jettagger_coffea.data import PROCESSES, default_fileset, sample_path
 from jettagger_coffea.features import make_table, standardise
 from jettagger_coffea.nanoevents import open_events

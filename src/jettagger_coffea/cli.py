@@ -232,6 +232,9 @@ def _run_run(args: argparse.Namespace) -> int:
           f"accuracy {m['accuracy']:.3f}")
     for name, d in m["discriminants"].items():
         print(f"  {name}: AUC {d['auc']:.4f}  1/eps_b @50% {d['rej50']:.1f}  @30% {d['rej30']:.1f}")
+    for s in m["skipped"]:
+        print(f"  skipped {s['file'] or s['dataset']}: {s['events'] if s['events'] is not None else 'unknown'} "
+              f"events ({s['error']})")
     print(f"outputs in {args.output}/: " + ", ".join(p.name for p in paths.values()))
     return 0
 

@@ -44,8 +44,9 @@ def make_histograms(classes: Sequence[str], discriminants: Sequence[str], workin
     passed = hist.axis.Integer(0, 2, name="passed", label="Passed", underflow=False, overflow=False)
     return {
         # event / jet counts as a histogram: scalar reductions do not work lazily with dask >= 2025.4
-        "counts": _hist(dask, dataset_axis(), hist.axis.StrCategory(
-            ["events", "fatjets", "selected_jets"], name="step"), hist.axis.Regular(1, 0, 1, name="unit")),
+        "counts": _hist(dask, dataset_axis(), hist.axis.StrCategory([], growth=True, name="file"),
+                        hist.axis.StrCategory(["events", "fatjets", "selected_jets"], name="step"),
+                        hist.axis.Regular(1, 0, 1, name="unit")),
         "jets": _hist(dask, dataset_axis(), truth_axis(), hist.axis.StrCategory(
             ["tagged", "no_constituents"], name="status"), pt_axis(pt_bins)),
         "scores": _hist(dask, dataset_axis(), truth_axis(), pt_axis(pt_bins), cls, SCORE_AXIS),

@@ -68,9 +68,11 @@ class TaggerProcessor(processor.ProcessorABC):
                 hists["wp_msd"].fill(dataset=dataset, truth=t_truth, disc=name, wp=wp, passed=passed, msd=t_msd)
         n_fatjets = akx.num(events.FatJet, axis=1)
         half = n_fatjets * 0 + 0.5  # one entry per event in the single "unit" bin
-        hists["counts"].fill(dataset=dataset, step="events", unit=half)
-        hists["counts"].fill(dataset=dataset, step="fatjets", unit=half, weight=n_fatjets)
-        hists["counts"].fill(dataset=dataset, step="selected_jets", unit=half, weight=akx.num(jets, axis=1))
+        fname = str(events.metadata.get("filename", "(all files)"))  # per file under the Runner
+        hists["counts"].fill(dataset=dataset, file=fname, step="events", unit=half)
+        hists["counts"].fill(dataset=dataset, file=fname, step="fatjets", unit=half, weight=n_fatjets)
+        hists["counts"].fill(dataset=dataset, file=fname, step="selected_jets", unit=half,
+                             weight=akx.num(jets, axis=1))
         return {"hists": hists}
 
     def postprocess(self, accumulator: Any) -> Any:
@@ -82,7 +84,7 @@ def cutflow(hists: dict[str, Any]) -> dict[str, dict[str, int]]:
     out = {}
     counts, jets = hists["counts"], hists["jets"]
     for ds in counts.axes["dataset"]:
-        row = {step: round(counts[{"dataset": ds, "step": step}].sum(flow=True))
+        row = {step: round(counts[{"dataset": ds, "step": step}].sum(flow=True))  # over files
                for step in counts.axes["step"]}
         for status, key in (("tagged", "tagged_jets"), ("no_constituents", "no_constituent_jets")):
             j = jets[{"status": status}]

@@ -36,6 +36,41 @@ def load_fileset(path: str | Path) -> dict[str, Any]:
     return out
 
 
+def preflight(fileset: dict[str, Any], skip_bad_files: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Open every file once: unreadable ones are skipped (and recorded with their error and, where the
+    header still says, their event count) or, without skipping, named in the error."""
+    import uproot
+
+    good: dict[str, Any] = {}
+    skipped: list[dict[str, Any]] = []
+    for ds, spec in fileset.items():
+        for path, tree in spec["files"].items():
+            tree = tree if isinstance(tree, str) else tree.get("object_path", "Events")
+            try:
+                with uproot.open(path) as f:
+                    n = f[tree].num_entries
+                    f[tree]["nFatJet"].array(entry_stop=1)  # the header alone can look fine
+            except Exception as err:  # noqa: BLE001 - any failure to read makes the file bad
+                if not skip_bad_files:
+                    raise JetTaggerError(f"cannot read {path} (dataset {ds!r}): {type(err).__name__}: {err}") from None
+                skipped.append({"dataset": ds, "file": path, "error": f"{type(err).__name__}: {err}",
+                                "events": _events_from_header(path, tree)})
+                continue
+            good.setdefault(ds, {"files": {}, "events": {}})["files"][path] = tree
+            good[ds]["events"][path] = n
+    return good, skipped
+
+
+def _events_from_header(path: str, tree: str) -> int | None:
+    import uproot
+
+    try:
+        with uproot.open(path) as f:
+            return int(f[tree].num_entries)
+    except Exception:  # noqa: BLE001 - unknown: the file is unreadable
+        return None
+
+
 def _cluster(workers: int, scheduler: str | None):
     from distributed import Client, LocalCluster
 
@@ -54,6 +89,10 @@ def run_fileset(bundle: str | Path, fileset: dict[str, Any], executor: str = "da
     if executor not in EXECUTORS:
         raise JetTaggerError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
     proc = TaggerProcessor(bundle, **processor_options)
+    fileset, skipped = preflight(fileset, skip_bad_files)
+    expected = {ds: spec.pop("events") for ds, spec in fileset.items()}
+    if not fileset:
+        raise JetTaggerError("no readable file in the fileset: " + "; ".join(s["file"] for s in skipped))
     start = time.perf_counter()
     client = cluster = None
     try:
@@ -82,15 +121,34 @@ def run_fileset(bundle: str | Path, fileset: dict[str, Any], executor: str = "da
             else:
                 client, cluster = _cluster(workers, scheduler)
                 ex = processor.DaskExecutor(client=client, status=progress)
-            runner = processor.Runner(ex, schema=PFNanoSchema, chunksize=chunksize, skipbadfiles=skip_bad_files)
-            out = runner(fileset, proc, treename="Events")
+            # with skipping on, any failure of a chunk skips it; the accounting below names the file
+            skip = (Exception,) if skip_bad_files else False
+            runner = processor.Runner(ex, schema=PFNanoSchema, chunksize=chunksize, skipbadfiles=skip)
+            try:
+                out = runner(fileset, proc, treename="Events")
+            except Exception as err:
+                raise JetTaggerError(f"processing failed: {err}") from err
     finally:
         if client is not None:
             client.close()
         if cluster is not None:
             cluster.close()
     out["cutflow"] = cutflow(out["hists"])
-    out["meta"] = {"model": proc.tagger.bundle.name, "classes": proc.tagger.classes, "executor": executor,
+    counts = out["hists"]["counts"]
+    per_file = {f: round(counts[{"file": f, "step": "events"}].sum(flow=True)) for f in counts.axes["file"]}
+    for ds, files in expected.items():
+        if "(all files)" in per_file:  # dask-awkward: per dataset only
+            got, n = out["cutflow"].get(ds, {}).get("events", 0), sum(files.values())
+            if got != n:
+                skipped.append({"dataset": ds, "file": None, "error": "chunks failed", "events": n - got})
+            continue
+        for path, n in files.items():
+            got = per_file.get(path, 0)
+            if got != n:  # chunks that failed after the preflight, skipped by coffea
+                skipped.append({"dataset": ds, "file": path, "error": "chunk(s) failed during processing",
+                                "events": n - got})
+    out["skipped"] = skipped
+    out["meta"] = {"events_in_readable_files": {ds: sum(f.values()) for ds, f in expected.items()}, "model": proc.tagger.bundle.name, "classes": proc.tagger.classes, "executor": executor,
                    "workers": workers, "chunksize": chunksize, "seconds": time.perf_counter() - start,
                    "discriminants": proc.tagger.bundle.discriminants, "working_points": proc.wps}
     return out
@@ -138,6 +196,7 @@ def metrics_from_hists(out: dict[str, Any]) -> dict[str, Any]:
     total = cm.sum()
     res["accuracy"] = float(np.trace(cm) / total) if total else float("nan")
     res["confusion"] = (cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)).tolist()
+    res["skipped"] = out.get("skipped", [])
     res["seconds"] = meta["seconds"]
     jets = sum(c["selected_jets"] for c in out["cutflow"].values())
     res["jets_per_second"] = jets / meta["seconds"] if meta["seconds"] else None
