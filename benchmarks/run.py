@@ -184,7 +184,7 @@ def main() -> None:
         bundle = JetTagger(path).bundle
         r: dict = {"bundle": str(path), "network": bundle.card.get("network")}
         r["parameters"] = bundle.card.get("provenance", {}).get("parameters")
-        r["flops_per_jet"] = {"mean multiplicity": flops_per_jet(bundle, int(round(counts.mean()))),
+        r["flops_per_jet"] = {"mean multiplicity": flops_per_jet(bundle, round(counts.mean())),
                               "128": flops_per_jet(bundle, 128)}
         r["onnx_dynamic"] = pipeline_parts(path, jets, pf, "onnx", "dynamic")
         r["onnx_fixed128"] = pipeline_parts(path, jets, pf, "onnx", "fixed")

@@ -59,7 +59,7 @@ def test_killed_worker_gives_identical_histograms(tiny_bundle):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         pids = client.run(os.getpid)
-        victim = sorted(pids.values())[0]
+        victim = min(pids.values())
         killer = threading.Timer(4.0, os.kill, (victim, signal.SIGKILL))
         killer.start()
         t0 = time.perf_counter()
