@@ -18,10 +18,12 @@ train() {  # name network options minutes [extra]
   $J export "$OUT/$1" --output "models/$1" --name "$1" --reference $TEST --card "$DATA"
 }
 
-train pfn pfn '{}' "${MIN_PFN:-4}"
-train particlenet-lite particlenet-lite '{}' "${MIN_PNL:-14}"
-train part part "$SMALL_PART" "${MIN_PART:-16}"
-train part-irc part-irc "$SMALL_PART" "${MIN_IRC:-16}"
+ONLY=${ONLY:-"pfn particlenet-lite part part-irc r10"}
+case " $ONLY " in *" pfn "*) train pfn pfn '{}' "${MIN_PFN:-4}";; esac
+case " $ONLY " in *" particlenet-lite "*) train particlenet-lite particlenet-lite '{}' "${MIN_PNL:-14}";; esac
+case " $ONLY " in *" part "*) train part part "$SMALL_PART" "${MIN_PART:-22}";; esac
+case " $ONLY " in *" part-irc "*) train part-irc part-irc "$SMALL_PART" "${MIN_IRC:-22}";; esac
+case " $ONLY " in *" r10 "*) ;; *) exit 0;; esac
 
 # seed-1 style W / Z vs QCD on R = 1.0 jets
 $J train --data-config $CFG/wz_r10_kin.yaml --network particlenet-lite \
