@@ -288,6 +288,7 @@ def export(train_dir: str | Path, bundle_dir: str | Path, name: str | None = Non
             "provenance": {"train_files": s["train_files"], "n_train": s["n_train"], "n_val": s["n_val"],
                            "seed": s["seed"], "epochs_run": len(s["history"]), "best_epoch": s["best_epoch"],
                            "best_val_loss": best["val_loss"], "best_val_acc": best["val_acc"],
+                           "jets_seen": sum(r["jets"] for r in s["history"]),
                            "optimizer": s["optimizer"], "lr": s["lr"], "batch_size": s["batch_size"],
                            "parameters": s["parameters"]},
             **(card or {})}
