@@ -192,6 +192,7 @@ def train(config_path: str | Path, network: str, train_files: Sequence[str | Pat
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
         rng = np.random.default_rng(seed + start_epoch)
     t0 = time.perf_counter()
+    marks: list[tuple[int, float]] = []
     for epoch in range(start_epoch, epochs):
         model.train()
         tl, tc, tn = 0.0, 0, 0
@@ -215,11 +216,14 @@ def train(config_path: str | Path, network: str, train_files: Sequence[str | Pat
             tn += len(idx)
             bar.set_postfix(loss=f"{tl / tn:.4f}", acc=f"{tc / tn:.3f}")
             step = sched.last_epoch
-            if max_minutes and step == start_epoch * steps_per_epoch + 20:
-                per_step = (time.perf_counter() - t0) / 20
-                fit = int(0.85 * 60 * max_minutes / per_step)  # leave room for validation passes
-                plan[0] = max(min(plan[0], fit), 1)
-                log.info("time budget: %.2f s/step, LR schedule over %d steps", per_step, plan[0])
+            if max_minutes and step % 50 == 0:  # re-plan from the recent step rate (first steps are slow)
+                now = time.perf_counter()
+                if marks:
+                    per_step = (now - marks[-1][1]) / max(step - marks[-1][0], 1)
+                    left = 0.85 * 60 * max_minutes - (now - t0)  # leave room for validation passes
+                    plan[0] = max(step + int(left / per_step), step + 1)
+                    log.debug("time budget: %.3f s/step, LR schedule over %d steps", per_step, plan[0])
+                marks.append((step, now))
             if max_minutes and time.perf_counter() - t0 > 60 * max_minutes:
                 break
         vl, va = evaluate_loss(model, val_set, 2 * batch_size, device)
