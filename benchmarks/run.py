@@ -65,7 +65,7 @@ def flops_per_jet(bundle, length: int) -> float:
     for x in xs:  # every slot real
         x[..., :] = x[..., :1] if x.shape[1] == 1 else x
     xs[model.roles.index("mask")] = torch.ones_like(xs[model.roles.index("mask")])
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
+    with FlopCounterMode(display=False) as fc:  # (no no_grad: its module tracker needs grad_fns)
         model(*xs)
     return fc.get_total_flops() / n
 

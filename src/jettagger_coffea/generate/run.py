@@ -29,8 +29,9 @@ def _run_block(args: tuple[GenerationSettings, int, int]):
     from .events import EventSource, _quiet_stdout
     from .jets import select_jets
 
-    with _quiet_stdout():  # FastJet's banner goes to C++ stdout once per process
-        fastjet.ClusterSequence.print_banner()
+    with _quiet_stdout():  # FastJet prints its banner to C++ stdout at the first clustering of a process
+        fastjet.ClusterSequence([fastjet.PseudoJet(1.0, 0.0, 0.0, 1.0)],
+                                fastjet.JetDefinition(fastjet.antikt_algorithm, 0.4)).inclusive_jets()
 
     settings, block, nwanted = args
     seed = block_seed(settings.seed, settings.process, block)
