@@ -4,6 +4,7 @@ executor, chunk-size / padding invariance, odd input, predict, the CLI."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -216,3 +217,24 @@ def test_run_cli_bad_model(tmp_path):
                        capture_output=True, text=True, check=False)
     assert r.returncode == 2
     assert "no tagger bundle" in r.stderr
+
+
+@pytest.mark.slow
+def test_run_cli_default(tmp_path):
+    """The README's main job: no arguments -> default shipped model, bundled samples, 2-worker LocalCluster."""
+    from jettagger_coffea import models
+
+    try:
+        models.resolve(None)
+    except JetTaggerError:
+        pytest.skip("no shipped default model")
+    env = {k: v for k, v in os.environ.items() if k != "JETTAGGER_MODEL"}
+    r = subprocess.run([sys.executable, "-m", "jettagger_coffea.cli", "run", "--output", str(tmp_path)],
+                       capture_output=True, text=True, check=False, timeout=900, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert {c["selected_jets"] for c in m["cutflow"].values()} == {1000}
+    assert m["skipped"] == []
+    assert m["discriminants"]["TvsQCD"]["auc"] > 0.9
+    for name in ("hists.pkl", "hists.root", "roc.png", "confusion.png", "eff_pt_WvsQCD.png", "msoftdrop.png"):
+        assert (tmp_path / name).stat().st_size > 0
