@@ -76,7 +76,8 @@ def _add_train(sub) -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time (keeps the best)")
     p.add_argument("--max-train-jets", type=int, default=None)
     p.add_argument("--trim", action="store_true", help="weaver's random sequence trimming")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from <output>/last.pt")
+    p.add_argument("--stop-after", type=int, default=None, help="stop after this many epochs (resume later)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_run_train)
 
@@ -89,7 +90,8 @@ def _run_train(args: argparse.Namespace) -> int:
     s = train(args.data_config, args.network, args.train, args.output, val_files=args.val,
               network_options=json.loads(args.network_options), epochs=args.epochs, batch_size=args.batch_size,
               lr=args.lr, optimizer=args.optimizer, seed=args.seed, max_minutes=args.max_minutes,
-              trim=args.trim, resume=args.resume, threads=args.threads, max_train_jets=args.max_train_jets)
+              trim=args.trim, resume=args.resume, threads=args.threads, max_train_jets=args.max_train_jets,
+              stop_after=args.stop_after)
     best = next(r for r in s["history"] if r["epoch"] == s["best_epoch"])
     print(f"best epoch {s['best_epoch']}: val_loss {best['val_loss']:.4f} val_acc {best['val_acc']:.4f}")
     return 0

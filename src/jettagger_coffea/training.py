@@ -146,7 +146,8 @@ def train(config_path: str | Path, network: str, train_files: Sequence[str | Pat
           epochs: int = 10, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 0.01,
           optimizer: str = "adamw", seed: int = 1, max_minutes: float | None = None, trim: bool = False,
           resume: bool = False, device: str | None = None, threads: int | None = None,
-          max_train_jets: int | None = None, progress: bool = True) -> dict[str, Any]:
+          max_train_jets: int | None = None, stop_after: int | None = None,
+          progress: bool = True) -> dict[str, Any]:
     """Train ``network`` on ``train_files``; returns the summary (also in ``output/summary.json``)."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -241,6 +242,8 @@ def train(config_path: str | Path, network: str, train_files: Sequence[str | Pat
                     "epoch": epoch, "best": best, "history": history}, output / "last.pt")
         if max_minutes and time.perf_counter() - t0 > 60 * max_minutes:
             log.info("time budget of %.1f min reached after epoch %d", max_minutes, epoch)
+            break
+        if stop_after is not None and epoch + 1 >= stop_after:  # split a long run across job slots
             break
     best_epoch = min(history, key=lambda r: r["val_loss"])["epoch"]
     summary = {"network": network, "network_options": network_options or {}, "best_epoch": best_epoch,

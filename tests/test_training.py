@@ -1,0 +1,125 @@
+"""Training, export and evaluation: a separable toy is learnt, checkpoints reload, ONNX equals torch,
+metrics equal scikit-learn's."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import uproot
+
+torch = pytest.importorskip("torch")
+
+from jettagger_coffea.configs import config_path
+from jettagger_coffea.data import sample_path
+from jettagger_coffea.evaluation import evaluate, predict_files
+from jettagger_coffea.metrics import auc, confusion_matrix, rejection, roc_curve
+from jettagger_coffea.tagger import JetTagger
+from jettagger_coffea.training import export, load_trained, lr_factor, predict, train
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """Top vs QCD (a separable toy: three-prong, 175 GeV vs one-prong) with a 2-class config."""
+    import yaml
+
+    work = tmp_path_factory.mktemp("toy")
+    cfg = yaml.safe_load(config_path("wzt_full").read_text())
+    cfg["labels"]["value"] = ["label_QCD", "label_Tbqq"]
+    (work / "toy.yaml").write_text(yaml.safe_dump(cfg))
+    files = [sample_path("qcd", "jetclass"), sample_path("tbqq", "jetclass")]
+    s = train(work / "toy.yaml", "pfn", files, work / "run", epochs=4, batch_size=64, lr=3e-3, seed=2,
+              network_options={"phi_sizes": [32, 32], "f_sizes": [32]}, progress=False)
+    return work, files, s
+
+
+def test_toy_is_learnt(toy):
+    work, files, s = toy
+    losses = [r["train_loss"] for r in s["history"]]
+    assert losses[-1] < 0.8 * losses[0]
+    model, config, _ = load_trained(work / "run")
+    from jettagger_coffea.datasets import load_features
+
+    f = load_features(files, config)
+    p = predict(model, f)
+    assert auc(f.labels == 1, p[:, 1]) > 0.9
+    log = [json.loads(line) for line in (work / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1, 2, 3]
+    assert s["best_epoch"] == min(log, key=lambda r: r["val_loss"])["epoch"]
+
+
+def test_checkpoint_reload_and_resume(toy, tmp_path):
+    work, files, _ = toy
+    a, config, _ = load_trained(work / "run")
+    b, _, _ = load_trained(work / "run")
+    from jettagger_coffea.datasets import load_features
+
+    f = load_features(files[:1], config)
+    np.testing.assert_array_equal(predict(a, f), predict(b, f))
+    # resume: two epochs, stop, then resume to four == four in one go (same seed, same batches)
+    kw = {"epochs": 4, "batch_size": 64, "lr": 3e-3, "seed": 2, "progress": False,
+          "network_options": {"phi_sizes": [32, 32], "f_sizes": [32]}}
+    first = train(work / "toy.yaml", "pfn", files, tmp_path / "r", stop_after=2, **kw)
+    assert len(first["history"]) == 2
+    resumed = train(work / "toy.yaml", "pfn", files, tmp_path / "r", resume=True, **kw)["history"]
+    one_go = toy[2]["history"]
+    assert [r["epoch"] for r in resumed] == [0, 1, 2, 3]
+    np.testing.assert_allclose([r["val_loss"] for r in resumed], [r["val_loss"] for r in one_go], rtol=1e-5)
+
+
+def test_export_onnx_equals_torch_and_evaluate_equals_sklearn(toy, tmp_path):
+    from sklearn.metrics import confusion_matrix as sk_confusion
+    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_curve as sk_roc
+
+    work, files, _ = toy
+    bundle = export(work / "run", tmp_path / "bundle", reference_files=files,
+                    discriminants={"TvsQCD": {"signal": ["Tbqq"], "background": ["QCD"]}})
+    model, config, _ = load_trained(work / "run")
+    from jettagger_coffea.datasets import load_features
+
+    f = load_features(files, config)
+    torch_scores = predict(model, f)
+    cols = predict_files(JetTagger(bundle), files)
+    onnx_scores = np.stack([cols["score_QCD"], cols["score_Tbqq"]], axis=1)
+    np.testing.assert_allclose(onnx_scores, torch_scores, atol=1e-5)
+    m = evaluate(JetTagger(bundle), files, tmp_path / "eval")
+    y = cols["label"].astype(int)
+    d = onnx_scores[:, 1] / onnx_scores.sum(1)
+    assert m["discriminants"]["TvsQCD"]["auc"] == pytest.approx(roc_auc_score(y, d), abs=1e-9)
+    assert m["auc_ovr"]["Tbqq"] == pytest.approx(roc_auc_score(y, onnx_scores[:, 1]), abs=1e-9)
+    assert m["accuracy"] == pytest.approx(np.mean(onnx_scores.argmax(1) == y))
+    np.testing.assert_allclose(m["confusion"], sk_confusion(y, onnx_scores.argmax(1), normalize="true"))
+    fpr, tpr, _ = sk_roc(y, d)
+    assert m["discriminants"]["TvsQCD"]["rej50"] == pytest.approx(1 / np.interp(0.5, tpr, fpr), rel=1e-9)
+    for png in ("roc.png", "confusion.png", "scores_TvsQCD.png"):
+        assert (tmp_path / "eval" / png).stat().st_size > 10_000
+
+
+def test_metrics_edge_cases():
+    y = np.array([1, 1, 0, 0, 1, 0])
+    s = np.array([0.9, 0.9, 0.9, 0.1, np.nan, 0.2])  # ties and a NaN (excluded)
+    eb, es, _ = roc_curve(y, s)
+    assert eb[0] == es[0] == 0 and eb[-1] == es[-1] == 1
+    from sklearn.metrics import roc_auc_score
+
+    ok = np.isfinite(s)
+    assert auc(y, s) == pytest.approx(roc_auc_score(y[ok], s[ok]))
+    assert rejection(np.array([1, 0]), np.array([1.0, 0.0]), 0.5) == float("inf")
+    cm = confusion_matrix(np.array([0, 1]), np.array([[0.9, 0.1], [np.nan, np.nan]]), 2)
+    assert cm.tolist() == [[1, 0], [0, 0]]
+    assert lr_factor(0, 100) < lr_factor(4, 100) <= 1 and lr_factor(99, 100) == pytest.approx(0.01, rel=0.2)
+
+
+def test_train_cli_bad_network(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "jettagger_coffea.cli", "train", "--data-config",
+                        str(config_path("wzt_full")), "--network", "resnet", "--train",
+                        str(sample_path("qcd", "jetclass")), "-o", str(tmp_path)], capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 2
+    assert "unknown network 'resnet'" in r.stderr
+    assert uproot  # the module is used by the fixtures' files
