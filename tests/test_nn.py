@@ -194,3 +194,20 @@ def test_parameter_counts():
     assert 2_100_000 < counts["part"] < 2_200_000  # seed table: 2.14M
     assert counts["part-plain"] < counts["part"]
     assert np.isclose(counts["pfn"], 86_100, rtol=0.1)  # seed table: 86.1k (JetClass, 17 inputs)
+
+
+def test_irc_part_with_energy_free_features():
+    """IRC-safe ParT fed charge/PID/IP-like features: still IRC safe when split halves share them."""
+    m = build("part-irc", NAMES, DIMS, 4, token_features=[5, 6], num_layers=2).eval().double()
+    x = [t.double() for t in example_inputs(m, DIMS, n=4, length=40, seed=7)]
+    vv, mm = split_and_soften(x[2], x[3], eps=1e-9)
+    # features follow the particles: rebuild them from the (shuffled) vectors' directions
+    def feats(v, mask):
+        f = torch.zeros(v.shape[0], 7, v.shape[-1], dtype=v.dtype)
+        f[:, 5] = torch.sign(v[:, 0]) * mask[:, 0]  # a direction-only "charge"
+        f[:, 6] = (v[:, 1] > 0).double() * mask[:, 0]
+        return f
+    a = m(x[0], feats(x[2], x[3]), x[2], x[3])
+    b = m(torch.zeros(4, 2, vv.shape[-1], dtype=torch.float64), feats(vv, mm), vv, mm)
+    assert torch.max(torch.abs(a - b)) <= 1e-6
+    assert m.mod.uses == ("features", "vectors", "mask")

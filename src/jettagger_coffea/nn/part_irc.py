@@ -1,6 +1,8 @@
 """IRC-safe Particle Transformer (C. Li et al., ML4Jets 2023): ParT blocks with two rules.
 
-1. Tokens carry no energy: (deta, dphi, dR) to the jet axis (the four-vector sum, itself IRC safe);
+1. Tokens carry no energy: (deta, dphi, dR) to the jet axis (the four-vector sum, itself IRC safe), plus,
+   optionally, energy-free particle features (charge, PID flags, impact parameters: ``token_features``
+   indexes the ``features`` input; a collinear split is assumed to keep them, as the seed does);
    pair features are angular only (ln dR_ij).
 2. Energy enters only as an attention bias, ``a_ij = q_i.k_j / sqrt(d) + U_ij + ln z_j`` with the energy
    fraction z_j, in every particle- and class-attention block (the class token's own key gets ln 1).
@@ -35,13 +37,21 @@ def angular_inputs(vectors: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8)
 
 
 class ParticleTransformerIRC(ParticleTransformer):
-    uses = ("vectors", "mask")
+    uses: tuple[str, ...] = ("vectors", "mask")
 
-    def __init__(self, input_dim: int, num_classes: int, **kwargs) -> None:
+    def __init__(self, input_dim: int, num_classes: int, token_features: list[int] | None = None,
+                 **kwargs) -> None:
         kwargs["pair_input_dim"] = 1
-        super().__init__(3, num_classes, **kwargs)
+        self_token = list(token_features or [])
+        super().__init__(3 + len(self_token), num_classes, **kwargs)
+        self.token_features = self_token
+        if self_token:
+            self.uses = ("features", "vectors", "mask")
 
-    def forward(self, vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, vectors: torch.Tensor, mask: torch.Tensor,  # type: ignore[override]
+                features: torch.Tensor | None = None) -> torch.Tensor:
         tokens, pair, z = angular_inputs(vectors, mask)
+        if self.token_features and features is not None:
+            tokens = torch.cat((tokens, features[:, self.token_features] * (mask != 0)), dim=1)
         energy_bias = torch.log(z.clamp(min=1e-30)).unsqueeze(1) + key_mask(mask)  # (N, 1, 1, P)
         return self.encode(tokens, self.pair_embed(pair), mask, energy_bias)
