@@ -27,7 +27,7 @@ samples: install
 	$(BIN)/jettagger generate --process qcd wqq zqq tbqq --njets 25000 --seed 11 --jobs 2 --format jetclass -o samples/train
 	$(BIN)/jettagger generate --process qcd wqq zqq tbqq --njets 5000 --seed 12 --jobs 2 --format jetclass -o samples/test
 	$(BIN)/jettagger generate --process qcd wqq zqq --njets 15000 --seed 21 --radius 1.0 --jobs 2 --format jetclass -o samples/train_r10
-	$(BIN)/jettagger generate --process qcd wqq zqq --njets 4000 --seed 22 --radius 1.0 --jobs 2 --format jetclass -o samples/test_r10
+	$(BIN)/jettagger generate --process qcd wqq zqq --njets 2000 --seed 22 --radius 1.0 --jobs 2 --format jetclass -o samples/test_r10
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
