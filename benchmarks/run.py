@@ -32,7 +32,7 @@ from jettagger_coffea.tagger import JetTagger
 HERE = Path(__file__).resolve().parent
 
 
-def best_of(fn, repeat: int = 3) -> float:
+def best_of(fn, repeat: int = 2) -> float:
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
