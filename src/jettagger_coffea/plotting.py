@@ -29,21 +29,8 @@ def _save(fig, path: Path) -> Path:
 
 
 def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str = "") -> Path:
-    """``curves``: name -> (is_signal, discriminant); background rejection 1/eps_b vs eps_s."""
-    _style()
-    fig, ax = plt.subplots(figsize=(7, 6))
-    for name, (y, d) in curves.items():
-        eb, es, _ = roc_curve(y, d)
-        ok = eb > 0
-        ax.plot(es[ok], 1 / eb[ok], label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel(r"Signal efficiency $\varepsilon_s$")
-    ax.set_ylabel(r"Background rejection $1/\varepsilon_b$")
-    ax.set_xlim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(title=title, fontsize=12)
-    ax.set_title(LABEL, fontsize=12, loc="right")
-    return _save(fig, path)
+    """``curves``: name -> (is_signal, discriminant) per jet; drawn as :func:`roc_from_counts_plot`."""
+    return roc_from_counts_plot({name: roc_curve(y, d)[:2] for name, (y, d) in curves.items()}, path, title)
 
 
 def score_plot(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: Path,
