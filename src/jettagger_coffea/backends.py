@@ -132,17 +132,17 @@ def run_batched(backend: Backend, std: Standardised, n_classes: int, padding: st
     order = np.argsort(std.counts, kind="stable")
     ordered = std.take(order)
     cap = std.config.max_length or int(ordered.counts.max()) or 1
+    fixed = cap if padding == "fixed" else (max(padding, min_length) if isinstance(padding, int) else None)
+    length: int | str = "dynamic" if fixed is None else fixed
+
+    def padded(stop: int) -> int:  # padded length of a batch ending at ``stop`` (counts ascend)
+        return fixed or max(min(int(ordered.counts[stop - 1]), cap), min_length, 1)
+
     start = 0
-    while start < n:
-        # grow the batch while (jets x padded length) stays under max_slots; counts ascend
-        longest = lambda stop: max(min(int(ordered.counts[stop - 1]), cap), min_length, 1)
-        plen_fixed = isinstance(padding, int) or padding == "fixed"
-        step = max(1, max_slots // (cap if plen_fixed else longest(min(n, start + 1))))
-        stop = min(n, start + step)
-        while stop > start + 1 and (stop - start) * (cap if plen_fixed else longest(stop)) > max_slots:
+    while start < n:  # grow each batch while (jets x padded length) stays under max_slots
+        stop = min(n, start + max(1, max_slots // padded(start + 1)))
+        while stop > start + 1 and (stop - start) * padded(stop) > max_slots:
             stop = start + (stop - start) // 2
-        length: int | str = cap if padding == "fixed" else padding
-        dense = ordered.dense(start, stop, length=length, min_length=min_length)
-        out[order[start:stop]] = backend.run(dense)
+        out[order[start:stop]] = backend.run(ordered.dense(start, stop, length=length, min_length=min_length))
         start = stop
     return out

@@ -23,8 +23,8 @@ def predict_files(tagger: JetTagger, files: Sequence[str | Path], with_labels: b
     cols: dict[str, list] = {}
     for path in tqdm(files, desc="predict", disable=not progress):
         data = open_jets(path)
-        res = tagger.score_jets(data, where=str(path))
-        table = make_table(data, tagger.config, where=str(path))
+        table = make_table(data, tagger.config, where=str(path))  # one read of each branch per file
+        res = tagger.score_jets(data, where=str(path), table=table)
         row = {f"score_{c}": res.scores[:, i] for i, c in enumerate(tagger.classes)}
         if with_labels:
             try:

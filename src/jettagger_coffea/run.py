@@ -112,7 +112,7 @@ def run_fileset(bundle: str | Path, fileset: dict[str, Any], executor: str = "da
                 per_ds = client.gather(futures)
             else:
                 (per_ds,) = dask.compute(graph)
-            out = _merge(list(per_ds.values()))
+            out = processor.accumulate(list(per_ds.values()))
         else:
             if executor == "iterative":
                 ex = processor.IterativeExecutor(status=progress)
@@ -152,12 +152,6 @@ def run_fileset(bundle: str | Path, fileset: dict[str, Any], executor: str = "da
                    "workers": workers, "chunksize": chunksize, "seconds": time.perf_counter() - start,
                    "discriminants": proc.tagger.bundle.discriminants, "working_points": proc.wps}
     return out
-
-
-def _merge(outputs: list[dict[str, Any]]) -> dict[str, Any]:
-    from coffea.processor import accumulate
-
-    return accumulate(outputs)
 
 
 def class_truth_index(classes: list[str]) -> dict[str, int]:

@@ -62,12 +62,13 @@ class JetTagger:
         return self.bundle.classes
 
     # -- flat jets ------------------------------------------------------------------------------------
-    def score_jets(self, jets: Any, pf: Any = None, where: str = "input") -> TagResult:
-        """Scores of a flat collection (one entry per jet): PFNano FatJets, JetClass records or a TTree."""
+    def score_jets(self, jets: Any, pf: Any = None, where: str = "input", table: Any = None) -> TagResult:
+        """Scores of a flat collection (one entry per jet): PFNano FatJets, JetClass records or a TTree.
+        Pass ``table`` (from :func:`make_table`) to share already-read columns with other uses."""
         k = len(self.classes)
         if len(jets) == 0:  # empty chunk: nothing to read, nothing to run
             return TagResult(np.zeros((0, k), dtype=np.float32), 0, 0, 0)
-        table = make_table(jets, self.config, where, pf)
+        table = table if table is not None else make_table(jets, self.config, where, pf)
         std = standardise(table, self.config)
         scores = run_batched(self.backend, std, k, self.padding, self.bundle.min_length,
                              self.max_slots)
@@ -90,8 +91,7 @@ class JetTagger:
             configure_dask()
             pf = fatjets.constituents.pf if is_pfnano(fatjets) else None
             return dak.map_partitions(_score_partition, fatjets, pf, self, label="jettagger-scores")
-        pf = None
-        return _score_partition(fatjets, pf, self)
+        return _score_partition(fatjets, None, self)
 
     def attach(self, fatjets: Any, prefix: str = "score_") -> Any:
         """``fatjets`` with one ``<prefix><class>`` field per class (and per discriminant)."""
