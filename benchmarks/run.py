@@ -22,7 +22,7 @@ import awkward as ak
 import numpy as np
 
 from jettagger_coffea import models
-from jettagger_coffea.backends import TorchBackend, run_batched
+from jettagger_coffea.backends import TorchBackend
 from jettagger_coffea.data import PROCESSES, default_fileset, sample_path
 from jettagger_coffea.features import make_table, standardise
 from jettagger_coffea.nanoevents import open_events
@@ -73,16 +73,14 @@ def flops_per_jet(bundle, length: int) -> float:
 def pipeline_parts(bundle_path: Path, jets, pf, backend: str, padding) -> dict[str, float]:
     """featurize (+ pad) vs model time on already-read jets."""
     tagger = JetTagger(bundle_path, backend=backend, padding=padding)
-    b = tagger.backend
-    k = len(tagger.classes)
 
     def feats():
         return standardise(make_table(jets, tagger.config, pf=pf), tagger.config)
 
     std = feats()
-    run_batched(b, std, k, padding, tagger.bundle.min_length)  # warm-up: session creation
+    tagger.run_model(std)  # warm-up: session creation
     t_feat = best_of(feats)
-    t_total = best_of(lambda: run_batched(b, std, k, padding, tagger.bundle.min_length))
+    t_total = best_of(lambda: tagger.run_model(std))
     # dense padding alone, to split model time from padding time
     order = np.argsort(std.counts, kind="stable")
     ordered = std.take(order)
@@ -101,6 +99,24 @@ def end_to_end(bundle_path: Path, executor: str, workers: int, chunksize: int = 
     out = run_fileset(bundle_path, default_fileset(), executor=executor, workers=workers, chunksize=chunksize,
                       progress=False)
     dt = time.perf_counter() - t
+    n = sum(c["selected_jets"] for c in out["cutflow"].values())
+    return {"seconds": dt, "jets": n, "jets_per_s": n / dt}
+
+
+def dask_scaling(bundle_path: Path, workers: int, copies: int = 3, chunksize: int = 500) -> dict[str, float]:
+    """`jettagger run` on a LocalCluster of ``workers`` single-threaded worker processes, timed on a second
+    pass over ``copies`` x the bundled files: cluster start-up and per-worker model loading are excluded."""
+    from distributed import Client, LocalCluster
+
+    fileset = {f"{ds}_{i}": spec for i in range(copies) for ds, spec in default_fileset().items()}
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
+            Client(cl) as client:
+        run_fileset(bundle_path, default_fileset(), executor="dask", scheduler=client.scheduler.address,
+                    chunksize=chunksize, progress=False)  # warm-up: imports, sessions on every worker
+        t = time.perf_counter()
+        out = run_fileset(bundle_path, fileset, executor="dask", scheduler=client.scheduler.address,
+                          chunksize=chunksize, progress=False)
+        dt = time.perf_counter() - t
     n = sum(c["selected_jets"] for c in out["cutflow"].values())
     return {"seconds": dt, "jets": n, "jets_per_s": n / dt}
 
@@ -142,25 +158,23 @@ def ours_predict(bundle_path: Path) -> dict[str, float]:
     return {"seconds": dt, "jets": 4000, "jets_per_s": 4000 / dt}
 
 
-def rss_vs_chunksize(bundle_path: Path, sizes=(100, 1000, 10_000)) -> dict[int, float]:
-    """Peak RSS (MB) of a fresh process tagging chunks of ``size`` jets (the tbqq file, repeated)."""
+def rss_vs_chunksize(bundle_path: Path, sizes=(100, 500, 2000)) -> dict[int, float]:
+    """Peak RSS (MB, the kernel's VmHWM) of a fresh process running the `jettagger run` pipeline over the
+    bundled files with chunks of ``size`` events (500 is the CLI default): what one worker needs."""
     code = (
-        "import sys, resource, awkward as ak\n"
-        "from jettagger_coffea.tagger import JetTagger\n"
-        "from jettagger_coffea.nanoevents import open_events\n"
-        "from jettagger_coffea.data import sample_path\n"
-        "t = JetTagger(sys.argv[1])\n"
-        "fj = ak.flatten(open_events(str(sample_path('tbqq'))).FatJet, axis=1)\n"
-        "n = int(sys.argv[2]); reps = -(-n // len(fj))\n"
-        "big = ak.concatenate([fj] * reps)[:n] if reps > 1 else fj[:n]\n"
-        "t.score_jets(big)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        "import sys\n"
+        "from jettagger_coffea.data import default_fileset\n"
+        "from jettagger_coffea.run import run_fileset\n"
+        "run_fileset(sys.argv[1], default_fileset(), executor='iterative', chunksize=int(sys.argv[2]), "
+        "progress=False)\n"
+        "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
     )
+    # (not getrusage: after fork + exec, ru_maxrss inherits the parent's high-water mark)
     out = {}
     for n in sizes:
         r = subprocess.run([sys.executable, "-c", code, str(bundle_path), str(n)], capture_output=True, text=True,
-                           check=True)
-        out[n] = float(r.stdout.strip().splitlines()[-1])
+                           check=True, env={**os.environ, "JETTAGGER_THREADS": "1"})
+        out[n] = float(r.stdout.strip().splitlines()[-1]) / 1024
     return out
 
 
@@ -195,11 +209,11 @@ def main() -> None:
         r["model_fraction_of_matmul"] = achieved / res["matmul_gflops_fp32"]["2 threads"]
         r["end_to_end_iterative"] = end_to_end(path, "iterative", 1)
         if not args.skip_dask:
-            r["end_to_end_dask_1_worker"] = end_to_end(path, "dask", 1)
-            r["end_to_end_dask_2_workers"] = end_to_end(path, "dask", 2)
+            r["dask_1_worker"] = dask_scaling(path, 1)
+            r["dask_2_workers"] = dask_scaling(path, 2)
         r["weaver_predict"] = weaver_predict(path, bundle.card.get("network"), bundle.card.get("network_options", {}))
         r["jettagger_predict"] = ours_predict(path)
-        r["rss_mb_vs_chunk_jets"] = rss_vs_chunksize(path)
+        r["rss_mb_vs_chunk_events"] = {str(k): v for k, v in rss_vs_chunksize(path).items()}
         res[name] = r
     Path(args.output).write_text(json.dumps(res, indent=2))
     print_table(res, args.models)
@@ -221,13 +235,13 @@ def print_table(res: dict, names) -> None:
             f"{(f['pad_s'] + f['model_s']) / (d['pad_s'] + d['model_s']):.2f}x",
             f"{(t['pad_s'] + t['model_s']) / (d['pad_s'] + d['model_s']):.2f}x",
             f"{r['jettagger_predict']['jets_per_s'] / w['jets_per_s']:.2f}x" if w else "n/a",
-            f"{r['end_to_end_dask_2_workers']['jets_per_s'] / r['end_to_end_dask_1_worker']['jets_per_s']:.2f}x"
-            if "end_to_end_dask_2_workers" in r else "n/a",
+            f"{r['dask_2_workers']['jets_per_s'] / r['dask_1_worker']['jets_per_s']:.2f}x"
+            if "dask_2_workers" in r else "n/a",
             f"{100 * overhead:.0f}%", f"{100 * r['model_fraction_of_matmul']:.0f}%",
-            f"{max(r['rss_mb_vs_chunk_jets'].values()):.0f}",
+            f"{r['rss_mb_vs_chunk_events']['500']:.0f}",
         ])
     head = ["model", "FLOPs/jet (mean/128)", "e2e jets/s", "dyn vs fixed128", "onnx vs torch", "vs weaver",
-            "2w/1w", "non-model", "of matmul", "peak RSS MB"]
+            "2w/1w", "non-model", "of matmul", "RSS MB (chunk 500)"]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     for row in (head, *rows):
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))

@@ -133,6 +133,13 @@ def test_batches_bounded(tiny_bundle):
     assert len(scores) == 25_000
     assert max(s[0] * s[2] for s in shapes) <= 8192
     np.testing.assert_allclose(scores[:1000], scores[1000:2000], atol=1e-6)
+    # pairwise networks: the (N, P, P) budget binds at high multiplicity, the slot budget at low
+    shapes.clear()
+    paired = run_batched(Recorder(), big, 4, "dynamic", 1, max_slots=8192, max_pairs=100_000)
+    assert max(s[0] * s[2] ** 2 for s in shapes) <= 100_000
+    assert max(s[0] * s[2] for s in shapes) <= 8192
+    assert sum(s[0] for s in shapes) == 25_000
+    np.testing.assert_allclose(paired, scores, atol=1e-6)
 
 
 def test_pickle_checkpoint_refused(tmp_path):

@@ -15,6 +15,9 @@ from .features import Standardised
 
 #: at most this many particle slots (jets x padded length) in one dense batch: bounds memory
 MAX_SLOTS = 256 * 128
+#: and, for networks with pairwise features (ParT), at most this many particle pairs (jets x length^2):
+#: their (N, channels, P, P) intermediates, not the particle tensors, set the memory of a batch
+MAX_PAIRS = 64 * 128 * 128
 
 _SESSIONS: dict[tuple, Any] = {}
 _LOCK = threading.Lock()
@@ -122,9 +125,10 @@ class TorchBackend:
 
 
 def run_batched(backend: Backend, std: Standardised, n_classes: int, padding: str | int = "dynamic",
-                min_length: int = 1, max_slots: int = MAX_SLOTS) -> np.ndarray:
+                min_length: int = 1, max_slots: int = MAX_SLOTS, max_pairs: int | None = None) -> np.ndarray:
     """Scores of every jet of ``std`` in input order. Jets are sorted by multiplicity so that each batch
-    pads to little more than its own longest jet; batches never exceed ``max_slots`` particle slots."""
+    pads to little more than its own longest jet; batches never exceed ``max_slots`` particle slots (nor,
+    if given, ``max_pairs`` particle pairs)."""
     n = len(std)
     out = np.full((n, n_classes), np.nan, dtype=np.float32)
     if n == 0:
@@ -138,10 +142,15 @@ def run_batched(backend: Backend, std: Standardised, n_classes: int, padding: st
     def padded(stop: int) -> int:  # padded length of a batch ending at ``stop`` (counts ascend)
         return fixed or max(min(int(ordered.counts[stop - 1]), cap), min_length, 1)
 
+    def fits(size: int, length: int) -> bool:
+        return size * length <= max_slots and (max_pairs is None or size * length * length <= max_pairs)
+
     start = 0
-    while start < n:  # grow each batch while (jets x padded length) stays under max_slots
-        stop = min(n, start + max(1, max_slots // padded(start + 1)))
-        while stop > start + 1 and (stop - start) * padded(stop) > max_slots:
+    while start < n:  # grow each batch while it fits the slot (and pair) budget
+        p0 = padded(start + 1)
+        first = max_slots // p0 if max_pairs is None else min(max_slots // p0, max_pairs // (p0 * p0))
+        stop = min(n, start + max(1, first))
+        while stop > start + 1 and not fits(stop - start, padded(stop)):
             stop = start + (stop - start) // 2
         out[order[start:stop]] = backend.run(ordered.dense(start, stop, length=length, min_length=min_length))
         start = stop

@@ -16,6 +16,8 @@ from ._errors import JetTaggerError
 from .config import DataConfig
 
 MODEL, CONFIG, PREPROCESS, CARD, STATE = "model.onnx", "data_config.yaml", "preprocess.json", "tagger.yaml", "model.pt"
+#: networks whose attention carries (N, C, P, P) pair features
+PAIRWISE_NETWORKS = ("part", "part-irc")
 
 
 @dataclasses.dataclass
@@ -35,6 +37,12 @@ class Bundle:
     @property
     def discriminants(self) -> dict[str, dict[str, list[str]]]:
         return dict(self.card.get("discriminants") or {})
+
+    @property
+    def pairwise(self) -> bool:
+        """Whether the network builds (N, C, P, P) pair tensors (their memory bounds the batch size). An
+        imported ONNX of unknown architecture counts as pairwise: smaller batches, bounded memory."""
+        return self.card.get("network") in (*PAIRWISE_NETWORKS, "onnx", None)
 
     @property
     def min_length(self) -> int:

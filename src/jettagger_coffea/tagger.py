@@ -11,7 +11,7 @@ import awkward as ak
 import numpy as np
 
 from ._errors import JetTaggerError
-from .backends import MAX_SLOTS, OnnxBackend, TorchBackend, run_batched
+from .backends import MAX_PAIRS, MAX_SLOTS, OnnxBackend, TorchBackend, run_batched
 from .bundle import Bundle
 from .features import configure_dask, jagged_features, make_table, standardise
 from .sources import is_pfnano
@@ -70,9 +70,12 @@ class JetTagger:
             return TagResult(np.zeros((0, k), dtype=np.float32), 0, 0, 0)
         table = table if table is not None else make_table(jets, self.config, where, pf)
         std = standardise(table, self.config)
-        scores = run_batched(self.backend, std, k, self.padding, self.bundle.min_length,
-                             self.max_slots)
-        return TagResult(scores, len(std), int((std.counts == 0).sum()), std.n_nonfinite)
+        return TagResult(self.run_model(std), len(std), int((std.counts == 0).sum()), std.n_nonfinite)
+
+    def run_model(self, std: Any) -> np.ndarray:
+        """Scores of standardised jets, in batches bounded in particle slots (and pairs, for ParT)."""
+        return run_batched(self.backend, std, len(self.classes), self.padding, self.bundle.min_length,
+                           self.max_slots, MAX_PAIRS if self.bundle.pairwise else None)
 
     def discriminant(self, scores: Any, name: str) -> Any:
         """signal / (signal + background) from the class scores (sums over the listed classes)."""

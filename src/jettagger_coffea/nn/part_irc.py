@@ -4,11 +4,18 @@
    optionally, energy-free particle features (charge, PID flags, impact parameters: ``token_features``
    indexes the ``features`` input; a collinear split is assumed to keep them, as the seed does);
    pair features are angular only (ln dR_ij).
-2. Energy enters only as an attention bias, ``a_ij = q_i.k_j / sqrt(d) + U_ij + ln z_j`` with the energy
-   fraction z_j, in every particle- and class-attention block (the class token's own key gets ln 1).
+2. Energy enters only as an attention bias, ``a_ij = q_i.k_j / sqrt(d) + U_ij + ln E_j`` (E in GeV), in
+   every particle- and class-attention block; the class token's own key gets ln 1.
 
 A collinear split j -> (lambda, 1 - lambda) then gives two identical tokens whose attention weights add up
-to the original one's, and a soft particle's weight vanishes as its z -> 0: every output is unchanged.
+to the original one's, and a soft particle's weight vanishes as its E -> 0: every output is unchanged.
+
+Why ln E and not ln z = ln(E_j / E_jet): in particle attention the two differ by a constant per jet and
+softmax cancels it, but in class attention the class token's key (bias 0) competes with sum_j E_j, so
+ln E lets the network see the jet energy scale (an IRC-safe quantity), and with it mass = scale x shape.
+With ln z (``energy_bias="fraction"``) the network is scale-blind: it can only learn m/E-like shapes,
+which smears the W / Z / top mass peaks over the jet-pT range (W-vs-QCD AUC 0.84 vs 0.94 for ParT in our
+first training, where the seed's IRC-safe ParT is within 0.003 of ParT).
 """
 
 from __future__ import annotations
@@ -40,11 +47,14 @@ class ParticleTransformerIRC(ParticleTransformer):
     uses: tuple[str, ...] = ("vectors", "mask")
 
     def __init__(self, input_dim: int, num_classes: int, token_features: list[int] | None = None,
-                 **kwargs) -> None:
+                 energy_bias: str = "energy", **kwargs) -> None:
+        if energy_bias not in ("energy", "fraction"):
+            raise ValueError(f"part-irc: energy_bias must be 'energy' or 'fraction', not {energy_bias!r}")
         kwargs["pair_input_dim"] = 1
         self_token = list(token_features or [])
         super().__init__(3 + len(self_token), num_classes, **kwargs)
         self.token_features = self_token
+        self.energy_bias = energy_bias
         if self_token:
             self.uses = ("features", "vectors", "mask")
 
@@ -53,5 +63,6 @@ class ParticleTransformerIRC(ParticleTransformer):
         tokens, pair, z = angular_inputs(vectors, mask)
         if self.token_features and features is not None:
             tokens = torch.cat((tokens, features[:, self.token_features] * (mask != 0)), dim=1)
-        energy_bias = torch.log(z.clamp(min=1e-30)).unsqueeze(1) + key_mask(mask)  # (N, 1, 1, P)
+        weight = z if self.energy_bias == "fraction" else vectors[:, 3:4] * (mask != 0)
+        energy_bias = torch.log(weight.clamp(min=1e-30)).unsqueeze(1) + key_mask(mask)  # (N, 1, 1, P)
         return self.encode(tokens, self.pair_embed(pair), mask, energy_bias)
