@@ -94,13 +94,33 @@ def read_jets():
     return [ak.flatten(open_events(str(sample_path(p))).FatJet, axis=1) for p in PROCESSES]
 
 
-def end_to_end(bundle_path: Path, executor: str, workers: int, chunksize: int = 500) -> dict[str, float]:
-    t = time.perf_counter()
-    out = run_fileset(bundle_path, default_fileset(), executor=executor, workers=workers, chunksize=chunksize,
-                      progress=False)
-    dt = time.perf_counter() - t
+def end_to_end(bundle_path: Path, chunksize: int = 500) -> dict[str, float]:
+    """`jettagger run` (iterative executor, this process) with the time inside the model counted apart:
+    everything else (read, decompress, features, pad, histogram fills, coffea) is the non-model share."""
+    from jettagger_coffea import backends
+
+    model_s = [0.0]
+    run = backends.OnnxBackend.run
+
+    def timed(self, inputs):
+        t0 = time.perf_counter()
+        try:
+            return run(self, inputs)
+        finally:
+            model_s[0] += time.perf_counter() - t0
+
+    run_fileset(bundle_path, default_fileset(), executor="iterative", chunksize=chunksize, progress=False)  # warm
+    backends.OnnxBackend.run = timed  # type: ignore[method-assign]
+    try:
+        t = time.perf_counter()
+        out = run_fileset(bundle_path, default_fileset(), executor="iterative", chunksize=chunksize,
+                          progress=False)
+        dt = time.perf_counter() - t
+    finally:
+        backends.OnnxBackend.run = run  # type: ignore[method-assign]
     n = sum(c["selected_jets"] for c in out["cutflow"].values())
-    return {"seconds": dt, "jets": n, "jets_per_s": n / dt}
+    return {"seconds": dt, "jets": n, "jets_per_s": n / dt, "model_s": model_s[0],
+            "non_model_fraction": 1 - model_s[0] / dt}
 
 
 def dask_scaling(bundle_path: Path, workers: int, copies: int = 3, chunksize: int = 500) -> dict[str, float]:
@@ -207,7 +227,7 @@ def main() -> None:
         achieved = r["flops_per_jet"]["mean multiplicity"] * m["jets"] / m["model_s"] / 1e9
         r["model_gflops_achieved"] = achieved
         r["model_fraction_of_matmul"] = achieved / res["matmul_gflops_fp32"]["2 threads"]
-        r["end_to_end_iterative"] = end_to_end(path, "iterative", 1)
+        r["end_to_end_iterative"] = end_to_end(path)
         if not args.skip_dask:
             r["dask_1_worker"] = dask_scaling(path, 1)
             r["dask_2_workers"] = dask_scaling(path, 2)
@@ -237,11 +257,12 @@ def print_table(res: dict, names) -> None:
             f"{r['jettagger_predict']['jets_per_s'] / w['jets_per_s']:.2f}x" if w else "n/a",
             f"{r['dask_2_workers']['jets_per_s'] / r['dask_1_worker']['jets_per_s']:.2f}x"
             if "dask_2_workers" in r else "n/a",
-            f"{100 * overhead:.0f}%", f"{100 * r['model_fraction_of_matmul']:.0f}%",
+            f"{100 * e['non_model_fraction']:.0f}% / {100 * overhead:.0f}%",
+            f"{100 * r['model_fraction_of_matmul']:.0f}%",
             f"{r['rss_mb_vs_chunk_events']['500']:.0f}",
         ])
     head = ["model", "FLOPs/jet (mean/128)", "e2e jets/s", "dyn vs fixed128", "onnx vs torch", "vs weaver",
-            "2w/1w", "non-model", "of matmul", "RSS MB (chunk 500)"]
+            "2w/1w", "non-model (e2e / features)", "of matmul", "RSS MB (chunk 500)"]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     for row in (head, *rows):
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))

@@ -11,7 +11,7 @@ TEST="samples/test/qcd_jetclass.root samples/test/wqq_jetclass.root samples/test
 DATA='{"data_command": "jettagger generate --process qcd wqq zqq tbqq --njets 25000 --seed 11 --jobs 2 --format jetclass -o samples/train", "test_command": "jettagger generate --process qcd wqq zqq tbqq --njets 5000 --seed 12 --jobs 2 --format jetclass -o samples/test"}'
 SMALL_PART='{"num_layers": 3, "embed_dims": [64, 128, 64], "pair_embed_dims": [32, 32], "num_heads": 4, "num_cls_layers": 1}'
 # IRC-safe ParT: angular tokens + the energy-free features of wzt_full.yaml (charge, 5 PID flags, d0, d0err, dz, dzerr)
-IRC_PART='{"num_layers": 3, "embed_dims": [64, 128, 64], "pair_embed_dims": [32, 32], "num_heads": 4, "num_cls_layers": 1, "token_features": [5, 6, 7, 8, 9, 10, 11, 12, 13, 14]}'
+IRC_PART='{"num_layers": 3, "embed_dims": [64, 128, 64], "pair_embed_dims": [32, 32], "num_heads": 4, "num_cls_layers": 1, "token_features": [5, 6, 7, 8, 9, 10, 11, 12, 13, 14], "energy_bias": "energy"}'
 NJ=${NJETS:-40000}
 
 train() {  # name network options minutes [extra]
@@ -21,10 +21,10 @@ train() {  # name network options minutes [extra]
 }
 
 ONLY=${ONLY:-"pfn particlenet-lite part part-irc r10"}
-case " $ONLY " in *" pfn "*) train pfn pfn '{}' "${MIN_PFN:-4}";; esac
+case " $ONLY " in *" pfn "*) train pfn pfn '{}' "${MIN_PFN:-8}";; esac
 case " $ONLY " in *" particlenet-lite "*) train particlenet-lite particlenet-lite '{}' "${MIN_PNL:-14}";; esac
 case " $ONLY " in *" part "*) train part part "$SMALL_PART" "${MIN_PART:-22}";; esac
-case " $ONLY " in *" part-irc "*) train part-irc part-irc "$IRC_PART" "${MIN_IRC:-22}";; esac
+case " $ONLY " in *" part-irc "*) train part-irc part-irc "$IRC_PART" "${MIN_IRC:-24}";; esac
 case " $ONLY " in *" r10 "*) ;; *) exit 0;; esac
 
 # seed-1 style W / Z vs QCD on R = 1.0 jets

@@ -4,8 +4,8 @@ unchanged on any source.
 PFNano (coffea NanoEvents, ``FatJet -> FatJetPFCands -> PFCands``), per jet, constituents pT-descending:
 
 =======================  ===============================================================
-``part_px/py/pz``        ``vector`` momentum of ``PFCands_{pt,eta,phi,mass}``
-``part_energy``          idem, energy
+``part_px/py/pz``        momentum of ``PFCands_{pt,eta,phi,mass}`` (pT cos phi, pT sin phi, pT sinh eta)
+``part_energy``          idem, sqrt((pT cosh eta)^2 + m^2)
 ``part_deta``            ``(pf.eta - jet.eta) * sign(jet.eta)``
 ``part_dphi``            ``pf.phi - jet.phi`` wrapped to [-pi, pi)
 ``part_charge``          ``PFCands_charge``
@@ -13,7 +13,7 @@ PFNano (coffea NanoEvents, ``FatJet -> FatJetPFCands -> PFCands``), per jet, con
                          22 (and 2, HF EM) photon, 11 electron, 13 muon
 ``part_d0val/dzval``     ``PFCands_d0`` / ``PFCands_dz``
 ``part_d0err/dzerr``     ``PFCands_d0Err`` / ``PFCands_dzErr``
-``jet_pt/eta/phi/mass``  ``FatJet_*``; ``jet_energy`` from ``vector``
+``jet_pt/eta/phi/mass``  ``FatJet_*``; ``jet_energy`` as ``part_energy``
 ``jet_nparticles``       number of constituents; ``jet_sdmass``: ``FatJet_msoftdrop``
 ``jet_tau1..4``          ``FatJet_tau1..4``
 ``label_<class>``        ``FatJet_truthLabel == index`` (JetClass class order), when present
@@ -61,8 +61,6 @@ def is_pfnano(obj: Any) -> bool:
 def pfnano_columns(fatjets: ak.Array, where: str = "FatJet", pf: ak.Array | None = None) -> Getter:
     """Column getter for a flat (one entry per jet) coffea FatJet array with ``constituents.pf``
     (or the constituents given as ``pf``, as under dask where cross-references resolve outside tasks)."""
-    import vector
-
     cache: dict[str, Any] = {}
     given = pf
 
@@ -76,8 +74,15 @@ def pfnano_columns(fatjets: ak.Array, where: str = "FatJet", pf: ak.Array | None
             cache["pf"] = cands[order]
         return cache["pf"]
 
-    def p4(obj):
-        return vector.zip({"pt": obj.pt, "eta": obj.eta, "phi": obj.phi, "mass": obj.mass})
+    def p4(name: str):  # (px, py, pz, E) of the constituents ("pf") or the jets, computed once
+        key = f"p4_{name}"
+        if key not in cache:
+            obj = pf() if name == "pf" else fatjets
+            pt, eta, phi, mass = (field(obj, f, "PFCands" if name == "pf" else "FatJet")
+                                  for f in ("pt", "eta", "phi", "mass"))
+            pz, p = pt * np.sinh(eta), pt * np.cosh(eta)
+            cache[key] = (pt * np.cos(phi), pt * np.sin(phi), pz, np.sqrt(p * p + mass * mass))
+        return cache[key]
 
     def field(obj, name, what):
         if name not in ak.fields(obj):
@@ -95,10 +100,10 @@ def pfnano_columns(fatjets: ak.Array, where: str = "FatJet", pf: ak.Array | None
         return f
 
     getters: dict[str, Callable[[], Any]] = {
-        "part_px": lambda: p4(pf()).px,
-        "part_py": lambda: p4(pf()).py,
-        "part_pz": lambda: p4(pf()).pz,
-        "part_energy": lambda: p4(pf()).energy,
+        "part_px": lambda: p4("pf")[0],
+        "part_py": lambda: p4("pf")[1],
+        "part_pz": lambda: p4("pf")[2],
+        "part_energy": lambda: p4("pf")[3],
         "part_deta": lambda: (pf().eta - fatjets.eta) * np.sign(fatjets.eta),
         "part_dphi": lambda: _wrap_phi(pf().phi - fatjets.phi),
         "part_charge": lambda: field(pf(), "charge", "PFCands"),
@@ -115,7 +120,7 @@ def pfnano_columns(fatjets: ak.Array, where: str = "FatJet", pf: ak.Array | None
         "jet_eta": lambda: fatjets.eta,
         "jet_phi": lambda: fatjets.phi,
         "jet_mass": lambda: fatjets.mass,
-        "jet_energy": lambda: p4(fatjets).energy,
+        "jet_energy": lambda: p4("jet")[3],
         "jet_nparticles": lambda: ak.num(pf(), axis=-1),
         "jet_sdmass": lambda: field(fatjets, "msoftdrop", "FatJet"),
         **{f"jet_tau{n}": (lambda n=n: field(fatjets, f"tau{n}", "FatJet")) for n in range(1, 5)},
