@@ -211,3 +211,24 @@ def test_irc_part_with_energy_free_features():
     b = m(torch.zeros(4, 2, vv.shape[-1], dtype=torch.float64), feats(vv, mm), vv, mm)
     assert torch.max(torch.abs(a - b)) <= 1e-6
     assert m.mod.uses == ("features", "vectors", "mask")
+
+
+@pytest.mark.parametrize("energy_bias", ["energy", "fraction"])
+def test_irc_part_energy_scale(energy_bias):
+    """ln E (the seed's bias) lets class attention see the jet energy scale (an IRC-safe quantity: the
+    class token's key competes with sum_j E_j); ln z makes the network blind to it. Both stay IRC safe."""
+    m = build("part-irc", NAMES, DIMS, 4, energy_bias=energy_bias, num_layers=1, num_cls_layers=1,
+              embed_dims=(16, 16), pair_embed_dims=(8,), num_heads=2).eval().double()
+    x = [t.double() for t in example_inputs(m, DIMS, n=6, length=30, seed=3)]
+    x[2] = x[2] / x[2][:, 3:].sum(-1, keepdim=True)  # jets of 1 GeV: the class token's key (bias 0) competes
+    boosted = [x[0], x[1], x[2] * 3.0, x[3]]  # every four-vector x 3: same directions, 3x the energy
+    vv, mm = split_and_soften(x[2], x[3], eps=1e-9)
+    split = [torch.zeros(6, DIMS[k], vv.shape[-1], dtype=torch.float64) for k in NAMES]
+    split[2], split[3] = vv, mm
+    with torch.no_grad():
+        ref, scaled, irc = m(*x), m(*boosted), m(*split)
+    assert torch.max(torch.abs(ref - irc)) <= 1e-6
+    change = torch.max(torch.abs(ref - scaled))
+    assert (change > 1e-3) if energy_bias == "energy" else (change <= 1e-6)
+    with pytest.raises(ValueError, match="energy_bias"):
+        build("part-irc", NAMES, DIMS, 4, energy_bias="pt")
