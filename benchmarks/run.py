@@ -120,7 +120,19 @@ def end_to_end(bundle_path: Path, chunksize: int = 500) -> dict[str, float]:
         backends.OnnxBackend.run = run  # type: ignore[method-assign]
     n = sum(c["selected_jets"] for c in out["cutflow"].values())
     return {"seconds": dt, "jets": n, "jets_per_s": n / dt, "model_s": model_s[0],
-            "non_model_fraction": 1 - model_s[0] / dt}
+            "non_model_fraction": 1 - model_s[0] / dt, "read_s": read_seconds()}
+
+
+def read_seconds() -> float:
+    """Reading (LZMA decompression) alone: every FatJet / PFCands branch of the bundled files with uproot."""
+    import uproot
+
+    t = time.perf_counter()
+    for p in PROCESSES:
+        tree = uproot.open(sample_path(p))["Events"]
+        tree.arrays(tree.keys(filter_name=["FatJet*", "PFCands*", "nFatJet*", "nPFCands*"]),
+                    library="np")
+    return time.perf_counter() - t
 
 
 def dask_scaling(bundle_path: Path, workers: int, copies: int = 3, chunksize: int = 500) -> dict[str, float]:
