@@ -74,12 +74,21 @@ def pfnano_columns(fatjets: ak.Array, where: str = "FatJet", pf: ak.Array | None
             cache["pf"] = cands[order]
         return cache["pf"]
 
+    def cand(name: str):
+        """One constituent field as a plain jagged array (no option or index layers: the arithmetic after
+        it runs ~6x faster); a missing candidate (index -1) reads NaN, or 0 for integer fields."""
+        key = f"pf_{name}"
+        if key not in cache:
+            x = field(pf(), name, "PFCands")
+            fill = np.float32(np.nan) if name not in ("pdgId", "charge") else 0
+            cache[key] = ak.to_packed(ak.fill_none(x, fill, axis=-1))
+        return cache[key]
+
     def p4(name: str):  # (px, py, pz, E) of the constituents ("pf") or the jets, computed once
         key = f"p4_{name}"
         if key not in cache:
-            obj = pf() if name == "pf" else fatjets
-            pt, eta, phi, mass = (field(obj, f, "PFCands" if name == "pf" else "FatJet")
-                                  for f in ("pt", "eta", "phi", "mass"))
+            get = cand if name == "pf" else (lambda f: field(fatjets, f, "FatJet"))
+            pt, eta, phi, mass = (get(f) for f in ("pt", "eta", "phi", "mass"))
             pz, p = pt * np.sinh(eta), pt * np.cosh(eta)
             cache[key] = (pt * np.cos(phi), pt * np.sin(phi), pz, np.sqrt(p * p + mass * mass))
         return cache[key]
@@ -91,7 +100,7 @@ def pfnano_columns(fatjets: ak.Array, where: str = "FatJet", pf: ak.Array | None
 
     def pid(*codes):
         def f():
-            a = abs(field(pf(), "pdgId", "PFCands"))
+            a = abs(cand("pdgId"))
             out = a == codes[0]
             for c in codes[1:]:
                 out = out | (a == c)
@@ -104,18 +113,18 @@ def pfnano_columns(fatjets: ak.Array, where: str = "FatJet", pf: ak.Array | None
         "part_py": lambda: p4("pf")[1],
         "part_pz": lambda: p4("pf")[2],
         "part_energy": lambda: p4("pf")[3],
-        "part_deta": lambda: (pf().eta - fatjets.eta) * np.sign(fatjets.eta),
-        "part_dphi": lambda: _wrap_phi(pf().phi - fatjets.phi),
-        "part_charge": lambda: field(pf(), "charge", "PFCands"),
+        "part_deta": lambda: (cand("eta") - fatjets.eta) * np.sign(fatjets.eta),
+        "part_dphi": lambda: _wrap_phi(cand("phi") - fatjets.phi),
+        "part_charge": lambda: cand("charge"),
         "part_isChargedHadron": pid(211),
         "part_isNeutralHadron": pid(130, 1),
         "part_isPhoton": pid(22, 2),
         "part_isElectron": pid(11),
         "part_isMuon": pid(13),
-        "part_d0val": lambda: field(pf(), "d0", "PFCands"),
-        "part_d0err": lambda: field(pf(), "d0Err", "PFCands"),
-        "part_dzval": lambda: field(pf(), "dz", "PFCands"),
-        "part_dzerr": lambda: field(pf(), "dzErr", "PFCands"),
+        "part_d0val": lambda: cand("d0"),
+        "part_d0err": lambda: cand("d0Err"),
+        "part_dzval": lambda: cand("dz"),
+        "part_dzerr": lambda: cand("dzErr"),
         "jet_pt": lambda: fatjets.pt,
         "jet_eta": lambda: fatjets.eta,
         "jet_phi": lambda: fatjets.phi,
