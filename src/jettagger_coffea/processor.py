@@ -36,18 +36,18 @@ class TaggerProcessor(processor.ProcessorABC):
 
     def process(self, events):
         dask = _is_dask(events)
-        if dask:
-            import dask_awkward as akx
-        else:
-            akx = ak
         dataset = events.metadata.get("dataset", "unknown")
         jets = self.select(events.FatJet)
         scores = self.tagger(jets)
-        flat = akx.flatten(scores, axis=1)
-        pt = akx.flatten(jets.pt, axis=1)
-        msd = akx.flatten(jets.msoftdrop, axis=1)
-        truth = (akx.flatten(jets.truthLabel, axis=1) if "truthLabel" in ak.fields(jets)
-                 else akx.values_astype(pt * 0 - 1, np.int64))
+        if dask:
+            import dask_awkward as dak
+
+            flatten, argmax, as_int = (lambda a: dak.flatten(a, axis=1)), dak.argmax, dak.values_astype
+        else:  # eager: plain numpy from here on (histogram fills and masks are several times faster)
+            flatten = lambda a: ak.to_numpy(ak.flatten(a, axis=1))
+            argmax, as_int = np.argmax, (lambda a, t: a.astype(t))
+        flat, pt, msd = flatten(scores), flatten(jets.pt), flatten(jets.msoftdrop)
+        truth = flatten(jets.truthLabel) if "truthLabel" in ak.fields(jets) else as_int(pt * 0 - 1, np.int64)
         classes = self.tagger.classes
         wp_names = sorted({w for d in self.wps.values() for w in d})
         hists = make_histograms(classes, list(self.wps), wp_names, self.pt_bins, dask=dask)
@@ -56,23 +56,24 @@ class TaggerProcessor(processor.ProcessorABC):
         hists["jets"].fill(dataset=dataset, truth=truth[~tagged], status="no_constituents", pt=pt[~tagged])
         hists["msoftdrop"].fill(dataset=dataset, truth=truth, msd=msd)
         t_truth, t_pt, t_msd, t_scores = truth[tagged], pt[tagged], msd[tagged], flat[tagged]
-        hists["predicted"].fill(dataset=dataset, truth=t_truth, predicted=akx.argmax(t_scores, axis=1))
+        hists["predicted"].fill(dataset=dataset, truth=t_truth, predicted=argmax(t_scores, axis=1))
         for i, c in enumerate(classes):
             hists["scores"].fill(dataset=dataset, truth=t_truth, pt=t_pt, cls=c, score=t_scores[:, i])
         for name, wps in self.wps.items():
             disc = self.tagger.discriminant(t_scores, name)
             hists["discriminant"].fill(dataset=dataset, truth=t_truth, pt=t_pt, disc=name, score=disc)
             for wp, thr in wps.items():
-                passed = akx.values_astype(disc > thr, np.int64)
+                passed = as_int(disc > thr, np.int64)
                 hists["wp_pt"].fill(dataset=dataset, truth=t_truth, disc=name, wp=wp, passed=passed, pt=t_pt)
                 hists["wp_msd"].fill(dataset=dataset, truth=t_truth, disc=name, wp=wp, passed=passed, msd=t_msd)
-        n_fatjets = akx.num(events.FatJet, axis=1)
+        num = dak.num if dask else ak.num
+        n_fatjets = num(events.FatJet, axis=1)
         half = n_fatjets * 0 + 0.5  # one entry per event in the single "unit" bin
         fname = str(events.metadata.get("filename", "(all files)"))  # per file under the Runner
         hists["counts"].fill(dataset=dataset, file=fname, step="events", unit=half)
         hists["counts"].fill(dataset=dataset, file=fname, step="fatjets", unit=half, weight=n_fatjets)
         hists["counts"].fill(dataset=dataset, file=fname, step="selected_jets", unit=half,
-                             weight=akx.num(jets, axis=1))
+                             weight=num(jets, axis=1))
         return {"hists": hists}
 
     def postprocess(self, accumulator: Any) -> Any:
