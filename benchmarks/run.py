@@ -252,32 +252,38 @@ def main() -> None:
 
 
 def print_table(res: dict, names) -> None:
+    """A markdown table (the README's) and the per-chunk-size memory."""
     print(f"fp32 matmul: {res['matmul_gflops_fp32']['2 threads']:.1f} GFLOP/s (2 threads); "
-          f"mean multiplicity {res['multiplicity']['mean']:.1f}")
-    rows = []
+          f"mean multiplicity {res['multiplicity']['mean']:.1f}\n")
+    head = ["model", "FLOPs/jet (mean / 128)", "end-to-end jets/s", "dynamic vs fixed-128", "onnxruntime vs torch",
+            "vs weaver `--predict`", "dask 2 workers / 1", "non-model: pipeline (read) / features+pad",
+            "model / matmul rate", "peak RSS MB (chunk 500)"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + " --- |" * len(head))
     for n in names:
         r = res[n]
         d, f, t = r["onnx_dynamic"], r["onnx_fixed128"], r["torch_dynamic"]
         e = r["end_to_end_iterative"]
         w = r.get("weaver_predict")
-        overhead = (d["featurize_s"] + d["pad_s"]) / (d["featurize_s"] + d["pad_s"] + d["model_s"])
-        rows.append([
+        features = (d["featurize_s"] + d["pad_s"]) / (d["featurize_s"] + d["pad_s"] + d["model_s"])
+        cells = [
             n, f"{r['flops_per_jet']['mean multiplicity'] / 1e6:.0f}M / {r['flops_per_jet']['128'] / 1e6:.0f}M",
             f"{e['jets_per_s']:.0f}",
             f"{(f['pad_s'] + f['model_s']) / (d['pad_s'] + d['model_s']):.2f}x",
             f"{(t['pad_s'] + t['model_s']) / (d['pad_s'] + d['model_s']):.2f}x",
-            f"{r['jettagger_predict']['jets_per_s'] / w['jets_per_s']:.2f}x" if w else "n/a",
+            (f"{r['jettagger_predict']['jets_per_s'] / w['jets_per_s']:.1f}x "
+             f"({r['jettagger_predict']['seconds']:.1f} s vs {w['seconds']:.1f} s)") if w else "n/a",
             f"{r['dask_2_workers']['jets_per_s'] / r['dask_1_worker']['jets_per_s']:.2f}x"
             if "dask_2_workers" in r else "n/a",
-            f"{100 * e['non_model_fraction']:.0f}% / {100 * overhead:.0f}%",
-            f"{100 * r['model_fraction_of_matmul']:.0f}%",
+            (f"{100 * e['non_model_fraction']:.0f} % ({100 * e['read_s'] / e['seconds']:.0f} %) / "
+             f"{100 * features:.0f} %"),
+            f"{100 * r['model_fraction_of_matmul']:.0f} % ({r['model_gflops_achieved']:.0f} GFLOP/s)",
             f"{r['rss_mb_vs_chunk_events']['500']:.0f}",
-        ])
-    head = ["model", "FLOPs/jet (mean/128)", "e2e jets/s", "dyn vs fixed128", "onnx vs torch", "vs weaver",
-            "2w/1w", "non-model (e2e / features)", "of matmul", "RSS MB (chunk 500)"]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    for row in (head, *rows):
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
+        ]
+        print("| " + " | ".join(cells) + " |")
+    for n in names:
+        rss = ", ".join(f"{k}: {v:.0f}" for k, v in res[n]["rss_mb_vs_chunk_events"].items())
+        print(f"\n{n}: peak RSS MB per chunk size (events) {rss}")
 
 
 if __name__ == "__main__":
