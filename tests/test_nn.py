@@ -232,3 +232,16 @@ def test_irc_part_energy_scale(energy_bias):
     assert (change > 1e-3) if energy_bias == "energy" else (change <= 1e-6)
     with pytest.raises(ValueError, match="energy_bias"):
         build("part-irc", NAMES, DIMS, 4, energy_bias="pt")
+
+
+def test_irc_part_with_jet_kinematics():
+    """The jet's four-vector sum (pT, mass) is IRC safe: feeding it keeps the network IRC safe."""
+    m = build("part-irc", NAMES, DIMS, 4, jet_kinematics=True, num_layers=2, embed_dims=(16, 16),
+              pair_embed_dims=(8,), num_heads=2).eval().double()
+    x = [t.double() for t in example_inputs(m, DIMS, n=6, length=30, seed=4)]
+    vv, mm = split_and_soften(x[2], x[3], eps=1e-9)
+    split = [torch.zeros(6, DIMS[k], vv.shape[-1], dtype=torch.float64) for k in NAMES]
+    split[2], split[3] = vv, mm
+    with torch.no_grad():
+        assert torch.max(torch.abs(m(*x) - m(*split))) <= 1e-6
+        assert torch.max(torch.abs(m(*x) - m(x[0], x[1], x[2] * 1.5, x[3]))) > 1e-4  # the scale is seen

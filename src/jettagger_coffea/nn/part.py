@@ -171,13 +171,16 @@ class ParticleTransformer(nn.Module):
             blk.fc2.weight.data.div_(math.sqrt(2.0 * (i + 1)))
 
     def encode(self, tokens: torch.Tensor, pair_bias: torch.Tensor | None, mask: torch.Tensor,
-               key_bias: torch.Tensor) -> torch.Tensor:
-        """``tokens`` (N, C, P); ``key_bias`` (N, 1, 1, P) padding (and, for IRC safety, ln z)."""
+               key_bias: torch.Tensor, cls_shift: torch.Tensor | None = None) -> torch.Tensor:
+        """``tokens`` (N, C, P); ``key_bias`` (N, 1, 1, P) padding (and, for IRC safety, ln E);
+        ``cls_shift`` (N, 1, D) added to the class token (jet-level inputs)."""
         x = self.embed(tokens).masked_fill((mask == 0).transpose(1, 2), 0)
         bias = key_bias if pair_bias is None else pair_bias + key_bias
         for blk in self.blocks:
             x = blk(x, bias)
         cls = self.cls_token.expand(x.size(0), -1, -1)
+        if cls_shift is not None:
+            cls = cls + cls_shift
         cls_bias = torch.cat((torch.zeros_like(key_bias[..., :1]), key_bias), dim=-1)
         for blk in self.cls_blocks:
             cls = blk(x, cls_bias, x_cls=cls)
