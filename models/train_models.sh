@@ -10,8 +10,9 @@ TRAIN="samples/train/qcd_jetclass.root samples/train/wqq_jetclass.root samples/t
 TEST="samples/test/qcd_jetclass.root samples/test/wqq_jetclass.root samples/test/zqq_jetclass.root samples/test/tbqq_jetclass.root"
 DATA='{"data_command": "jettagger generate --process qcd wqq zqq tbqq --njets 25000 --seed 11 --jobs 2 --format jetclass -o samples/train", "test_command": "jettagger generate --process qcd wqq zqq tbqq --njets 5000 --seed 12 --jobs 2 --format jetclass -o samples/test"}'
 SMALL_PART='{"num_layers": 3, "embed_dims": [64, 128, 64], "pair_embed_dims": [32, 32], "num_heads": 4, "num_cls_layers": 1}'
-# IRC-safe ParT: angular tokens + the energy-free features of wzt_full.yaml (charge, 5 PID flags, d0, d0err, dz, dzerr)
-IRC_PART='{"num_layers": 3, "embed_dims": [64, 128, 64], "pair_embed_dims": [32, 32], "num_heads": 4, "num_cls_layers": 1, "token_features": [5, 6, 7, 8, 9, 10, 11, 12, 13, 14], "energy_bias": "energy"}'
+# IRC-safe ParT: angular tokens + the energy-free features of wzt_full.yaml (charge, 5 PID flags, d0, d0err, dz, dzerr),
+# ln E attention bias (the seed's), jet pT and mass (IRC safe) on the class token
+IRC_PART='{"num_layers": 3, "embed_dims": [64, 128, 64], "pair_embed_dims": [32, 32], "num_heads": 4, "num_cls_layers": 1, "token_features": [5, 6, 7, 8, 9, 10, 11, 12, 13, 14], "energy_bias": "energy", "jet_kinematics": true}'
 NJ=${NJETS:-40000}
 
 train() {  # name network options minutes [extra]
