@@ -1,6 +1,6 @@
 """Throughput, overhead, FLOPs, memory and scaling of the `jettagger run` pipeline, side by side in one run.
 
-    python benchmarks/run.py [--models particlenet-lite part] [--output benchmarks/results.json]
+    python benchmarks/run.py [--models particlenet-lite part pfn] [--output benchmarks/results.json]
 
 Prints a table and writes a JSON. Every ratio is measured here, in this run, on this machine.
 """
@@ -220,7 +220,7 @@ def rss_vs_chunksize(bundle_path: Path, sizes=(100, 500, 2000)) -> dict[int, flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["particlenet-lite", "part"])
+    ap.add_argument("--models", nargs="+", default=["particlenet-lite", "part", "pfn"])
     ap.add_argument("--output", default=str(HERE / "results.json"))
     ap.add_argument("--skip-dask", action="store_true")
     args = ap.parse_args()
