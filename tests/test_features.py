@@ -124,3 +124,22 @@ def test_missing_branch_named(full_config, tmp_path, tbqq_jetclass):
         f.mktree("tree", {k: v.type for k, v in cols.items()}).extend(cols)
     with pytest.raises(JetTaggerError, match=r"nod0.root.*part_d0val"):
         featurize(uproot.open(path)["tree"], full_config, where=str(path))
+
+
+def test_pfnano_four_vectors_equal_vector(tbqq_nanoaod):
+    """The PFNano mapping's own (px, py, pz, E) equal scikit-hep `vector`'s, constituents and jets."""
+    vector = pytest.importorskip("vector")
+    from jettagger_coffea.sources import pfnano_columns
+
+    fj = ak.flatten(open_events(tbqq_nanoaod, entry_stop=100).FatJet, axis=1)
+    get = pfnano_columns(fj)
+    pf = fj.constituents.pf
+    pf = pf[ak.argsort(pf.pt, axis=-1, ascending=False, stable=True)]
+    for obj, names in ((pf, ("part_px", "part_py", "part_pz", "part_energy")),
+                       (fj, (None, None, None, "jet_energy"))):
+        ref = vector.zip({"pt": obj.pt, "eta": obj.eta, "phi": obj.phi, "mass": obj.mass})
+        for name, want in zip(names, (ref.px, ref.py, ref.pz, ref.energy)):
+            if name is None:
+                continue
+            got, want = np.asarray(ak.flatten(get(name), axis=None)), np.asarray(ak.flatten(want, axis=None))
+            np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-4)
