@@ -22,8 +22,8 @@ def main() -> None:
         cells = []
         for name in ("WvsQCD", "ZvsQCD", "TvsQCD"):
             x = m.get("discriminants", {}).get(name)
-            cells.append(f"{x['auc']:.4f} / {x['rej50']:.0f} / {x['rej30']:.0f}" if x else "–")
-        jets = p.get("jets_seen") or "–"
+            cells.append(f"{x['auc']:.4f} / {x['rej50']:.0f} / {x['rej30']:.0f}" if x else "-")
+        jets = p.get("jets_seen") or "-"
         print(f"| {c['name']} | {p.get('parameters', 0) / 1e3:.0f}k | {jets} | {m.get('accuracy', float('nan')):.4f} | "
               f"{m.get('auc_macro', float('nan')):.4f} | " + " | ".join(cells) + " |")
 

@@ -23,7 +23,7 @@ train() {  # name network options minutes [extra]
 
 ONLY=${ONLY:-"pfn particlenet-lite part part-irc r10"}
 case " $ONLY " in *" pfn "*) train pfn pfn '{}' "${MIN_PFN:-8}";; esac
-case " $ONLY " in *" particlenet-lite "*) train particlenet-lite particlenet-lite '{}' "${MIN_PNL:-14}";; esac
+case " $ONLY " in *" particlenet-lite "*) train particlenet-lite particlenet-lite '{}' "${MIN_PNL:-18}";; esac
 case " $ONLY " in *" part "*) train part part "$SMALL_PART" "${MIN_PART:-22}";; esac
 case " $ONLY " in *" part-irc "*) train part-irc part-irc "$IRC_PART" "${MIN_IRC:-24}";; esac
 case " $ONLY " in *" r10 "*) ;; *) exit 0;; esac

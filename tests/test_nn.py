@@ -23,7 +23,8 @@ SMALL = {  # small widths keep the suite fast; the structure is the real one
     "particlenet": {}, "particlenet-lite": {},
     "part": {"num_layers": 2, "embed_dims": (32, 64, 32), "pair_embed_dims": (16, 16), "num_heads": 4},
     "part-plain": {"num_layers": 2, "embed_dims": (32, 64, 32), "num_heads": 4},
-    "part-irc": {"num_layers": 2, "embed_dims": (32, 64, 32), "pair_embed_dims": (16, 16), "num_heads": 4},
+    "part-irc": {"num_layers": 2, "embed_dims": (32, 64, 32), "pair_embed_dims": (16, 16), "num_heads": 4,
+                 "jet_kinematics": True},
     "pfn": {}, "efn": {},
 }
 
