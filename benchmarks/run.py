@@ -141,16 +141,9 @@ def dask_scaling(bundle_path: Path, workers: int, copies: int = 3, chunksize: in
     from distributed import Client, LocalCluster
 
     fileset = {f"{ds}_{i}": spec for i in range(copies) for ds, spec in default_fileset().items()}
-    threads = os.environ.get("JETTAGGER_THREADS")
-    os.environ["JETTAGGER_THREADS"] = "1"  # one inference thread per single-threaded worker (they inherit it)
-    try:
-        cl = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-    finally:
-        if threads is None:
-            os.environ.pop("JETTAGGER_THREADS")
-        else:
-            os.environ["JETTAGGER_THREADS"] = threads
-    with cl, Client(cl) as client:
+    # one inference thread per single-threaded worker (else they inherit this process's JETTAGGER_THREADS)
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      env={"JETTAGGER_THREADS": "1"}) as cl, Client(cl) as client:
         run_fileset(bundle_path, default_fileset(), executor="dask", scheduler=client.scheduler.address,
                     chunksize=chunksize, progress=False)  # warm-up: imports, sessions on every worker
         t = time.perf_counter()
