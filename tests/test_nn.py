@@ -154,14 +154,20 @@ def split_and_soften(v, mask, frac=0.3, eps=1e-6, nsoft=3, seed=0):
     return vv, mm
 
 
+def split_inputs(x, eps=1e-6):
+    """Network inputs for the split-and-softened jets of ``x`` (vectors, mask; other inputs zero)."""
+    vv, mm = split_and_soften(x[2], x[3], eps=eps)
+    out = [torch.zeros(x[0].shape[0], DIMS[k], vv.shape[-1], dtype=vv.dtype) for k in NAMES]
+    out[2], out[3] = vv, mm
+    return out
+
+
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-6), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("name", ["part-irc", "efn"])
 def test_irc_safe_models(name, dtype, tol):
     m = build(name, NAMES, DIMS, 4).eval().to(dtype)  # full default size
     x = [t.to(dtype) for t in example_inputs(m, DIMS, n=8, length=60, seed=5)]
-    vv, mm = split_and_soften(x[2], x[3])
-    other = [torch.zeros(8, DIMS[k], vv.shape[-1], dtype=dtype) for k in NAMES]
-    other[2], other[3] = vv, mm
+    other = split_inputs(x)
     with torch.no_grad():
         assert torch.max(torch.abs(m(*x) - m(*other))) <= tol
 
@@ -223,9 +229,7 @@ def test_irc_part_energy_scale(energy_bias):
     x = [t.double() for t in example_inputs(m, DIMS, n=6, length=30, seed=3)]
     x[2] = x[2] / x[2][:, 3:].sum(-1, keepdim=True)  # jets of 1 GeV: the class token's key (bias 0) competes
     boosted = [x[0], x[1], x[2] * 3.0, x[3]]  # every four-vector x 3: same directions, 3x the energy
-    vv, mm = split_and_soften(x[2], x[3], eps=1e-9)
-    split = [torch.zeros(6, DIMS[k], vv.shape[-1], dtype=torch.float64) for k in NAMES]
-    split[2], split[3] = vv, mm
+    split = split_inputs(x, eps=1e-9)
     with torch.no_grad():
         ref, scaled, irc = m(*x), m(*boosted), m(*split)
     assert torch.max(torch.abs(ref - irc)) <= 1e-6
@@ -240,9 +244,7 @@ def test_irc_part_with_jet_kinematics():
     m = build("part-irc", NAMES, DIMS, 4, jet_kinematics=True, num_layers=2, embed_dims=(16, 16),
               pair_embed_dims=(8,), num_heads=2).eval().double()
     x = [t.double() for t in example_inputs(m, DIMS, n=6, length=30, seed=4)]
-    vv, mm = split_and_soften(x[2], x[3], eps=1e-9)
-    split = [torch.zeros(6, DIMS[k], vv.shape[-1], dtype=torch.float64) for k in NAMES]
-    split[2], split[3] = vv, mm
+    split = split_inputs(x, eps=1e-9)
     with torch.no_grad():
         assert torch.max(torch.abs(m(*x) - m(*split))) <= 1e-6
         assert torch.max(torch.abs(m(*x) - m(x[0], x[1], x[2] * 1.5, x[3]))) > 1e-4  # the scale is seen
