@@ -126,32 +126,37 @@ class TorchBackend:
 
 def run_batched(backend: Backend, std: Standardised, n_classes: int, padding: str | int = "dynamic",
                 min_length: int = 1, max_slots: int = MAX_SLOTS, max_pairs: int | None = None) -> np.ndarray:
-    """Scores of every jet of ``std`` in input order. Jets are sorted by multiplicity so that each batch
-    pads to little more than its own longest jet; batches never exceed ``max_slots`` particle slots (nor,
-    if given, ``max_pairs`` particle pairs)."""
+    """Scores of every jet of ``std`` in input order; jets without particles get NaN and never reach the
+    model. Jets are sorted by multiplicity so that each batch pads to little more than its own longest jet;
+    batches never exceed ``max_slots`` particle slots (nor, if given, ``max_pairs`` particle pairs)."""
     n = len(std)
     out = np.full((n, n_classes), np.nan, dtype=np.float32)
-    if n == 0:
-        return out
     order = np.argsort(std.counts, kind="stable")
+    order = order[std.counts[order] > 0]
+    if len(order) == 0:
+        return out
     ordered = std.take(order)
-    cap = std.config.max_length or int(ordered.counts.max()) or 1
-    fixed = cap if padding == "fixed" else (max(padding, min_length) if isinstance(padding, int) else None)
-    length: int | str = "dynamic" if fixed is None else fixed
+    lengths = [g.length for g in std.config.inputs.values() if g.length is not None] or [1]
+    mins = [g.min_length for g in std.config.inputs.values() if g.length is not None] or [1]
+    cap, floor = max(lengths), max(min(max(mins), max(lengths)), 1)
 
     def padded(stop: int) -> int:  # padded length of a batch ending at ``stop`` (counts ascend)
-        return fixed or max(min(int(ordered.counts[stop - 1]), cap), min_length, 1)
+        if padding == "fixed":
+            return cap
+        if isinstance(padding, int):
+            return max(padding, min_length)
+        return max(min(int(ordered.counts[stop - 1]), cap), min_length, floor)
 
     def fits(size: int, length: int) -> bool:
         return size * length <= max_slots and (max_pairs is None or size * length * length <= max_pairs)
 
-    start = 0
-    while start < n:  # grow each batch while it fits the slot (and pair) budget
+    m, start = len(order), 0
+    while start < m:  # grow each batch while it fits the slot (and pair) budget
         p0 = padded(start + 1)
         first = max_slots // p0 if max_pairs is None else min(max_slots // p0, max_pairs // (p0 * p0))
-        stop = min(n, start + max(1, first))
+        stop = min(m, start + max(1, first))
         while stop > start + 1 and not fits(stop - start, padded(stop)):
             stop = start + (stop - start) // 2
-        out[order[start:stop]] = backend.run(ordered.dense(start, stop, length=length, min_length=min_length))
+        out[order[start:stop]] = backend.run(ordered.dense(start, stop, length=padding, min_length=min_length))
         start = stop
     return out

@@ -14,10 +14,41 @@ import yaml
 
 from ._errors import JetTaggerError
 from .config import DataConfig
+from .sources import Preset, guess_preset, load_preset
 
 MODEL, CONFIG, PREPROCESS, CARD, STATE = "model.onnx", "data_config.yaml", "preprocess.json", "tagger.yaml", "model.pt"
 #: networks whose attention carries (N, C, P, P) pair features
 PAIRWISE_NETWORKS = ("part", "part-irc")
+
+
+#: what a network argument is: the particle collection's points / features / vectors / mask, or those of
+#: the secondary-vertex collection (``sv_*``, as weaver's ParticleNet / ParT taggers take them)
+ROLES = ("points", "features", "vectors", "mask", "sv_points", "sv_features", "sv_mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """One model input: a data-config group of one collection, in one role."""
+
+    group: str
+    collection: str
+    role: str
+
+
+def infer_inputs(config: DataConfig, preset: Preset) -> dict[str, InputSpec]:
+    """The input spec of a config whose bundle does not declare one (written into bundles on export):
+    the collection is traced from the group's variables through the preset; the role is the group name's
+    kind (points / features / vectors / mask), ``sv_`` for a secondary-vertex collection."""
+    out = {}
+    for g in config.inputs.values():
+        coll = preset.collection_of(g.vars[0].name, config.new_variables) or preset.particles
+        kind = next((k for k in ROLES[:4] if k in g.name.lower()), None)
+        if kind is None:
+            raise JetTaggerError(f"{config.source}: cannot tell the role of input {g.name!r}: declare it in "
+                                 f"tagger.yaml `inputs` (roles: {', '.join(ROLES)})")
+        secondary = coll != preset.particles or g.name.lower().startswith("sv")
+        out[g.name] = InputSpec(g.name, coll, f"sv_{kind}" if secondary and kind != "vectors" else kind)
+    return out
 
 
 @dataclasses.dataclass
@@ -25,6 +56,22 @@ class Bundle:
     path: Path
     card: dict[str, Any]
     config: DataConfig
+    preset: Preset = dataclasses.field(default=None)  # type: ignore[assignment]
+    inputs: dict[str, InputSpec] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.preset is None:
+            names = [v for g in self.config.inputs.values() for v in g.var_names]
+            self.preset = load_preset(self.card.get("source") or guess_preset(names))
+        if not self.inputs:
+            self.inputs = _input_spec(self.card, self.config, self.preset, self.path)
+
+    @property
+    def primary(self) -> str:
+        """The group whose particle count is a jet's: the particle collection's mask."""
+        ps = [s for s in self.inputs.values() if s.collection == self.preset.particles]
+        ps = ps or list(self.inputs.values())
+        return next((s.group for s in ps if s.role == "mask"), ps[0].group)
 
     @property
     def name(self) -> str:
@@ -111,6 +158,31 @@ class Bundle:
                                  f"{len(self.classes)} classes")
 
 
+def _input_spec(card: dict[str, Any], config: DataConfig, preset: Preset, path: Path) -> dict[str, InputSpec]:
+    declared = card.get("inputs")
+    if not isinstance(declared, dict) or not all(isinstance(v, dict) for v in declared.values()):
+        return infer_inputs(config, preset)  # older cards: shapes only
+    out = {}
+    for g in config.inputs:
+        d = declared.get(g)
+        if d is None:
+            raise JetTaggerError(f"{path / CARD}: inputs: no entry for data-config group {g!r}")
+        role, coll = str(d.get("role")), str(d.get("collection", preset.particles))
+        if role not in ROLES:
+            raise JetTaggerError(f"{path / CARD}: inputs.{g}.role {role!r} is not one of {', '.join(ROLES)}")
+        out[g] = InputSpec(g, coll, role)
+    unknown = sorted(set(declared) - set(config.inputs))
+    if unknown:
+        raise JetTaggerError(f"{path / CARD}: inputs {unknown} are not groups of {config.source}")
+    return out
+
+
+def card_inputs(config: DataConfig, inputs: dict[str, InputSpec]) -> dict[str, Any]:
+    """The ``inputs`` section of a model card: shape, collection and role of each group."""
+    return {g: {"shape": list(config.input_shapes[g]), "collection": s.collection, "role": s.role}
+            for g, s in inputs.items()}
+
+
 def _check_preprocess(path: Path, config: DataConfig) -> None:
     """A preprocess.json that disagrees with the data config (tampered or stale) is refused."""
     try:
@@ -144,7 +216,18 @@ def write_bundle(path: str | Path, model: Any, config: DataConfig, card: dict[st
     torch.save(model.state_dict(), path / STATE)
     config.dump_yaml(path / CONFIG)
     (path / PREPROCESS).write_text(json.dumps(config.preprocess_json(), indent=2))
-    card = {**card, "classes": config.class_names, "min_length": int(model.min_length),
-            "inputs": {k: list(v) for k, v in config.input_shapes.items()}}
-    (path / CARD).write_text(yaml.safe_dump(card, sort_keys=False))
+    card = {**card, "classes": config.class_names, "min_length": int(model.min_length)}
+    write_card(path, card, config)
     return Bundle.load(path)
+
+
+def write_card(path: Path, card: dict[str, Any], config: DataConfig) -> None:
+    """``tagger.yaml`` with the source preset and the input spec made explicit."""
+    names = [v for g in config.inputs.values() for v in g.var_names]
+    source = card.get("source") or guess_preset(names)
+    preset = load_preset(source)
+    inputs = infer_inputs(config, preset) if not isinstance(card.get("inputs"), dict) else None
+    card = {**card, "source": source}
+    if inputs is not None:
+        card["inputs"] = card_inputs(config, inputs)
+    (path / CARD).write_text(yaml.safe_dump(card, sort_keys=False))

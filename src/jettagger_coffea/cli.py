@@ -152,8 +152,13 @@ def _run_predict(args: argparse.Namespace) -> int:
     from .evaluation import predict_files
     from .tagger import JetTagger
 
-    cols = predict_files(JetTagger(args.model, backend=args.backend), args.input, progress=True)
     out = Path(args.output)
+    if out.suffix not in (".root", ".parquet"):
+        raise JetTaggerError(f"--output must end in .root or .parquet, got {out}")
+    missing = [f for f in args.input if not Path(f).is_file()]
+    if missing:
+        raise JetTaggerError(f"--input: no such file {missing[0]}")
+    cols = predict_files(JetTagger(args.model, backend=args.backend), args.input, progress=True)
     if out.suffix == ".root":
         import uproot
 
@@ -170,29 +175,46 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _add_import(sub) -> None:
-    p = sub.add_parser("import-weaver", help="weaver artefacts -> tagger bundle")
-    p.add_argument("--data-config", required=True, help="the weaver data config YAML")
-    p.add_argument("--output", "-o", required=True)
+    p = sub.add_parser("import-weaver", help="weaver or CMSSW artefacts -> tagger bundle")
+    p.add_argument("--data-config", default=None, help="the weaver data config YAML (not needed with --onnx "
+                   "and a CMSSW-style --preprocess)")
+    p.add_argument("--output", "-o", required=True, help="bundle folder to write")
     p.add_argument("--network", help="network name, with --checkpoint")
     p.add_argument("--network-options", default="{}", help="JSON dict (e.g. use_pre_activation_pair)")
     p.add_argument("--checkpoint", help="weaver state_dict (loaded weights-only)")
-    p.add_argument("--onnx", help="weaver-exported ONNX model (with --preprocess)")
-    p.add_argument("--preprocess", help="the preprocess.json weaver wrote next to the ONNX model")
-    p.add_argument("--name", default=None)
+    p.add_argument("--onnx", help="weaver-exported or CMSSW model.onnx (with --preprocess)")
+    p.add_argument("--preprocess", help="preprocess.json (weaver: var_length; CMSSW: min/max_length)")
+    p.add_argument("--source", default=None, help="source preset (jetclass, cms-pfnano or a YAML file); "
+                   "default: chosen from the variable names")
+    p.add_argument("--stored-prefix", default=None, help="NanoAOD branch prefix of the experiment's own "
+                   "scores for this model, e.g. particleNet -> FatJet_particleNet_<discriminant>")
+    p.add_argument("--name", default=None, help="bundle name (default: the folder name)")
     p.add_argument("--discriminants", default="{}", help='JSON, e.g. {"TvsQCD": {"signal": ["Tbqq"], '
-                   '"background": ["QCD"]}}')
+                   '"background": ["QCD"]}}; default for CMS classes: NanoAOD\'s')
     p.set_defaults(func=_run_import)
 
 
-def _run_import(args: argparse.Namespace) -> int:
+def _json_option(text: str, option: str) -> dict:
     import json
 
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise JetTaggerError(f"{option}: not valid JSON ({err.msg})") from None
+    if not isinstance(value, dict):
+        raise JetTaggerError(f"{option}: expected a JSON object")
+    return value
+
+
+def _run_import(args: argparse.Namespace) -> int:
     from .weaver import import_weaver
 
+    options = _json_option(args.network_options, "--network-options")
+    discriminants = _json_option(args.discriminants, "--discriminants")
     path = import_weaver(args.data_config, args.output, network=args.network, checkpoint=args.checkpoint,
                          onnx=args.onnx, preprocess=args.preprocess, name=args.name,
-                         network_options=json.loads(args.network_options),
-                         discriminants=json.loads(args.discriminants))
+                         network_options=options, discriminants=discriminants, source=args.source,
+                         stored_prefix=args.stored_prefix)
     print(path)
     return 0
 

@@ -16,9 +16,22 @@ from typing import Any
 import yaml
 
 from ._errors import JetTaggerError
-from .expressions import Expression
+from .expressions import Expression, translate_legacy
 
 PAD_MODES = ("constant", "wrap")
+
+#: The formulas of the official JetClass configs, for a ``preprocess.json`` imported without its YAML.
+JETCLASS_NEW_VARIABLES = {
+    "part_mask": "ak.ones_like(part_energy)",
+    "part_pt": "np.hypot(part_px, part_py)",
+    "part_pt_log": "np.log(part_pt)",
+    "part_e_log": "np.log(part_energy)",
+    "part_logptrel": "np.log(part_pt/jet_pt)",
+    "part_logerel": "np.log(part_energy/jet_energy)",
+    "part_deltaR": "np.hypot(part_deta, part_dphi)",
+    "part_d0": "np.tanh(part_d0val)",
+    "part_dz": "np.tanh(part_dzval)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +52,7 @@ class InputGroup:
     length: int | None
     pad_mode: str
     vars: tuple[VarSpec, ...]
+    min_length: int = 1  # CMSSW's preprocess.json: shorter jets are padded to it
 
     @property
     def var_names(self) -> tuple[str, ...]:
@@ -69,7 +83,7 @@ class DataConfig:
         auto = method.startswith("auto")
         params = pre.get("params") or {}
         new_vars = {
-            str(k): Expression(v, where=f"{source}: new_variables.{k}")
+            str(k): Expression(translate_legacy(str(v)), where=f"{source}: new_variables.{k}")
             for k, v in (opts.get("new_variables") or {}).items()
             if str(k) != str(v)
         }
@@ -87,6 +101,11 @@ class DataConfig:
             length = g.get("length")
             if length is not None and (not isinstance(length, int) or length <= 0):
                 raise JetTaggerError(f"{source}: input group {gname!r}: length must be a positive int")
+            min_length = g.get("min_length", 1)
+            if not isinstance(min_length, int) or min_length < 1 or (length is not None and min_length > length):
+                raise JetTaggerError(f"{source}: input group {gname!r}: min_length must be an int in 1..length")
+            if not g["vars"]:
+                raise JetTaggerError(f"{source}: input group {gname!r} has no variables")
             vs = []
             for v in g["vars"]:
                 v = list(v) if isinstance(v, (list, tuple)) else [v]
@@ -105,7 +124,7 @@ class DataConfig:
                     center = float(center)
                 vs.append(VarSpec(name, center, float(get(2, 1)), float(get(3, -5)), float(get(4, 5)),
                                   float(get(5, 0))))
-            groups[str(gname)] = InputGroup(str(gname), length, pad_mode, tuple(vs))
+            groups[str(gname)] = InputGroup(str(gname), length, pad_mode, tuple(vs), min_length)
         labels = opts.get("labels") or {}
         ltype = str(labels.get("type", "simple"))
         lvalue: list[str] | dict[str, Expression]
@@ -120,12 +139,12 @@ class DataConfig:
         return cls(
             inputs=groups,
             new_variables=new_vars,
-            selection=Expression(sel, where=f"{source}: selection") if sel else None,
+            selection=Expression(translate_legacy(str(sel)), where=f"{source}: selection") if sel else None,
             label_type=ltype,
             label_value=lvalue,
             observers=observers,
             preprocess_method=method,
-            data_fraction=float(pre.get("data_fraction", 0.1)),
+            data_fraction=float(pre.get("data_fraction") or 0.1),
             source=source,
             raw=opts,
         )
@@ -147,9 +166,10 @@ class DataConfig:
 
     @classmethod
     def from_preprocess_json(cls, path: str | Path, base: DataConfig | None = None) -> DataConfig:
-        """weaver's exported ``preprocess.json``. It carries neither ``pad_mode`` nor ``new_variables``:
-        they come from ``base`` (the training YAML) when given, else from the built-in JetClass formulas
-        with ``pad_mode: constant`` (only the mask matters for a correctly masked network)."""
+        """weaver's exported ``preprocess.json`` (``var_length``) or CMSSW's (``min_length`` /
+        ``max_length``). It carries neither ``pad_mode`` nor ``new_variables``: they come from ``base`` (the
+        training YAML) when given; else masks are ones on their collection and JetClass names get the
+        official JetClass formulas, with ``pad_mode: constant`` (only the mask matters to a masked network)."""
         path = Path(path)
         try:
             j = json.loads(path.read_text())
@@ -167,18 +187,31 @@ class DataConfig:
                     vars_.append([vname, None if identity else float(info["median"]), float(info["norm_factor"]),
                                   lo, hi, float(info.get("pad", 0))])
                 pad_mode = base.inputs[gname].pad_mode if base and gname in base.inputs else "constant"
-                inputs[gname] = {"length": int(g["var_length"]), "pad_mode": pad_mode, "vars": vars_}
+                if "var_length" in g:
+                    length, min_length = int(g["var_length"]), 1
+                elif "max_length" in g:
+                    length, min_length = int(g["max_length"]), int(g.get("min_length", 1))
+                else:
+                    raise KeyError(f"{gname}.var_length (or min_length / max_length)")
+                inputs[gname] = {"length": length, "min_length": max(1, min_length), "pad_mode": pad_mode,
+                                 "vars": vars_}
             output_names = list(j["output_names"])
         except (KeyError, TypeError, ValueError) as err:
             raise JetTaggerError(f"{path}: malformed preprocess.json ({type(err).__name__}: {err})") from None
+        all_vars = [v[0] for g in inputs.values() for v in g["vars"]]
         if base is not None:
             new_vars = {k: e.source for k, e in base.new_variables.items()}
             observers = list(base.observers)
         else:
-            from .sources import JETCLASS_NEW_VARIABLES
-
-            new_vars = dict(JETCLASS_NEW_VARIABLES)
+            jetclass = any(v.startswith("part_") for v in all_vars)
+            new_vars = dict(JETCLASS_NEW_VARIABLES) if jetclass else {}
             observers = []
+        for name in all_vars:  # a mask without a formula: ones on the other variables of its collection
+            stem = name.removesuffix("_mask")
+            if name.endswith("_mask") and name not in new_vars:
+                sibling = next((v for v in all_vars if v.startswith(f"{stem}_") and v != name), None)
+                if sibling is not None:
+                    new_vars[name] = f"ak.ones_like({sibling})"
         opts = {"inputs": inputs, "new_variables": new_vars, "observers": observers,
                 "labels": {"type": "simple", "value": output_names}}
         return cls.from_dict(opts, source=str(path))
@@ -239,7 +272,8 @@ class DataConfig:
     def to_dict(self) -> dict[str, Any]:
         opts = copy.deepcopy(self.raw)
         opts["inputs"] = {
-            g.name: {"length": g.length, "pad_mode": g.pad_mode,
+            g.name: {"length": g.length, **({"min_length": g.min_length} if g.min_length > 1 else {}),
+                     "pad_mode": g.pad_mode,
                      "vars": [[v.name, v.center, v.scale, v.clip_min, v.clip_max, v.pad_value] for v in g.vars]}
             for g in self.inputs.values()
         }
@@ -254,7 +288,9 @@ class DataConfig:
         """The ``preprocess.json`` weaver writes next to an exported ONNX model."""
         j: dict[str, Any] = {"output_names": list(self.label_value), "input_names": list(self.input_names)}
         for g in self.inputs.values():
-            j[g.name] = {"var_names": list(g.var_names), "var_length": g.length, "var_infos": {
+            j[g.name] = {"var_names": list(g.var_names), "var_length": g.length,
+                         **({"min_length": g.min_length, "max_length": g.length} if g.min_length > 1 else {}),
+                         "var_infos": {
                 v.name: {"median": 0 if v.center is None else v.center, "norm_factor": v.scale,
                          "replace_inf_value": 0, "lower_bound": -1e32 if v.center is None else v.clip_min,
                          "upper_bound": 1e32 if v.center is None else v.clip_max, "pad": v.pad_value}

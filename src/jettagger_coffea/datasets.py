@@ -6,16 +6,17 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-import awkward as ak
 import numpy as np
 
 from ._errors import JetTaggerError
 from .config import DataConfig
 from .features import Features, featurize, make_table, selection_mask
+from .sources import Events
 
 
 def open_jets(path: str | Path):
-    """Per-jet data of a file: the JetClass ``tree`` or the flattened PFNano ``FatJet`` collection."""
+    """The jets of a file: a JetClass-layout ``tree`` (one jet per entry) or a NanoAOD ``Events`` tree
+    (its FatJets, read lazily branch by branch through a source preset)."""
     import uproot
 
     path = Path(path)
@@ -26,9 +27,7 @@ def open_jets(path: str | Path):
     if "tree" in f:
         return f["tree"]
     if "Events" in f:
-        from .nanoevents import open_events
-
-        return ak.flatten(open_events(str(path)).FatJet, axis=1)
+        return Events(f["Events"], str(path))
     raise JetTaggerError(f"{path}: neither a JetClass `tree` nor a NanoAOD `Events` tree")
 
 

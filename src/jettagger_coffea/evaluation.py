@@ -13,19 +13,27 @@ from tqdm.auto import tqdm
 from .datasets import open_jets
 from .features import labels as label_values
 from .features import make_table
-from .metrics import discriminant, summary
+from .metrics import background_classes, discriminant, summary
 from .tagger import JetTagger
 
 
 def predict_files(tagger: JetTagger, files: Sequence[str | Path], with_labels: bool = True,
                   progress: bool = False) -> dict[str, np.ndarray]:
-    """Columns ``score_<class>``, ``label`` (when the files carry labels) and the observers, per jet."""
+    """One row per jet, in file order: ``score_<class>``, ``label`` (when the files carry labels), the
+    observers, ``file_index``; for NanoAOD also ``entry`` (event index in the file), ``run``,
+    ``luminosityBlock``, ``event`` and ``jet_index`` (position in the event's FatJet collection)."""
     cols: dict[str, list] = {}
-    for path in tqdm(files, desc="predict", disable=not progress):
+    for i, path in enumerate(tqdm(files, desc="predict", disable=not progress)):
         data = open_jets(path)
-        table = make_table(data, tagger.config, where=str(path))  # one read of each branch per file
+        table = make_table(data, tagger.config, tagger.bundle.preset, where=str(path))  # one read per branch
         res = tagger.score_jets(data, where=str(path), table=table)
-        row = {f"score_{c}": res.scores[:, i] for i, c in enumerate(tagger.classes)}
+        row: dict[str, np.ndarray] = {}
+        if table.ids is not None:
+            row["entry"], row["jet_index"] = table.ids[:, 0].astype(np.int64), table.ids[:, 1].astype(np.int32)
+            for b in ("run", "luminosityBlock", "event"):
+                if b in data.scalars:
+                    row[b] = np.asarray(data.scalar(b))[table.ids[:, 0]]
+        row |= {f"score_{c}": res.scores[:, i] for i, c in enumerate(tagger.classes)}
         if with_labels:
             try:
                 row["label"] = label_values(table, tagger.config)
@@ -36,7 +44,7 @@ def predict_files(tagger: JetTagger, files: Sequence[str | Path], with_labels: b
                 row[name] = np.asarray(table[name])
             except Exception:  # noqa: BLE001, S112 - an observer the source lacks is left out
                 continue
-        row["file_index"] = np.full(len(res.scores), list(files).index(path), dtype=np.int32)
+        row["file_index"] = np.full(len(res.scores), i, dtype=np.int32)
         for k, v in row.items():
             cols.setdefault(k, []).append(v)
     return {k: np.concatenate(v) for k, v in cols.items()}
@@ -63,12 +71,12 @@ def evaluate(tagger: JetTagger, files: Sequence[str | Path], output: str | Path 
         idx = {c: i for i, c in enumerate(classes)}
         curves = {}
         for name, d in discs.items():
-            sig, bkg = np.isin(labels, [idx[c] for c in d["signal"]]), np.isin(labels, [idx[c] for c in d["background"]])
+            sig = np.isin(labels, [idx[c] for c in d["signal"]])
+            bkg = np.isin(labels, [idx[c] for c in background_classes(classes, d)])
             keep = sig | bkg
             if sig.any() and bkg.any():
-                curves[name] = (sig[keep], discriminant(scores, classes, d["signal"], d["background"])[keep])
-                plotting.score_plot(scores, labels, classes, out / f"scores_{name}.png", d["signal"], d["background"],
-                                    name)
+                curves[name] = (sig[keep], discriminant(scores, classes, d)[keep])
+                plotting.score_plot(scores, labels, classes, out / f"scores_{name}.png", d, name)
         if curves:
             plotting.roc_plot(curves, out / "roc.png", title=title or tagger.bundle.name)
         plotting.confusion_plot(np.asarray(metrics["confusion"]), classes, out / "confusion.png",

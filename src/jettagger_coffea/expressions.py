@@ -57,6 +57,20 @@ _COMPARE: dict[type, Callable] = {
 }
 
 
+#: awkward-0 spellings that weaver still accepts in old configs -> their awkward-2 equivalents
+LEGACY = {
+    "awkward.JaggedArray.ones_like": "ak.ones_like",
+    "awkward.JaggedArray.zeros_like": "ak.zeros_like",
+}
+
+
+def translate_legacy(source: str) -> str:
+    """Rewrite awkward-0 spellings (text substitution before parsing; the result is still only parsed)."""
+    for old, new in LEGACY.items():
+        source = source.replace(old, new)
+    return source
+
+
 class Expression:
     """A validated expression; :attr:`names` are the variables it reads."""
 

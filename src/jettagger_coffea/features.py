@@ -14,7 +14,7 @@ import numpy as np
 from ._errors import JetTaggerError
 from .config import DataConfig, InputGroup, VarSpec
 from .padding import dynamic_length, pad
-from .sources import Table, is_pfnano, pfnano_columns, record_columns
+from .sources import JETS, Events, Preset, Table, guess_preset, load_preset, nano_columns, record_columns
 
 
 @dataclasses.dataclass
@@ -37,11 +37,35 @@ class Features:
         return self.counts == 0
 
 
-def make_table(data: Any, config: DataConfig, where: str = "input", pf: Any = None) -> Table:
-    """A lazy column table over a PFNano FatJet array, JetClass records, a dict or an uproot TTree."""
-    base = (pfnano_columns(data, where, pf) if isinstance(data, ak.Array) and is_pfnano(data)
-            else record_columns(data, where))
-    return Table(base, config.new_variables, where)
+def is_nanoaod(data: Any) -> bool:
+    """NanoAOD events (coffea NanoEvents, an awkward record of collections, an uproot ``Events`` tree)."""
+    import uproot
+
+    if isinstance(data, Events):
+        return True
+    if isinstance(data, uproot.TTree):
+        return "nFatJet" in data.keys() or data.name == "Events"
+    return isinstance(data, ak.Array) and JETS in ak.fields(data)
+
+
+def make_table(data: Any, config: DataConfig, preset: Preset | str | None = None, where: str = "input",
+               jets: Any = None) -> Table:
+    """A lazy column table: over the FatJets of NanoAOD events (all, or those selected by the [event][jet]
+    mask ``jets``) through a source preset, or over JetClass records, a dict or an uproot TTree.
+
+    For NanoAOD, ``table.ids`` holds (event, jet index) of each row."""
+    ids = None
+    if is_nanoaod(data):
+        names = [v for g in config.inputs.values() for v in g.var_names]
+        chosen = load_preset(preset if preset is not None else guess_preset(names))
+        base, ids = nano_columns(data, chosen, where, jets)
+    else:
+        if jets is not None:
+            raise JetTaggerError(f"{where}: a jet selection needs NanoAOD events")
+        base = record_columns(data, where)
+    table = Table(base, config.new_variables, where)
+    table.ids = ids
+    return table
 
 
 def _standardise(values: np.ndarray, v: VarSpec) -> np.ndarray:
@@ -118,21 +142,17 @@ class Standardised:
 
     def dense(self, start: int = 0, stop: int | None = None, length: int | str | None = None,
               min_length: int = 1) -> dict[str, np.ndarray]:
-        """Padded float32 [n, C, P] of jets ``start:stop``; ``length`` as in :func:`featurize`."""
+        """Padded float32 [n, C, P] of jets ``start:stop``, each group at its own length: ``None`` or
+        "fixed" -> the config's length (weaver); "dynamic" -> the longest jet of these rows, at least the
+        group's (and the network's) minimum, at most the config's length; an int -> that length."""
         stop = len(self) if stop is None else stop
-        if length == "dynamic":
-            plen = max(dynamic_length(self.counts[start:stop], self.config.max_length), min_length)
-        else:
-            plen = length if isinstance(length, int) else None
         out = {}
         for g in self.config.inputs.values():
             values, counts = self.groups[g.name]
             lo = int(counts[:start].sum())
             c = counts[start:stop]
             hi = lo + int(c.sum())
-            glen = g.length if g.length is not None else 1
-            if plen is not None and g.length is not None:
-                glen = plen if length != "dynamic" else max(min(plen, g.length), min_length)
+            glen = padded_length(c, g, length, min_length)
             arr = np.empty((len(c), len(g.vars), glen), dtype=np.float32)
             for i, (x, v) in enumerate(zip(values, g.vars)):
                 arr[:, i, :] = pad(x[lo:hi], c, glen, g.pad_mode, v.pad_value)
@@ -140,19 +160,31 @@ class Standardised:
         return out
 
 
-def standardise(table: Table, config: DataConfig) -> Standardised:
+def padded_length(counts: np.ndarray, group: InputGroup, length: int | str | None, min_length: int = 1) -> int:
+    """The one length rule: how long a batch of jets with these ``counts`` is padded for ``group``."""
+    if group.length is None:
+        return 1
+    if length is None or length == "fixed":
+        return group.length
+    if isinstance(length, int):
+        return max(length, group.min_length, min_length)
+    return min(max(dynamic_length(counts, None), group.min_length, min_length), group.length)
+
+
+def standardise(table: Table, config: DataConfig, primary: str | None = None) -> Standardised:
+    """Standardised values of every group; a jet's particle count is that of group ``primary`` (the
+    particle mask, as the bundle declares it; default: the group with most entries)."""
     if config.needs_auto:
         raise JetTaggerError(f"{config.source}: preprocess: auto is not resolved; resolve it on training data")
-    groups, main, nbad = {}, None, 0
+    groups, nbad = {}, 0
     for g in config.inputs.values():
         values, counts, bad = group_values(table, g)
         groups[g.name] = (values, counts)
         nbad += bad
-        if g.length is not None and (main is None or counts.sum() > main.sum()):
-            main = counts
-    if main is None:
-        main = next(iter(groups.values()))[1]
-    return Standardised(config, groups, main, nbad)
+    if primary is None:
+        sized = [n for n, g in config.inputs.items() if g.length is not None] or list(groups)
+        primary = max(sized, key=lambda n: int(groups[n][1].sum()))
+    return Standardised(config, groups, groups[primary][1], nbad)
 
 
 def featurize(data: Any, config: DataConfig, length: int | str | None = None, where: str = "input",
@@ -162,10 +194,10 @@ def featurize(data: Any, config: DataConfig, length: int | str | None = None, wh
     ``length``: None -> the config's length per group (weaver); "dynamic" -> the longest real jet of this
     chunk capped at the config length; an int -> that length.
     """
-    table = table if table is not None else make_table(data, config, where)
+    table = table if table is not None else make_table(data, config, where=where)
     std = standardise(table, config)
     inputs = std.dense(length=length)
-    plen = next((v.shape[-1] for k, v in inputs.items() if config.inputs[k].length is not None), 1)
+    plen = max((v.shape[-1] for k, v in inputs.items() if config.inputs[k].length is not None), default=1)
     feats = Features(inputs=inputs, counts=std.counts, length=plen, n_nonfinite=std.n_nonfinite)
     if with_labels:
         feats.labels = labels(table, config)
@@ -190,58 +222,3 @@ def selection_mask(table: Table, config: DataConfig) -> np.ndarray | None:
     if config.selection is None:
         return None
     return np.asarray(ak.to_numpy(config.selection(table)), dtype=bool)
-
-
-def jagged_features(data: Any, config: DataConfig, where: str = "input", pf: Any = None) -> ak.Array:
-    """Standardised, unpadded per-particle inputs as a record per jet (``<group>.<var>``).
-
-    Pure awkward operations, so it runs on typetracers: under dask-awkward it is applied per partition
-    with :func:`featurize_dask`, and column projection reads only the branches the config needs.
-    """
-    table = make_table(data, config, where, pf)
-    groups = {}
-    for g in config.inputs.values():
-        cols = {}
-        for v in g.vars:
-            x = ak.values_astype(table[v.name], np.float32)
-            if v.center is not None:
-                x = (x - np.float32(v.center)) * np.float32(v.scale)  # clip via ufuncs: typetracer-safe
-                x = np.minimum(np.maximum(x, np.float32(v.clip_min)), np.float32(v.clip_max))
-            cols[v.name] = x
-        groups[g.name] = ak.zip(cols, depth_limit=1)
-    return ak.zip(groups, depth_limit=1)
-
-
-def featurize_dask(data: Any, config: DataConfig, where: str = "input"):
-    """dask-awkward version of :func:`jagged_features` (one task per partition)."""
-    import dask_awkward as dak
-
-    pf = None
-    if is_pfnano(data):
-        try:
-            pf = data.constituents.pf
-        except AttributeError as err:
-            raise JetTaggerError(f"{where}: FatJet has no constituents.pf (PFNano cross-references)") from err
-    configure_dask()
-    return dak.map_partitions(jagged_features, data, config, where, pf, label="jettagger-features")
-
-
-def configure_dask() -> None:
-    """Keep dask-awkward's column projection but skip its layer-chain rewrite, which fails on coffea's
-    cross-referenced collections (FatJet -> PFCands) with dask >= 2025.4 ("Cannot fuse tasks with multiple
-    outputs"). Set globally: it must hold when the graph is computed."""
-    import dask
-
-    dask.config.set({"awkward.optimization.which": ["columns"]})
-
-
-def pad_jagged(jagged: ak.Array, config: DataConfig, length: int | str | None = None) -> Features:
-    """Dense inputs from :func:`jagged_features` output (what :func:`featurize` gives directly)."""
-    table = {f"{g}\0{v}": jagged[g][v] for g in config.inputs for v in config.inputs[g].var_names}
-    flat_cfg = dataclasses.replace(config, new_variables={})
-    renamed = DataConfig(
-        inputs={g.name: dataclasses.replace(g, vars=tuple(dataclasses.replace(v, name=f"{g.name}\0{v.name}",
-                                                                              center=None) for v in g.vars))
-                for g in flat_cfg.inputs.values()},
-        observers=(), source=config.source)
-    return featurize(table, renamed, length=length)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,13 +51,22 @@ def confusion_matrix(labels: np.ndarray, scores: np.ndarray, n_classes: int, nor
     return cm
 
 
-def discriminant(scores: np.ndarray, classes: Sequence[str], signal: Sequence[str],
-                 background: Sequence[str]) -> np.ndarray:
+def discriminant(scores: Any, classes: Sequence[str], definition: Mapping[str, Sequence[str]]) -> Any:
+    """The one discriminant: sum of the signal classes' scores over signal + background; with no background
+    listed, the signal sum itself (e.g. NanoAOD's ``QCD = sum of QCD_*``). numpy or awkward, [..., classes]."""
     idx = {c: i for i, c in enumerate(classes)}
-    s = sum(scores[:, idx[c]] for c in signal)
-    b = sum(scores[:, idx[c]] for c in background)
+    s = sum(scores[..., idx[c]] for c in definition["signal"])
+    background = definition.get("background") or []
+    if not background:
+        return s
+    b = sum(scores[..., idx[c]] for c in background)
     with np.errstate(invalid="ignore", divide="ignore"):
         return s / (s + b)
+
+
+def background_classes(classes: Sequence[str], definition: Mapping[str, Sequence[str]]) -> list[str]:
+    """The classes a discriminant is tested against: its background, or every other class."""
+    return list(definition.get("background") or [c for c in classes if c not in definition["signal"]])
 
 
 def summary(labels: np.ndarray, scores: np.ndarray, classes: Sequence[str],
@@ -71,11 +81,11 @@ def summary(labels: np.ndarray, scores: np.ndarray, classes: Sequence[str],
     for name, d in (discriminants or {}).items():
         idx = {c: i for i, c in enumerate(classes)}
         is_sig = np.isin(labels, [idx[c] for c in d["signal"]])
-        is_bkg = np.isin(labels, [idx[c] for c in d["background"]])
+        is_bkg = np.isin(labels, [idx[c] for c in background_classes(classes, d)])
         keep = is_sig | is_bkg
         if not (is_sig.any() and is_bkg.any()):
             continue
-        disc = discriminant(scores, classes, d["signal"], d["background"])[keep]
+        disc = discriminant(scores, classes, d)[keep]
         y = is_sig[keep]
         out["discriminants"][name] = {
             "auc": auc(y, disc), "rej50": rejection(y, disc, 0.5), "rej30": rejection(y, disc, 0.3),

@@ -34,9 +34,9 @@ def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title
 
 
 def score_plot(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: Path,
-               signal: Sequence[str], background: Sequence[str], name: str) -> Path:
+               definition: dict, name: str) -> Path:
     _style()
-    d = discriminant(scores, classes, signal, background)
+    d = discriminant(scores, classes, definition)
     fig, ax = plt.subplots(figsize=(7, 6))
     bins = np.linspace(0, 1, 41)
     for i, c in enumerate(classes):

@@ -1,148 +1,375 @@
-"""Map every input format onto the same ``part_*`` / ``jet_*`` names; the weaver expressions then run
-unchanged on any source.
+"""Sources: the collections of a file -> the named per-jet columns a model's data config asks for.
 
-PFNano (coffea NanoEvents, ``FatJet -> FatJetPFCands -> PFCands``), per jet, constituents pT-descending:
+Two kinds of input:
 
-=======================  ===============================================================
-``part_px/py/pz``        momentum of ``PFCands_{pt,eta,phi,mass}`` (pT cos phi, pT sin phi, pT sinh eta)
-``part_energy``          idem, sqrt((pT cosh eta)^2 + m^2)
-``part_deta``            ``(pf.eta - jet.eta) * sign(jet.eta)``
-``part_dphi``            ``pf.phi - jet.phi`` wrapped to [-pi, pi)
-``part_charge``          ``PFCands_charge``
-``part_is*``             from ``|PFCands_pdgId|``: 211 charged hadron, 130 (and 1, HF) neutral hadron,
-                         22 (and 2, HF EM) photon, 11 electron, 13 muon
-``part_d0val/dzval``     ``PFCands_d0`` / ``PFCands_dz``
-``part_d0err/dzerr``     ``PFCands_d0Err`` / ``PFCands_dzErr``
-``jet_pt/eta/phi/mass``  ``FatJet_*``; ``jet_energy`` as ``part_energy``
-``jet_nparticles``       number of constituents; ``jet_sdmass``: ``FatJet_msoftdrop``
-``jet_tau1..4``          ``FatJet_tau1..4``
-``label_<class>``        ``FatJet_truthLabel == index`` (JetClass class order), when present
-=======================  ===============================================================
+* **NanoAOD** (CMS PFNano, or the project's generated files): each FatJet's constituents and secondary
+  vertices are built from the link tables as CMS writes them — ``FatJetPFCands_{jetIdx,pFCandsIdx}`` ->
+  ``PFCands`` and ``FatJetSVs_{jetIdx,sVIdx}`` -> ``SV`` — with or without ``FatJet_nConstituents``
+  (a 2020-layout file, whose link table carries the candidates itself, works too). Raw columns are named
+  ``fj_<FatJet field>`` and ``<collection>_<field>``; a **preset** (``presets/*.yaml``, data only: restricted
+  expressions, never ``eval``) maps them onto a model's names (``part_*`` for JetClass, ``pfcand_*`` /
+  ``sv_*`` for CMS ParticleNet-AK8), with units, sentinels, candidate selection and ordering explicit.
+* **JetClass-layout ntuples** (one jet per entry): the branches are the names.
 
-JetClass-layout ntuples (one jet per entry) are used as they are.
+Then :class:`Table` evaluates the data config's ``new_variables`` on top, lazily and once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from functools import cache
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import awkward as ak
 import numpy as np
+import yaml
 
 from ._errors import JetTaggerError
-from .generate.settings import JETCLASS_LABELS
-
-#: The formulas of the official JetClass configs, used for a ``preprocess.json`` imported without its YAML.
-JETCLASS_NEW_VARIABLES = {
-    "part_mask": "ak.ones_like(part_energy)",
-    "part_pt": "np.hypot(part_px, part_py)",
-    "part_pt_log": "np.log(part_pt)",
-    "part_e_log": "np.log(part_energy)",
-    "part_logptrel": "np.log(part_pt/jet_pt)",
-    "part_logerel": "np.log(part_energy/jet_energy)",
-    "part_deltaR": "np.hypot(part_deta, part_dphi)",
-    "part_d0": "np.tanh(part_d0val)",
-    "part_dz": "np.tanh(part_dzval)",
-}
+from .expressions import Expression
 
 Getter = Callable[[str], Any]
+JETS = "FatJet"
 
 
-def _wrap_phi(x):
-    return (x + np.pi) % (2 * np.pi) - np.pi
+# -- presets ------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class CollectionSpec:
+    """A per-jet collection read through a NanoAOD link table (``link`` rows -> ``target`` rows)."""
+
+    name: str  # also the prefix of its raw columns
+    link: str
+    jet_index: str = "jetIdx"
+    target: str | None = None
+    target_index: str | None = None
+    prefer: str = "target"  # which table wins for a field both carry
+    select: Expression | None = None
+    order: Expression | None = None  # descending; stable
 
 
-def is_pfnano(obj: Any) -> bool:
-    fields = ak.fields(obj)
-    return "constituents" in fields or ("pt" in fields and "msoftdrop" in fields)
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """How a model's variable names are computed from NanoAOD collections (declared, not guessed)."""
+
+    name: str
+    collections: dict[str, CollectionSpec]
+    particles: str  # the collection whose emptiness makes a jet "without constituents"
+    variables: dict[str, Expression]
+    description: str = ""
+    jets: str = JETS
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> Preset:
+        try:
+            colls = {}
+            for cname, c in d["collections"].items():
+                prefer = str(c.get("prefer", "target"))
+                if prefer not in ("target", "link"):
+                    raise JetTaggerError(f"{where}: collections.{cname}.prefer must be target or link")
+                colls[cname] = CollectionSpec(
+                    cname, str(c["link"]), str(c.get("jet_index", "jetIdx")), c.get("target"),
+                    c.get("target_index"), prefer,
+                    Expression(c["select"], f"{where}: collections.{cname}.select") if c.get("select") else None,
+                    Expression(c["order"], f"{where}: collections.{cname}.order") if c.get("order") else None)
+            variables = {str(k): Expression(str(v), f"{where}: variables.{k}")
+                         for k, v in (d.get("variables") or {}).items()}
+            particles = str(d.get("particles", next(iter(colls))))
+        except (KeyError, TypeError, AttributeError, StopIteration) as err:
+            raise JetTaggerError(f"{where}: malformed source preset ({type(err).__name__}: {err})") from None
+        if particles not in colls:
+            raise JetTaggerError(f"{where}: particles: {particles!r} is not one of the collections {list(colls)}")
+        return cls(str(d.get("name", where)), colls, particles, variables, str(d.get("description", "")),
+                   str(d.get("jets", JETS)))
+
+    def to_dict(self) -> dict[str, Any]:
+        colls = {}
+        for c in self.collections.values():
+            colls[c.name] = {k: v for k, v in (
+                ("link", c.link), ("jet_index", c.jet_index), ("target", c.target),
+                ("target_index", c.target_index), ("prefer", c.prefer),
+                ("select", c.select.source if c.select else None),
+                ("order", c.order.source if c.order else None)) if v is not None}
+        return {"name": self.name, "description": self.description, "jets": self.jets, "collections": colls,
+                "particles": self.particles, "variables": {k: e.source for k, e in self.variables.items()}}
+
+    def collection_of(self, name: str, extra: Mapping[str, Expression] | None = None) -> str | None:
+        """The collection a variable is computed from (None for per-jet quantities)."""
+        exprs = {**self.variables, **(extra or {})}
+        seen: set[str] = set()
+
+        def walk(n: str) -> str | None:
+            if n in seen:
+                return None
+            seen.add(n)
+            prefix = n.split("_", 1)[0]
+            if n not in exprs and prefix in self.collections:
+                return prefix
+            for m in sorted(exprs[n].names) if n in exprs else ():
+                found = walk(m)
+                if found:
+                    return found
+            return None
+
+        return walk(name)
 
 
-def pfnano_columns(fatjets: ak.Array, where: str = "FatJet", pf: ak.Array | None = None) -> Getter:
-    """Column getter for a flat (one entry per jet) coffea FatJet array with ``constituents.pf``
-    (or the constituents given as ``pf``, as under dask where cross-references resolve outside tasks)."""
-    cache: dict[str, Any] = {}
-    given = pf
+PRESETS = ("jetclass", "cms-pfnano")
 
-    def pf():
-        if "pf" not in cache:
-            try:
-                cands = given if given is not None else fatjets.constituents.pf
-            except AttributeError as err:
-                raise JetTaggerError(f"{where}: FatJet has no constituents.pf (PFNano cross-references)") from err
-            order = ak.argsort(cands.pt, axis=-1, ascending=False, stable=True)
-            cache["pf"] = cands[order]
-        return cache["pf"]
 
-    def cand(name: str):
-        """One constituent field as a plain jagged array (no option or index layers: the arithmetic after
-        it runs ~6x faster); a missing candidate (index -1) reads NaN, or 0 for integer fields."""
-        key = f"pf_{name}"
-        if key not in cache:
-            x = field(pf(), name, "PFCands")
-            fill = np.float32(np.nan) if name not in ("pdgId", "charge") else 0
-            cache[key] = ak.to_packed(ak.fill_none(x, fill, axis=-1))
-        return cache[key]
+@cache
+def _builtin(name: str) -> Preset:
+    text = resources.files("jettagger_coffea.presets").joinpath(f"{name}.yaml").read_text()
+    return Preset.from_dict(yaml.safe_load(text), f"preset {name}")
 
-    def p4(name: str):  # (px, py, pz, E) of the constituents ("pf") or the jets, computed once
-        key = f"p4_{name}"
-        if key not in cache:
-            get = cand if name == "pf" else (lambda f: field(fatjets, f, "FatJet"))
-            pt, eta, phi, mass = (get(f) for f in ("pt", "eta", "phi", "mass"))
-            pz, p = pt * np.sinh(eta), pt * np.cosh(eta)
-            cache[key] = (pt * np.cos(phi), pt * np.sin(phi), pz, np.sqrt(p * p + mass * mass))
-        return cache[key]
 
-    def field(obj, name, what):
-        if name not in ak.fields(obj):
-            raise JetTaggerError(f"{where}: missing branch {what}_{name}")
-        return obj[name]
+def load_preset(spec: str | Path | Mapping[str, Any] | Preset) -> Preset:
+    """A built-in preset by name, a preset YAML file, or a preset mapping (as stored in a bundle)."""
+    if isinstance(spec, Preset):
+        return spec
+    if isinstance(spec, Mapping):
+        return Preset.from_dict(spec, "bundle source")
+    if str(spec) in PRESETS:
+        return _builtin(str(spec))
+    path = Path(spec)
+    if not path.is_file():
+        raise JetTaggerError(f"unknown source preset {str(spec)!r} (built in: {', '.join(PRESETS)}; or a YAML file)")
+    return Preset.from_dict(yaml.safe_load(path.read_text()), str(path))
 
-    def pid(*codes):
-        def f():
-            a = abs(cand("pdgId"))
-            out = a == codes[0]
-            for c in codes[1:]:
-                out = out | (a == c)
-            return ak.values_astype(out, np.float32)
 
-        return f
+def guess_preset(names: Any) -> str:
+    """``cms-pfnano`` for models whose inputs are CMS names (``pfcand_*``, ``sv_*``), else ``jetclass``."""
+    return "cms-pfnano" if any(str(n).startswith(("pfcand_", "sv_")) for n in names) else "jetclass"
 
-    getters: dict[str, Callable[[], Any]] = {
-        "part_px": lambda: p4("pf")[0],
-        "part_py": lambda: p4("pf")[1],
-        "part_pz": lambda: p4("pf")[2],
-        "part_energy": lambda: p4("pf")[3],
-        "part_deta": lambda: (cand("eta") - fatjets.eta) * np.sign(fatjets.eta),
-        "part_dphi": lambda: _wrap_phi(cand("phi") - fatjets.phi),
-        "part_charge": lambda: cand("charge"),
-        "part_isChargedHadron": pid(211),
-        "part_isNeutralHadron": pid(130, 1),
-        "part_isPhoton": pid(22, 2),
-        "part_isElectron": pid(11),
-        "part_isMuon": pid(13),
-        "part_d0val": lambda: cand("d0"),
-        "part_d0err": lambda: cand("d0Err"),
-        "part_dzval": lambda: cand("dz"),
-        "part_dzerr": lambda: cand("dzErr"),
-        "jet_pt": lambda: fatjets.pt,
-        "jet_eta": lambda: fatjets.eta,
-        "jet_phi": lambda: fatjets.phi,
-        "jet_mass": lambda: fatjets.mass,
-        "jet_energy": lambda: p4("jet")[3],
-        "jet_nparticles": lambda: ak.num(pf(), axis=-1),
-        "jet_sdmass": lambda: field(fatjets, "msoftdrop", "FatJet"),
-        **{f"jet_tau{n}": (lambda n=n: field(fatjets, f"tau{n}", "FatJet")) for n in range(1, 5)},
-        **{f"label_{lab}": (lambda i=i: ak.values_astype(field(fatjets, "truthLabel", "FatJet") == i, np.float32))
-           for i, lab in enumerate(JETCLASS_LABELS)},
-    }
 
-    def get(name: str):
-        if name not in getters:
-            raise JetTaggerError(f"{where}: no PFNano mapping for variable {name!r}")
-        return getters[name]()
+# -- raw access to NanoAOD collections --------------------------------------------------------------------
+class Events:
+    """Per-event jagged branches ``<collection>_<field>`` of a NanoAOD chunk: coffea NanoEvents, an awkward
+    record array or an uproot ``Events`` tree (read lazily, one branch at a time)."""
 
-    return get
+    def __init__(self, events: Any, where: str, entry_start: int | None = None, entry_stop: int | None = None):
+        import uproot
+
+        self.where = where
+        self._tree = events if isinstance(events, uproot.TTree) else None
+        self._events = None if self._tree is not None else events
+        self._range = (entry_start, entry_stop)
+        self._cache: dict[tuple[str, str], Any] = {}
+        if self._tree is not None:
+            self._fields: dict[str, set[str]] = {}
+            keys = self._tree.keys(recursive=False)
+            for key in keys:
+                coll, _, field = key.partition("_")
+                if field:
+                    self._fields.setdefault(coll, set()).add(field)
+            self.scalars = {k for k in keys if "_" not in k and not k.startswith("n")}
+        else:
+            top = ak.fields(events)
+            self._fields = {c: set(ak.fields(events[c])) for c in top if ak.fields(events[c])}
+            self.scalars = {c for c in top if not ak.fields(events[c])}
+
+    def __len__(self) -> int:
+        if self._tree is not None:
+            start, stop = self._range
+            return len(range(self._tree.num_entries)[slice(start, stop)])
+        return len(self._events)
+
+    def has(self, coll: str) -> bool:
+        return coll in self._fields
+
+    def fields(self, coll: str) -> set[str]:
+        return self._fields.get(coll, set())
+
+    def get(self, coll: str, field: str) -> ak.Array:
+        key = (coll, field)
+        if key not in self._cache:
+            if field not in self.fields(coll):
+                raise JetTaggerError(f"{self.where}: missing branch {coll}_{field}")
+            if self._tree is not None:
+                start, stop = self._range
+                self._cache[key] = self._tree[f"{coll}_{field}"].array(entry_start=start, entry_stop=stop,
+                                                                       library="ak")
+            else:
+                self._cache[key] = self._events[coll][field]
+        return self._cache[key]
+
+    def scalar(self, name: str) -> np.ndarray:
+        """A per-event branch (``run``, ``luminosityBlock``, ``event``)."""
+        if self._tree is not None:
+            start, stop = self._range
+            return self._tree[name].array(entry_start=start, entry_stop=stop, library="np")
+        return np.asarray(ak.to_numpy(self._events[name]))
+
+    def counts(self, coll: str) -> np.ndarray:
+        some = next(iter(sorted(self.fields(coll))))
+        return np.asarray(ak.to_numpy(ak.num(self.get(coll, some), axis=1)), dtype=np.int64)
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=out[1:])
+    return out
+
+
+def _flat(x: ak.Array) -> np.ndarray:
+    return np.asarray(ak.to_numpy(ak.flatten(x, axis=1)))
+
+
+class _Linked:
+    """One collection's rows grouped by (selected) jet, then selected and ordered as its spec says."""
+
+    def __init__(self, ev: Events, spec: CollectionSpec, jet_rows: np.ndarray, n_jets: np.ndarray,
+                 lookup: Getter) -> None:
+        if not ev.has(spec.link):
+            raise JetTaggerError(f"{ev.where}: no {spec.link} collection: this NanoAOD has no per-jet "
+                                 f"{spec.name} candidates (a PFNano file is needed)")
+        self.ev, self.spec, self._lookup = ev, spec, lookup
+        n_link = ev.counts(spec.link)
+        row_event = np.repeat(np.arange(len(n_link)), n_link)
+        jidx = _flat(ev.get(spec.link, spec.jet_index)).astype(np.int64)
+        valid = (jidx >= 0) & (jidx < n_jets[row_event])
+        gjet = np.where(valid, _offsets(n_jets)[row_event] + jidx, 0)
+        position = np.full(int(n_jets.sum()) + 1, -1, dtype=np.int64)
+        position[jet_rows] = np.arange(len(jet_rows))
+        pos = np.where(valid, position[gjet], -1)
+        keep = np.flatnonzero(pos >= 0)
+        keep = keep[np.argsort(pos[keep], kind="stable")]  # rows jet by jet, stored order within a jet
+        self.n_out = len(jet_rows)
+        self._rows, self._pos = keep, pos[keep]
+        self._target_rows: np.ndarray | None = None
+        if spec.target and spec.target_index and ev.has(spec.target) and spec.target_index in ev.fields(spec.link):
+            n_target = ev.counts(spec.target)
+            tidx = _flat(ev.get(spec.link, spec.target_index)).astype(np.int64)[keep]
+            tev = row_event[keep]
+            ok = (tidx >= 0) & (tidx < n_target[tev])
+            self._target_rows = np.where(ok, _offsets(n_target)[tev] + tidx, -1)
+        elif spec.target and spec.target_index and spec.target_index in ev.fields(spec.link):
+            raise JetTaggerError(f"{ev.where}: {spec.link}_{spec.target_index} points to a {spec.target} "
+                                 f"collection that the file does not have")
+        self._final: np.ndarray | None = None
+        self._counts: np.ndarray | None = None
+
+    def _raw_flat(self, field: str) -> np.ndarray:
+        """A field for the kept rows (before selection/ordering)."""
+        ev, spec = self.ev, self.spec
+        in_link = field in ev.fields(spec.link)
+        in_target = self._target_rows is not None and spec.target is not None and field in ev.fields(spec.target)
+        if in_target and not (in_link and spec.prefer == "link"):
+            assert spec.target is not None and self._target_rows is not None
+            values = _flat(ev.get(spec.target, field))
+            rows = self._target_rows
+            fill = np.nan if values.dtype.kind == "f" else 0
+            out = np.full(len(rows), fill, dtype=values.dtype if values.dtype.kind == "f" else values.dtype)
+            ok = rows >= 0
+            out[ok] = values[rows[ok]]
+            if in_link and (~ok).any():  # a row whose target was dropped: the link still knows it
+                out[~ok] = _flat(ev.get(spec.link, field))[self._rows][~ok]
+            return out
+        if in_link:
+            return _flat(ev.get(spec.link, field))[self._rows]
+        tables = spec.link if spec.target is None else f"{spec.link} or {spec.target}"
+        raise JetTaggerError(f"{ev.where}: missing branch {spec.target or spec.link}_{field} "
+                             f"(no field {field!r} in {tables})")
+
+    def _jagged(self, flat: np.ndarray, counts: np.ndarray) -> ak.Array:
+        return ak.unflatten(flat, counts)
+
+    def _structure(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._final is None:
+            pos = self._pos
+            counts0 = np.bincount(pos, minlength=self.n_out).astype(np.int64)
+            sel = np.ones(len(pos), dtype=bool)
+            raw = self._raw_getter(counts0)
+            if self.spec.select is not None:
+                sel = _flat(ak.values_astype(self.spec.select(raw), bool)) if len(pos) else sel
+            key = np.zeros(len(pos))
+            if self.spec.order is not None and len(pos):
+                key = np.asarray(_flat(ak.Array(self.spec.order(raw))), dtype=np.float64)
+            idx = np.flatnonzero(sel)
+            idx = idx[np.lexsort((-key[idx], pos[idx]))]  # by jet, then descending key; stable
+            self._final, self._counts = idx, np.bincount(pos[idx], minlength=self.n_out).astype(np.int64)
+        assert self._counts is not None
+        return self._final, self._counts
+
+    def _raw_getter(self, counts0: np.ndarray) -> Getter:
+        prefix = f"{self.spec.name}_"
+
+        def get(name: str) -> Any:
+            if name.startswith(prefix):
+                return self._jagged(self._raw_flat(name[len(prefix):]), counts0)
+            return self._lookup(name)
+
+        return get
+
+    def column(self, field: str) -> ak.Array:
+        idx, counts = self._structure()
+        return self._jagged(self._raw_flat(field)[idx], counts)
+
+
+def nano_columns(events: Any, preset: Preset, where: str, jets: Any = None) -> tuple[Getter, np.ndarray]:
+    """Column getter for the FatJets of a NanoAOD chunk (all of them, or those where the [event][jet]
+    boolean ``jets`` is true), plus (event, jet index) of each jet in file order."""
+    ev = events if isinstance(events, Events) else Events(events, where)
+    if not ev.has(preset.jets):
+        raise JetTaggerError(f"{where}: no {preset.jets} collection in this NanoAOD")
+    n_jets = ev.counts(preset.jets)
+    if jets is None:
+        jet_rows = np.arange(int(n_jets.sum()), dtype=np.int64)
+    else:
+        mask = _flat(ak.Array(jets)).astype(bool)
+        if len(mask) != int(n_jets.sum()):
+            raise JetTaggerError(f"{where}: the jet mask does not match {preset.jets}")
+        jet_rows = np.flatnonzero(mask)
+    event_of_jet = np.repeat(np.arange(len(n_jets)), n_jets)[jet_rows]
+    jet_index = (np.arange(int(n_jets.sum())) - _offsets(n_jets)[:-1].repeat(n_jets))[jet_rows]
+    linked: dict[str, _Linked] = {}
+
+    def get(name: str) -> Any:
+        prefix, _, field = name.partition("_")
+        if prefix == "fj" and field:
+            return _flat(ev.get(preset.jets, field))[jet_rows]
+        if prefix in preset.collections and field:
+            if prefix not in linked:
+                linked[prefix] = _Linked(ev, preset.collections[prefix], jet_rows, n_jets, table_get)
+            return linked[prefix].column(field)
+        raise JetTaggerError(f"{where}: no source for variable {name!r} (preset {preset.name}: neither one of "
+                             f"its variables nor a raw column fj_*, "
+                             + ", ".join(f"{c}_*" for c in preset.collections) + ")")
+
+    base = Table(get, preset.variables, where)
+
+    def table_get(name: str) -> Any:
+        return base[name]
+
+    return table_get, np.stack([event_of_jet, jet_index], axis=1)
+
+
+def needed_branches(config: Any, preset: Preset) -> set[tuple[str, str]]:
+    """(collection, field) of every NanoAOD branch the config's inputs read through the preset: what a
+    typetracer pass touches, found by following the same expressions the table evaluates."""
+    out: set[tuple[str, str]] = set()
+    todo = [v for g in config.inputs.values() for v in g.var_names]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        expr = config.new_variables.get(name) or preset.variables.get(name)
+        if expr is not None:
+            todo.extend(expr.names)
+            continue
+        prefix, _, field = name.partition("_")
+        if prefix == "fj":
+            out.add((preset.jets, field))
+        elif prefix in preset.collections:
+            c = preset.collections[prefix]
+            out |= {(c.link, field), (c.link, c.jet_index), (preset.jets, "pt")}
+            if c.target and c.target_index:
+                out |= {(c.target, field), (c.link, c.target_index)}
+            todo.extend(n for e in (c.select, c.order) if e is not None for n in e.names)
+    return out
 
 
 def record_columns(arrays: Any, where: str) -> Getter:
@@ -153,7 +380,7 @@ def record_columns(arrays: Any, where: str) -> Getter:
         tree = arrays
         keys = set(tree.keys())
 
-        def get_tree(name: str):
+        def get_tree(name: str) -> Any:
             if name not in keys:
                 raise JetTaggerError(f"{where}: missing branch {name!r}")
             return tree[name].array(library="ak")
@@ -161,7 +388,7 @@ def record_columns(arrays: Any, where: str) -> Getter:
         return get_tree
     fields = set(arrays.keys()) if isinstance(arrays, Mapping) else set(ak.fields(arrays))
 
-    def get(name: str):
+    def get(name: str) -> Any:
         if name not in fields:
             raise JetTaggerError(f"{where}: missing branch {name!r}")
         return arrays[name]
@@ -170,9 +397,9 @@ def record_columns(arrays: Any, where: str) -> Getter:
 
 
 class Table(Mapping):
-    """Lazily computed columns: base branches from a source, then the config's ``new_variables``.
+    """Lazily computed columns: base columns from a source, then expressions on top.
 
-    Only what is asked for is read or computed, once.
+    Only what is asked for is read or computed, once; a missing branch names the variable that needed it.
     """
 
     def __init__(self, base: Getter, new_variables: Mapping[str, Any], where: str) -> None:
@@ -181,13 +408,14 @@ class Table(Mapping):
         self._cache: dict[str, Any] = {}
         self.where = where
         self._stack: list[str] = []
+        self.ids: np.ndarray | None = None  # (event, jet index) per row, for NanoAOD sources
 
     def __getitem__(self, name: str) -> Any:
         if name in self._cache:
             return self._cache[name]
         if name in self._exprs:
             if name in self._stack:
-                raise JetTaggerError(f"{self.where}: new_variables form a cycle through {name!r}")
+                raise JetTaggerError(f"{self.where}: variables form a cycle through {name!r}")
             self._stack.append(name)
             try:
                 value = self._exprs[name](self)
@@ -198,7 +426,7 @@ class Table(Mapping):
         self._cache[name] = value
         return value
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._cache)
 
     def __len__(self) -> int:

@@ -1,5 +1,6 @@
-"""``JetTagger`` = bundle + backend + features, callable on coffea FatJets (awkward or dask-awkward)
-and on JetClass records. Returns [events][jets][classes] scores (NaN for jets without constituents)."""
+"""``JetTagger`` = bundle + backend + features, callable on NanoAOD events (coffea NanoEvents, eager,
+virtual or dask-awkward) and on JetClass records. Returns [events][jets][classes] scores of the FatJets
+(NaN for jets without constituents)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import numpy as np
 from ._errors import JetTaggerError
 from .backends import MAX_PAIRS, MAX_SLOTS, OnnxBackend, TorchBackend, run_batched
 from .bundle import Bundle
-from .features import configure_dask, jagged_features, make_table, standardise
-from .sources import is_pfnano
+from .features import make_table, standardise
+from .metrics import discriminant
+from .sources import JETS, needed_branches
 
 
 @dataclasses.dataclass
@@ -34,9 +36,9 @@ def _is_dask(x: Any) -> bool:
 class JetTagger:
     """A tagger bundle ready to run.
 
-    >>> tagger = JetTagger("models/particlenet-lite")          # doctest: +SKIP
-    >>> scores = tagger(events.FatJet)                         # [events][jets][classes]
-    >>> fatjets = tagger.attach(events.FatJet)                 # FatJet.score_<class> fields
+    >>> tagger = JetTagger("pfn")                              # doctest: +SKIP
+    >>> scores = tagger(events)                                # [events][FatJet][classes]
+    >>> fatjets = tagger.attach(events, jets=events.FatJet.pt > 300)  # FatJet.score_<class> fields
     """
 
     def __init__(self, bundle: str | Path | Bundle, backend: str = "onnx", padding: str | int = "dynamic",
@@ -61,15 +63,13 @@ class JetTagger:
     def classes(self) -> list[str]:
         return self.bundle.classes
 
-    # -- flat jets ------------------------------------------------------------------------------------
-    def score_jets(self, jets: Any, pf: Any = None, where: str = "input", table: Any = None) -> TagResult:
-        """Scores of a flat collection (one entry per jet): PFNano FatJets, JetClass records or a TTree.
-        Pass ``table`` (from :func:`make_table`) to share already-read columns with other uses."""
-        k = len(self.classes)
-        if len(jets) == 0:  # empty chunk: nothing to read, nothing to run
-            return TagResult(np.zeros((0, k), dtype=np.float32), 0, 0, 0)
-        table = table if table is not None else make_table(jets, self.config, where, pf)
-        std = standardise(table, self.config)
+    # -- jets ------------------------------------------------------------------------------------------
+    def score_jets(self, data: Any, where: str = "input", table: Any = None, jets: Any = None) -> TagResult:
+        """Scores of the FatJets of NanoAOD events (all, or where the [event][jet] mask ``jets`` is true), in
+        file order, or of JetClass records / a TTree. Pass ``table`` (from :func:`make_table`) to share
+        already-read columns with other uses."""
+        table = table if table is not None else make_table(data, self.config, self.bundle.preset, where, jets)
+        std = standardise(table, self.config, self.bundle.primary)
         return TagResult(self.run_model(std), len(std), int((std.counts == 0).sum()), std.n_nonfinite)
 
     def run_model(self, std: Any) -> np.ndarray:
@@ -78,28 +78,32 @@ class JetTagger:
                            self.max_slots, MAX_PAIRS if self.bundle.pairwise else None)
 
     def discriminant(self, scores: Any, name: str) -> Any:
-        """signal / (signal + background) from the class scores (sums over the listed classes)."""
-        d = self.bundle.discriminants[name]
-        idx = {c: i for i, c in enumerate(self.classes)}
-        sig = sum(scores[..., idx[c]] for c in d["signal"])
-        bkg = sum(scores[..., idx[c]] for c in d["background"]) if d.get("background") else 0
-        return sig / (sig + bkg) if d.get("background") else sig
+        """The bundle's discriminant ``name`` from class scores (see :func:`metrics.discriminant`)."""
+        return discriminant(scores, self.classes, self.bundle.discriminants[name])
 
-    # -- coffea collections -----------------------------------------------------------------------------
-    def __call__(self, fatjets: Any) -> Any:
-        """[events][jets][classes] scores for a jagged FatJet collection (or [jets][classes] for flat)."""
-        if _is_dask(fatjets):
+    # -- coffea events ----------------------------------------------------------------------------------
+    def __call__(self, events: Any, jets: Any = None) -> Any:
+        """[events][jets][classes] scores of ``events.FatJet`` (or of ``events.FatJet[jets]`` for an
+        [event][jet] boolean mask), on eager, virtual or dask-awkward NanoEvents; for flat JetClass records,
+        [jets][classes]."""
+        if JETS not in ak.fields(events):
+            if hasattr(events, "_events") or (events.ndim > 1):
+                raise JetTaggerError("JetTagger takes NanoAOD events (tagger(events), or tagger(events, jets=mask) "
+                                     "for a selection of events.FatJet), not a jet collection")
+            return ak.Array(self.score_jets(events).scores)
+        if _is_dask(events):
             import dask_awkward as dak
 
             configure_dask()
-            pf = fatjets.constituents.pf if is_pfnano(fatjets) else None
-            return dak.map_partitions(_score_partition, fatjets, pf, self, label="jettagger-scores")
-        return _score_partition(fatjets, None, self)
+            args = (events,) if jets is None else (events, jets)
+            return dak.map_partitions(_score_partition, *args, tagger=self, label="jettagger-scores")
+        return _score_partition(events, jets, tagger=self)
 
-    def attach(self, fatjets: Any, prefix: str = "score_") -> Any:
-        """``fatjets`` with one ``<prefix><class>`` field per class (and per discriminant)."""
-        scores = self(fatjets)
-        out = fatjets
+    def attach(self, events: Any, jets: Any = None, prefix: str = "score_") -> Any:
+        """``events.FatJet`` (``[jets]`` if given) with one ``<prefix><class>`` field per class and one
+        ``<prefix><discriminant>`` per discriminant."""
+        scores = self(events, jets)
+        out = events[JETS] if jets is None else events[JETS][jets]
         for i, c in enumerate(self.classes):
             out = ak.with_field(out, scores[..., i], f"{prefix}{c}")
         for name in self.bundle.discriminants:
@@ -107,18 +111,27 @@ class JetTagger:
         return out
 
 
-def _score_partition(fatjets: ak.Array, pf: ak.Array | None, tagger: JetTagger) -> ak.Array:
-    """One chunk: flatten jets, featurize, run, unflatten. Typetracer-safe (touches only needed columns)."""
+def configure_dask() -> None:
+    """Keep dask-awkward's column projection but skip its layer-chain rewrite, which fails on coffea's
+    cross-referenced collections with dask >= 2025.4 ("Cannot fuse tasks with multiple outputs"). Set
+    globally: it must hold when the graph is computed."""
+    import dask
+
+    dask.config.set({"awkward.optimization.which": ["columns"]})
+
+
+def _score_partition(events: ak.Array, jets: ak.Array | None = None, *, tagger: JetTagger) -> ak.Array:
+    """One chunk: tag the (selected) FatJets, in [events][jets][classes]. On a typetracer it touches exactly
+    the branches the preset and config read, and returns the result's form."""
     k = len(tagger.classes)
-    jagged = fatjets.ndim > 1
-    flat = ak.flatten(fatjets, axis=1) if jagged else fatjets
-    flat_pf = None if pf is None else (ak.flatten(pf, axis=1) if jagged else pf)
-    if ak.backend(fatjets) == "typetracer":
-        ak.typetracer.touch_data(jagged_features(flat, tagger.config, pf=flat_pf))
-        empty = ak.Array(np.zeros((0, k), dtype=np.float32))
-        if jagged:
-            empty = ak.unflatten(empty, np.zeros(0, dtype=np.int64))
+    fatjets = events[JETS] if jets is None else events[JETS][jets]
+    counts = ak.num(fatjets, axis=1)
+    if ak.backend(events) == "typetracer":
+        for coll, field in needed_branches(tagger.config, tagger.bundle.preset):
+            if coll in ak.fields(events) and field in ak.fields(events[coll]):
+                ak.typetracer.touch_data(events[coll][field])
+        ak.typetracer.touch_data(counts)
+        empty = ak.unflatten(ak.Array(np.zeros((0, k), dtype=np.float32)), np.zeros(0, dtype=np.int64))
         return ak.Array(empty.layout.to_typetracer(forget_length=True))
-    result = tagger.score_jets(flat, pf=flat_pf)
-    scores = ak.from_numpy(result.scores, regulararray=True)
-    return ak.unflatten(scores, ak.num(fatjets, axis=1)) if jagged else scores
+    result = tagger.score_jets(events, jets=jets)
+    return ak.unflatten(ak.from_numpy(result.scores, regulararray=True), ak.to_numpy(counts))

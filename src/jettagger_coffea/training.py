@@ -307,7 +307,7 @@ def export(train_dir: str | Path, bundle_dir: str | Path, name: str | None = Non
         labels = cols["label"].astype(int)
         wps = {}
         for dname, d in discs.items():
-            disc = discriminant(scores, classes, d["signal"], d["background"])
+            disc = discriminant(scores, classes, d)
             sig = np.isin(labels, [classes.index(c) for c in d["signal"]])
             bkg = np.isin(labels, [classes.index(c) for c in d["background"]])
             wps[dname] = derive(disc[sig], disc[bkg])
