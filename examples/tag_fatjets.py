@@ -25,8 +25,8 @@ events = NanoEventsFactory.from_root(
 ).events()
 
 # 3. scores attach to FatJet as score_<class> and score_<discriminant>
-fatjets = events.FatJet[(events.FatJet.pt > 500) & (abs(events.FatJet.eta) < 2)]
-fatjets = tagger.attach(fatjets)
+selected = (events.FatJet.pt > 500) & (abs(events.FatJet.eta) < 2)
+fatjets = tagger.attach(events, jets=selected)
 print("WvsQCD of the first jets:", ak.to_list(ak.flatten(fatjets.score_WvsQCD)[:5]))
 
 # 4. a working point stored with the bundle (derived on a reference sample)

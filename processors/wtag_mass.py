@@ -26,9 +26,8 @@ class WTagMass(processor.ProcessorABC):
         self.threshold = self.tagger.bundle.working_points[discriminant][wp]
 
     def process(self, events):
-        fj = events.FatJet
-        fj = fj[(fj.pt > 500) & (abs(fj.eta) < 2)]
-        fj = self.tagger.attach(fj)
+        sel = (events.FatJet.pt > 500) & (abs(events.FatJet.eta) < 2)
+        fj = self.tagger.attach(events, jets=sel)
         tagged = fj[fj[f"score_{self.discriminant}"] > self.threshold]
         h = hist.Hist.new.StrCat([], growth=True, name="dataset").StrCat(["all", "tagged"], name="category").Reg(
             50, 0, 250, name="msd", label="Soft-drop mass [GeV]").Double()

@@ -11,7 +11,7 @@ import uproot
 
 from jettagger_coffea._errors import JetTaggerError
 from jettagger_coffea.config import DataConfig
-from jettagger_coffea.features import featurize, featurize_dask, pad_jagged
+from jettagger_coffea.features import featurize
 from jettagger_coffea.nanoevents import open_events
 from jettagger_coffea.padding import dynamic_length, pad
 
@@ -39,37 +39,28 @@ def full_config(jetclass_config):
     return DataConfig.from_yaml(jetclass_config("full"))
 
 
-@pytest.mark.parametrize("mode", ["eager", "virtual"])
+@pytest.mark.parametrize("mode", ["eager", "virtual", "uproot"])
 def test_pfnano_equals_jetclass(mode, full_config, tbqq_nanoaod, tbqq_jetclass):
-    fj = ak.flatten(open_events(str(tbqq_nanoaod), mode=mode).FatJet, axis=1)
-    a = featurize(fj, full_config, where=str(tbqq_nanoaod))
+    """The same jets through the PFNano link tables (jetclass preset: cm -> mm, -1 -> 0) and as JetClass."""
+    ev = uproot.open(tbqq_nanoaod)["Events"] if mode == "uproot" else open_events(str(tbqq_nanoaod), mode=mode)
+    a = featurize(ev, full_config, where=str(tbqq_nanoaod))
     b = featurize(uproot.open(tbqq_jetclass)["tree"], full_config)
     for g in a.inputs:
-        # four-vectors in GeV: float32 rounding of (pt, eta, phi, m) vs (px, py, pz, E)
-        tol = {"atol": 2e-4, "rtol": 1e-5} if g == "pf_vectors" else {"atol": 1e-5, "rtol": 0}
+        # four-vectors in GeV: float32 rounding of (pt, eta, phi, m) vs (px, py, pz, E); d0 via cm in float32
+        tol = {"atol": 2e-4, "rtol": 1e-5} if g == "pf_vectors" else {"atol": 1e-5, "rtol": 1e-5}
         np.testing.assert_allclose(a.inputs[g], b.inputs[g], **tol)
 
 
-def test_dask_equals_eager_and_reads_only_needed(jetclass_config, tbqq_nanoaod):
-    import dask
-    import dask_awkward as dak
-    from coffea.nanoevents import NanoEventsFactory
+def test_typetracer_touches_only_needed_branches(jetclass_config):
+    from jettagger_coffea.sources import load_preset, needed_branches
 
-    from jettagger_coffea.nanoevents import PFNanoSchema
-
-    cfg = DataConfig.from_yaml(jetclass_config("kin"))
-    ev = NanoEventsFactory.from_root({str(tbqq_nanoaod): "Events"}, schemaclass=PFNanoSchema, mode="dask").events()
-    lazy = featurize_dask(ak.flatten(ev.FatJet, axis=1), cfg)
-    columns = set().union(*dak.report_necessary_columns(lazy).values())
-    assert columns <= {"nFatJet", "FatJet_pt", "FatJet_eta", "FatJet_phi", "FatJet_mass", "FatJet_nConstituents",
-                       "nFatJetPFCands", "FatJetPFCands_pFCandsIdx", "nPFCands", "PFCands_pt", "PFCands_eta",
-                       "PFCands_phi", "PFCands_mass"}
-    assert "PFCands_d0" not in columns and "FatJet_tau1" not in columns
-    (jag,) = dask.compute(lazy)
-    a = pad_jagged(jag, cfg)
-    b = featurize(ak.flatten(open_events(str(tbqq_nanoaod)).FatJet, axis=1), cfg)
-    for g in a.inputs:
-        np.testing.assert_array_equal(a.inputs[g], b.inputs[g])
+    kin = needed_branches(DataConfig.from_yaml(jetclass_config("kin")), load_preset("jetclass"))
+    assert kin == {("FatJet", f) for f in ("pt", "eta", "phi", "mass")} | {
+        ("FatJetPFCands", f) for f in ("jetIdx", "pFCandsIdx", "pt", "eta", "phi", "mass")} | {
+        ("PFCands", f) for f in ("pt", "eta", "phi", "mass")}
+    full = needed_branches(DataConfig.from_yaml(jetclass_config("full")), load_preset("jetclass"))
+    assert {("PFCands", "d0"), ("PFCands", "d0Err"), ("PFCands", "pdgId")} <= full
+    assert not any(f.startswith("tau") for _, f in full)
 
 
 def test_padding_modes():
@@ -127,13 +118,14 @@ def test_missing_branch_named(full_config, tmp_path, tbqq_jetclass):
 
 
 def test_pfnano_four_vectors_equal_vector(tbqq_nanoaod):
-    """The PFNano mapping's own (px, py, pz, E) equal scikit-hep `vector`'s, constituents and jets."""
+    """The jetclass preset's (px, py, pz, E) equal scikit-hep `vector`'s, constituents and jets."""
     vector = pytest.importorskip("vector")
-    from jettagger_coffea.sources import pfnano_columns
+    from jettagger_coffea.sources import load_preset, nano_columns
 
-    fj = ak.flatten(open_events(tbqq_nanoaod, entry_stop=100).FatJet, axis=1)
-    get = pfnano_columns(fj)
-    pf = fj.constituents.pf
+    ev = open_events(tbqq_nanoaod, entry_stop=100)
+    get, _ = nano_columns(ev, load_preset("jetclass"), "test")
+    fj = ak.flatten(ev.FatJet, axis=1)
+    pf = ak.flatten(ev.FatJet.constituents.pf, axis=1)  # coffea's own cross-reference: an independent check
     pf = pf[ak.argsort(pf.pt, axis=-1, ascending=False, stable=True)]
     for obj, names in ((pf, ("part_px", "part_py", "part_pz", "part_energy")),
                        (fj, (None, None, None, "jet_energy"))):

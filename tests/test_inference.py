@@ -64,12 +64,12 @@ def test_bundle_refuses_missing_and_tampered_files(tiny_bundle, tmp_path):
 def test_scores_attach_and_match_flat_scoring(tiny_bundle):
     tagger = JetTagger(tiny_bundle)
     ev = open_events(str(sample_path("wqq")))
-    scores = tagger(ev.FatJet)
+    scores = tagger(ev)
     assert ak.to_list(ak.num(scores)) == ak.to_list(ak.num(ev.FatJet))
     assert scores.type.content.content.size == 4
     flat = tagger.score_jets(uproot.open(sample_path("wqq", "jetclass"))["tree"])
     np.testing.assert_allclose(ak.to_numpy(ak.flatten(scores)), flat.scores, atol=1e-5)
-    fj = tagger.attach(ev.FatJet)
+    fj = tagger.attach(ev)
     np.testing.assert_allclose(ak.flatten(fj.score_Wqq), ak.flatten(scores[..., 1]))
     d = ak.flatten(fj.score_WvsQCD)
     np.testing.assert_allclose(d, ak.flatten(scores[..., 1] / (scores[..., 1] + scores[..., 0])), rtol=1e-6)
@@ -77,13 +77,13 @@ def test_scores_attach_and_match_flat_scoring(tiny_bundle):
 
 def test_chunk_size_padding_and_batch_invariance(tiny_bundle):
     path = str(sample_path("tbqq"))
-    whole = JetTagger(tiny_bundle)(open_events(path, entry_stop=60).FatJet)
-    fixed = JetTagger(tiny_bundle, padding="fixed")(open_events(path, entry_stop=60).FatJet)
-    tiny_batches = JetTagger(tiny_bundle, max_slots=64)(open_events(path, entry_stop=60).FatJet)
+    whole = JetTagger(tiny_bundle)(open_events(path, entry_stop=60))
+    fixed = JetTagger(tiny_bundle, padding="fixed")(open_events(path, entry_stop=60))
+    tiny_batches = JetTagger(tiny_bundle, max_slots=64)(open_events(path, entry_stop=60))
     for other in (fixed, tiny_batches):
         np.testing.assert_allclose(ak.to_numpy(ak.flatten(other)), ak.to_numpy(ak.flatten(whole)), atol=1e-6)
     for size in (1, 7):
-        parts = [JetTagger(tiny_bundle)(open_events(path, entry_start=i, entry_stop=min(i + size, 60)).FatJet)
+        parts = [JetTagger(tiny_bundle)(open_events(path, entry_start=i, entry_stop=min(i + size, 60)))
                  for i in range(0, 60, size)]
         np.testing.assert_allclose(ak.to_numpy(ak.flatten(ak.concatenate(parts))),
                                    ak.to_numpy(ak.flatten(whole)), atol=1e-6)
@@ -92,8 +92,8 @@ def test_chunk_size_padding_and_batch_invariance(tiny_bundle):
 def test_torch_backend_equals_onnx(tiny_bundle):
     pytest.importorskip("torch")
     ev = open_events(str(sample_path("zqq")), entry_stop=100)
-    a = JetTagger(tiny_bundle)(ev.FatJet)
-    b = JetTagger(tiny_bundle, backend="torch")(ev.FatJet)
+    a = JetTagger(tiny_bundle)(ev)
+    b = JetTagger(tiny_bundle, backend="torch")(ev)
     np.testing.assert_allclose(ak.to_numpy(ak.flatten(a)), ak.to_numpy(ak.flatten(b)), atol=1e-5)
 
 
@@ -108,11 +108,11 @@ def test_odd_events_counted(tiny_bundle, tmp_path):
     assert jets[{"status": "tagged"}].sum() == 3
     assert out["hists"]["scores"].sum() == 3 * 4  # NaN scores never enter the score histograms
     ev = open_events(str(path))
-    scores = JetTagger(tiny_bundle)(ev.FatJet)
+    scores = JetTagger(tiny_bundle)(ev)
     assert ak.to_list(ak.num(scores)) == [2, 0, 1, 1, 0]
     assert np.isnan(ak.to_numpy(scores[2][0])).all()
     assert np.isfinite(ak.to_numpy(scores[3][0])).all()
-    empty = JetTagger(tiny_bundle)(ev.FatJet[:0])
+    empty = JetTagger(tiny_bundle)(ev[:0])
     assert len(empty) == 0
 
 

@@ -105,8 +105,9 @@ class TorchBackend:
             if not path.is_file():
                 raise JetTaggerError(f"tagger bundle {self.bundle.path}: no model.pt for the torch backend")
             dims = {k: v[1] for k, v in self.bundle.config.input_shapes.items()}
+            roles = {g: s.role for g, s in self.bundle.inputs.items()}
             m = build(card["network"], list(self.bundle.config.input_names), dims, len(self.bundle.classes),
-                      **(card.get("network_options") or {}))
+                      roles=roles, **(card.get("network_options") or {}))
             load_state(m, path)
             self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
             self._model = m.eval().to(self.device)

@@ -26,6 +26,15 @@ PAIRWISE_NETWORKS = ("part", "part-irc")
 ROLES = ("points", "features", "vectors", "mask", "sv_points", "sv_features", "sv_mask")
 
 
+def role_of(group: str) -> str | None:
+    """The role a group name suggests: its kind (points / features / vectors / mask), ``sv_`` for a group
+    of secondary vertices. Bundles declare roles; this is the default where none is declared."""
+    kind = next((r for r in ROLES[:4] if r in group.lower()), None)
+    if kind is not None and group.lower().startswith("sv") and kind != "vectors":
+        return f"sv_{kind}"
+    return kind
+
+
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
     """One model input: a data-config group of one collection, in one role."""
@@ -42,12 +51,11 @@ def infer_inputs(config: DataConfig, preset: Preset) -> dict[str, InputSpec]:
     out = {}
     for g in config.inputs.values():
         coll = preset.collection_of(g.vars[0].name, config.new_variables) or preset.particles
-        kind = next((k for k in ROLES[:4] if k in g.name.lower()), None)
-        if kind is None:
+        role = role_of(g.name)
+        if role is None:
             raise JetTaggerError(f"{config.source}: cannot tell the role of input {g.name!r}: declare it in "
                                  f"tagger.yaml `inputs` (roles: {', '.join(ROLES)})")
-        secondary = coll != preset.particles or g.name.lower().startswith("sv")
-        out[g.name] = InputSpec(g.name, coll, f"sv_{kind}" if secondary and kind != "vectors" else kind)
+        out[g.name] = InputSpec(g.name, coll, role)
     return out
 
 
@@ -104,10 +112,11 @@ class Bundle:
         return dict(self.card.get("working_points") or {})
 
     @classmethod
-    def load(cls, path: str | Path, check_model: bool = True) -> Bundle:
-        path = Path(path)
-        if not path.is_dir():
-            raise JetTaggerError(f"tagger bundle {path} is not a folder")
+    def load(cls, path: str | Path | None = None, check_model: bool = True) -> Bundle:
+        """A bundle folder, a shipped bundle's name, or None for the default (see :func:`models.resolve`)."""
+        from .models import resolve
+
+        path = resolve(None if path is None else str(path))
         for f in (MODEL, CONFIG, CARD):
             if not (path / f).is_file():
                 raise JetTaggerError(f"tagger bundle {path}: missing {f}")

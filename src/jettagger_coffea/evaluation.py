@@ -14,6 +14,7 @@ from .datasets import open_jets
 from .features import labels as label_values
 from .features import make_table
 from .metrics import background_classes, discriminant, summary
+from .sources import Events, check_events
 from .tagger import JetTagger
 
 
@@ -22,18 +23,23 @@ def predict_files(tagger: JetTagger, files: Sequence[str | Path], with_labels: b
     """One row per jet, in file order: ``score_<class>``, ``label`` (when the files carry labels), the
     observers, ``file_index``; for NanoAOD also ``entry`` (event index in the file), ``run``,
     ``luminosityBlock``, ``event`` and ``jet_index`` (position in the event's FatJet collection)."""
+    opened = [open_jets(p) for p in files]  # unreadable files and missing branches fail before any work
+    for data in opened:
+        if isinstance(data, Events):
+            check_events(data, tagger.config, tagger.bundle.preset)
     cols: dict[str, list] = {}
-    for i, path in enumerate(tqdm(files, desc="predict", disable=not progress)):
-        data = open_jets(path)
+    for i, (path, data) in enumerate(zip(files, tqdm(opened, desc="predict", disable=not progress))):
         table = make_table(data, tagger.config, tagger.bundle.preset, where=str(path))  # one read per branch
         res = tagger.score_jets(data, where=str(path), table=table)
         row: dict[str, np.ndarray] = {}
-        if table.ids is not None:
+        if table.ids is None:  # one jet per entry
+            row["entry"], row["jet_index"] = np.arange(len(res.scores)), np.zeros(len(res.scores), np.int32)
+        else:
             row["entry"], row["jet_index"] = table.ids[:, 0].astype(np.int64), table.ids[:, 1].astype(np.int32)
             for b in ("run", "luminosityBlock", "event"):
                 if b in data.scalars:
                     row[b] = np.asarray(data.scalar(b))[table.ids[:, 0]]
-        row |= {f"score_{c}": res.scores[:, i] for i, c in enumerate(tagger.classes)}
+        row |= {f"score_{c}": res.scores[:, k] for k, c in enumerate(tagger.classes)}
         if with_labels:
             try:
                 row["label"] = label_values(table, tagger.config)
@@ -47,7 +53,7 @@ def predict_files(tagger: JetTagger, files: Sequence[str | Path], with_labels: b
         row["file_index"] = np.full(len(res.scores), i, dtype=np.int32)
         for k, v in row.items():
             cols.setdefault(k, []).append(v)
-    return {k: np.concatenate(v) for k, v in cols.items()}
+    return {k: np.concatenate(v) for k, v in cols.items() if len(v) == len(files)}  # columns every file has
 
 
 def evaluate(tagger: JetTagger, files: Sequence[str | Path], output: str | Path | None = None,

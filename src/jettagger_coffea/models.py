@@ -32,4 +32,7 @@ def resolve(name_or_path: str | None = None) -> Path:
     name = name_or_path or (default.read_text().strip() if default.is_file() else None)
     if name and (d / name / "tagger.yaml").is_file():
         return d / name
-    raise JetTaggerError(f"no tagger bundle {name_or_path or '(default)'}; shipped: {', '.join(available()) or 'none'}")
+    if name_or_path and Path(name_or_path).exists():
+        raise JetTaggerError(f"tagger bundle {name_or_path} is not a folder")
+    raise JetTaggerError(f"no tagger bundle {name_or_path or '(default)'}: neither a folder nor a shipped name "
+                         f"({', '.join(available()) or 'none'})")

@@ -44,7 +44,8 @@ def score_plot(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], p
         if sel.any():
             ax.hist(d[sel], bins=bins, histtype="step", density=True, label=f"true {c}", linewidth=1.5)
     ax.set_yscale("log")
-    ax.set_xlabel(f"{name} = {'+'.join(signal)} / ({'+'.join(signal)} + {'+'.join(background)})")
+    sig, bkg = "+".join(definition["signal"]), "+".join(definition.get("background") or [])
+    ax.set_xlabel(f"{name} = {sig} / ({sig} + {bkg})" if bkg else f"{name} = {sig}")
     ax.set_ylabel("Normalised jets")
     ax.legend(fontsize=12)
     ax.set_title(LABEL, fontsize=12, loc="right")

@@ -29,16 +29,18 @@ class TaggerProcessor(processor.ProcessorABC):
         self.wps = {d: dict(self.tagger.bundle.working_points.get(d, {})) for d in self.tagger.bundle.discriminants}
 
     def select(self, fatjets):
+        """[event][jet] mask of the jets to tag."""
         sel = (fatjets.pt > self.pt_range[0]) & (fatjets.pt < self.pt_range[1]) & (abs(fatjets.eta) < self.eta_max)
         if self.msd_range is not None:
             sel = sel & (fatjets.msoftdrop > self.msd_range[0]) & (fatjets.msoftdrop < self.msd_range[1])
-        return fatjets[sel]
+        return sel
 
     def process(self, events):
         dask = _is_dask(events)
         dataset = events.metadata.get("dataset", "unknown")
-        jets = self.select(events.FatJet)
-        scores = self.tagger(jets)
+        mask = self.select(events.FatJet)
+        jets = events.FatJet[mask]
+        scores = self.tagger(events, mask)
         if dask:
             import dask_awkward as dak
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import JetTaggerError
-from .features import configure_dask
+from .tagger import configure_dask
 from .generate.settings import JETCLASS_LABELS
 from .metrics import rejection_from_roc, roc_from_hist
 from .nanoevents import PFNanoSchema

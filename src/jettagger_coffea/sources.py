@@ -222,8 +222,8 @@ class _Linked:
     def __init__(self, ev: Events, spec: CollectionSpec, jet_rows: np.ndarray, n_jets: np.ndarray,
                  lookup: Getter) -> None:
         if not ev.has(spec.link):
-            raise JetTaggerError(f"{ev.where}: no {spec.link} collection: this NanoAOD has no per-jet "
-                                 f"{spec.name} candidates (a PFNano file is needed)")
+            raise JetTaggerError(f"{ev.where}: no {spec.link} collection, which the model's {spec.name}_* "
+                                 f"inputs are read from (a PFNano file with {spec.link} is needed)")
         self.ev, self.spec, self._lookup = ev, spec, lookup
         n_link = ev.counts(spec.link)
         row_event = np.repeat(np.arange(len(n_link)), n_link)
@@ -370,6 +370,26 @@ def needed_branches(config: Any, preset: Preset) -> set[tuple[str, str]]:
                 out |= {(c.target, field), (c.link, c.target_index)}
             todo.extend(n for e in (c.select, c.order) if e is not None for n in e.names)
     return out
+
+
+def check_events(ev: Events, config: Any, preset: Preset) -> None:
+    """Fail before any work on a NanoAOD that lacks a collection or branch the config reads."""
+    if not ev.has(preset.jets):
+        raise JetTaggerError(f"{ev.where}: no {preset.jets} collection in this NanoAOD")
+    needed = needed_branches(config, preset)
+    for c in preset.collections.values():
+        if any(coll == c.link for coll, _ in needed) and not ev.has(c.link):
+            raise JetTaggerError(f"{ev.where}: no {c.link} collection, which the model's {c.name}_* "
+                                 f"inputs are read from (a PFNano file with {c.link} is needed)")
+    for c in preset.collections.values():
+        fields = {f for coll, f in needed if coll == c.link}
+        have = ev.fields(c.link) | (ev.fields(c.target) if c.target and ev.has(c.target) else set())
+        for f in sorted(fields - have - {c.target_index}):
+            raise JetTaggerError(f"{ev.where}: missing branch {c.target or c.link}_{f} "
+                                 f"(read by the model's inputs through preset {preset.name})")
+    for coll, f in sorted(needed):
+        if coll == preset.jets and f not in ev.fields(coll):
+            raise JetTaggerError(f"{ev.where}: missing branch {coll}_{f}")
 
 
 def record_columns(arrays: Any, where: str) -> Getter:

@@ -77,12 +77,16 @@ def _masses(p4: np.ndarray) -> np.ndarray:
 
 
 def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet]]]) -> None:
-    """PFNano-like ``Events``: FatJet, FatJetPFCands (jet by jet) and PFCands (the jets' constituents)."""
+    """PFNano-like ``Events`` in CMS conventions: FatJet, FatJetPFCands (jet by jet) and PFCands (the jets'
+    constituents). Lengths in cm; d0/dz and their errors, trkChi2 and lostInnerHits are -1 for candidates
+    without a track (neutrals), as CMS writes them; no pileup, so PUPPI weights are 1. No FatJetSVs / SV
+    tables (the generator reconstructs no secondary vertices)."""
     fj: dict[str, list] = {k: [] for k in ("pt", "eta", "phi", "mass", "msoftdrop", "nConstituents",
                                            "tau1", "tau2", "tau3", "tau4", "truthLabel")}
     link: dict[str, list] = {"jetIdx": [], "pFCandsIdx": []}
-    pf: dict[str, list] = {k: [] for k in ("pt", "eta", "phi", "mass", "pdgId", "charge",
-                                           "d0", "d0Err", "dz", "dzErr")}
+    pf: dict[str, list] = {k: [] for k in ("pt", "eta", "phi", "mass", "pdgId", "charge", "d0", "d0Err",
+                                           "dz", "dzErr", "puppiWeight", "puppiWeightNoLep", "trkChi2",
+                                           "lostInnerHits", "pvAssocQuality", "trkQuality")}
     for _, _, jets in events:
         ev_fj = {k: [] for k in fj}
         ev_link = {k: [] for k in link}
@@ -107,8 +111,16 @@ def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet]]]) -> None:
             ev_pf["mass"].append(jet.c_mass)
             ev_pf["pdgId"].append(jet.c_pdg)
             ev_pf["charge"].append(jet.c_charge)
+            track = np.asarray(jet.c_charge) != 0
             for k, v in (("d0", jet.c_d0), ("d0Err", jet.c_d0err), ("dz", jet.c_dz), ("dzErr", jet.c_dzerr)):
-                ev_pf[k].append(v)
+                ev_pf[k].append(np.where(track, np.asarray(v) / 10, -1.0))  # mm -> cm; CMS's no-track -1
+            ones = np.ones(n)
+            ev_pf["puppiWeight"].append(ones)
+            ev_pf["puppiWeightNoLep"].append(ones)
+            ev_pf["trkChi2"].append(np.where(track, 1.0, -1.0))
+            ev_pf["lostInnerHits"].append(np.where(track, 0, -1))
+            ev_pf["pvAssocQuality"].append(np.full(n, 7))  # UsedInFitTight
+            ev_pf["trkQuality"].append(np.where(track, 5, 0))  # loose | highPurity
         for k in fj:
             fj[k].append(ev_fj[k])
         for k in link:
@@ -116,7 +128,8 @@ def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet]]]) -> None:
         for k in pf:
             pf[k].append(np.concatenate(ev_pf[k]) if ev_pf[k] else np.zeros(0))
 
-    int_fields = {"nConstituents", "truthLabel", "jetIdx", "pFCandsIdx", "pdgId", "charge"}
+    int_fields = {"nConstituents", "truthLabel", "jetIdx", "pFCandsIdx", "pdgId", "charge", "lostInnerHits",
+                  "pvAssocQuality", "trkQuality"}
 
     def jag(d):
         return ak.zip(

@@ -5,6 +5,7 @@ Only training, export and the torch backend import this; onnxruntime inference n
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +30,40 @@ NETWORKS: dict[str, tuple[type[torch.nn.Module], dict[str, Any]]] = {
 }
 
 
+def network_options(cls: type) -> set[str]:
+    """The options a network class takes (its and its bases' keyword parameters)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass) and klass is not torch.nn.Module and klass is not object:
+            params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+            names |= {p.name for p in params if p.kind is p.KEYWORD_ONLY or p.default is not p.empty}
+    return names
+
+
 def build(network: str, input_names: list[str], input_dims: dict[str, int], num_classes: int,
-          **options: Any) -> Tagger:
-    """A :class:`Tagger` around ``network`` fed by the data-config groups ``input_names``."""
+          roles: dict[str, str] | None = None, **options: Any) -> Tagger:
+    """A :class:`Tagger` around ``network`` fed by the data-config groups ``input_names`` in the given
+    ``roles`` (group -> role, as the bundle declares; default: from the group names)."""
     if network not in NETWORKS:
         raise JetTaggerError(f"unknown network {network!r}; choose from {', '.join(NETWORKS)}")
     cls, defaults = NETWORKS[network]
+    allowed = network_options(cls) - {"sv_input_dims"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise JetTaggerError(f"network {network!r}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
     opts = {**defaults, **options}
-    roles = {role_of(n): n for n in input_names}
-    missing = [r for r in cls.uses if r not in roles]  # type: ignore[attr-defined]
+    role_list = [(roles or {}).get(n) or role_of(n) for n in input_names]
+    by_role = {r: n for r, n in zip(role_list, input_names) if r is not None}
+    if "sv_features" in by_role:
+        if "sv_input_dims" not in network_options(cls):
+            raise JetTaggerError(f"network {network!r} takes no secondary-vertex inputs ({by_role['sv_features']})")
+        opts["sv_input_dims"] = input_dims[by_role["sv_features"]]
+    in_dim = input_dims[by_role["features"]] if "features" in by_role else 0
+    net = cls(in_dim, num_classes, **opts)
+    missing = [r for r in net.uses if r not in by_role]  # type: ignore[attr-defined]
     if missing:
         raise JetTaggerError(f"network {network!r} needs input groups for {missing}; the config has {input_names}")
-    in_dim = input_dims[roles["features"]] if "features" in roles else 0
-    net = cls(in_dim, num_classes, **opts)
-    return Tagger(net, input_names, min_length=getattr(net, "min_length", 1))
+    return Tagger(net, input_names, min_length=getattr(net, "min_length", 1), roles=role_list)
 
 
 def load_state(model: Tagger, path: str | Path) -> None:

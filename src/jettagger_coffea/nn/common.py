@@ -7,15 +7,9 @@ import math
 import torch
 from torch import nn
 
-#: Which data-config input group feeds which network argument (matched on the group name).
-ROLES = ("points", "features", "vectors", "mask")
+from ..bundle import ROLES, role_of
 
-
-def role_of(group: str) -> str | None:
-    for role in ROLES:
-        if role in group:
-            return role
-    return None
+__all__ = ["ROLES", "Tagger", "atan2", "delta_phi", "eta_phi", "role_of"]
 
 
 def delta_phi(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -45,11 +39,12 @@ class Tagger(nn.Module):
     minimum length (k-NN needs k + 1 points; exported models rely on the runtime for it), applies softmax, and returns NaN for jets without constituents.
     """
 
-    def __init__(self, net: nn.Module, input_names: list[str], min_length: int = 1) -> None:
+    def __init__(self, net: nn.Module, input_names: list[str], min_length: int = 1,
+                 roles: list[str | None] | None = None) -> None:
         super().__init__()
         self.mod = net
         self.input_names = list(input_names)
-        self.roles = [role_of(n) for n in self.input_names]
+        self.roles = list(roles) if roles is not None else [role_of(n) for n in self.input_names]
         if "mask" not in self.roles:
             raise ValueError(f"no mask input among {self.input_names}")
         self.min_length = int(min_length)

@@ -146,7 +146,7 @@ class ParticleTransformer(nn.Module):
     def __init__(self, input_dim: int, num_classes: int, pair_input_dim: int = 4,
                  use_pre_activation_pair: bool = True, embed_dims=(128, 512, 128), pair_embed_dims=(64, 64, 64),
                  num_heads: int = 8, num_layers: int = 8, num_cls_layers: int = 2, fc_params=(),
-                 block_params: dict | None = None, **_: object) -> None:
+                 block_params: dict | None = None) -> None:
         super().__init__()
         d = embed_dims[-1]
         self.embed = Embed(input_dim, embed_dims)

@@ -54,13 +54,27 @@ class EdgeConvBlock(nn.Module):
         return self.sc_act(sc + x.mean(dim=-1))
 
 
+def _embed(c_in: int, c_out: int) -> nn.Module:
+    return nn.Sequential(nn.BatchNorm1d(c_in), nn.Conv1d(c_in, c_out, kernel_size=1, bias=False),
+                         nn.BatchNorm1d(c_out), nn.ReLU())
+
+
 class ParticleNet(nn.Module):
-    uses = ("points", "features", "mask")
+    """ParticleNet; with ``sv_input_dims`` it also takes secondary vertices, as weaver's ParticleNetTagger:
+    particles and SVs are each embedded to ``sv_embed`` channels, then form one point cloud."""
+
+    uses: tuple[str, ...] = ("points", "features", "mask")
 
     def __init__(self, input_dims: int, num_classes: int, conv_params=PARTICLENET["conv_params"],
                  fc_params=PARTICLENET["fc_params"], use_fts_bn: bool = True, use_counts: bool = True,
-                 **_: object) -> None:
+                 sv_input_dims: int | None = None, sv_embed: int = 32) -> None:
         super().__init__()
+        self.sv = sv_input_dims is not None
+        if self.sv:
+            self.uses = (*self.uses, "sv_points", "sv_features", "sv_mask")
+            self.pf_conv = _embed(input_dims, sv_embed)
+            self.sv_conv = _embed(int(sv_input_dims), sv_embed)  # type: ignore[arg-type]
+            input_dims = sv_embed
         self.use_fts_bn = use_fts_bn
         if use_fts_bn:
             self.bn_fts = nn.BatchNorm1d(input_dims)
@@ -78,7 +92,13 @@ class ParticleNet(nn.Module):
         self.fc = nn.Sequential(*fcs)
         self.min_length = max(k for k, _ in conv_params) + 1
 
-    def forward(self, points: torch.Tensor, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, points: torch.Tensor, features: torch.Tensor, mask: torch.Tensor,
+                sv_points: torch.Tensor | None = None, sv_features: torch.Tensor | None = None,
+                sv_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.sv:
+            assert sv_points is not None and sv_features is not None and sv_mask is not None
+            features = torch.cat((self.pf_conv(features) * mask, self.sv_conv(sv_features) * sv_mask), dim=2)
+            points, mask = torch.cat((points, sv_points), dim=2), torch.cat((mask, sv_mask), dim=2)
         mask = mask != 0
         pad = ~mask
         counts = mask.float().sum(dim=-1).clamp(min=1)
