@@ -79,6 +79,7 @@ def odd_pfnano(path: Path) -> Path:
                    c_charge=ak.to_numpy(t.part_charge[i])[: len(c)].astype(float), c_d0=z, c_d0err=z, c_dz=z,
                    c_dzerr=z)
 
-    events = [(1, 0, [jet(0), jet(1)]), (2, 0, []), (3, 0, [jet(2, empty=True)]), (4, 0, [jet(2)]), (5, 0, [])]
+    events = [(1, 0, [jet(0), jet(1)], []), (2, 0, [], []), (3, 0, [jet(2, empty=True)], []), (4, 0, [jet(2)], []),
+              (5, 0, [], [])]
     write_nanoaod(path, events)
     return path

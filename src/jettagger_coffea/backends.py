@@ -82,9 +82,12 @@ class OnnxBackend:
 class TorchBackend:
     """The bundle's ``model.pt`` in torch (CPU or GPU); needs the ``train`` extra."""
 
-    def __init__(self, bundle: Any, device: str | None = None) -> None:
+    def __init__(self, bundle: Any, device: str | None = None, dtype: str = "float32") -> None:
+        if dtype not in ("float32", "float64"):
+            raise JetTaggerError(f"torch backend: dtype must be float32 or float64, not {dtype!r}")
         self.bundle = bundle
         self.device = device
+        self.dtype = dtype
         self._model: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -110,7 +113,7 @@ class TorchBackend:
                       roles=roles, **(card.get("network_options") or {}))
             load_state(m, path)
             self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            self._model = m.eval().to(self.device)
+            self._model = m.eval().to(self.device, dtype=getattr(torch, self.dtype))
         return self._model
 
     @property
@@ -121,7 +124,8 @@ class TorchBackend:
         import torch
 
         with torch.no_grad():
-            xs = [torch.from_numpy(inputs[k]).to(self.device) for k in self.model.input_names]
+            dt = getattr(torch, self.dtype)
+            xs = [torch.from_numpy(inputs[k]).to(self.device, dtype=dt) for k in self.model.input_names]
             return self.model(*xs).float().cpu().numpy()
 
 

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from ._errors import JetTaggerError
 
+EXECUTOR_CHOICES = ("iterative", "futures", "dask", "dask-awkward")
+
 
 def _add_generate(sub) -> None:
     from .generate.settings import PROCESSES
@@ -77,6 +79,7 @@ def _add_train(sub) -> None:
     p.add_argument("--max-train-jets", type=int, default=None)
     p.add_argument("--trim", action="store_true", help="weaver's random sequence trimming")
     p.add_argument("--resume", action="store_true", help="continue from <output>/last.pt")
+    p.add_argument("--init", default=None, help="warm start from these weights (a bundle's model.pt)")
     p.add_argument("--stop-after", type=int, default=None, help="stop after this many epochs (resume later)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_run_train)
@@ -90,7 +93,7 @@ def _run_train(args: argparse.Namespace) -> int:
     s = train(args.data_config, args.network, args.train, args.output, val_files=args.val,
               network_options=json.loads(args.network_options), epochs=args.epochs, batch_size=args.batch_size,
               lr=args.lr, optimizer=args.optimizer, seed=args.seed, max_minutes=args.max_minutes,
-              trim=args.trim, resume=args.resume, threads=args.threads, max_train_jets=args.max_train_jets,
+              trim=args.trim, resume=args.resume, init=args.init, threads=args.threads, max_train_jets=args.max_train_jets,
               stop_after=args.stop_after)
     best = next(r for r in s["history"] if r["epoch"] == s["best_epoch"])
     print(f"best epoch {s['best_epoch']}: val_loss {best['val_loss']:.4f} val_acc {best['val_acc']:.4f}")
@@ -160,8 +163,13 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise JetTaggerError(f"--input: no such file {missing[0]}")
     cols = predict_files(JetTagger(args.model, backend=args.backend), args.input, progress=True)
     if out.suffix == ".root":
+        import numpy as np
         import uproot
 
+        from .truth import TRUTH_CLASSES
+
+        if "truth" in cols:  # ROOT trees take numbers: the index into TRUTH_CLASSES
+            cols["truth_index"] = np.array([TRUTH_CLASSES.index(t) for t in cols.pop("truth")], dtype=np.int32)
         with uproot.recreate(out) as f:
             f.mktree("Events", {k: v.dtype for k, v in cols.items()}).extend(cols)
     elif out.suffix == ".parquet":
@@ -219,43 +227,90 @@ def _run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(kind: type):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
 def _add_run(sub) -> None:
-    p = sub.add_parser("run", help="the main job: a tagger over a fileset -> hists, metrics, plots")
-    p.add_argument("--model", default=None, help="bundle folder or shipped name (default: the best shipped)")
-    p.add_argument("--fileset", default=None, help="coffea JSON fileset (default: the bundled PFNano samples)")
-    p.add_argument("--executor", choices=["iterative", "futures", "dask", "dask-awkward"], default="dask")
-    p.add_argument("--workers", type=int, default=2)
+    p = sub.add_parser("run", help="the main job: a tagger over a fileset -> hists, metrics, plots",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=None, help="bundle folder or shipped name (default: models/DEFAULT)")
+    p.add_argument("--fileset", default=None, help="coffea JSON fileset {dataset: {files, metadata: {xsec, "
+                   "is_mc}}} (default: the bundled PFNano samples)")
+    p.add_argument("--executor", choices=["auto", *EXECUTOR_CHOICES], default="auto",
+                   help="auto: iterative for small jobs (<= 20000 events), dask otherwise")
+    p.add_argument("--workers", type=_positive(int), default=2, help="dask / futures worker processes")
     p.add_argument("--scheduler", default=None, help="address of an external dask scheduler")
-    p.add_argument("--chunksize", type=int, default=500)
-    p.add_argument("--pt-min", type=float, default=500.0)
-    p.add_argument("--pt-max", type=float, default=1000.0)
-    p.add_argument("--eta-max", type=float, default=2.0)
+    p.add_argument("--chunksize", type=_positive(int), default=500, help="events per chunk")
+    p.add_argument("--lumi", type=_positive(float), default=None,
+                   help="integrated luminosity in pb^-1: scale MC datasets to xsec x lumi / sum genWeight")
+    p.add_argument("--pt-min", type=float, default=300.0, help="FatJet pT > this [GeV]")
+    p.add_argument("--pt-max", type=float, default=None, help="FatJet pT < this [GeV]")
+    p.add_argument("--eta-max", type=float, default=2.4, help="|eta| < this")
+    p.add_argument("--msd-min", type=float, default=None, help="soft-drop mass > this [GeV]")
+    p.add_argument("--msd-max", type=float, default=None, help="soft-drop mass < this [GeV]")
+    p.add_argument("--jet-id", choices=["none", "loose", "tight", "tightlepveto"], default="none",
+                   help="FatJet_jetId bit to require")
+    p.add_argument("--working-points", default=None, help="correctionlib JSON from `jettagger workingpoints` "
+                   "(default: the bundle's working points)")
+    p.add_argument("--label", default=None, help="text in the plots' corner (default: Simulation)")
     p.add_argument("--padding", default="dynamic", help="dynamic, fixed, or a length")
-    p.add_argument("--skip-bad-files", action="store_true")
-    p.add_argument("--output", "-o", default="output")
+    p.add_argument("--skip-bad-files", action="store_true", help="skip unreadable files and failing chunks")
+    p.add_argument("--output", "-o", default="output", help="output folder")
     p.set_defaults(func=_run_run)
 
 
-def _run_run(args: argparse.Namespace) -> int:
-    from . import models
-    from .data import default_fileset
-    from .run import load_fileset, run_fileset, write_outputs
+def _padding(text: str) -> str | int:
+    if text in ("dynamic", "fixed"):
+        return text
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise JetTaggerError(f"--padding {text!r}: dynamic, fixed or a positive length")
 
-    bundle = models.resolve(args.model)
-    fileset = load_fileset(args.fileset) if args.fileset else default_fileset()
-    padding = int(args.padding) if args.padding.isdigit() else args.padding
-    out = run_fileset(bundle, fileset, executor=args.executor, workers=args.workers, scheduler=args.scheduler,
-                      chunksize=args.chunksize, skip_bad_files=args.skip_bad_files,
-                      pt_range=(args.pt_min, args.pt_max), eta_max=args.eta_max, padding=padding)
-    paths = write_outputs(out, args.output)
+
+def _run_run(args: argparse.Namespace) -> int:
     import json
 
+    from . import models, plotting
+    from .bundle import Bundle
+    from .data import default_fileset
+    from .processor import Selection
+    from .run import load_fileset, run_fileset, write_outputs
+
+    padding = _padding(args.padding)
+    selection = Selection(args.pt_min, args.pt_max, args.eta_max, args.msd_min, args.msd_max, args.jet_id)
+    bundle = Bundle.load(models.resolve(args.model))
+    fileset = load_fileset(args.fileset) if args.fileset else default_fileset()
+    if args.working_points:
+        from .workingpoints import read_thresholds
+
+        read_thresholds(args.working_points)  # a bad file fails here, before any work
+    if args.label is not None:
+        plotting.LABEL = args.label
+    out = run_fileset(bundle.path, fileset, executor=args.executor, workers=args.workers,
+                      scheduler=args.scheduler, chunksize=args.chunksize, skip_bad_files=args.skip_bad_files,
+                      lumi=args.lumi, selection=selection, padding=padding, working_points=args.working_points)
+    paths = write_outputs(out, args.output)
     m = json.loads(paths["metrics"].read_text())
     jets = sum(c["selected_jets"] for c in m["cutflow"].values())
-    print(f"{bundle.name}: {jets} jets in {m['seconds']:.1f} s ({m['jets_per_second']:.0f} jets/s), "
-          f"accuracy {m['accuracy']:.3f}")
+    acc = f", accuracy {m['accuracy']:.3f}" if m["accuracy"] is not None else ""
+    print(f"{bundle.name} on {out['meta']['executor']}: {jets} jets in {m['seconds']:.1f} s "
+          f"({m['jets_per_second']:.0f} jets/s){acc}")
     for name, d in m["discriminants"].items():
-        print(f"  {name}: AUC {d['auc']:.4f}  1/eps_b @50% {d['rej50']:.1f}  @30% {d['rej30']:.1f}")
+        r50 = "inf" if d["rej50"] is None else f"{d['rej50']:.1f}"
+        r30 = "inf" if d["rej30"] is None else f"{d['rej30']:.1f}"
+        print(f"  {name}: AUC {d['auc']:.4f}  1/eps_b @50% {r50}  @30% {r30}")
+    for w in m["warnings"]:
+        print(f"  warning: {w}")
     for s in m["skipped"]:
         print(f"  skipped {s['file'] or s['dataset']}: {s['events'] if s['events'] is not None else 'unknown'} "
               f"events ({s['error']})")
@@ -263,7 +318,37 @@ def _run_run(args: argparse.Namespace) -> int:
     return 0
 
 
-_EXTRA_COMMANDS: list = [_add_run, _add_train, _add_export, _add_evaluate, _add_predict, _add_import]
+def _add_workingpoints(sub) -> None:
+    p = sub.add_parser("workingpoints", help="a bundle's working points (and a run's efficiency maps) as "
+                       "correctionlib JSON", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=None, help="bundle folder or shipped name (default: models/DEFAULT)")
+    p.add_argument("--hists", default=None, help="hists.pkl of a `jettagger run`: add efficiency maps")
+    p.add_argument("--output", "-o", required=True, help="correctionlib JSON to write")
+    p.set_defaults(func=_run_workingpoints)
+
+
+def _run_workingpoints(args: argparse.Namespace) -> int:
+    import pickle
+    from pathlib import Path
+
+    from .bundle import Bundle
+    from .workingpoints import write_correction_set
+
+    if not str(args.output).endswith(".json"):
+        raise JetTaggerError(f"--output must end in .json, got {args.output}")
+    hists = None
+    if args.hists:
+        try:
+            with Path(args.hists).open("rb") as f:
+                hists = pickle.load(f)["hists"]  # noqa: S301 - the user's own run output
+        except (OSError, pickle.UnpicklingError, KeyError, TypeError) as err:
+            raise JetTaggerError(f"--hists {args.hists}: not a `jettagger run` hists.pkl ({err})") from None
+    path = write_correction_set(args.output, Bundle.load(args.model), hists)
+    print(path)
+    return 0
+
+
+_EXTRA_COMMANDS: list = [_add_run, _add_workingpoints, _add_train, _add_export, _add_evaluate, _add_predict, _add_import]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,14 +15,16 @@ from .features import labels as label_values
 from .features import make_table
 from .metrics import background_classes, discriminant, summary
 from .sources import Events, check_events
+from .truth import fatjet_truth
 from .tagger import JetTagger
 
 
 def predict_files(tagger: JetTagger, files: Sequence[str | Path], with_labels: bool = True,
                   progress: bool = False) -> dict[str, np.ndarray]:
     """One row per jet, in file order: ``score_<class>``, ``label`` (when the files carry labels), the
-    observers, ``file_index``; for NanoAOD also ``entry`` (event index in the file), ``run``,
-    ``luminosityBlock``, ``event`` and ``jet_index`` (position in the event's FatJet collection)."""
+    observers, ``file_index``, ``entry`` (event index in the file) and ``jet_index`` (position in the event's
+    FatJet collection); for NanoAOD also ``run``, ``luminosityBlock``, ``event``, ``genWeight`` and ``truth``
+    (from GenPart, see :mod:`truth`)."""
     opened = [open_jets(p) for p in files]  # unreadable files and missing branches fail before any work
     for data in opened:
         if isinstance(data, Events):
@@ -36,9 +38,10 @@ def predict_files(tagger: JetTagger, files: Sequence[str | Path], with_labels: b
             row["entry"], row["jet_index"] = np.arange(len(res.scores)), np.zeros(len(res.scores), np.int32)
         else:
             row["entry"], row["jet_index"] = table.ids[:, 0].astype(np.int64), table.ids[:, 1].astype(np.int32)
-            for b in ("run", "luminosityBlock", "event"):
+            for b in ("run", "luminosityBlock", "event", "genWeight"):
                 if b in data.scalars:
                     row[b] = np.asarray(data.scalar(b))[table.ids[:, 0]]
+            row["truth"] = fatjet_truth(data).astype(str)  # from GenPart; "data" without it
         row |= {f"score_{c}": res.scores[:, k] for k, c in enumerate(tagger.classes)}
         if with_labels:
             try:

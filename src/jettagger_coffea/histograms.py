@@ -7,7 +7,10 @@ from collections.abc import Sequence
 import hist
 import numpy as np
 
-PT_BINS = (500, 600, 700, 800, 1000)
+from .truth import TRUTH_CLASSES
+
+PT_BINS = (200, 300, 400, 500, 600, 700, 800, 1000, 1500, 2500)
+ABSETA_BINS = (0.0, 0.8, 1.6, 2.0, 2.4, 5.0)
 MSD_AXIS = hist.axis.Regular(50, 0, 250, name="msd", label=r"Soft-drop mass [GeV]")
 SCORE_AXIS = hist.axis.Regular(50, 0, 1, name="score", label="Score")
 #: discriminant bins: uniform to 0.9, then logarithmically finer towards 1 (ROC at high rejection)
@@ -16,27 +19,33 @@ DISC_AXIS = hist.axis.Variable(DISC_EDGES, name="score", label="Discriminant")
 
 
 def _hist(dask: bool, *axes) -> hist.Hist:
+    """Weight storage: sums of weights and of squared weights (variances), for simulation and data alike."""
     if dask:
         import hist.dask as hda
 
-        return hda.Hist(*axes, storage=hist.storage.Double())
-    return hist.Hist(*axes, storage=hist.storage.Double())
+        return hda.Hist(*axes, storage=hist.storage.Weight())
+    return hist.Hist(*axes, storage=hist.storage.Weight())
 
 
 def dataset_axis() -> hist.axis.StrCategory:
     return hist.axis.StrCategory([], growth=True, name="dataset", label="Dataset")
 
 
-def truth_axis() -> hist.axis.IntCategory:
-    return hist.axis.IntCategory([], growth=True, name="truth", label="Truth label (JetClass index, -1 none)")
+def truth_axis() -> hist.axis.StrCategory:
+    return hist.axis.StrCategory(list(TRUTH_CLASSES), name="truth", label="Truth (generator record)")
 
 
 def pt_axis(bins: Sequence[float] = PT_BINS) -> hist.axis.Variable:
     return hist.axis.Variable(bins, name="pt", label=r"Jet $p_T$ [GeV]")
 
 
+#: cutflow steps
+CUTFLOW = ("events", "fatjets", "selected_jets", "tagged_jets", "no_constituent_jets")
+
+
 def make_histograms(classes: Sequence[str], discriminants: Sequence[str], working_points: Sequence[str],
-                    pt_bins: Sequence[float] = PT_BINS, dask: bool = False) -> dict[str, hist.Hist]:
+                    pt_bins: Sequence[float] = PT_BINS, dask: bool = False,
+                    stored: Sequence[str] = ()) -> dict[str, hist.Hist]:
     cls = hist.axis.StrCategory(list(classes), name="cls", label="Class")
     disc = hist.axis.StrCategory(list(discriminants) or ["none"], name="disc", label="Discriminant")
     wps = hist.axis.StrCategory(list(working_points) or ["none"], name="wp", label="Working point")
@@ -44,8 +53,10 @@ def make_histograms(classes: Sequence[str], discriminants: Sequence[str], workin
     passed = hist.axis.Integer(0, 2, name="passed", label="Passed", underflow=False, overflow=False)
     return {
         # event / jet counts as a histogram: scalar reductions do not work lazily with dask >= 2025.4
+        # cutflow: raw counts (quantity "raw") and sums of event weights ("sumw") per step
         "counts": _hist(dask, dataset_axis(), hist.axis.StrCategory([], growth=True, name="file"),
-                        hist.axis.StrCategory(["events", "fatjets", "selected_jets"], name="step"),
+                        hist.axis.StrCategory(list(CUTFLOW), name="step"),
+                        hist.axis.StrCategory(["raw", "sumw"], name="quantity"),
                         hist.axis.Regular(1, 0, 1, name="unit")),
         "jets": _hist(dask, dataset_axis(), truth_axis(), hist.axis.StrCategory(
             ["tagged", "no_constituents"], name="status"), pt_axis(pt_bins)),
@@ -54,6 +65,11 @@ def make_histograms(classes: Sequence[str], discriminants: Sequence[str], workin
         "predicted": _hist(dask, dataset_axis(), truth_axis(), hist.axis.IntCategory(
             list(range(len(classes))), name="predicted", label="Predicted class (argmax)")),
         "msoftdrop": _hist(dask, dataset_axis(), truth_axis(), MSD_AXIS),
-        "wp_pt": _hist(dask, dataset_axis(), truth_axis(), disc, wps, passed, pt_axis(pt_bins)),
+        # recomputed vs stored NanoAOD score, per discriminant the bundle names a stored branch for
+        "stored": _hist(dask, dataset_axis(), hist.axis.StrCategory(list(stored) or ["none"], name="disc"),
+                        hist.axis.Regular(50, 0, 1, name="recomputed", label="Recomputed score"),
+                        hist.axis.Regular(50, 0, 1, name="stored", label="Stored NanoAOD score")),
+        "wp_pt": _hist(dask, dataset_axis(), truth_axis(), disc, wps, passed, pt_axis(pt_bins),
+                       hist.axis.Variable(ABSETA_BINS, name="abseta", label="Jet |eta|")),
         "wp_msd": _hist(dask, dataset_axis(), truth_axis(), disc, wps, passed, MSD_AXIS),
     }

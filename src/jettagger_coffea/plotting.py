@@ -1,9 +1,12 @@
-"""mplhep figures: ROC curves, score distributions, confusion matrix, working-point efficiency vs pT."""
+"""mplhep figures a physicist can read: ROC curves (with AUC and the statistical floor), score
+distributions, confusion matrix, working-point efficiency with binomial intervals, soft-drop mass,
+recomputed vs stored scores. Legends sit outside the data; the experiment label is configurable."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib as mpl
 
@@ -14,106 +17,165 @@ import numpy as np
 
 from .metrics import discriminant, roc_curve
 
-LABEL = "Pythia 8 + FastJet, 13 TeV"
+#: the text in the top-right corner of every figure; set it to what the data is (``--label``)
+LABEL = "Simulation"
+#: one colour per truth class (colour-blind-safe cycle), one line style / marker per working point
+COLOURS = ("#3f90da", "#ffa90e", "#bd1f01", "#94a4a2", "#832db6", "#a96b59", "#e76300", "#b9ac70")
+STYLES = (("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", (0, (5, 1))), ("P", (0, (1, 1))))
 
 
 def _style() -> None:
     plt.style.use(hep.style.ROOT)
 
 
-def _save(fig, path: Path) -> Path:
+def _corner(ax: Any, text: str = "") -> None:
+    ax.set_title(f"{text}   {LABEL}" if text else LABEL, fontsize=12, loc="right")
+
+
+def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
+def _legend_outside(ax: Any, **kw: Any) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=11, frameon=False, **kw)
+
+
 def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str = "") -> Path:
     """``curves``: name -> (is_signal, discriminant) per jet; drawn as :func:`roc_from_counts_plot`."""
-    return roc_from_counts_plot({name: roc_curve(y, d)[:2] for name, (y, d) in curves.items()}, path, title)
+    counts = {name: (*roc_curve(y, d)[:2], int((~np.asarray(y, bool)).sum())) for name, (y, d) in curves.items()}
+    return roc_from_counts_plot(counts, path, title)
+
+
+def roc_from_counts_plot(curves: Mapping[str, tuple], path: Path, title: str = "") -> Path:
+    """``curves``: name -> (eps_b, eps_s[, n_background]). The AUC is in the legend; 1/eps_b cannot exceed
+    the number of background jets, drawn as a dotted floor per curve."""
+    _style()
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for i, (name, c) in enumerate(curves.items()):
+        eb, es = np.asarray(c[0]), np.asarray(c[1])
+        auc = float(np.trapezoid(es, eb))
+        ok = eb > 0
+        colour = COLOURS[i % len(COLOURS)]
+        ax.plot(es[ok], 1 / eb[ok], color=colour, label=f"{name} (AUC {auc:.3f})")
+        if len(c) > 2 and c[2]:
+            ax.axhline(c[2], color=colour, linestyle=":", linewidth=1,
+                       label=f"{name}: floor 1/N$_b$, N$_b$ = {int(c[2])}")
+    ax.set_yscale("log")
+    ax.set_xlabel(r"Signal efficiency $\varepsilon_s$")
+    ax.set_ylabel(r"Background rejection $1/\varepsilon_b$")
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3)
+    _legend_outside(ax, title=title)
+    _corner(ax)
+    return _save(fig, path)
 
 
 def score_plot(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: Path,
                definition: dict, name: str) -> Path:
     _style()
     d = discriminant(scores, classes, definition)
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig, ax = plt.subplots(figsize=(9, 6))
     bins = np.linspace(0, 1, 41)
     for i, c in enumerate(classes):
         sel = (labels == i) & np.isfinite(d)
         if sel.any():
-            ax.hist(d[sel], bins=bins, histtype="step", density=True, label=f"true {c}", linewidth=1.5)
+            n, _ = np.histogram(d[sel], bins=bins)
+            hep.histplot(n / n.sum() / np.diff(bins), bins, yerr=np.sqrt(n) / n.sum() / np.diff(bins), ax=ax,
+                         color=COLOURS[i % len(COLOURS)], label=f"true {c} ({int(sel.sum())} jets)")
     ax.set_yscale("log")
     sig, bkg = "+".join(definition["signal"]), "+".join(definition.get("background") or [])
-    ax.set_xlabel(f"{name} = {sig} / ({sig} + {bkg})" if bkg else f"{name} = {sig}")
-    ax.set_ylabel("Normalised jets")
-    ax.legend(fontsize=12)
-    ax.set_title(LABEL, fontsize=12, loc="right")
+    ax.set_xlabel(f"{name} = {sig} / ({sig} + {bkg})" if bkg else f"{name} = {sig}", fontsize=14)
+    ax.set_ylabel("1/N dN/dx")
+    _legend_outside(ax)
+    _corner(ax)
     return _save(fig, path)
 
 
 def confusion_plot(cm: np.ndarray, classes: Sequence[str], path: Path, title: str = "") -> Path:
     _style()
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig, ax = plt.subplots(figsize=(8, 7))
     im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
             ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", color="white" if cm[i, j] > 0.5 else "black",
                     fontsize=12)
-    ax.set_xticks(range(len(classes)), classes)
+    ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 6 else 0)
     ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("Predicted")
-    ax.set_ylabel("True")
-    ax.set_title(title, fontsize=13)
-    fig.colorbar(im, ax=ax)
+    ax.set_xlabel("Predicted class (argmax)")
+    ax.set_ylabel("True class")
+    ax.set_title(title, fontsize=13, loc="left")
+    bar = fig.colorbar(im, ax=ax)
+    bar.set_label("Fraction of true class (row sums to 1)")
     return _save(fig, path)
 
 
-def efficiency_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, xlabel: str,
-                    title: str = "") -> Path:
-    """``curves``: label -> (bin edges, efficiency per bin)."""
+def efficiency_plot(curves: Mapping[str, Mapping[str, tuple]], path: Path, xlabel: str, title: str = "") -> Path:
+    """``curves``: working point -> truth class -> (edges, passed, total, low, high) with a binomial
+    interval [low, high]. One colour per truth class, one marker / line style per working point; empty
+    bins (no jets) are left out, bins with no passing jet are drawn as 68 % upper limits."""
     _style()
-    fig, ax = plt.subplots(figsize=(7, 6))
-    for name, (edges, eff) in curves.items():
-        centres = 0.5 * (edges[1:] + edges[:-1])
-        ax.errorbar(centres, eff, xerr=np.diff(edges) / 2, fmt="o", label=name, markersize=4)
+    fig, ax = plt.subplots(figsize=(10, 6))
+    truths = sorted({t for per_wp in curves.values() for t in per_wp})
+    floor = 1.0
+    for w, (wp, per_wp) in enumerate(curves.items()):
+        marker, line = STYLES[w % len(STYLES)]
+        for t, (edges, passed, total, low, high) in per_wp.items():
+            colour = COLOURS[truths.index(t) % len(COLOURS)]
+            centres, half = 0.5 * (edges[1:] + edges[:-1]), np.diff(edges) / 2
+            with np.errstate(invalid="ignore", divide="ignore"):
+                eff = passed / total
+            has, zero = total > 0, (total > 0) & (passed <= 0)
+            ok = has & ~zero
+            if ok.any():
+                floor = min(floor, float(np.nanmin(low[ok][low[ok] > 0], initial=1.0)))
+            ax.errorbar(centres[ok], eff[ok], xerr=half[ok], yerr=[eff[ok] - low[ok], high[ok] - eff[ok]],
+                        fmt=marker, linestyle=line, color=colour, markersize=5, capsize=2, label=f"{t}, {wp}")
+            if zero.any():
+                floor = min(floor, float(np.min(high[zero])) / 3)
+                ax.errorbar(centres[zero], high[zero], xerr=half[zero], yerr=0.4 * high[zero], uplims=True,
+                            fmt="none", color=colour, capsize=2)
     ax.set_yscale("log")
+    ax.set_ylim(max(floor / 2, 1e-5), 2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("Efficiency (pass / total)")
-    ax.legend(fontsize=10, title=title)
-    ax.set_title(LABEL, fontsize=12, loc="right")
+    _legend_outside(ax, title=title or None)
+    ax.text(0.02, 0.02, "arrows: 68 % upper limit, no jet passed", transform=ax.transAxes, fontsize=10)
+    _corner(ax)
     return _save(fig, path)
 
 
-def roc_from_counts_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str = "") -> Path:
-    """``curves``: name -> (eps_b, eps_s) from binned discriminants."""
+def mass_plot(per_truth: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path) -> Path:
+    """``per_truth``: truth class -> (edges, sum of weights, sum of weights squared) per bin."""
     _style()
-    fig, ax = plt.subplots(figsize=(7, 6))
-    for name, (eb, es) in curves.items():
-        ok = eb > 0
-        ax.plot(es[ok], 1 / eb[ok], label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel(r"Signal efficiency $\varepsilon_s$")
-    ax.set_ylabel(r"Background rejection $1/\varepsilon_b$")
-    ax.set_xlim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(title=title, fontsize=12)
-    ax.set_title(LABEL, fontsize=12, loc="right")
-    return _save(fig, path)
-
-
-def mass_plot(h, path: Path) -> Path:
-    """Soft-drop mass per truth label (all datasets)."""
-    from .generate.settings import JETCLASS_LABELS
-
-    _style()
-    fig, ax = plt.subplots(figsize=(7, 6))
-    ht = h.project("truth", "msd")
-    for i, t in enumerate(ht.axes["truth"]):
-        name = JETCLASS_LABELS[t] if 0 <= t < len(JETCLASS_LABELS) else "unmatched"
-        hep.histplot(ht[i, :], ax=ax, label=name, density=True)
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for i, (t, (edges, w, w2)) in enumerate(per_truth.items()):
+        total = w.sum()
+        if total <= 0:
+            continue
+        width = np.diff(edges)
+        hep.histplot(w / total / width, edges, yerr=np.sqrt(w2) / total / width, ax=ax,
+                     color=COLOURS[i % len(COLOURS)], label=f"{t} ({total:.4g} jets)")
     ax.set_xlabel("Soft-drop mass [GeV]")
-    ax.set_ylabel("Normalised jets")
-    ax.legend(fontsize=12)
-    ax.set_title(LABEL, fontsize=12, loc="right")
+    ax.set_ylabel("1/N dN/dm [1/GeV]")
+    _legend_outside(ax)
+    _corner(ax)
+    return _save(fig, path)
+
+
+def stored_plot(values: np.ndarray, xedges: np.ndarray, yedges: np.ndarray, path: Path, name: str) -> Path:
+    """Recomputed vs stored score (2-D), with the diagonal."""
+    _style()
+    fig, ax = plt.subplots(figsize=(8, 7))
+    masked = np.ma.masked_equal(values.T, 0)
+    mesh = ax.pcolormesh(xedges, yedges, masked, cmap="viridis")
+    ax.plot([0, 1], [0, 1], color="red", linewidth=1, linestyle="--", label="equal")
+    ax.set_xlabel(f"Recomputed {name}")
+    ax.set_ylabel(f"Stored NanoAOD {name}")
+    bar = fig.colorbar(mesh, ax=ax)
+    bar.set_label("Jets (weighted)")
+    ax.legend(loc="upper left", fontsize=11)
+    _corner(ax)
     return _save(fig, path)

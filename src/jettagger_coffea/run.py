@@ -3,10 +3,12 @@ a metrics JSON and plots written to a folder."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pickle
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,25 +16,48 @@ import numpy as np
 
 from ._errors import JetTaggerError
 from .tagger import configure_dask
-from .generate.settings import JETCLASS_LABELS
-from .metrics import rejection_from_roc, roc_from_hist
+from .metrics import background_classes, rejection_from_roc, roc_from_hist
 from .nanoevents import PFNanoSchema
-from .processor import TaggerProcessor, cutflow, efficiency
+from .processor import ALL_FILES, TaggerProcessor, cutflow, effective_counts, efficiency, wilson_interval
+from .truth import truth_of_class
 
 log = logging.getLogger(__name__)
 EXECUTORS = ("iterative", "futures", "dask", "dask-awkward")
+#: ``executor="auto"`` runs jobs up to this many events in one process
+AUTO_ITERATIVE_EVENTS = 20_000
 
 
 def load_fileset(path: str | Path) -> dict[str, Any]:
-    """A coffea JSON fileset: ``{dataset: {"files": {path: treename}}}`` or ``{dataset: [paths]}``."""
+    """A coffea JSON fileset: ``{dataset: {"files": {path: treename} | [paths], "metadata": {...}}}`` or
+    ``{dataset: [paths]}``. Metadata (coffea's convention): ``xsec`` in pb, ``is_mc``."""
     try:
         raw = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise JetTaggerError(f"cannot read fileset {path}: {err}") from None
+    return check_fileset(raw, str(path))
+
+
+def check_fileset(raw: Any, where: str = "fileset") -> dict[str, Any]:
+    if not isinstance(raw, dict) or not raw:
+        raise JetTaggerError(f"{where}: a fileset maps dataset names to files; this one has no dataset")
     out = {}
     for ds, spec in raw.items():
-        files = spec["files"] if isinstance(spec, dict) else spec
-        out[ds] = {"files": files if isinstance(files, dict) else dict.fromkeys(files, "Events")}
+        if isinstance(spec, dict):
+            unknown = sorted(set(spec) - {"files", "metadata", "treename"})
+            if unknown or "files" not in spec:
+                raise JetTaggerError(f"{where}: dataset {ds!r} needs \"files\" (and optional \"metadata\"); "
+                                     f"unknown keys {unknown}")
+            files, meta = spec["files"], dict(spec.get("metadata") or {})
+        else:
+            files, meta = spec, {}
+        if not files:
+            raise JetTaggerError(f"{where}: dataset {ds!r} has no files")
+        if not isinstance(files, (dict, list)):
+            raise JetTaggerError(f"{where}: dataset {ds!r}: \"files\" must be a list or a {{path: tree}} map")
+        xsec = meta.get("xsec")
+        if xsec is not None and (not isinstance(xsec, (int, float)) or xsec <= 0):
+            raise JetTaggerError(f"{where}: dataset {ds!r}: metadata.xsec must be a positive number (pb)")
+        out[ds] = {"files": files if isinstance(files, dict) else dict.fromkeys(files, "Events"), "metadata": meta}
     return out
 
 
@@ -50,14 +75,20 @@ def preflight(fileset: dict[str, Any], skip_bad_files: bool) -> tuple[dict[str, 
                 with uproot.open(path) as f:
                     n = f[tree].num_entries
                     f[tree]["nFatJet"].array(entry_stop=1)  # the header alone can look fine
+                    runs = f["Runs"] if "Runs" in f else None
+                    sumw = (float(runs["genEventSumw"].array(library="np").sum())
+                            if runs is not None and "genEventSumw" in runs.keys() else None)
             except Exception as err:  # noqa: BLE001 - any failure to read makes the file bad
                 if not skip_bad_files:
                     raise JetTaggerError(f"cannot read {path} (dataset {ds!r}): {type(err).__name__}: {err}") from None
                 skipped.append({"dataset": ds, "file": path, "error": f"{type(err).__name__}: {err}",
                                 "events": _events_from_header(path, tree)})
                 continue
-            good.setdefault(ds, {"files": {}, "events": {}})["files"][path] = tree
-            good[ds]["events"][path] = n
+            entry = good.setdefault(ds, {"files": {}, "metadata": spec.get("metadata", {}), "events": {},
+                                         "sumw": {}})
+            entry["files"][path] = tree
+            entry["events"][path] = n
+            entry["sumw"][path] = sumw
     return good, skipped
 
 
@@ -80,17 +111,31 @@ def _cluster(workers: int, scheduler: str | None):
     return Client(cluster), cluster
 
 
-def run_fileset(bundle: str | Path, fileset: dict[str, Any], executor: str = "dask", workers: int = 2,
+def run_fileset(bundle: str | Path | None, fileset: dict[str, Any], executor: str = "dask", workers: int = 2,
                 scheduler: str | None = None, chunksize: int = 100_000, skip_bad_files: bool = False,
-                progress: bool = True, **processor_options: Any) -> dict[str, Any]:
-    """Run :class:`TaggerProcessor` over ``fileset``; the same histograms in every mode."""
+                progress: bool = True, lumi: float | None = None, **processor_options: Any) -> dict[str, Any]:
+    """Run :class:`TaggerProcessor` over ``fileset``; the same histograms in every mode. With ``lumi``
+    (pb^-1), simulated datasets with ``metadata.xsec`` are scaled to xsec x lumi / sum of genWeight."""
     from coffea import processor
 
-    if executor not in EXECUTORS:
-        raise JetTaggerError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
-    proc = TaggerProcessor(bundle, **processor_options)
+    if executor not in (*EXECUTORS, "auto"):
+        raise JetTaggerError(f"--executor {executor!r}: choose from auto, {', '.join(EXECUTORS)}")
+    if workers < 1 or chunksize < 1:
+        raise JetTaggerError(f"--workers and --chunksize must be >= 1 (got {workers}, {chunksize})")
+    if lumi is not None and lumi <= 0:
+        raise JetTaggerError(f"--lumi must be > 0 (pb^-1), got {lumi}")
+    fileset = check_fileset(fileset)
+    metadata = {ds: spec.get("metadata", {}) for ds, spec in fileset.items()}
+    proc = TaggerProcessor(bundle, datasets=metadata, **processor_options)
     fileset, skipped = preflight(fileset, skip_bad_files)
     expected = {ds: spec.pop("events") for ds, spec in fileset.items()}
+    runs_sumw = {ds: spec.pop("sumw") for ds, spec in fileset.items()}
+    if executor == "auto":  # a small job is fastest in one process: no cluster start-up, no transfers
+        total = sum(sum(f.values()) for f in expected.values())
+        executor = "iterative" if total <= AUTO_ITERATIVE_EVENTS or scheduler is None and workers == 1 else "dask"
+        log.info("executor auto -> %s (%d events)", executor, total)
+    for spec in fileset.values():
+        spec.pop("metadata", None)
     if not fileset:
         raise JetTaggerError("no readable file in the fileset: " + "; ".join(s["file"] for s in skipped))
     start = time.perf_counter()
@@ -133,11 +178,18 @@ def run_fileset(bundle: str | Path, fileset: dict[str, Any], executor: str = "da
             client.close()
         if cluster is not None:
             cluster.close()
-    out["cutflow"] = cutflow(out["hists"])
+    out["normalisation"] = normalise(out["hists"], metadata, runs_sumw, lumi, proc)
+    scale = {ds: n["factor"] for ds, n in out["normalisation"].items()}
+    out["cutflow"] = cutflow(out["hists"], scale)
+    out["warnings"] = [f"dataset {ds!r}: the selection removed every jet ({c['fatjets']} FatJets in "
+                       f"{c['events']} events)" for ds, c in out["cutflow"].items() if c["selected_jets"] == 0]
+    for w in out["warnings"]:
+        log.warning(w)
     counts = out["hists"]["counts"]
-    per_file = {f: round(counts[{"file": f, "step": "events"}].sum(flow=True)) for f in counts.axes["file"]}
+    per_file = {f: round(counts[{"file": f, "step": "events", "quantity": "raw"}].sum(flow=True).value)
+                for f in counts.axes["file"]}
     for ds, files in expected.items():
-        if "(all files)" in per_file:  # dask-awkward: per dataset only
+        if ALL_FILES in per_file:  # dask-awkward: per dataset only
             got, n = out["cutflow"].get(ds, {}).get("events", 0), sum(files.values())
             if got != n:
                 skipped.append({"dataset": ds, "file": None, "error": "chunks failed", "events": n - got})
@@ -148,15 +200,66 @@ def run_fileset(bundle: str | Path, fileset: dict[str, Any], executor: str = "da
                 skipped.append({"dataset": ds, "file": path, "error": "chunk(s) failed during processing",
                                 "events": n - got})
     out["skipped"] = skipped
-    out["meta"] = {"events_in_readable_files": {ds: sum(f.values()) for ds, f in expected.items()}, "model": proc.tagger.bundle.name, "classes": proc.tagger.classes, "executor": executor,
+    out["meta"] = {"events_in_readable_files": {ds: sum(f.values()) for ds, f in expected.items()},
+                   "model": proc.tagger.bundle.name, "classes": proc.tagger.classes, "executor": executor,
                    "workers": workers, "chunksize": chunksize, "seconds": time.perf_counter() - start,
-                   "discriminants": proc.tagger.bundle.discriminants, "working_points": proc.wps}
+                   "discriminants": proc.tagger.bundle.discriminants, "working_points": proc.wps,
+                   "selection": dataclasses.asdict(proc.selection), "lumi": lumi}
     return out
 
 
-def class_truth_index(classes: list[str]) -> dict[str, int]:
-    """Bundle class -> JetClass truth index (the generator's FatJet_truthLabel)."""
-    return {c: JETCLASS_LABELS.index(c) for c in classes if c in JETCLASS_LABELS}
+def normalise(hists: dict[str, Any], metadata: dict[str, dict[str, Any]], runs_sumw: dict[str, dict[str, Any]],
+              lumi: float | None, proc: TaggerProcessor) -> dict[str, dict[str, Any]]:
+    """Scale each simulated dataset's histograms (values by f, variances by f^2) by
+    f = xsec x lumi / sum of genWeight over *all* its events: the Runs trees' genEventSumw where every file
+    has one (a file may hold part of a dataset), else the sum this job saw before any selection."""
+    counts = hists["counts"]
+    out: dict[str, dict[str, Any]] = {}
+    for ds in counts.axes["dataset"]:
+        meta = metadata.get(ds, {})
+        sums = list((runs_sumw.get(ds) or {}).values())
+        job = float(counts[{"dataset": ds, "step": "events", "quantity": "sumw"}].sum(flow=True).value)
+        if sums and all(s is not None for s in sums):
+            sumw, source = float(sum(sums)), "Runs.genEventSumw"
+        else:
+            sumw, source = job, "job"
+        xsec = meta.get("xsec")
+        mc = bool(meta.get("is_mc", True))
+        factor = xsec * lumi / sumw if (mc and xsec is not None and lumi is not None and sumw > 0) else 1.0
+        out[ds] = {"is_mc": mc, "xsec": xsec, "lumi": lumi, "sumw": sumw, "sumw_source": source,
+                   "factor": factor}
+        if factor != 1.0:
+            for name, h in hists.items():
+                if name == "counts" or "dataset" not in h.axes.name or ds not in h.axes["dataset"]:
+                    continue
+                i = list(h.axes["dataset"]).index(ds)
+                view = h.view(flow=True)
+                sl = tuple(i if a.name == "dataset" else slice(None) for a in h.axes)
+                view["value"][sl] *= factor
+                view["variance"][sl] *= factor * factor
+    return out
+
+
+def _truth_rows(h: Any, classes: Sequence[str]) -> list[int]:
+    """Positions on a histogram's truth axis of the truth classes behind these model classes."""
+    truths = list(h.axes["truth"])
+    wanted = {truth_of_class(c) for c in classes} - {None}
+    return [i for i, t in enumerate(truths) if t in wanted]
+
+
+def binned_roc(h: Any, name: str, d: dict[str, Any], classes: Sequence[str]):
+    """(eps_b, eps_s, n_signal, n_background) of one discriminant from the ``discriminant`` histogram."""
+    hd = h[{"disc": name}].project("truth", "score")
+    values = hd.values()
+    s_rows = _truth_rows(hd, d["signal"])
+    b_rows = [i for i in _truth_rows(hd, background_classes(classes, d)) if i not in s_rows]
+    if not s_rows or not b_rows:
+        return None
+    s, b = values[s_rows].sum(axis=0), values[b_rows].sum(axis=0)
+    if s.sum() <= 0 or b.sum() <= 0:
+        return None
+    eb, es = roc_from_hist(s, b)
+    return eb, es, float(s.sum()), float(b.sum())
 
 
 def metrics_from_hists(out: dict[str, Any]) -> dict[str, Any]:
@@ -164,37 +267,55 @@ def metrics_from_hists(out: dict[str, Any]) -> dict[str, Any]:
     h = out["hists"]
     meta = out["meta"]
     classes = meta["classes"]
-    truth_of = class_truth_index(classes)
-    res: dict[str, Any] = {"model": meta["model"], "cutflow": out["cutflow"], "discriminants": {}}
-    truths = list(h["discriminant"].axes["truth"])
+    res: dict[str, Any] = {"model": meta["model"], "method": "binned (histograms of the run)",
+                           "cutflow": out["cutflow"], "normalisation": out.get("normalisation", {}),
+                           "selection": meta.get("selection"), "discriminants": {}}
     for name, d in meta["discriminants"].items():
-        hd = h["discriminant"][{"disc": name}].project("truth", "score")
-
-        def counts(cls_list, hd=hd):
-            idx = [truths.index(truth_of[c]) for c in cls_list if c in truth_of and truth_of[c] in truths]
-            return hd.values()[idx].sum(axis=0) if idx else None
-
-        s, b = counts(d["signal"]), counts(d["background"])
-        if s is None or b is None or s.sum() == 0 or b.sum() == 0:
+        roc = binned_roc(h["discriminant"], name, d, classes)
+        if roc is None:
             continue
-        eb, es = roc_from_hist(s, b)
+        eb, es, ns, nb = roc
         res["discriminants"][name] = {"auc": float(np.trapezoid(es, eb)), "rej50": rejection_from_roc(eb, es, 0.5),
-                                      "rej30": rejection_from_roc(eb, es, 0.3), "n_signal": int(s.sum()),
-                                      "n_background": int(b.sum())}
+                                      "rej30": rejection_from_roc(eb, es, 0.3), "n_signal": ns, "n_background": nb}
     hp = h["predicted"].project("truth", "predicted")
-    ptruths = list(hp.axes["truth"])
+    truths = list(hp.axes["truth"])
     cm = np.zeros((len(classes), len(classes)))
     for i, c in enumerate(classes):
-        if c in truth_of and truth_of[c] in ptruths:
-            cm[i] = hp.values()[ptruths.index(truth_of[c])]
+        t = truth_of_class(c)
+        if t == c and t in truths:  # the confusion matrix needs model classes that are truth classes
+            cm[i] = hp.values()[truths.index(t)]
     total = cm.sum()
-    res["accuracy"] = float(np.trace(cm) / total) if total else float("nan")
+    res["accuracy"] = float(np.trace(cm) / total) if total else None
     res["confusion"] = (cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)).tolist()
     res["skipped"] = out.get("skipped", [])
+    res["warnings"] = out.get("warnings", [])
     res["seconds"] = meta["seconds"]
     jets = sum(c["selected_jets"] for c in out["cutflow"].values())
     res["jets_per_second"] = jets / meta["seconds"] if meta["seconds"] else None
-    return res
+    return strict_json(res)
+
+
+def strict_json(obj: Any) -> Any:
+    """Non-finite numbers -> null, each with its reason in ``null_reasons`` (strict JSON for other tools)."""
+    reasons: dict[str, str] = {}
+
+    def walk(x: Any, path: str) -> Any:
+        if isinstance(x, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(x)]
+        if isinstance(x, (float, np.floating)) and not np.isfinite(x):
+            reasons[path] = ("unbounded: no background jet is left at this signal efficiency" if x > 0
+                             else "undefined (no jets)")
+            return None
+        if isinstance(x, np.generic):
+            return x.item()
+        return x
+
+    out = walk(obj, "")
+    if reasons and isinstance(out, dict):
+        out["null_reasons"] = reasons
+    return out
 
 
 def write_outputs(out: dict[str, Any], folder: str | Path) -> dict[str, Path]:
@@ -208,61 +329,90 @@ def write_outputs(out: dict[str, Any], folder: str | Path) -> dict[str, Path]:
         pickle.dump(out, f)
     _write_root(out, paths["root"])
     metrics = metrics_from_hists(out)
-    paths["metrics"].write_text(json.dumps(metrics, indent=2))
+    paths["metrics"].write_text(json.dumps(metrics, indent=2, allow_nan=False))
     h, meta = out["hists"], out["meta"]
-    classes, truth_of = meta["classes"], class_truth_index(meta["classes"])
-    truths = list(h["discriminant"].axes["truth"])
+    classes = meta["classes"]
     curves = {}
     for name, d in meta["discriminants"].items():
-        hd = h["discriminant"][{"disc": name}].project("truth", "score")
-        idx_s = [truths.index(truth_of[c]) for c in d["signal"] if truth_of.get(c) in truths]
-        idx_b = [truths.index(truth_of[c]) for c in d["background"] if truth_of.get(c) in truths]
-        if idx_s and idx_b:
-            curves[name] = roc_from_hist(hd.values()[idx_s].sum(0), hd.values()[idx_b].sum(0))
+        roc = binned_roc(h["discriminant"], name, d, classes)
+        if roc is not None:
+            curves[name] = (roc[0], roc[1], roc[3])
     if curves:
         paths["roc"] = plotting.roc_from_counts_plot(curves, folder / "roc.png", title=meta["model"])
-    paths["confusion"] = plotting.confusion_plot(np.asarray(metrics["confusion"]), classes, folder / "confusion.png",
-                                                 title=f"{meta['model']}: accuracy {metrics['accuracy']:.3f}")
+    if metrics["accuracy"] is not None:
+        paths["confusion"] = plotting.confusion_plot(np.asarray(metrics["confusion"]), classes,
+                                                     folder / "confusion.png",
+                                                     title=f"{meta['model']}: accuracy {metrics['accuracy']:.3f}")
     for name, wps in meta["working_points"].items():
         d = meta["discriminants"][name]
+        groups = {"signal": sorted({truth_of_class(c) for c in d["signal"]} - {None}),
+                  "background": sorted({truth_of_class(c) for c in background_classes(classes, d)} - {None}
+                                       - {truth_of_class(c) for c in d["signal"]})}
         for axis, xlabel in (("pt", r"Jet $p_T$ [GeV]"), ("msd", "Soft-drop mass [GeV]")):
-            eff = {}
+            eff: dict[str, dict[str, tuple]] = {}
             for wp in wps:
-                for role in ("signal", "background"):
-                    t = truth_of.get(d[role][0])
-                    if t is None or t not in list(h[f"wp_{axis}"].axes["truth"]):
-                        continue
-                    edges, e, _ = efficiency(h[f"wp_{axis}"], name, wp, axis=axis, truth=t)
-                    eff[f"{wp} {d[role][0]}"] = (edges, e)
+                for truths in groups.values():
+                    for t in truths:
+                        edges, p, n, vp, vn = efficiency(h[f"wp_{axis}"], name, wp, axis=axis, truth=t)
+                        if n.sum() <= 0:
+                            continue
+                        pe, ne = effective_counts(p, n, vn)
+                        lo, hi = wilson_interval(pe, ne)
+                        eff.setdefault(wp, {})[t] = (edges, p, n, lo, hi)
             if eff:
                 paths[f"eff_{axis}_{name}"] = plotting.efficiency_plot(
                     eff, folder / f"eff_{axis}_{name}.png", xlabel, title=name)
-    paths["msoftdrop"] = plotting.mass_plot(h["msoftdrop"], folder / "msoftdrop.png")
+    hm = h["msoftdrop"].project("truth", "msd")
+    view = hm.view()
+    per_truth = {t: (hm.axes["msd"].edges, view["value"][i], view["variance"][i])
+                 for i, t in enumerate(hm.axes["truth"]) if view["value"][i].sum() > 0}
+    paths["msoftdrop"] = plotting.mass_plot(per_truth, folder / "msoftdrop.png")
+    hs = h["stored"]
+    for name in hs.axes["disc"]:
+        sub = hs[{"disc": name}].project("recomputed", "stored")
+        if sub.values().sum() > 0:
+            paths[f"stored_{name}"] = plotting.stored_plot(sub.values(), sub.axes[0].edges, sub.axes[1].edges,
+                                                           folder / f"stored_{name}.png", name)
     return paths
 
 
+def _root_name(text: str) -> str:
+    """A ROOT-friendly key: no '%', '.', spaces or slashes."""
+    return "".join(ch if ch.isalnum() or ch in "_-" else {"%": "pct", ".": "p"}.get(ch, "_") for ch in text)
+
+
 def _write_root(out: dict[str, Any], path: Path) -> None:
-    """1-D projections (uproot writes TH1s) per dataset, truth label, class / discriminant / working point."""
+    """Filled 1-D projections (uproot writes TH1s) per dataset, truth class, class / discriminant / working
+    point, with ROOT-style titles."""
     import uproot
 
     h = out["hists"]
+
+    def put(f: Any, key: str, hh: Any, title: str) -> None:
+        if hh.values().sum() <= 0:  # only filled histograms
+            return
+        if hh.ndim != 1:
+            raise AssertionError(key)
+        hh = hh.copy()
+        hh.label = title
+        for ax in hh.axes:
+            ax.label = ax.label.replace("$p_T$", "p_{T}").replace("$", "")
+        f[_root_name(key)] = hh
+
     with uproot.recreate(path) as f:
-        for ds in h["scores"].axes["dataset"]:
-            for t in h["scores"].axes["truth"]:
-                tname = JETCLASS_LABELS[t] if 0 <= t < len(JETCLASS_LABELS) else "none"
-                sub = {"dataset": ds, "truth": hist_loc(t)}
-                f[f"{ds}/msoftdrop_{tname}"] = h["msoftdrop"][sub]
+        for ds in h["msoftdrop"].axes["dataset"]:
+            for t in h["msoftdrop"].axes["truth"]:
+                sub = {"dataset": ds, "truth": t}
+                put(f, f"{ds}_msoftdrop_{t}", h["msoftdrop"][sub], f"{ds} {t}: soft-drop mass")
+                if ds not in h["scores"].axes["dataset"]:
+                    continue
                 for c in h["scores"].axes["cls"]:
-                    f[f"{ds}/score_{c}_{tname}"] = h["scores"][{**sub, "cls": c}].project("score")
-                for d in h["discriminant"].axes["disc"]:
-                    f[f"{ds}/disc_{d}_{tname}"] = h["discriminant"][{**sub, "disc": d}].project("score")
-                    for wp in h["wp_pt"].axes["wp"]:
-                        w = h["wp_pt"][{**sub, "disc": d, "wp": wp}]
-                        f[f"{ds}/{d}_{wp}_{tname}_pass_pt"] = w[{"passed": hist_loc(1)}]
-                        f[f"{ds}/{d}_{wp}_{tname}_total_pt"] = w.project("pt")
-
-
-def hist_loc(value: int):
-    import hist
-
-    return hist.loc(value)
+                    put(f, f"{ds}_score_{c}_{t}", h["scores"][{**sub, "cls": c}].project("score"),
+                        f"{ds} {t}: score {c}")
+                for d in h["discriminant"].axes["disc"] if ds in h["discriminant"].axes["dataset"] else ():
+                    put(f, f"{ds}_disc_{d}_{t}", h["discriminant"][{**sub, "disc": d}].project("score"),
+                        f"{ds} {t}: {d}")
+                    for wp in h["wp_pt"].axes["wp"] if ds in h["wp_pt"].axes["dataset"] else ():
+                        w = h["wp_pt"][{**sub, "disc": d, "wp": wp}].project("passed", "pt")
+                        put(f, f"{ds}_{d}_{wp}_{t}_pass_pt", w[{"passed": 1}], f"{ds} {t}: {d} {wp} passing")
+                        put(f, f"{ds}_{d}_{wp}_{t}_total_pt", w.project("pt"), f"{ds} {t}: {d} {wp} all")

@@ -42,12 +42,13 @@ class JetTagger:
     """
 
     def __init__(self, bundle: str | Path | Bundle, backend: str = "onnx", padding: str | int = "dynamic",
-                 max_slots: int = MAX_SLOTS, threads: int | None = None, device: str | None = None) -> None:
+                 max_slots: int = MAX_SLOTS, threads: int | None = None, device: str | None = None,
+                 dtype: str = "float32") -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         if backend == "onnx":
             self.backend: Any = OnnxBackend(self.bundle.onnx_path, threads=threads)
         elif backend == "torch":
-            self.backend = TorchBackend(self.bundle, device=device)
+            self.backend = TorchBackend(self.bundle, device=device, dtype=dtype)
         else:
             raise JetTaggerError(f"unknown backend {backend!r} (onnx or torch)")
         if padding not in ("dynamic", "fixed") and not isinstance(padding, int):

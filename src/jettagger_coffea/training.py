@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .config import DataConfig
 from .datasets import load_features, subset
 from .features import Features
-from .nn import build
+from .nn import build, load_state
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def train(config_path: str | Path, network: str, train_files: Sequence[str | Pat
           optimizer: str = "adamw", seed: int = 1, max_minutes: float | None = None, trim: bool = False,
           resume: bool = False, device: str | None = None, threads: int | None = None,
           max_train_jets: int | None = None, stop_after: int | None = None,
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, init: str | Path | None = None) -> dict[str, Any]:
     """Train ``network`` on ``train_files``; returns the summary (also in ``output/summary.json``)."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -177,6 +177,8 @@ def train(config_path: str | Path, network: str, train_files: Sequence[str | Pat
         val_set = subset(val_set, np.sort(rng.choice(len(val_set), max_train_jets // 4, replace=False)))
     dims = {k: v.shape[1] for k, v in data.inputs.items()}
     model = build(network, list(config.input_names), dims, len(config.class_names), **(network_options or {}))
+    if init is not None:  # warm start: weights of an earlier run of the same network (strict)
+        load_state(model, init)
     model.to(device)
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / batch_size)
@@ -250,7 +252,8 @@ def train(config_path: str | Path, network: str, train_files: Sequence[str | Pat
                "history": history, "n_train": len(train_set), "n_val": len(val_set), "seed": seed,
                "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "input_dims": dims,
                "train_files": [str(p) for p in train_files], "val_files": [str(p) for p in val_files],
-               "parameters": sum(p.numel() for p in model.parameters())}
+               "parameters": sum(p.numel() for p in model.parameters()),
+               **({"init": str(init)} if init is not None else {})}
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -3,7 +3,13 @@ derived on a reference sample and stored in the bundle's ``tagger.yaml``."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+
+from ._errors import JetTaggerError
 
 MISTAGS = (0.005, 0.01, 0.025, 0.05)
 EFFICIENCIES = (0.3, 0.5)
@@ -26,4 +32,102 @@ def derive(disc_signal: np.ndarray, disc_background: np.ndarray, mistags=MISTAGS
     for e in efficiencies:
         if len(s):
             out[wp_name("eff", e)] = float(np.quantile(s, 1 - e))
+    return out
+
+
+# -- correctionlib (schema v2): the format CMS analyses read working points and efficiencies from ----------
+WP_CORRECTION = "working_points"
+
+
+def _binning_content(values: np.ndarray) -> list[float]:
+    return [float(v) if np.isfinite(v) else 0.0 for v in np.ravel(values)]
+
+
+def correction_set(bundle: Any, hists: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The bundle's thresholds (``working_points``: discriminant, wp -> threshold) and, from a run's
+    histograms, tagging efficiency maps per working point (truth, pT, |eta|, systematic -> efficiency;
+    ``up`` / ``down`` the 68 % Wilson interval on effective counts) as a correctionlib CorrectionSet."""
+    import correctionlib.schemav2 as cs
+
+    from .processor import effective_counts, wilson_interval
+
+    wps = bundle.working_points
+    if not wps:
+        raise JetTaggerError(f"tagger bundle {bundle.path}: no working points in its model card")
+    thresholds = cs.Correction(
+        name=WP_CORRECTION, version=1, description=f"{bundle.name}: jet passes if discriminant > threshold",
+        inputs=[cs.Variable(name="discriminant", type="string", description="e.g. WvsQCD"),
+                cs.Variable(name="wp", type="string", description="e.g. mistag1%")],
+        output=cs.Variable(name="threshold", type="real"),
+        data=cs.Category(nodetype="category", input="discriminant", content=[
+            cs.CategoryItem(key=d, value=cs.Category(nodetype="category", input="wp", content=[
+                cs.CategoryItem(key=w, value=float(t)) for w, t in points.items()]))
+            for d, points in wps.items()]))
+    corrections = [thresholds]
+    if hists is not None:
+        h = hists["wp_pt"]
+        for d in h.axes["disc"]:
+            for w in h.axes["wp"]:
+                per_truth = []
+                edges_pt = edges_eta = None
+                for t in h.axes["truth"]:
+                    sub = h[{"disc": d, "wp": w, "truth": t}].project("passed", "pt", "abseta")
+                    view = sub.view()
+                    p, n, vn = view["value"][1], view["value"].sum(axis=0), view["variance"].sum(axis=0)
+                    if n.sum() <= 0:
+                        continue
+                    edges_pt, edges_eta = sub.axes["pt"].edges, sub.axes["abseta"].edges
+                    pe, ne = effective_counts(p, n, vn)
+                    lo, hi = wilson_interval(pe, ne)
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        eff = p / n
+                    systs = []
+                    for name, values in (("nominal", eff), ("up", hi), ("down", lo)):
+                        systs.append(cs.CategoryItem(key=name, value=cs.MultiBinning(
+                            nodetype="multibinning", inputs=["pt", "abseta"],
+                            edges=[list(map(float, edges_pt)), list(map(float, edges_eta))],
+                            content=_binning_content(values), flow="clamp")))
+                    per_truth.append(cs.CategoryItem(key=str(t), value=cs.Category(
+                        nodetype="category", input="systematic", content=systs)))
+                if not per_truth:
+                    continue
+                corrections.append(cs.Correction(
+                    name=f"{d}_{w}_efficiency", version=1,
+                    description=f"{bundle.name}: efficiency of {d} > {wps.get(d, {}).get(w)} ({w}) per truth "
+                                "class; bins without jets read 0",
+                    inputs=[cs.Variable(name="truth", type="string", description="QCD, Wqq, Zqq, Tbqq, Hbb"),
+                            cs.Variable(name="pt", type="real", description="FatJet pT [GeV]"),
+                            cs.Variable(name="abseta", type="real", description="FatJet |eta|"),
+                            cs.Variable(name="systematic", type="string", description="nominal, up, down")],
+                    output=cs.Variable(name="efficiency", type="real"),
+                    data=cs.Category(nodetype="category", input="truth", content=per_truth)))
+    cset = cs.CorrectionSet(schema_version=2, description=f"jettagger-coffea working points of {bundle.name}",
+                            corrections=corrections)
+    return json.loads(cset.model_dump_json(exclude_unset=True))
+
+
+def write_correction_set(path: str | Path, bundle: Any, hists: dict[str, Any] | None = None) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(correction_set(bundle, hists), indent=1))
+    return path
+
+
+def read_thresholds(path: str | Path) -> dict[str, dict[str, float]]:
+    """{discriminant: {wp: threshold}} from a correctionlib file written by :func:`write_correction_set`
+    (checked by correctionlib itself)."""
+    import correctionlib
+
+    path = Path(path)
+    try:
+        cset = correctionlib.CorrectionSet.from_file(str(path))
+        raw = json.loads(path.read_text())
+    except Exception as err:  # noqa: BLE001 - any failure: the file is not a correction set
+        raise JetTaggerError(f"--working-points {path}: not a correctionlib file ({type(err).__name__}: {err})") from None
+    if WP_CORRECTION not in cset:
+        raise JetTaggerError(f"--working-points {path}: no correction named {WP_CORRECTION!r}")
+    node = next(c for c in raw["corrections"] if c["name"] == WP_CORRECTION)["data"]
+    out = {item["key"]: {w["key"]: float(w["value"]) for w in item["value"]["content"]} for item in node["content"]}
+    for d, wps in out.items():  # the evaluator agrees with what we parsed
+        for w, t in wps.items():
+            assert abs(cset[WP_CORRECTION].evaluate(d, w) - t) <= 1e-12 * max(1.0, abs(t))
     return out

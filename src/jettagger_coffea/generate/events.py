@@ -26,6 +26,8 @@ class Event:
     charge: np.ndarray
     vertex: np.ndarray  # (n, 3) production vertex in mm
     truth: list[tuple[np.ndarray, np.ndarray]]  # (resonance p4, decay-quark p4s (k, 4))
+    #: pruned generator record as NanoAOD's GenPart: (pdgId, p4, mother index, statusFlags) per particle
+    gen: list[tuple[int, np.ndarray, int, int]] = dataclasses.field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -85,6 +87,37 @@ def _truth(resonance: int | None, pid, d1, d2, p4) -> list[tuple[np.ndarray, np.
     return out
 
 
+LAST_COPY, FIRST_COPY, HARD = 1 << 13, 1 << 12, 1 << 7
+
+
+def _gen_record(resonance: int | None, pid, d1, d2, p4) -> list[tuple[int, np.ndarray, int, int]]:
+    """The resonances (last copies), the W of a top, and their decay quarks, as NanoAOD prunes GenPart:
+    a decay quark's mother is the last copy of its resonance."""
+    if resonance is None:
+        return []
+    out: list[tuple[int, np.ndarray, int, int]] = []
+
+    def add(i: int, mother: int, flags: int) -> int:
+        out.append((int(pid[i]), p4[i], mother, flags))
+        return len(out) - 1
+
+    for i in np.nonzero(np.abs(pid) == resonance)[0]:
+        if _last_copy(int(i), pid, d1, d2) != i:
+            continue
+        r = add(int(i), -1, LAST_COPY | HARD)
+        for d in _daughters(int(d1[i]), int(d2[i])):
+            a = abs(int(pid[d]))
+            if 1 <= a <= 5:
+                add(d, r, FIRST_COPY | HARD)
+            elif a == 24:
+                w = add(_last_copy(d, pid, d1, d2), r, LAST_COPY | HARD)
+                wl = _last_copy(d, pid, d1, d2)
+                for q in _daughters(int(d1[wl]), int(d2[wl])):
+                    if 1 <= abs(int(pid[q])) <= 5:
+                        add(q, w, FIRST_COPY | HARD)
+    return out
+
+
 class EventSource:
     """A seeded Pythia instance that yields :class:`Event` objects in batches."""
 
@@ -137,4 +170,5 @@ class EventSource:
                     charge=self._charges(e_pid[final]),
                     vertex=vtx[s][final],
                     truth=_truth(self.resonance, e_pid, d1[s], d2[s], p4[s]),
+                    gen=_gen_record(self.resonance, e_pid, d1[s], d2[s], p4[s]),
                 )

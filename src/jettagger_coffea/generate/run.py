@@ -40,7 +40,7 @@ def _run_block(args: tuple[GenerationSettings, int, int]):
     for ievent, event in enumerate(EventSource(settings, seed)):
         jets = select_jets(event, settings, rng)[: nwanted - njets]
         if jets:
-            events.append((block * 1_000_000 + ievent, block, jets))
+            events.append((block * 1_000_000 + ievent, block, jets, event.gen))
             njets += len(jets)
         if njets >= nwanted:
             break
@@ -80,12 +80,12 @@ def generate(
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             for block_events in pool.map(_run_block, tasks):
                 events.extend(block_events)
-                bar.update(sum(len(j) for _, _, j in block_events))
+                bar.update(sum(len(e[2]) for e in block_events))
     else:
         for task in tasks:
             block_events = _run_block(task)
             events.extend(block_events)
-            bar.update(sum(len(j) for _, _, j in block_events))
+            bar.update(sum(len(e[2]) for e in block_events))
     bar.close()
     elapsed = time.perf_counter() - start
     log.info("%s: %d jets in %.1f s (%.1f jets/s)", settings.process, settings.njets, elapsed, settings.njets / elapsed)

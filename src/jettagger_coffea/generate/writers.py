@@ -76,7 +76,7 @@ def _masses(p4: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(m2, 0.0))
 
 
-def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet]]]) -> None:
+def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet], list]]) -> None:
     """PFNano-like ``Events`` in CMS conventions: FatJet, FatJetPFCands (jet by jet) and PFCands (the jets'
     constituents). Lengths in cm; d0/dz and their errors, trkChi2 and lostInnerHits are -1 for candidates
     without a track (neutrals), as CMS writes them; no pileup, so PUPPI weights are 1. No FatJetSVs / SV
@@ -87,7 +87,18 @@ def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet]]]) -> None:
     pf: dict[str, list] = {k: [] for k in ("pt", "eta", "phi", "mass", "pdgId", "charge", "d0", "d0Err",
                                            "dz", "dzErr", "puppiWeight", "puppiWeightNoLep", "trkChi2",
                                            "lostInnerHits", "pvAssocQuality", "trkQuality")}
-    for _, _, jets in events:
+    gen: dict[str, list] = {k: [] for k in ("pdgId", "pt", "eta", "phi", "mass", "genPartIdxMother",
+                                            "statusFlags")}
+    for _, _, jets, record in events:
+        for k in gen:
+            gen[k].append([])
+        for pdg, gp4, mother, flags in record:
+            gp4 = np.asarray(gp4, dtype=np.float64)
+            gpt, geta, gphi = (float(x) for x in pt_eta_phi(gp4))
+            gmass = float(np.sqrt(max(gp4[3] ** 2 - gp4[0] ** 2 - gp4[1] ** 2 - gp4[2] ** 2, 0.0)))
+            for k, v in (("pdgId", pdg), ("pt", gpt), ("eta", geta), ("phi", gphi), ("mass", gmass),
+                         ("genPartIdxMother", mother), ("statusFlags", flags)):
+                gen[k][-1].append(v)
         ev_fj = {k: [] for k in fj}
         ev_link = {k: [] for k in link}
         ev_pf = {k: [] for k in pf}
@@ -129,7 +140,7 @@ def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet]]]) -> None:
             pf[k].append(np.concatenate(ev_pf[k]) if ev_pf[k] else np.zeros(0))
 
     int_fields = {"nConstituents", "truthLabel", "jetIdx", "pFCandsIdx", "pdgId", "charge", "lostInnerHits",
-                  "pvAssocQuality", "trkQuality"}
+                  "pvAssocQuality", "trkQuality", "genPartIdxMother", "statusFlags"}
 
     def jag(d):
         return ak.zip(
@@ -138,18 +149,20 @@ def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet]]]) -> None:
 
     data = {
         "run": np.ones(len(events), dtype=np.uint32),
-        "luminosityBlock": np.array([b + 1 for _, b, _ in events], dtype=np.uint32),
-        "event": np.array([e for e, _, _ in events], dtype=np.uint64),
+        "luminosityBlock": np.array([e[1] + 1 for e in events], dtype=np.uint32),
+        "event": np.array([e[0] for e in events], dtype=np.uint64),
+        "genWeight": np.ones(len(events), dtype=np.float32),
         "FatJet": jag(fj),
         "FatJetPFCands": jag(link),
         "PFCands": jag(pf),
+        "GenPart": jag(gen),
     }
     _write_tree(path, "Events", data)
 
 
-def write_jetclass(path: Path, events: list[tuple[int, int, list[Jet]]]) -> None:
+def write_jetclass(path: Path, events: list[tuple[int, int, list[Jet], list]]) -> None:
     """JetClass layout: one jet per entry, particles pT-descending, all ten one-hot label branches."""
-    jets = [j for _, _, js in events for j in js]
+    jets = [j for e in events for j in e[2]]
     part: dict[str, list] = {k: [] for k in (
         "px", "py", "pz", "energy", "deta", "dphi", "charge", "isChargedHadron", "isNeutralHadron",
         "isPhoton", "isElectron", "isMuon", "d0val", "d0err", "dzval", "dzerr")}

@@ -1,0 +1,86 @@
+"""IRC-perturbed copies of JetClass-layout files: the seed's test of IRC safety, applied to the product.
+
+* **collinear splits**: a fraction of each jet's particles is split into two with four-momenta
+  lambda * p and (1 - lambda) * p, lambda uniform in [0.1, 0.9]; every other particle field is copied;
+* **soft emissions**: photons carrying ``epsilon`` x the jet energy, at random directions within
+  ``radius`` of the jet axis.
+
+Particles are re-sorted by pT (descending) as JetClass stores them; the jet's four-vector branches are the
+new sum (unchanged by splits), ``jet_nparticles`` / ``npart`` the new count. Scores of an IRC-safe model
+on the copy must equal those on the original.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import uproot
+
+from ._errors import JetTaggerError
+
+P4 = ("part_px", "part_py", "part_pz", "part_energy")
+
+
+def perturb_jetclass(source: str | Path, output: str | Path, split_fraction: float = 0.0, n_soft: int = 0,
+                     epsilon: float = 1e-6, radius: float = 0.8, seed: int = 0,
+                     max_particles: int | None = None) -> Path:
+    """Write an IRC-perturbed copy of ``source`` (a JetClass ``tree``) to ``output``; jets with more than
+    ``max_particles`` particles are dropped from both (keep the selection to compare with the original)."""
+    if not 0 <= split_fraction <= 1 or n_soft < 0 or epsilon <= 0:
+        raise JetTaggerError("perturb: split_fraction in [0, 1], n_soft >= 0, epsilon > 0")
+    tree = uproot.open(source)["tree"]
+    arrays = tree.arrays()
+    if max_particles is not None:
+        arrays = arrays[ak.num(arrays["part_px"]) <= max_particles]
+    rng = np.random.default_rng(seed)
+    part = [f for f in arrays.fields if f.startswith("part_")]
+    counts = ak.to_numpy(ak.num(arrays["part_px"]))
+    flat = {f: ak.to_numpy(ak.flatten(arrays[f])).astype(np.float64) for f in part}
+    jet_of = np.repeat(np.arange(len(counts)), counts)
+    # collinear splits: duplicate the chosen particles, share the four-momentum lambda : 1 - lambda
+    split = rng.random(len(jet_of)) < split_fraction
+    lam = rng.uniform(0.1, 0.9, size=int(split.sum()))
+    scale = np.ones(len(jet_of))
+    scale[split] = lam
+    new = {f: np.concatenate([v, v[split]]) for f, v in flat.items()}
+    factor = np.concatenate([scale, 1 - lam])
+    for f in P4:
+        new[f] = new[f] * factor
+    jets = np.concatenate([jet_of, jet_of[split]])
+    # soft photons at epsilon x the jet energy, inside the jet
+    jpx, jpy, jpz, je = (np.bincount(jet_of, weights=flat[f], minlength=len(counts)) for f in P4)
+    if n_soft:
+        jpt = np.hypot(jpx, jpy)
+        jeta, jphi = np.arcsinh(jpz / jpt), np.arctan2(jpy, jpx)
+        sj = np.repeat(np.arange(len(counts)), n_soft)
+        r, a = radius * np.sqrt(rng.random(len(sj))), rng.uniform(-np.pi, np.pi, len(sj))
+        eta, phi = jeta[sj] + r * np.cos(a), jphi[sj] + r * np.sin(a)
+        e = epsilon * je[sj]
+        pt = e / np.cosh(eta)
+        soft = {f: np.zeros(len(sj)) for f in part}
+        soft |= {"part_px": pt * np.cos(phi), "part_py": pt * np.sin(phi), "part_pz": pt * np.sinh(eta),
+                 "part_energy": e, "part_deta": (eta - jeta[sj]) * np.sign(jeta[sj]),
+                 "part_dphi": (phi - jphi[sj] + np.pi) % (2 * np.pi) - np.pi}
+        if "part_isPhoton" in soft:
+            soft["part_isPhoton"] = np.ones(len(sj))
+        new = {f: np.concatenate([new[f], soft[f]]) for f in part}
+        jets = np.concatenate([jets, sj])
+    # JetClass order: by jet, then pT descending
+    order = np.lexsort((-np.hypot(new["part_px"], new["part_py"]), jets))
+    new_counts = np.bincount(jets, minlength=len(counts))
+    out = {f: ak.unflatten(new[f][order].astype(np.float32), new_counts) for f in part}
+    px, py, pz, e = (np.bincount(jets, weights=new[f], minlength=len(counts)) for f in P4)
+    jet = {f: ak.to_numpy(arrays[f]) for f in arrays.fields if not f.startswith("part_")}
+    pt = np.hypot(px, py)
+    jet |= {"jet_pt": pt, "jet_eta": np.arcsinh(pz / pt), "jet_phi": np.arctan2(py, px), "jet_energy": e}
+    for name in ("jet_nparticles", "npart"):
+        if name in jet:
+            jet[name] = new_counts.astype(jet[name].dtype)
+    jet = {k: np.asarray(v).astype(ak.to_numpy(arrays[k]).dtype) for k, v in jet.items() if k != "npart"}
+    data = {"part": ak.zip({k[5:]: v for k, v in out.items()}), **jet}  # counter branch: npart
+    output = Path(output)
+    with uproot.recreate(output) as f:
+        f.mktree("tree", {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in data.items()}).extend(data)
+    return output

@@ -1,0 +1,115 @@
+"""Generator-level truth of FatJets from NanoAOD's ``GenPart`` (pdgId, genPartIdxMother, statusFlags).
+
+The rule the project's generator uses, on any NanoAOD: a jet is
+``Tbqq`` if a top (t -> b W, W -> q q') and its three decay quarks lie within dR < R of the jet axis,
+else ``Wqq`` / ``Zqq`` for a W / Z and its two decay quarks, ``Hbb`` for an H and its two b quarks,
+else ``QCD`` (rapidity-azimuth distances, as FastJet measures them). Resonances are the last copies
+(statusFlags bit 13) of |pdgId| 6, 24, 23, 25; a decay quark is a quark whose mother is that copy (for a top,
+also the quarks of the W it decays to, followed through the W's copies). Events without ``GenPart`` (data)
+are labelled ``data``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from ._errors import JetTaggerError
+
+LAST_COPY = 1 << 13
+#: the truth classes, in the order the processor's truth axis lists them
+TRUTH_CLASSES = ("QCD", "Wqq", "Zqq", "Tbqq", "Hbb", "data")
+_RULES = ((6, "Tbqq", 3), (24, "Wqq", 2), (23, "Zqq", 2), (25, "Hbb", 2))
+
+
+def _rapidity(pt: np.ndarray, eta: np.ndarray, mass: np.ndarray) -> np.ndarray:
+    pt, eta, mass = (np.asarray(x, dtype=np.float64) for x in (pt, eta, mass))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # incoming partons: eta = +-inf
+        pz, e = pt * np.sinh(eta), np.sqrt((pt * np.cosh(eta)) ** 2 + mass**2)
+        return 0.5 * np.log((e + pz) / (e - pz))
+
+
+def _flat(x: Any) -> np.ndarray:
+    return np.asarray(ak.to_numpy(ak.flatten(x, axis=1)))
+
+
+def _resonances(pdg: np.ndarray, mother: np.ndarray, flags: np.ndarray) -> list[tuple[int, str, list[int]]]:
+    """(index, class, decay-quark indices) of every hadronically decaying resonance of one event."""
+    apdg = np.abs(pdg)
+    is_quark = (apdg >= 1) & (apdg <= 5)
+    children: dict[int, list[int]] = {}
+    for i, m in enumerate(mother):
+        if m >= 0:
+            children.setdefault(int(m), []).append(i)
+
+    def last_copy(i: int) -> int:
+        while True:
+            same = [c for c in children.get(i, []) if pdg[c] == pdg[i]]
+            if not same:
+                return i
+            i = same[0]
+
+    out = []
+    for i in np.flatnonzero(np.isin(apdg, (6, 23, 24, 25)) & ((flags & LAST_COPY) != 0)):
+        quarks = [c for c in children.get(int(i), []) if is_quark[c]]
+        if apdg[i] == 6:
+            for w in (c for c in children.get(int(i), []) if apdg[c] == 24):
+                quarks += [q for q in children.get(last_copy(w), []) if is_quark[q]]
+        cls, need = next((c, n) for p, c, n in _RULES if p == apdg[i])
+        if cls == "Hbb":
+            quarks = [q for q in quarks if apdg[q] == 5]
+        if len(quarks) == need:
+            out.append((int(i), cls, quarks))
+    return out
+
+
+def fatjet_truth(events: Any, radius: float = 0.8, jets: Any = None) -> np.ndarray:
+    """Truth class name per FatJet (flat, file order; of ``events.FatJet[jets]`` if a mask is given)."""
+    from .sources import Events
+
+    ev = events if isinstance(events, Events) else Events(events, "truth")
+    n_jets = ev.counts("FatJet")
+    jet_rows = np.arange(int(n_jets.sum())) if jets is None else np.flatnonzero(_flat(ak.Array(jets)))
+    if not ev.has("GenPart"):
+        return np.full(len(jet_rows), "data", dtype=object)
+    for f in ("pdgId", "genPartIdxMother", "statusFlags", "pt", "eta", "phi", "mass"):
+        if f not in ev.fields("GenPart"):
+            raise JetTaggerError(f"{ev.where}: missing branch GenPart_{f} (needed for the truth labels)")
+    g = {f: _flat(ev.get("GenPart", f)) for f in ("pdgId", "genPartIdxMother", "statusFlags", "pt", "eta",
+                                                 "phi", "mass")}
+    n_gen = ev.counts("GenPart")
+    goff = np.r_[0, np.cumsum(n_gen)]
+    grap = _rapidity(g["pt"], g["eta"], g["mass"])
+    jpt, jeta, jphi, jmass = (_flat(ev.get("FatJet", f)) for f in ("pt", "eta", "phi", "mass"))
+    jrap = _rapidity(jpt, jeta, jmass)
+    joff = np.r_[0, np.cumsum(n_jets)]
+    labels = np.full(int(n_jets.sum()), "QCD", dtype=object)
+    resonant = np.isin(np.abs(g["pdgId"]), (6, 23, 24, 25))
+    events_with = np.unique(np.repeat(np.arange(len(n_gen)), n_gen)[resonant])
+    for e in events_with:
+        s = slice(goff[e], goff[e + 1])
+        found = _resonances(g["pdgId"][s], g["genPartIdxMother"][s].astype(np.int64), g["statusFlags"][s])
+        if not found or n_jets[e] == 0:
+            continue
+        js = slice(joff[e], joff[e + 1])
+        for idx, cls, quarks in sorted(found, key=lambda r: [c for _, c, _ in _RULES].index(r[1])):
+            objs = np.array([idx, *quarks]) + goff[e]
+            dphi = (g["phi"][objs][None, :] - jphi[js][:, None] + np.pi) % (2 * np.pi) - np.pi
+            dr = np.hypot(grap[objs][None, :] - jrap[js][:, None], dphi)
+            inside = np.all(dr < radius, axis=1)
+            free = labels[js] == "QCD"
+            labels[js] = np.where(inside & free, cls, labels[js])
+    return labels[jet_rows]
+
+
+def truth_of_class(name: str) -> str | None:
+    """The truth class a model class belongs to: JetClass names as they are, CMS ParticleNet names by
+    their group (``Top_*`` -> Tbqq, ``W_*`` -> Wqq, ``Z_*`` -> Zqq, ``H_bb`` -> Hbb, ``QCD_*`` -> QCD)."""
+    if name in TRUTH_CLASSES:
+        return name
+    for prefix, truth in (("Top", "Tbqq"), ("W_", "Wqq"), ("Z_", "Zqq"), ("H_bb", "Hbb"), ("QCD", "QCD")):
+        if name.startswith(prefix):
+            return truth
+    return None
