@@ -263,6 +263,8 @@ def _add_run(sub) -> None:
     p.add_argument("--working-points", default=None, help="correctionlib JSON from `jettagger workingpoints` "
                    "(default: the bundle's working points)")
     p.add_argument("--label", default=None, help="text in the plots' corner (default: Simulation)")
+    p.add_argument("--per-jet", action="store_true", help="also write jets.parquet: one row per selected jet "
+                   "(ids, truth, weight, scores, discriminants)")
     p.add_argument("--padding", default="dynamic", help="dynamic, fixed, or a length")
     p.add_argument("--skip-bad-files", action="store_true", help="skip unreadable files and failing chunks")
     p.add_argument("--output", "-o", default="output", help="output folder")
@@ -298,7 +300,8 @@ def _run_run(args: argparse.Namespace) -> int:
         plotting.LABEL = args.label
     out = run_fileset(bundle.path, fileset, executor=args.executor, workers=args.workers,
                       scheduler=args.scheduler, chunksize=args.chunksize, skip_bad_files=args.skip_bad_files,
-                      lumi=args.lumi, selection=selection, padding=padding, working_points=args.working_points)
+                      lumi=args.lumi, selection=selection, padding=padding, working_points=args.working_points,
+                      per_jet=args.per_jet)
     paths = write_outputs(out, args.output)
     m = json.loads(paths["metrics"].read_text())
     jets = sum(c["selected_jets"] for c in m["cutflow"].values())

@@ -131,7 +131,8 @@ def efficiency_plot(curves: Mapping[str, Mapping[str, tuple]], path: Path, xlabe
             ok = has & ~zero
             if ok.any():
                 floor = min(floor, float(np.nanmin(low[ok][low[ok] > 0], initial=1.0)))
-            ax.errorbar(centres[ok], eff[ok], xerr=half[ok], yerr=[eff[ok] - low[ok], high[ok] - eff[ok]],
+            yerr = np.clip([eff[ok] - low[ok], high[ok] - eff[ok]], 0, None)
+            ax.errorbar(centres[ok], eff[ok], xerr=half[ok], yerr=yerr,
                         fmt=marker, linestyle=line, color=colour, markersize=5, capsize=2, label=f"{t}, {wp}")
             if zero.any():
                 floor = min(floor, float(np.min(high[zero])) / 3)

@@ -61,7 +61,8 @@ class Selection:
 
 def pt_bins_for(selection: Selection) -> tuple[float, ...]:
     """Histogram pT edges: the standard ones inside the selected range, with its bounds as outer edges."""
-    lo, hi = selection.pt_min, selection.pt_max or PT_BINS[-1]
+    lo = selection.pt_min
+    hi = selection.pt_max if selection.pt_max is not None else max(PT_BINS[-1], 2 * lo)
     inner = [b for b in PT_BINS if lo < b < hi]
     return tuple([lo, *inner, hi])
 
@@ -77,7 +78,7 @@ class TaggerProcessor(processor.ProcessorABC):
     def __init__(self, bundle: str | Path | None = None, selection: Selection | None = None,
                  pt_bins: Sequence[float] | None = None, backend: str = "onnx", padding: str | int = "dynamic",
                  radius: float = 0.8, datasets: dict[str, dict[str, Any]] | None = None,
-                 working_points: str | Path | None = None) -> None:
+                 working_points: str | Path | None = None, per_jet: bool = False) -> None:
         self.tagger = JetTagger(bundle, backend=backend, padding=padding)
         self.selection = selection or Selection()
         self.pt_bins = tuple(pt_bins) if pt_bins is not None else pt_bins_for(self.selection)
@@ -91,6 +92,7 @@ class TaggerProcessor(processor.ProcessorABC):
         self.wps = {d: dict(bundle_wps.get(d, {})) for d in self.tagger.bundle.discriminants}
         self.stored = {d: b for d, b in (self.tagger.bundle.card.get("stored_scores") or {}).items()
                        if d in self.tagger.bundle.discriminants}
+        self.per_jet = per_jet
 
     def is_mc(self, events: Any, dataset: str) -> bool:
         meta = self.datasets.get(dataset, {})
@@ -147,7 +149,35 @@ class TaggerProcessor(processor.ProcessorABC):
             hists["counts"].fill(dataset=dataset, file=fname, step=step, quantity="raw", unit=half, weight=half * 0 + n)
             hists["counts"].fill(dataset=dataset, file=fname, step=step, quantity="sumw", unit=half,
                                  weight=w_event * n)
-        return {"hists": hists}
+        out: dict[str, Any] = {"hists": hists}
+        if self.per_jet:
+            if dask:
+                raise JetTaggerError("per-jet output needs a coffea Runner executor (iterative, futures, dask)")
+            out["jets"] = self._columns(events, mask, dataset, fname, s, truth, w_jets)
+        return out
+
+    def _columns(self, events: Any, mask: Any, dataset: str, fname: str, s: np.ndarray, truth: np.ndarray,
+                 weight: np.ndarray) -> dict[str, list[np.ndarray]]:
+        """Per selected jet: identifiers, truth, weight, scores and discriminants (lists: they concatenate
+        when coffea accumulates chunks)."""
+        n = len(s)
+        counts = ak.to_numpy(ak.num(mask, axis=1))
+        event_of = np.repeat(np.arange(len(counts)), counts)
+        jet_index = ak.to_numpy(ak.flatten(ak.local_index(mask, axis=1)))
+        keep = ak.to_numpy(ak.flatten(mask))
+        start = int(events.metadata.get("entrystart", 0) or 0)
+        cols: dict[str, np.ndarray] = {"dataset": np.full(n, dataset), "file": np.full(n, fname),
+                                       "entry": start + event_of[keep], "jet_index": jet_index[keep]}
+        for b in ("run", "luminosityBlock", "event"):
+            if b in ak.fields(events):
+                cols[b] = ak.to_numpy(events[b])[event_of[keep]]
+        cols["truth"] = np.asarray(TRUTH_CLASSES)[truth]
+        cols["weight"] = np.asarray(weight, dtype=np.float64)
+        for i, c in enumerate(self.tagger.classes):
+            cols[f"score_{c}"] = s[:, i]
+        for d in self.tagger.bundle.discriminants:
+            cols[f"disc_{d}"] = np.asarray(self.tagger.discriminant(s, d))
+        return {k: [v] for k, v in cols.items()}
 
     def postprocess(self, accumulator: Any) -> Any:
         return accumulator

@@ -179,6 +179,13 @@ def run_fileset(bundle: str | Path | None, fileset: dict[str, Any], executor: st
         if cluster is not None:
             cluster.close()
     out["normalisation"] = normalise(out["hists"], metadata, runs_sumw, lumi, proc)
+    if "jets" in out:  # per-jet columns: chunks in file order, weights normalised like the histograms
+        cols = {k: np.concatenate(v) for k, v in out["jets"].items()}
+        order = np.lexsort((cols["jet_index"], cols["entry"], cols["file"], cols["dataset"]))
+        cols = {k: v[order] for k, v in cols.items()}
+        factor = {ds: n["factor"] for ds, n in out["normalisation"].items()}
+        cols["weight"] = cols["weight"] * np.array([factor.get(d, 1.0) for d in cols["dataset"]])
+        out["jets"] = cols
     scale = {ds: n["factor"] for ds, n in out["normalisation"].items()}
     out["cutflow"] = cutflow(out["hists"], scale)
     out["warnings"] = [f"dataset {ds!r}: the selection removed every jet ({c['fatjets']} FatJets in "
@@ -326,10 +333,16 @@ def write_outputs(out: dict[str, Any], folder: str | Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"pickle": folder / "hists.pkl", "root": folder / "hists.root", "metrics": folder / "metrics.json"}
     with paths["pickle"].open("wb") as f:
-        pickle.dump(out, f)
+        pickle.dump({k: v for k, v in out.items() if k != "jets"}, f)
     _write_root(out, paths["root"])
     metrics = metrics_from_hists(out)
     paths["metrics"].write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    if "jets" in out:
+        import awkward as ak
+
+        paths["jets"] = folder / "jets.parquet"
+        ak.to_parquet(ak.Array({k: v.astype(str) if v.dtype.kind in "OU" else v for k, v in out["jets"].items()}),
+                      paths["jets"])
     h, meta = out["hists"], out["meta"]
     classes = meta["classes"]
     curves = {}

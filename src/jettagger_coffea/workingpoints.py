@@ -123,7 +123,7 @@ def read_thresholds(path: str | Path) -> dict[str, dict[str, float]]:
         raw = json.loads(path.read_text())
     except Exception as err:  # noqa: BLE001 - any failure: the file is not a correction set
         raise JetTaggerError(f"--working-points {path}: not a correctionlib file ({type(err).__name__}: {err})") from None
-    if WP_CORRECTION not in cset:
+    if WP_CORRECTION not in [c.get("name") for c in raw.get("corrections", [])]:
         raise JetTaggerError(f"--working-points {path}: no correction named {WP_CORRECTION!r}")
     node = next(c for c in raw["corrections"] if c["name"] == WP_CORRECTION)["data"]
     out = {item["key"]: {w["key"]: float(w["value"]) for w in item["value"]["content"]} for item in node["content"]}

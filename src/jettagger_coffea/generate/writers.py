@@ -142,10 +142,14 @@ def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet], list]]) ->
     int_fields = {"nConstituents", "truthLabel", "jetIdx", "pFCandsIdx", "pdgId", "charge", "lostInnerHits",
                   "pvAssocQuality", "trkQuality", "genPartIdxMother", "statusFlags"}
 
-    def jag(d):
-        return ak.zip(
-            {k: ak.values_astype(ak.Array(v), np.int32 if k in int_fields else np.float32) for k, v in d.items()}
-        )
+    def jag(d):  # typed even when every event is empty (an untyped empty list would be written as float)
+        def column(k, per_event):
+            counts = np.array([len(x) for x in per_event], dtype=np.int64)
+            flat = np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in per_event]) if len(
+                per_event) else np.zeros(0)
+            return ak.unflatten(flat.astype(np.int32 if k in int_fields else np.float32), counts)
+
+        return ak.zip({k: column(k, v) for k, v in d.items()})
 
     data = {
         "run": np.ones(len(events), dtype=np.uint32),
