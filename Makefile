@@ -1,33 +1,45 @@
-# Everything runs from a project virtual environment (.venv), created on first use.
+# Everything runs from a project virtual environment (.venv), created on first use: `make run` needs only
+# the core install (onnxruntime, no torch); `make test` adds the dev extras (torch CPU, Pythia, weaver-core).
 PY      ?= python3
 VENV    ?= .venv
 BIN      = $(VENV)/bin
 PIP_OPTS = -c .ci/constraints.txt --only-binary=pythia8mc,fastjet
 
-.PHONY: install test lint run samples train clean
+.PHONY: install install-dev test lint docs run samples clean
 
-$(BIN)/jettagger:
+$(VENV)/.core:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(PIP_OPTS) -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.core
 	$(BIN)/pip install -q $(PIP_OPTS) -e ".[dev]"
+	touch $@
 
-install: $(BIN)/jettagger
+install: $(VENV)/.core
+install-dev: $(VENV)/.dev
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check src tests processors examples benchmarks
+	$(BIN)/ruff format --check src tests processors examples benchmarks
+	$(BIN)/mypy
 
-test: install lint
+docs: install-dev
+	$(BIN)/mkdocs build --strict --site-dir site
+
+test: install-dev lint docs
 	$(BIN)/python -m pytest
 
 run: install
 	$(BIN)/jettagger run
 
 # larger, uncommitted training / test sets (seeded; R = 0.8 multi-class and R = 1.0 W/Z vs QCD)
-samples: install
+samples: install-dev
 	$(BIN)/jettagger generate --process qcd wqq zqq tbqq --njets 25000 --seed 11 --jobs 2 --format jetclass -o samples/train
 	$(BIN)/jettagger generate --process qcd wqq zqq tbqq --njets 5000 --seed 12 --jobs 2 --format jetclass -o samples/test
 	$(BIN)/jettagger generate --process qcd wqq zqq --njets 15000 --seed 21 --radius 1.0 --jobs 2 --format jetclass -o samples/train_r10
 	$(BIN)/jettagger generate --process qcd wqq zqq --njets 2000 --seed 22 --radius 1.0 --jobs 2 --format jetclass -o samples/test_r10
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

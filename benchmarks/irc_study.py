@@ -43,8 +43,13 @@ def study(models: list[str], max_particles: int, min_particles: int, workdir: Pa
             if len(t) == 0:
                 continue
         for name, kw in cases:
-            perturb_jetclass(src, workdir / f"{process}_{name.replace(' ', '_')}.root", seed=7,
-                             max_particles=max_particles, **kw)
+            perturb_jetclass(
+                src,
+                workdir / f"{process}_{name.replace(' ', '_')}.root",
+                seed=7,
+                max_particles=max_particles,
+                **kw,
+            )
     header = "| model | perturbation | " + " | ".join(f"{b} {d}: max / median" for b, d in BACKENDS) + " |"
     rows += [header, "|" + " --- |" * (2 + len(BACKENDS))]
     for model in models:
@@ -71,7 +76,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["part-irc", "part"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"Jets with at most 90 particles (bundled tbqq + qcd):\n")
+        print("Jets with at most 90 particles (bundled tbqq + qcd):\n")
         print("\n".join(study(args.models, 90, 0, Path(tmp))))
         print("\nJets with 100-128 particles (a 30 % split pushes particles past the 128 truncation):\n")
         print("\n".join(study(args.models, 128, 100, Path(tmp))))

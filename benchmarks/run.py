@@ -84,10 +84,18 @@ def pipeline_parts(bundle_path: Path, jets, pf, backend: str, padding) -> dict[s
     # dense padding alone, to split model time from padding time
     order = np.argsort(std.counts, kind="stable")
     ordered = std.take(order)
-    t_pad = best_of(lambda: ordered.dense(length="dynamic" if padding == "dynamic" else None,
-                                          min_length=tagger.bundle.min_length))
-    return {"featurize_s": t_feat, "pad_s": t_pad, "model_s": max(t_total - t_pad, 1e-9), "jets": len(std),
-            "jets_per_s_model_path": len(std) / (t_feat + t_total)}
+    t_pad = best_of(
+        lambda: ordered.dense(
+            length="dynamic" if padding == "dynamic" else None, min_length=tagger.bundle.min_length
+        )
+    )
+    return {
+        "featurize_s": t_feat,
+        "pad_s": t_pad,
+        "model_s": max(t_total - t_pad, 1e-9),
+        "jets": len(std),
+        "jets_per_s_model_path": len(std) / (t_feat + t_total),
+    }
 
 
 def read_jets():
@@ -109,18 +117,27 @@ def end_to_end(bundle_path: Path, chunksize: int = 500) -> dict[str, float]:
         finally:
             model_s[0] += time.perf_counter() - t0
 
-    run_fileset(bundle_path, default_fileset(), executor="iterative", chunksize=chunksize, progress=False)  # warm
+    run_fileset(
+        bundle_path, default_fileset(), executor="iterative", chunksize=chunksize, progress=False
+    )  # warm
     backends.OnnxBackend.run = timed  # type: ignore[method-assign]
     try:
         t = time.perf_counter()
-        out = run_fileset(bundle_path, default_fileset(), executor="iterative", chunksize=chunksize,
-                          progress=False)
+        out = run_fileset(
+            bundle_path, default_fileset(), executor="iterative", chunksize=chunksize, progress=False
+        )
         dt = time.perf_counter() - t
     finally:
         backends.OnnxBackend.run = run  # type: ignore[method-assign]
     n = sum(c["selected_jets"] for c in out["cutflow"].values())
-    return {"seconds": dt, "jets": n, "jets_per_s": n / dt, "model_s": model_s[0],
-            "non_model_fraction": 1 - model_s[0] / dt, "read_s": read_seconds()}
+    return {
+        "seconds": dt,
+        "jets": n,
+        "jets_per_s": n / dt,
+        "model_s": model_s[0],
+        "non_model_fraction": 1 - model_s[0] / dt,
+        "read_s": read_seconds(),
+    }
 
 
 def read_seconds() -> float:
@@ -130,8 +147,7 @@ def read_seconds() -> float:
     t = time.perf_counter()
     for p in PROCESSES:
         tree = uproot.open(sample_path(p))["Events"]
-        tree.arrays(tree.keys(filter_name=["FatJet*", "PFCands*", "nFatJet*", "nPFCands*"]),
-                    library="np")
+        tree.arrays(tree.keys(filter_name=["FatJet*", "PFCands*", "nFatJet*", "nPFCands*"]), library="np")
     return time.perf_counter() - t
 
 
@@ -142,13 +158,33 @@ def dask_scaling(bundle_path: Path, workers: int, copies: int = 3, chunksize: in
 
     fileset = {f"{ds}_{i}": spec for i in range(copies) for ds, spec in default_fileset().items()}
     # one inference thread per single-threaded worker (else they inherit this process's JETTAGGER_THREADS)
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      env={"JETTAGGER_THREADS": "1"}) as cl, Client(cl) as client:
-        run_fileset(bundle_path, default_fileset(), executor="dask", scheduler=client.scheduler.address,
-                    chunksize=chunksize, progress=False)  # warm-up: imports, sessions on every worker
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            env={"JETTAGGER_THREADS": "1"},
+        ) as cl,
+        Client(cl) as client,
+    ):
+        run_fileset(
+            bundle_path,
+            default_fileset(),
+            executor="dask",
+            scheduler=client.scheduler.address,
+            chunksize=chunksize,
+            progress=False,
+        )  # warm-up: imports, sessions on every worker
         t = time.perf_counter()
-        out = run_fileset(bundle_path, fileset, executor="dask", scheduler=client.scheduler.address,
-                          chunksize=chunksize, progress=False)
+        out = run_fileset(
+            bundle_path,
+            fileset,
+            executor="dask",
+            scheduler=client.scheduler.address,
+            chunksize=chunksize,
+            progress=False,
+        )
         dt = time.perf_counter() - t
     n = sum(c["selected_jets"] for c in out["cutflow"].values())
     return {"seconds": dt, "jets": n, "jets_per_s": n / dt}
@@ -167,9 +203,27 @@ def weaver_predict(bundle_path: Path, network: str, options: dict) -> dict[str, 
         opts += ["-o", k2, repr(tuple(v) if isinstance(v, list) else v)]
     files = [str(sample_path(p, "jetclass")) for p in PROCESSES]
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [exe, "--predict", "--data-test", *files, "--data-config", str(bundle_path / "data_config.yaml"),
-               "--network-config", str(net_file), "--model-prefix", str(bundle_path / "model.pt"), "--gpus", "",
-               "--batch-size", "256", "--num-workers", "0", "--predict-output", f"{tmp}/pred.root", *opts]
+        cmd = [
+            exe,
+            "--predict",
+            "--data-test",
+            *files,
+            "--data-config",
+            str(bundle_path / "data_config.yaml"),
+            "--network-config",
+            str(net_file),
+            "--model-prefix",
+            str(bundle_path / "model.pt"),
+            "--gpus",
+            "",
+            "--batch-size",
+            "256",
+            "--num-workers",
+            "0",
+            "--predict-output",
+            f"{tmp}/pred.root",
+            *opts,
+        ]
         t = time.perf_counter()
         r = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=tmp)
         dt = time.perf_counter() - t
@@ -183,9 +237,23 @@ def ours_predict(bundle_path: Path) -> dict[str, float]:
     files = [str(sample_path(p, "jetclass")) for p in PROCESSES]
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "jettagger_coffea.cli", "predict", "--model", str(bundle_path),
-                            "--input", *files, "--output", f"{tmp}/pred.root"], capture_output=True, text=True,
-                           check=False)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "jettagger_coffea.cli",
+                "predict",
+                "--model",
+                str(bundle_path),
+                "--input",
+                *files,
+                "--output",
+                f"{tmp}/pred.root",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         dt = time.perf_counter() - t
     assert r.returncode == 0, r.stderr
     return {"seconds": dt, "jets": 4000, "jets_per_s": 4000 / dt}
@@ -205,8 +273,13 @@ def rss_vs_chunksize(bundle_path: Path, sizes=(100, 500, 2000)) -> dict[int, flo
     # (not getrusage: after fork + exec, ru_maxrss inherits the parent's high-water mark)
     out = {}
     for n in sizes:
-        r = subprocess.run([sys.executable, "-c", code, str(bundle_path), str(n)], capture_output=True, text=True,
-                           check=True, env={**os.environ, "JETTAGGER_THREADS": "1"})
+        r = subprocess.run(
+            [sys.executable, "-c", code, str(bundle_path), str(n)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "JETTAGGER_THREADS": "1"},
+        )
         out[n] = float(r.stdout.strip().splitlines()[-1]) / 1024
     return out
 
@@ -218,8 +291,13 @@ def main() -> None:
     ap.add_argument("--skip-dask", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("JETTAGGER_THREADS", "2")
-    res: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                             "processor": platform.processor() or platform.machine()}}
+    res: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(),
+        }
+    }
     res["matmul_gflops_fp32"] = {"1 thread": matmul_gflops(1), "2 threads": matmul_gflops(2)}
     jets_list = read_jets()
     pf = ak.concatenate([j.constituents.pf for j in jets_list])  # cross-references resolve per file
@@ -231,8 +309,10 @@ def main() -> None:
         bundle = JetTagger(path).bundle
         r: dict = {"bundle": str(path), "network": bundle.card.get("network")}
         r["parameters"] = bundle.card.get("provenance", {}).get("parameters")
-        r["flops_per_jet"] = {"mean multiplicity": flops_per_jet(bundle, round(counts.mean())),
-                              "128": flops_per_jet(bundle, 128)}
+        r["flops_per_jet"] = {
+            "mean multiplicity": flops_per_jet(bundle, round(counts.mean())),
+            "128": flops_per_jet(bundle, 128),
+        }
         r["onnx_dynamic"] = pipeline_parts(path, jets, pf, "onnx", "dynamic")
         r["onnx_fixed128"] = pipeline_parts(path, jets, pf, "onnx", "fixed")
         r["torch_dynamic"] = pipeline_parts(path, jets, pf, "torch", "dynamic")
@@ -244,7 +324,9 @@ def main() -> None:
         if not args.skip_dask:
             r["dask_1_worker"] = dask_scaling(path, 1)
             r["dask_2_workers"] = dask_scaling(path, 2)
-        r["weaver_predict"] = weaver_predict(path, bundle.card.get("network"), bundle.card.get("network_options", {}))
+        r["weaver_predict"] = weaver_predict(
+            path, bundle.card.get("network"), bundle.card.get("network_options", {})
+        )
         r["jettagger_predict"] = ours_predict(path)
         r["rss_mb_vs_chunk_events"] = {str(k): v for k, v in rss_vs_chunksize(path).items()}
         res[name] = r
@@ -254,11 +336,22 @@ def main() -> None:
 
 def print_table(res: dict, names) -> None:
     """A markdown table (the README's) and the per-chunk-size memory."""
-    print(f"fp32 matmul: {res['matmul_gflops_fp32']['2 threads']:.1f} GFLOP/s (2 threads); "
-          f"mean multiplicity {res['multiplicity']['mean']:.1f}\n")
-    head = ["model", "FLOPs/jet (mean / 128)", "end-to-end jets/s", "dynamic vs fixed-128", "onnxruntime vs torch",
-            "vs weaver `--predict`", "dask 2 workers / 1", "non-model: pipeline (read) / features+pad",
-            "model / matmul rate", "peak RSS MB (chunk 500)"]
+    print(
+        f"fp32 matmul: {res['matmul_gflops_fp32']['2 threads']:.1f} GFLOP/s (2 threads); "
+        f"mean multiplicity {res['multiplicity']['mean']:.1f}\n"
+    )
+    head = [
+        "model",
+        "FLOPs/jet (mean / 128)",
+        "end-to-end jets/s",
+        "dynamic vs fixed-128",
+        "onnxruntime vs torch",
+        "vs weaver `--predict`",
+        "dask 2 workers / 1",
+        "non-model: pipeline (read) / features+pad",
+        "model / matmul rate",
+        "peak RSS MB (chunk 500)",
+    ]
     print("| " + " | ".join(head) + " |")
     print("|" + " --- |" * len(head))
     for n in names:
@@ -268,16 +361,24 @@ def print_table(res: dict, names) -> None:
         w = r.get("weaver_predict")
         features = (d["featurize_s"] + d["pad_s"]) / (d["featurize_s"] + d["pad_s"] + d["model_s"])
         cells = [
-            n, f"{r['flops_per_jet']['mean multiplicity'] / 1e6:.0f}M / {r['flops_per_jet']['128'] / 1e6:.0f}M",
+            n,
+            f"{r['flops_per_jet']['mean multiplicity'] / 1e6:.0f}M / {r['flops_per_jet']['128'] / 1e6:.0f}M",
             f"{e['jets_per_s']:.0f}",
             f"{(f['pad_s'] + f['model_s']) / (d['pad_s'] + d['model_s']):.2f}x",
             f"{(t['pad_s'] + t['model_s']) / (d['pad_s'] + d['model_s']):.2f}x",
-            (f"{r['jettagger_predict']['jets_per_s'] / w['jets_per_s']:.1f}x "
-             f"({r['jettagger_predict']['seconds']:.1f} s vs {w['seconds']:.1f} s)") if w else "n/a",
+            (
+                f"{r['jettagger_predict']['jets_per_s'] / w['jets_per_s']:.1f}x "
+                f"({r['jettagger_predict']['seconds']:.1f} s vs {w['seconds']:.1f} s)"
+            )
+            if w
+            else "n/a",
             f"{r['dask_2_workers']['jets_per_s'] / r['dask_1_worker']['jets_per_s']:.2f}x"
-            if "dask_2_workers" in r else "n/a",
-            (f"{100 * e['non_model_fraction']:.0f} % ({100 * e['read_s'] / e['seconds']:.0f} %) / "
-             f"{100 * features:.0f} %"),
+            if "dask_2_workers" in r
+            else "n/a",
+            (
+                f"{100 * e['non_model_fraction']:.0f} % ({100 * e['read_s'] / e['seconds']:.0f} %) / "
+                f"{100 * features:.0f} %"
+            ),
             f"{100 * r['model_fraction_of_matmul']:.0f} % ({r['model_gflops_achieved']:.0f} GFLOP/s)",
             f"{r['rss_mb_vs_chunk_events']['500']:.0f}",
         ]

@@ -1,6 +1,6 @@
 """Tag the FatJets of a PFNano file and look at the W-tagged jet mass — copy this into your analysis.
 
-    python examples/tag_fatjets.py
+python examples/tag_fatjets.py
 """
 
 from __future__ import annotations

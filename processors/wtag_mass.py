@@ -8,12 +8,14 @@ Run it on the bundled samples with the default model:
 from __future__ import annotations
 
 import argparse
+import sys
 
 import awkward as ak
 import hist
 from coffea import processor
 
 from jettagger_coffea import models
+from jettagger_coffea._errors import JetTaggerError
 from jettagger_coffea.data import default_fileset
 from jettagger_coffea.nanoevents import PFNanoSchema
 from jettagger_coffea.tagger import JetTagger
@@ -23,14 +25,22 @@ class WTagMass(processor.ProcessorABC):
     def __init__(self, bundle=None, discriminant: str = "WvsQCD", wp: str = "mistag1%") -> None:
         self.tagger = JetTagger(models.resolve(bundle))
         self.discriminant = discriminant
-        self.threshold = self.tagger.bundle.working_points[discriminant][wp]
+        wps = self.tagger.bundle.working_points.get(discriminant, {})
+        if wp not in wps:
+            have = ", ".join(wps) or "none"
+            raise JetTaggerError(f"--wp {wp!r}: {self.tagger.bundle.name} has {have} for {discriminant}")
+        self.threshold = wps[wp]
 
     def process(self, events):
         sel = (events.FatJet.pt > 500) & (abs(events.FatJet.eta) < 2)
         fj = self.tagger.attach(events, jets=sel)
         tagged = fj[fj[f"score_{self.discriminant}"] > self.threshold]
-        h = hist.Hist.new.StrCat([], growth=True, name="dataset").StrCat(["all", "tagged"], name="category").Reg(
-            50, 0, 250, name="msd", label="Soft-drop mass [GeV]").Double()
+        h = (
+            hist.Hist.new.StrCat([], growth=True, name="dataset")
+            .StrCat(["all", "tagged"], name="category")
+            .Reg(50, 0, 250, name="msd", label="Soft-drop mass [GeV]")
+            .Double()
+        )
         ds = events.metadata["dataset"]
         h.fill(dataset=ds, category="all", msd=ak.flatten(fj.msoftdrop))
         h.fill(dataset=ds, category="tagged", msd=ak.flatten(tagged.msoftdrop))
@@ -41,12 +51,17 @@ class WTagMass(processor.ProcessorABC):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--wp", default="mistag1%")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--model", default=None, help="bundle folder or shipped name (default: models/DEFAULT)")
+    ap.add_argument("--wp", default="mistag1%", help="working point of WvsQCD")
     args = ap.parse_args()
-    runner = processor.Runner(processor.FuturesExecutor(workers=2), schema=PFNanoSchema, chunksize=500)
-    out = runner(default_fileset(), WTagMass(args.model, wp=args.wp), treename="Events")
+    try:
+        proc = WTagMass(args.model, wp=args.wp)
+    except JetTaggerError as err:
+        print(f"wtag_mass: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    runner = processor.Runner(processor.IterativeExecutor(), schema=PFNanoSchema, chunksize=500)
+    out = runner(default_fileset(), proc, treename="Events")
     h = out["msd"]
     for ds in h.axes["dataset"]:
         n_all, n_tag = h[ds, "all", :].sum(flow=True), h[ds, "tagged", :].sum(flow=True)

@@ -49,8 +49,19 @@ def tiny_bundle(tmp_path_factory):
 
     files = [sample_path(p, "jetclass") for p in ALL_JETCLASS]
     work = tmp_path_factory.mktemp("tiny")
-    train(config_path("wzt_full"), "pfn", files, work / "train", epochs=4, max_train_jets=2400, batch_size=64, lr=3e-3,
-          network_options={"phi_sizes": [32, 32], "f_sizes": [32]}, progress=False, seed=3)
+    train(
+        config_path("wzt_full"),
+        "pfn",
+        files,
+        work / "train",
+        epochs=4,
+        max_train_jets=2400,
+        batch_size=64,
+        lr=3e-3,
+        network_options={"phi_sizes": [32, 32], "f_sizes": [32]},
+        progress=False,
+        seed=3,
+    )
     return export(work / "train", work / "bundle", name="tiny-pfn", reference_files=files[:2] + files[3:])
 
 
@@ -69,17 +80,46 @@ def odd_pfnano(path: Path) -> Path:
         c = np.stack([ak.to_numpy(t[f"part_{k}"][i]) for k in ("px", "py", "pz", "energy")], 1).astype(float)
         if empty:
             c = c[:0]
-        pdg = np.where(ak.to_numpy(t.part_isPhoton[i]) > 0, 22, np.where(ak.to_numpy(t.part_charge[i]) != 0,
-                       211 * np.sign(ak.to_numpy(t.part_charge[i])).astype(int), 130))[: len(c)]
-        p4 = np.array([t.jet_pt[i] * np.cos(t.jet_phi[i]), t.jet_pt[i] * np.sin(t.jet_phi[i]),
-                       t.jet_pt[i] * np.sinh(t.jet_eta[i]), t.jet_energy[i]], dtype=float)
+        pdg = np.where(
+            ak.to_numpy(t.part_isPhoton[i]) > 0,
+            22,
+            np.where(
+                ak.to_numpy(t.part_charge[i]) != 0,
+                211 * np.sign(ak.to_numpy(t.part_charge[i])).astype(int),
+                130,
+            ),
+        )[: len(c)]
+        p4 = np.array(
+            [
+                t.jet_pt[i] * np.cos(t.jet_phi[i]),
+                t.jet_pt[i] * np.sin(t.jet_phi[i]),
+                t.jet_pt[i] * np.sinh(t.jet_eta[i]),
+                t.jet_energy[i],
+            ],
+            dtype=float,
+        )
         z = np.zeros(len(c))
-        return Jet(p4=p4, msoftdrop=float(t.jet_sdmass[i]), tau=np.zeros(4), label="Tbqq", c_p4=c,
-                   c_mass=np.sqrt(np.maximum(c[:, 3] ** 2 - (c[:, :3] ** 2).sum(1), 0)), c_pdg=pdg,
-                   c_charge=ak.to_numpy(t.part_charge[i])[: len(c)].astype(float), c_d0=z, c_d0err=z, c_dz=z,
-                   c_dzerr=z)
+        return Jet(
+            p4=p4,
+            msoftdrop=float(t.jet_sdmass[i]),
+            tau=np.zeros(4),
+            label="Tbqq",
+            c_p4=c,
+            c_mass=np.sqrt(np.maximum(c[:, 3] ** 2 - (c[:, :3] ** 2).sum(1), 0)),
+            c_pdg=pdg,
+            c_charge=ak.to_numpy(t.part_charge[i])[: len(c)].astype(float),
+            c_d0=z,
+            c_d0err=z,
+            c_dz=z,
+            c_dzerr=z,
+        )
 
-    events = [(1, 0, [jet(0), jet(1)], []), (2, 0, [], []), (3, 0, [jet(2, empty=True)], []), (4, 0, [jet(2)], []),
-              (5, 0, [], [])]
+    events = [
+        (1, 0, [jet(0), jet(1)], []),
+        (2, 0, [], []),
+        (3, 0, [jet(2, empty=True)], []),
+        (4, 0, [jet(2)], []),
+        (5, 0, [], []),
+    ]
     write_nanoaod(path, events)
     return path

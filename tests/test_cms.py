@@ -22,8 +22,13 @@ DISCRIMINANTS = ("TvsQCD", "WvsQCD", "ZvsQCD", "HbbvsQCD", "HccvsQCD", "H4qvsQCD
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jettagger_coffea.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "jettagger_coffea.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +51,14 @@ def predicted(cms_bundle, tmp_path_factory):
 def nano_discriminant(cols: dict, name: str) -> np.ndarray:
     """NanoAOD's definitions, written out independently of the bundle's."""
     qcd = sum(cols[f"score_QCD_{c}"] for c in ("bb", "cc", "b", "c", "others"))
-    sig = {"TvsQCD": ("Top_bcq", "Top_bqq"), "WvsQCD": ("W_cq", "W_qq"), "ZvsQCD": ("Z_bb", "Z_cc", "Z_qq"),
-           "HbbvsQCD": ("H_bb",), "HccvsQCD": ("H_cc",), "H4qvsQCD": ("H_qqqq",)}
+    sig = {
+        "TvsQCD": ("Top_bcq", "Top_bqq"),
+        "WvsQCD": ("W_cq", "W_qq"),
+        "ZvsQCD": ("Z_bb", "Z_cc", "Z_qq"),
+        "HbbvsQCD": ("H_bb",),
+        "HccvsQCD": ("H_cc",),
+        "H4qvsQCD": ("H_qqqq",),
+    }
     if name == "QCD":
         return qcd
     s = sum(cols[f"score_{c}"] for c in sig[name])
@@ -63,8 +74,13 @@ def test_cms_bundle_imported_as_cmssw_wrote_it(cms_bundle):
     assert b.config.inputs["pf_features"].min_length == 16 and b.config.inputs["pf_features"].length == 100
     assert b.config.inputs["sv_mask"].length == 10
     assert {g: (s.collection, s.role) for g, s in b.inputs.items()} == {
-        "pf_points": ("pf", "points"), "pf_features": ("pf", "features"), "pf_mask": ("pf", "mask"),
-        "sv_points": ("vtx", "sv_points"), "sv_features": ("vtx", "sv_features"), "sv_mask": ("vtx", "sv_mask")}
+        "pf_points": ("pf", "points"),
+        "pf_features": ("pf", "features"),
+        "pf_mask": ("pf", "mask"),
+        "sv_points": ("vtx", "sv_points"),
+        "sv_features": ("vtx", "sv_features"),
+        "sv_mask": ("vtx", "sv_mask"),
+    }
     assert b.card["stored_scores"]["TvsQCD"] == "particleNet_TvsQCD"
 
 
@@ -90,8 +106,17 @@ def test_data_config_import_gives_the_same_scores(cms_bundle, predicted, tmp_pat
     assert cfg.new_variables["pfcand_mask"].source == "ak.ones_like(pfcand_etarel)"
     assert cfg.data_fraction == 0.1
     out = tmp_path / "with-yaml"
-    r = cli("import-weaver", "--onnx", CMS / "model.onnx", "--preprocess", CMS / "preprocess.json",
-            "--data-config", yml, "-o", out)
+    r = cli(
+        "import-weaver",
+        "--onnx",
+        CMS / "model.onnx",
+        "--preprocess",
+        CMS / "preprocess.json",
+        "--data-config",
+        yml,
+        "-o",
+        out,
+    )
     assert r.returncode == 0, r.stderr
     r = cli("predict", "--model", out, "--input", NANO / "pfnano.root", "-o", tmp_path / "b.parquet")
     assert r.returncode == 0, r.stderr
@@ -100,7 +125,8 @@ def test_data_config_import_gives_the_same_scores(cms_bundle, predicted, tmp_pat
 
 
 def test_python_api_on_nanoevents_equals_predict(cms_bundle, predicted):
-    """coffea NanoEvents of the unmodified file (no FatJet_nConstituents): same scores, selections keep order."""
+    """coffea NanoEvents of the unmodified file (no FatJet_nConstituents): same scores; selections keep
+    the order."""
     from jettagger_coffea.nanoevents import open_events
     from jettagger_coffea.tagger import JetTagger
 
@@ -128,17 +154,25 @@ def test_particle_order_and_chunking_do_not_matter(cms_bundle, predicted, tmp_pa
     perm = ak.Array([rng.permutation(n) for n in ak.num(arrays["FatJetPFCands_jetIdx"])])
     for k in [k for k in arrays.fields if k.startswith("FatJetPFCands_")]:
         arrays[k] = arrays[k][perm]
-    events = ak.zip({c: ak.zip({k[len(c) + 1:]: arrays[k] for k in arrays.fields if k.startswith(f"{c}_")})
-                     for c in ("FatJet", "FatJetPFCands", "PFCands", "FatJetSVs", "SV")}, depth_limit=1)
+    events = ak.zip(
+        {
+            c: ak.zip({k[len(c) + 1 :]: arrays[k] for k in arrays.fields if k.startswith(f"{c}_")})
+            for c in ("FatJet", "FatJetPFCands", "PFCands", "FatJetSVs", "SV")
+        },
+        depth_limit=1,
+    )
     shuffled = tagger.score_jets(events).scores
     np.testing.assert_allclose(shuffled[:, 0], predicted["score_Top_bcq"], atol=1e-6)
 
 
-@pytest.mark.parametrize(("name", "message"), [
-    ("nano_dimuon.root", r"nano_dimuon.root: no FatJetPFCands collection"),
-    ("nano_tree.root", r"nano_tree.root: no FatJet collection"),
-    ("pfnano_2020_layout.root", r"pfnano_2020_layout.root: no FatJetSVs collection"),
-])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("nano_dimuon.root", r"nano_dimuon.root: no FatJetPFCands collection"),
+        ("nano_tree.root", r"nano_tree.root: no FatJet collection"),
+        ("pfnano_2020_layout.root", r"pfnano_2020_layout.root: no FatJetSVs collection"),
+    ],
+)
 def test_files_without_the_information_named(cms_bundle, tmp_path, name, message):
     r = cli("predict", "--model", cms_bundle, "--input", shared_file(NANO / name), "-o", tmp_path / "x.root")
     assert r.returncode == 2
@@ -162,7 +196,9 @@ def test_empty_jets_and_missing_sv_table(cms_bundle):
     from jettagger_coffea.tagger import JetTagger
 
     tree = uproot.open(NANO / "pfnano.root")["Events"]
-    arrays = tree.arrays(filter_name=["FatJet*", "PFCands*", "SV*", "nFatJet*", "nPFCands", "nSV"], entry_stop=2)
+    arrays = tree.arrays(
+        filter_name=["FatJet*", "PFCands*", "SV*", "nFatJet*", "nPFCands", "nSV"], entry_stop=2
+    )
     jet0 = arrays["FatJetPFCands_jetIdx"] == 0
     pw = arrays["PFCands_puppiWeight"]
     idx = arrays["FatJetPFCands_pFCandsIdx"][jet0]
@@ -171,8 +207,13 @@ def test_empty_jets_and_missing_sv_table(cms_bundle):
     for e in range(len(idx)):
         flat[offs[e] + ak.to_numpy(idx[e])] = 0.0  # jet 0 of each event: nothing passes PUPPI >= 0.01
     arrays["PFCands_puppiWeight"] = ak.unflatten(flat, ak.num(pw))
-    events = ak.zip({c: ak.zip({k[len(c) + 1:]: arrays[k] for k in arrays.fields if k.startswith(f"{c}_")})
-                     for c in ("FatJet", "FatJetPFCands", "PFCands", "FatJetSVs", "SV")}, depth_limit=1)
+    events = ak.zip(
+        {
+            c: ak.zip({k[len(c) + 1 :]: arrays[k] for k in arrays.fields if k.startswith(f"{c}_")})
+            for c in ("FatJet", "FatJetPFCands", "PFCands", "FatJetSVs", "SV")
+        },
+        depth_limit=1,
+    )
     res = JetTagger(cms_bundle).score_jets(events)
     first = np.r_[0, np.cumsum(ak.to_numpy(ak.num(arrays["FatJet_pt"])))[:-1]]
     assert res.n_empty == 2 and np.isnan(res.scores[first]).all()

@@ -49,9 +49,11 @@ def test_expressions_compute_like_numpy():
 
 def test_unknown_variable_named(tmp_path, tbqq_jetclass):
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text("new_variables:\n  part_x: np.log(part_nonexistent)\ninputs:\n  pf_features:\n"
-                   "    length: 16\n    vars:\n      - [part_x, null]\n  pf_mask:\n    length: 16\n"
-                   "    vars:\n      - [part_px, null]\n")
+    cfg.write_text(
+        "new_variables:\n  part_x: np.log(part_nonexistent)\ninputs:\n  pf_features:\n"
+        "    length: 16\n    vars:\n      - [part_x, null]\n  pf_mask:\n    length: 16\n"
+        "    vars:\n      - [part_px, null]\n"
+    )
     dc = DataConfig.from_yaml(cfg)
     with pytest.raises(JetTaggerError, match=r"part_nonexistent") as err:
         featurize(uproot.open(tbqq_jetclass)["tree"], dc, where=str(tbqq_jetclass))
@@ -60,8 +62,10 @@ def test_unknown_variable_named(tmp_path, tbqq_jetclass):
 
 def test_hostile_config_refused_at_load(tmp_path):
     cfg = tmp_path / "evil.yaml"
-    cfg.write_text("new_variables:\n  part_x: __import__('os').system('touch pwned')\ninputs:\n"
-                   "  pf_mask:\n    vars: [[part_px, null]]\n")
+    cfg.write_text(
+        "new_variables:\n  part_x: __import__('os').system('touch pwned')\ninputs:\n"
+        "  pf_mask:\n    vars: [[part_px, null]]\n"
+    )
     with pytest.raises(JetTaggerError, match=r"evil.yaml.*refused"):
         DataConfig.from_yaml(cfg)
 

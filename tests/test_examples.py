@@ -18,8 +18,14 @@ def _env(bundle) -> dict[str, str]:
 
 
 def test_example_script(tiny_bundle):
-    r = subprocess.run([sys.executable, str(ROOT / "examples" / "tag_fatjets.py")], env=_env(tiny_bundle),
-                       capture_output=True, text=True, check=False, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "tag_fatjets.py")],
+        env=_env(tiny_bundle),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "W-tag efficiency at 1% mistag" in r.stdout
     assert "jets without constituents: 0" in r.stdout
@@ -41,9 +47,31 @@ def test_example_notebook(tiny_bundle, monkeypatch):
 
 @pytest.mark.slow
 def test_wtag_processor(tiny_bundle):
-    r = subprocess.run([sys.executable, str(ROOT / "processors" / "wtag_mass.py"), "--model", str(tiny_bundle)],
-                       capture_output=True, text=True, check=False, timeout=600, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "processors" / "wtag_mass.py"), "--model", str(tiny_bundle)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
     lines = [line for line in r.stdout.splitlines() if "tagged" in line]
     assert len(lines) == 4
     assert all(line.split("/")[1].split("=")[0].strip() == "1000" for line in lines)
+
+
+def test_readme_snippet_runs_as_written(tmp_path):
+    """The README's first code block, run from another folder (installed names, shipped bundle)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    eff = float(r.stdout.strip().rsplit(" ", 1)[-1])
+    assert 0.3 < eff < 1

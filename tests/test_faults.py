@@ -32,9 +32,10 @@ def _corrupt_copy(src, dst):
 def test_bad_files_skipped_and_accounted(tiny_bundle, tmp_path):
     corrupt = _corrupt_copy(sample_path("wqq"), tmp_path / "wqq_corrupt.root")
     missing = tmp_path / "missing.root"
-    fs = {"qcd": default_fileset()["qcd"],
-          "wqq": {"files": {str(corrupt): "Events", str(missing): "Events"}}}
-    out = run_fileset(tiny_bundle, fs, executor="iterative", chunksize=300, skip_bad_files=True, progress=False)
+    fs = {"qcd": default_fileset()["qcd"], "wqq": {"files": {str(corrupt): "Events", str(missing): "Events"}}}
+    out = run_fileset(
+        tiny_bundle, fs, executor="iterative", chunksize=300, skip_bad_files=True, progress=False
+    )
     skipped = {s["file"]: s for s in out["skipped"]}
     assert set(skipped) == {str(corrupt), str(missing)}
     assert skipped[str(corrupt)]["events"] == 1000  # the header still says how many it held
@@ -44,10 +45,14 @@ def test_bad_files_skipped_and_accounted(tiny_bundle, tmp_path):
     assert processed == n_qcd
     assert processed + sum(s["events"] or 0 for s in out["skipped"]) == n_qcd + 1000
     with pytest.raises(JetTaggerError, match=r"missing\.root"):
-        run_fileset(tiny_bundle, fs, executor="iterative", chunksize=300, skip_bad_files=False, progress=False)
+        run_fileset(
+            tiny_bundle, fs, executor="iterative", chunksize=300, skip_bad_files=False, progress=False
+        )
     del fs["wqq"]["files"][str(missing)]
     with pytest.raises(JetTaggerError, match=r"wqq_corrupt\.root"):
-        run_fileset(tiny_bundle, fs, executor="iterative", chunksize=300, skip_bad_files=False, progress=False)
+        run_fileset(
+            tiny_bundle, fs, executor="iterative", chunksize=300, skip_bad_files=False, progress=False
+        )
 
 
 @pytest.mark.slow
@@ -56,25 +61,37 @@ def test_killed_worker_gives_identical_histograms(tiny_bundle):
 
     fs = {p: default_fileset()[p] for p in ("qcd", "tbqq")}
     clean = run_fileset(tiny_bundle, fs, executor="iterative", chunksize=50, progress=False)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         pids = client.run(os.getpid)
         victim = min(pids.values())
         killer = threading.Timer(4.0, os.kill, (victim, signal.SIGKILL))
         killer.start()
         t0 = time.perf_counter()
-        out = run_fileset(tiny_bundle, fs, executor="dask", scheduler=cluster.scheduler_address, chunksize=50,
-                          progress=False)
+        out = run_fileset(
+            tiny_bundle,
+            fs,
+            executor="dask",
+            scheduler=cluster.scheduler_address,
+            chunksize=50,
+            progress=False,
+        )
         killer.join()
         assert time.perf_counter() - t0 > 4.0, "the worker must die while chunks are in flight"
         assert victim not in client.run(os.getpid).values()
     assert out["cutflow"] == clean["cutflow"]
     for name in ("jets", "msoftdrop", "predicted", "scores", "wp_pt"):
         for ds in ("qcd", "tbqq"):
-            np.testing.assert_array_equal(out["hists"][name][{"dataset": ds}].project(
-                *[a.name for a in out["hists"][name].axes if a.name not in ("dataset", "truth")]).values(),
-                clean["hists"][name][{"dataset": ds}].project(
-                *[a.name for a in clean["hists"][name].axes if a.name not in ("dataset", "truth")]).values())
+            np.testing.assert_array_equal(
+                out["hists"][name][{"dataset": ds}]
+                .project(*[a.name for a in out["hists"][name].axes if a.name not in ("dataset", "truth")])
+                .values(),
+                clean["hists"][name][{"dataset": ds}]
+                .project(*[a.name for a in clean["hists"][name].axes if a.name not in ("dataset", "truth")])
+                .values(),
+            )
 
 
 def _records(n=6):

@@ -25,8 +25,12 @@ def test_equals_weaver_data_pipeline(name, jetclass_config, tbqq_jetclass):
     logging.getLogger("weaver").setLevel(logging.WARNING)
     yml = jetclass_config(name)
     wdc = WeaverConfig.load(str(yml))
-    table, _ = _load_next(wdc, [str(tbqq_jetclass)], None,
-                          {"training": False, "mode": "test", "reweight": False, "shuffle": False})
+    table, _ = _load_next(
+        wdc,
+        [str(tbqq_jetclass)],
+        None,
+        {"training": False, "mode": "test", "reweight": False, "shuffle": False},
+    )
     ours = featurize(uproot.open(tbqq_jetclass)["tree"], DataConfig.from_yaml(yml))
     assert set(ours.inputs) == set(wdc.input_names)
     for g, arr in ours.inputs.items():
@@ -42,7 +46,9 @@ def full_config(jetclass_config):
 @pytest.mark.parametrize("mode", ["eager", "virtual", "uproot"])
 def test_pfnano_equals_jetclass(mode, full_config, tbqq_nanoaod, tbqq_jetclass):
     """The same jets through the PFNano link tables (jetclass preset: cm -> mm, -1 -> 0) and as JetClass."""
-    ev = uproot.open(tbqq_nanoaod)["Events"] if mode == "uproot" else open_events(str(tbqq_nanoaod), mode=mode)
+    ev = (
+        uproot.open(tbqq_nanoaod)["Events"] if mode == "uproot" else open_events(str(tbqq_nanoaod), mode=mode)
+    )
     a = featurize(ev, full_config, where=str(tbqq_nanoaod))
     b = featurize(uproot.open(tbqq_jetclass)["tree"], full_config)
     for g in a.inputs:
@@ -56,8 +62,8 @@ def test_typetracer_touches_only_needed_branches(jetclass_config):
 
     kin = needed_branches(DataConfig.from_yaml(jetclass_config("kin")), load_preset("jetclass"))
     assert kin == {("FatJet", f) for f in ("pt", "eta", "phi", "mass")} | {
-        ("FatJetPFCands", f) for f in ("jetIdx", "pFCandsIdx", "pt", "eta", "phi", "mass")} | {
-        ("PFCands", f) for f in ("pt", "eta", "phi", "mass")}
+        ("FatJetPFCands", f) for f in ("jetIdx", "pFCandsIdx", "pt", "eta", "phi", "mass")
+    } | {("PFCands", f) for f in ("pt", "eta", "phi", "mass")}
     full = needed_branches(DataConfig.from_yaml(jetclass_config("full")), load_preset("jetclass"))
     assert {("PFCands", "d0"), ("PFCands", "d0Err"), ("PFCands", "pdgId")} <= full
     assert not any(f.startswith("tau") for _, f in full)
@@ -66,10 +72,13 @@ def test_typetracer_touches_only_needed_branches(jetclass_config):
 def test_padding_modes():
     content = np.array([1, 2, 3, 4, 5, 6], dtype=np.float32)
     counts = np.array([3, 0, 1, 2])
-    np.testing.assert_array_equal(pad(content, counts, 4, "constant", -1),
-                                  [[1, 2, 3, -1], [-1, -1, -1, -1], [4, -1, -1, -1], [5, 6, -1, -1]])
-    np.testing.assert_array_equal(pad(content, counts, 4, "wrap"),
-                                  [[1, 2, 3, 1], [0, 0, 0, 0], [4, 4, 4, 4], [5, 6, 5, 6]])
+    np.testing.assert_array_equal(
+        pad(content, counts, 4, "constant", -1),
+        [[1, 2, 3, -1], [-1, -1, -1, -1], [4, -1, -1, -1], [5, 6, -1, -1]],
+    )
+    np.testing.assert_array_equal(
+        pad(content, counts, 4, "wrap"), [[1, 2, 3, 1], [0, 0, 0, 0], [4, 4, 4, 4], [5, 6, 5, 6]]
+    )
     np.testing.assert_array_equal(pad(content, counts, 2, "constant"), [[1, 2], [0, 0], [4, 0], [5, 6]])
     assert dynamic_length(counts, 128) == 3
     assert dynamic_length(np.array([300]), 128) == 128
@@ -92,8 +101,9 @@ def test_dynamic_padding_and_empty_jets(full_config, tbqq_jetclass):
     assert f.empty_jets.tolist() == [False, False, True, False, False]
     assert np.all(f.inputs["pf_mask"][2] == 0) and np.all(f.inputs["pf_features"][2] == 0)
     fixed = featurize(empty, full_config)
-    np.testing.assert_array_equal(fixed.inputs["pf_features"][:, :, : f.length][:, :, :40],
-                                  f.inputs["pf_features"][:, :, :40])
+    np.testing.assert_array_equal(
+        fixed.inputs["pf_features"][:, :, : f.length][:, :, :40], f.inputs["pf_features"][:, :, :40]
+    )
 
 
 def test_nonfinite_replaced_and_counted(full_config, tbqq_jetclass):
@@ -127,8 +137,10 @@ def test_pfnano_four_vectors_equal_vector(tbqq_nanoaod):
     fj = ak.flatten(ev.FatJet, axis=1)
     pf = ak.flatten(ev.FatJet.constituents.pf, axis=1)  # coffea's own cross-reference: an independent check
     pf = pf[ak.argsort(pf.pt, axis=-1, ascending=False, stable=True)]
-    for obj, names in ((pf, ("part_px", "part_py", "part_pz", "part_energy")),
-                       (fj, (None, None, None, "jet_energy"))):
+    for obj, names in (
+        (pf, ("part_px", "part_py", "part_pz", "part_energy")),
+        (fj, (None, None, None, "jet_energy")),
+    ):
         ref = vector.zip({"pt": obj.pt, "eta": obj.eta, "phi": obj.phi, "mass": obj.mass})
         for name, want in zip(names, (ref.px, ref.py, ref.pz, ref.energy)):
             if name is None:

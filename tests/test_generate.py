@@ -105,8 +105,13 @@ def test_softdrop_mass_peaks(process, lo, hi):
     ],
 )
 def test_cli_bad_input(args, message):
-    r = subprocess.run([sys.executable, "-m", "jettagger_coffea.cli", "generate", *args],
-                       capture_output=True, text=True, check=False, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "jettagger_coffea.cli", "generate", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]

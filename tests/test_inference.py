@@ -83,10 +83,13 @@ def test_chunk_size_padding_and_batch_invariance(tiny_bundle):
     for other in (fixed, tiny_batches):
         np.testing.assert_allclose(ak.to_numpy(ak.flatten(other)), ak.to_numpy(ak.flatten(whole)), atol=1e-6)
     for size in (1, 7):
-        parts = [JetTagger(tiny_bundle)(open_events(path, entry_start=i, entry_stop=min(i + size, 60)))
-                 for i in range(0, 60, size)]
-        np.testing.assert_allclose(ak.to_numpy(ak.flatten(ak.concatenate(parts))),
-                                   ak.to_numpy(ak.flatten(whole)), atol=1e-6)
+        parts = [
+            JetTagger(tiny_bundle)(open_events(path, entry_start=i, entry_stop=min(i + size, 60)))
+            for i in range(0, 60, size)
+        ]
+        np.testing.assert_allclose(
+            ak.to_numpy(ak.flatten(ak.concatenate(parts))), ak.to_numpy(ak.flatten(whole)), atol=1e-6
+        )
 
 
 def test_torch_backend_equals_onnx(tiny_bundle):
@@ -99,12 +102,25 @@ def test_torch_backend_equals_onnx(tiny_bundle):
 
 def test_odd_events_counted(tiny_bundle, tmp_path):
     path = odd_pfnano(tmp_path / "odd.root")
-    out = run_fileset(tiny_bundle, {"odd": {"files": {str(path): "Events"}}}, executor="iterative", chunksize=2,
-                      progress=False)
-    assert out["cutflow"]["odd"] == {"events": 5, "fatjets": 4, "selected_jets": 4, "tagged_jets": 3,
-                                     "no_constituent_jets": 1, "events_sumw": 5.0, "fatjets_sumw": 4.0,
-                                     "selected_jets_sumw": 4.0, "tagged_jets_sumw": 3.0,
-                                     "no_constituent_jets_sumw": 1.0}
+    out = run_fileset(
+        tiny_bundle,
+        {"odd": {"files": {str(path): "Events"}}},
+        executor="iterative",
+        chunksize=2,
+        progress=False,
+    )
+    assert out["cutflow"]["odd"] == {
+        "events": 5,
+        "fatjets": 4,
+        "selected_jets": 4,
+        "tagged_jets": 3,
+        "no_constituent_jets": 1,
+        "events_sumw": 5.0,
+        "fatjets_sumw": 4.0,
+        "selected_jets_sumw": 4.0,
+        "tagged_jets_sumw": 3.0,
+        "no_constituent_jets_sumw": 1.0,
+    }
     jets = out["hists"]["jets"]
     assert jets[{"status": "no_constituents"}].sum().value == 1
     assert jets[{"status": "tagged"}].sum().value == 3
@@ -120,15 +136,20 @@ def test_odd_events_counted(tiny_bundle, tmp_path):
 
 def _fileset(processes=("qcd", "tbqq")):
     fs = default_fileset()
-    return {p: {**fs[p], "metadata": {"xsec": 10.0 * (i + 1), "is_mc": True}} for i, p in enumerate(processes)}
+    return {
+        p: {**fs[p], "metadata": {"xsec": 10.0 * (i + 1), "is_mc": True}} for i, p in enumerate(processes)
+    }
 
 
 def _by_label(h):
     """{(dataset, truth): values}: growth axes fill in arrival order, which differs between executors."""
     import hist
 
-    return {(d, t): h[{"dataset": d, "truth": hist.loc(t)}].view(flow=True)
-            for d in h.axes["dataset"] for t in h.axes["truth"]}
+    return {
+        (d, t): h[{"dataset": d, "truth": hist.loc(t)}].view(flow=True)
+        for d in h.axes["dataset"]
+        for t in h.axes["truth"]
+    }
 
 
 def _same(a, b):
@@ -147,16 +168,29 @@ def _same(a, b):
 def test_same_histograms_under_every_executor(tiny_bundle):
     ref = run_fileset(tiny_bundle, _fileset(), executor="iterative", chunksize=400, progress=False, lumi=3.0)
     assert ref["cutflow"]["qcd"]["selected_jets"] == 1000
-    assert ref["cutflow"]["qcd"]["selected_jets_sumw"] == pytest.approx(10.0 * 3.0 * 1000 / ref["cutflow"]["qcd"]["events"])
+    assert ref["cutflow"]["qcd"]["selected_jets_sumw"] == pytest.approx(
+        10.0 * 3.0 * 1000 / ref["cutflow"]["qcd"]["events"]
+    )
     assert ref["cutflow"]["tbqq"]["events"] == len(open_events(str(sample_path("tbqq"))))
     for executor, chunks in (("futures", 150), ("dask", 1000), ("dask-awkward", 300)):
-        _same(ref, run_fileset(tiny_bundle, _fileset(), executor=executor, workers=2, chunksize=chunks,
-                               progress=False, lumi=3.0))
+        _same(
+            ref,
+            run_fileset(
+                tiny_bundle,
+                _fileset(),
+                executor=executor,
+                workers=2,
+                chunksize=chunks,
+                progress=False,
+                lumi=3.0,
+            ),
+        )
 
 
 def test_write_outputs(tiny_bundle, tmp_path):
-    out = run_fileset(tiny_bundle, _fileset(("qcd", "wqq", "tbqq")), executor="iterative", chunksize=1000,
-                      progress=False)
+    out = run_fileset(
+        tiny_bundle, _fileset(("qcd", "wqq", "tbqq")), executor="iterative", chunksize=1000, progress=False
+    )
     paths = write_outputs(out, tmp_path)
     m = json.loads(paths["metrics"].read_text())
     assert m["cutflow"]["wqq"]["selected_jets"] == 1000
@@ -164,8 +198,8 @@ def test_write_outputs(tiny_bundle, tmp_path):
     assert 0.5 < m["discriminants"]["TvsQCD"]["auc"] <= 1
     with uproot.open(paths["root"]) as f:
         assert f["qcd_msoftdrop_QCD"].values(flow=True).sum() == 1000
-        assert all("%" not in k and "." not in k.split(";")[0] for k in f.keys())
-    json.loads(paths["metrics"].read_text(), parse_constant=lambda c: 1 / 0)  # strict JSON
+        assert all("%" not in k and "." not in k.split(";")[0] for k in f)
+    json.loads(paths["metrics"].read_text(), parse_constant=lambda _: 1 / 0)  # strict JSON
     for key in ("roc", "confusion", "eff_pt_TvsQCD", "eff_msd_TvsQCD", "msoftdrop"):
         assert paths[key].stat().st_size > 10_000
 
@@ -192,8 +226,13 @@ def test_imported_particlenet_kin_runs(tmp_path):
     from .conftest import JETCLASS_CONFIGS
 
     weights = shared_file(PN_KIN_WEIGHTS)
-    b = import_weaver(JETCLASS_CONFIGS / "JetClass_kin.yaml", tmp_path / "pn", network="particlenet",
-                      checkpoint=weights, discriminants={"TvsQCD": {"signal": ["Tbqq"], "background": ["QCD"]}})
+    b = import_weaver(
+        JETCLASS_CONFIGS / "JetClass_kin.yaml",
+        tmp_path / "pn",
+        network="particlenet",
+        checkpoint=weights,
+        discriminants={"TvsQCD": {"signal": ["Tbqq"], "background": ["QCD"]}},
+    )
     tagger = JetTagger(b)
     top = tagger.score_jets(uproot.open(sample_path("tbqq", "jetclass"))["tree"]).scores
     qcd = tagger.score_jets(uproot.open(sample_path("qcd", "jetclass"))["tree"]).scores
@@ -205,8 +244,23 @@ def test_predict_cli(tiny_bundle, tmp_path):
     files = [str(sample_path("wqq", "jetclass")), str(sample_path("qcd"))]
     for suffix in (".root", ".parquet"):
         out = tmp_path / f"pred{suffix}"
-        r = subprocess.run([sys.executable, "-m", "jettagger_coffea.cli", "predict", "--model", str(tiny_bundle),
-                            "--input", *files, "--output", str(out)], capture_output=True, text=True, check=False)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "jettagger_coffea.cli",
+                "predict",
+                "--model",
+                str(tiny_bundle),
+                "--input",
+                *files,
+                "--output",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert r.returncode == 0, r.stderr
         if suffix == ".root":
             cols = uproot.open(out)["Events"].arrays(library="np")
@@ -221,15 +275,19 @@ def test_predict_cli(tiny_bundle, tmp_path):
 
 
 def test_run_cli_bad_model(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "jettagger_coffea.cli", "run", "--model", str(tmp_path / "nope")],
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "jettagger_coffea.cli", "run", "--model", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert r.returncode == 2
     assert "no tagger bundle" in r.stderr
 
 
 @pytest.mark.slow
 def test_run_cli_default(tmp_path):
-    """The README's main job: no arguments -> default shipped model, bundled samples, 2-worker LocalCluster."""
+    """The README's main job: no arguments -> default shipped model, bundled samples."""
     from jettagger_coffea import models
 
     try:
@@ -237,8 +295,14 @@ def test_run_cli_default(tmp_path):
     except JetTaggerError:
         pytest.skip("no shipped default model")
     env = {k: v for k, v in os.environ.items() if k != "JETTAGGER_MODEL"}
-    r = subprocess.run([sys.executable, "-m", "jettagger_coffea.cli", "run", "--output", str(tmp_path)],
-                       capture_output=True, text=True, check=False, timeout=900, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "jettagger_coffea.cli", "run", "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert {c["selected_jets"] for c in m["cutflow"].values()} == {1000}

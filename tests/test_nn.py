@@ -20,12 +20,19 @@ from .conftest import PN_KIN_WEIGHTS, shared_file
 NAMES = ["pf_points", "pf_features", "pf_vectors", "pf_mask"]
 DIMS = {"pf_points": 2, "pf_features": 7, "pf_vectors": 4, "pf_mask": 1}
 SMALL = {  # small widths keep the suite fast; the structure is the real one
-    "particlenet": {}, "particlenet-lite": {},
+    "particlenet": {},
+    "particlenet-lite": {},
     "part": {"num_layers": 2, "embed_dims": (32, 64, 32), "pair_embed_dims": (16, 16), "num_heads": 4},
     "part-plain": {"num_layers": 2, "embed_dims": (32, 64, 32), "num_heads": 4},
-    "part-irc": {"num_layers": 2, "embed_dims": (32, 64, 32), "pair_embed_dims": (16, 16), "num_heads": 4,
-                 "jet_kinematics": True},
-    "pfn": {}, "efn": {},
+    "part-irc": {
+        "num_layers": 2,
+        "embed_dims": (32, 64, 32),
+        "pair_embed_dims": (16, 16),
+        "num_heads": 4,
+        "jet_kinematics": True,
+    },
+    "pfn": {},
+    "efn": {},
 }
 
 
@@ -55,8 +62,14 @@ def test_particlenet_kin_matches_weaver(jetclass_config, tbqq_jetclass):
     ours = build("particlenet", list(cfg.input_names), {k: v.shape[1] for k, v in f.inputs.items()}, 10)
     load_state(ours, weights)
     ours.eval()
-    ref = weaver_pn.ParticleNet(7, 10, conv_params=[(16, (64, 64, 64)), (16, (128, 128, 128)), (16, (256, 256, 256))],
-                                fc_params=[(256, 0.1)], use_fusion=False, for_inference=True)
+    ref = weaver_pn.ParticleNet(
+        7,
+        10,
+        conv_params=[(16, (64, 64, 64)), (16, (128, 128, 128)), (16, (256, 256, 256))],
+        fc_params=[(256, 0.1)],
+        use_fusion=False,
+        for_inference=True,
+    )
     sd = torch.load(weights, map_location="cpu", weights_only=True)
     ref.load_state_dict({k.removeprefix("mod."): v for k, v in sd.items()}, strict=True)
     ref.eval()
@@ -72,8 +85,9 @@ def test_part_state_dict_from_weaver(pre_activation, jets):
     weaver_part = pytest.importorskip("weaver.nn.model.ParticleTransformer")
     logging.getLogger("weaver").setLevel(logging.WARNING)
     torch.manual_seed(3)
-    ref = weaver_part.ParticleTransformer(7, 4, use_pre_activation_pair=pre_activation, num_layers=3,
-                                          for_inference=True).eval()
+    ref = weaver_part.ParticleTransformer(
+        7, 4, use_pre_activation_pair=pre_activation, num_layers=3, for_inference=True
+    ).eval()
     for mod in ref.modules():
         if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
             mod.running_mean.normal_(0, 0.2)
@@ -208,12 +222,14 @@ def test_irc_part_with_energy_free_features():
     m = build("part-irc", NAMES, DIMS, 4, token_features=[5, 6], num_layers=2).eval().double()
     x = [t.double() for t in example_inputs(m, DIMS, n=4, length=40, seed=7)]
     vv, mm = split_and_soften(x[2], x[3], eps=1e-9)
+
     # features follow the particles: rebuild them from the (shuffled) vectors' directions
     def feats(v, mask):
         f = torch.zeros(v.shape[0], 7, v.shape[-1], dtype=v.dtype)
         f[:, 5] = torch.sign(v[:, 0]) * mask[:, 0]  # a direction-only "charge"
         f[:, 6] = (v[:, 1] > 0).double() * mask[:, 0]
         return f
+
     a = m(x[0], feats(x[2], x[3]), x[2], x[3])
     b = m(torch.zeros(4, 2, vv.shape[-1], dtype=torch.float64), feats(vv, mm), vv, mm)
     assert torch.max(torch.abs(a - b)) <= 1e-6
@@ -224,8 +240,22 @@ def test_irc_part_with_energy_free_features():
 def test_irc_part_energy_scale(energy_bias):
     """ln E (the seed's bias) lets class attention see the jet energy scale (an IRC-safe quantity: the
     class token's key competes with sum_j E_j); ln z makes the network blind to it. Both stay IRC safe."""
-    m = build("part-irc", NAMES, DIMS, 4, energy_bias=energy_bias, num_layers=1, num_cls_layers=1,
-              embed_dims=(16, 16), pair_embed_dims=(8,), num_heads=2).eval().double()
+    m = (
+        build(
+            "part-irc",
+            NAMES,
+            DIMS,
+            4,
+            energy_bias=energy_bias,
+            num_layers=1,
+            num_cls_layers=1,
+            embed_dims=(16, 16),
+            pair_embed_dims=(8,),
+            num_heads=2,
+        )
+        .eval()
+        .double()
+    )
     x = [t.double() for t in example_inputs(m, DIMS, n=6, length=30, seed=3)]
     x[2] = x[2] / x[2][:, 3:].sum(-1, keepdim=True)  # jets of 1 GeV: the class token's key (bias 0) competes
     boosted = [x[0], x[1], x[2] * 3.0, x[3]]  # every four-vector x 3: same directions, 3x the energy
@@ -241,8 +271,21 @@ def test_irc_part_energy_scale(energy_bias):
 
 def test_irc_part_with_jet_kinematics():
     """The jet's four-vector sum (pT, mass) is IRC safe: feeding it keeps the network IRC safe."""
-    m = build("part-irc", NAMES, DIMS, 4, jet_kinematics=True, num_layers=2, embed_dims=(16, 16),
-              pair_embed_dims=(8,), num_heads=2).eval().double()
+    m = (
+        build(
+            "part-irc",
+            NAMES,
+            DIMS,
+            4,
+            jet_kinematics=True,
+            num_layers=2,
+            embed_dims=(16, 16),
+            pair_embed_dims=(8,),
+            num_heads=2,
+        )
+        .eval()
+        .double()
+    )
     x = [t.double() for t in example_inputs(m, DIMS, n=6, length=30, seed=4)]
     split = split_inputs(x, eps=1e-9)
     with torch.no_grad():

@@ -36,8 +36,16 @@ def test_weighted_cutflow_on_real_pfnano(tmp_path):
     path = shared_file(PFNANO)
     sel = Selection(pt_min=250.0, eta_max=2.4)
     fileset = {"qcd": {"files": {str(path): "Events"}, "metadata": {"xsec": 2.0, "is_mc": True}}}
-    out = run_fileset("pfn", fileset, executor="iterative", chunksize=3, progress=False, lumi=10.0,
-                      selection=sel, per_jet=True)
+    out = run_fileset(
+        "pfn",
+        fileset,
+        executor="iterative",
+        chunksize=3,
+        progress=False,
+        lumi=10.0,
+        selection=sel,
+        per_jet=True,
+    )
     with uproot.open(path) as f:  # the same number, computed from the raw branches
         ev = f["Events"].arrays(["genWeight", "FatJet_pt", "FatJet_eta"])
         sumw_all = f["Runs"]["genEventSumw"].array(library="np").sum()
@@ -64,8 +72,9 @@ def _data_copy(path, out):
     tree = uproot.open(path)["Events"]
     colls = ("FatJet", "FatJetPFCands", "PFCands", "FatJetSVs", "SV")
     arrays = tree.arrays(filter_name=[f"{c}_*" for c in colls] + ["run", "luminosityBlock", "event"])
-    data = {c: ak.zip({k[len(c) + 1:]: arrays[k] for k in arrays.fields if k.startswith(f"{c}_")})
-            for c in colls}
+    data = {
+        c: ak.zip({k[len(c) + 1 :]: arrays[k] for k in arrays.fields if k.startswith(f"{c}_")}) for c in colls
+    }
     data |= {k: arrays[k] for k in ("run", "luminosityBlock", "event")}
     with uproot.recreate(out) as f:
         f.mktree("Events", {k: v.type for k, v in data.items()}).extend(data)
@@ -75,20 +84,39 @@ def _data_copy(path, out):
 def test_data_runs_unweighted(tmp_path):
     path = _data_copy(shared_file(PFNANO), tmp_path / "data.root")
     fileset = {"data": {"files": {str(path): "Events"}, "metadata": {"is_mc": False}}}
-    out = run_fileset("pfn", fileset, executor="iterative", chunksize=100, progress=False, lumi=10.0,
-                      selection=Selection(pt_min=250.0))
+    out = run_fileset(
+        "pfn",
+        fileset,
+        executor="iterative",
+        chunksize=100,
+        progress=False,
+        lumi=10.0,
+        selection=Selection(pt_min=250.0),
+    )
     row = out["cutflow"]["data"]
     assert row["selected_jets_sumw"] == row["selected_jets"] > 0
     assert list(out["hists"]["jets"][{"dataset": "data"}].project("truth").values()) == [
-        0.0, 0.0, 0.0, 0.0, 0.0, row["selected_jets"]]  # only the "data" truth entry
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        row["selected_jets"],
+    ]  # only the "data" truth entry
 
 
 def test_selection_that_removes_everything_is_reported():
-    out = run_fileset("pfn", {"qcd": {"files": {str(sample_path("qcd")): "Events"}}}, executor="iterative",
-                      chunksize=1000, progress=False, selection=Selection(pt_min=5000.0))
+    out = run_fileset(
+        "pfn",
+        {"qcd": {"files": {str(sample_path("qcd")): "Events"}}},
+        executor="iterative",
+        chunksize=1000,
+        progress=False,
+        selection=Selection(pt_min=5000.0),
+    )
     assert len(out["warnings"]) == 1
     assert out["warnings"][0].startswith("dataset 'qcd': the selection removed every jet (1000 FatJets in")
-    with pytest.raises(JetTaggerError, match="--pt-min 500.0 must be below --pt-max 400.0"):
+    with pytest.raises(JetTaggerError, match=r"--pt-min 500\.0 must be below --pt-max 400\.0"):
         Selection(pt_min=500.0, pt_max=400.0)
 
 
@@ -98,24 +126,48 @@ def test_correctionlib_round_trip(tmp_path):
     out = run_fileset("pfn", fileset, executor="iterative", chunksize=1000, progress=False)
     paths = write_outputs(out, tmp_path / "run")
     wp = tmp_path / "wp.json"
-    r = subprocess.run([sys.executable, "-m", "jettagger_coffea.cli", "workingpoints", "--model", "pfn",
-                        "--hists", paths["pickle"], "-o", wp], capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jettagger_coffea.cli",
+            "workingpoints",
+            "--model",
+            "pfn",
+            "--hists",
+            paths["pickle"],
+            "-o",
+            wp,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     cset = correctionlib.CorrectionSet.from_file(str(wp))
     from jettagger_coffea.bundle import Bundle
 
     thresholds = Bundle.load("pfn").working_points
-    assert cset["working_points"].evaluate("WvsQCD", "mistag1%") == pytest.approx(thresholds["WvsQCD"]["mistag1%"], rel=1e-15)
+    assert cset["working_points"].evaluate("WvsQCD", "mistag1%") == pytest.approx(
+        thresholds["WvsQCD"]["mistag1%"], rel=1e-15
+    )
     eff = cset["WvsQCD_mistag1%_efficiency"]
     # the map equals pass / total from the histogram, per bin
-    h = out["hists"]["wp_pt"][{"disc": "WvsQCD", "wp": "mistag1%", "truth": "Wqq"}].project("passed", "pt", "abseta")
+    h = out["hists"]["wp_pt"][{"disc": "WvsQCD", "wp": "mistag1%", "truth": "Wqq"}].project(
+        "passed", "pt", "abseta"
+    )
     v = h.values()
     i, j = np.unravel_index(np.argmax(v.sum(axis=0)), v.shape[1:])
     pt, aeta = h.axes["pt"].centers[i], h.axes["abseta"].centers[j]
     assert eff.evaluate("Wqq", pt, aeta, "nominal") == pytest.approx(v[1, i, j] / v.sum(axis=0)[i, j])
-    assert eff.evaluate("Wqq", pt, aeta, "down") < eff.evaluate("Wqq", pt, aeta, "nominal") < eff.evaluate(
-        "Wqq", pt, aeta, "up")
-    again = run_fileset("pfn", fileset, executor="iterative", chunksize=1000, progress=False, working_points=wp)
+    assert (
+        eff.evaluate("Wqq", pt, aeta, "down")
+        < eff.evaluate("Wqq", pt, aeta, "nominal")
+        < eff.evaluate("Wqq", pt, aeta, "up")
+    )
+    again = run_fileset(
+        "pfn", fileset, executor="iterative", chunksize=1000, progress=False, working_points=wp
+    )
     assert again["meta"]["working_points"]["WvsQCD"] == pytest.approx(thresholds["WvsQCD"], rel=1e-15)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"schema_version": 2, "corrections": []}))

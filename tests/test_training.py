@@ -29,8 +29,18 @@ def toy(tmp_path_factory):
     cfg["labels"]["value"] = ["label_QCD", "label_Tbqq"]
     (work / "toy.yaml").write_text(yaml.safe_dump(cfg))
     files = [sample_path("qcd", "jetclass"), sample_path("tbqq", "jetclass")]
-    s = train(work / "toy.yaml", "pfn", files, work / "run", epochs=4, batch_size=64, lr=3e-3, seed=2,
-              network_options={"phi_sizes": [32, 32], "f_sizes": [32]}, progress=False)
+    s = train(
+        work / "toy.yaml",
+        "pfn",
+        files,
+        work / "run",
+        epochs=4,
+        batch_size=64,
+        lr=3e-3,
+        seed=2,
+        network_options={"phi_sizes": [32, 32], "f_sizes": [32]},
+        progress=False,
+    )
     return work, files, s
 
 
@@ -58,8 +68,14 @@ def test_checkpoint_reload_and_resume(toy, tmp_path):
     f = load_features(files[:1], config)
     np.testing.assert_array_equal(predict(a, f), predict(b, f))
     # resume: two epochs, stop, then resume to four == four in one go (same seed, same batches)
-    kw = {"epochs": 4, "batch_size": 64, "lr": 3e-3, "seed": 2, "progress": False,
-          "network_options": {"phi_sizes": [32, 32], "f_sizes": [32]}}
+    kw = {
+        "epochs": 4,
+        "batch_size": 64,
+        "lr": 3e-3,
+        "seed": 2,
+        "progress": False,
+        "network_options": {"phi_sizes": [32, 32], "f_sizes": [32]},
+    }
     first = train(work / "toy.yaml", "pfn", files, tmp_path / "r", stop_after=2, **kw)
     assert len(first["history"]) == 2
     resumed = train(work / "toy.yaml", "pfn", files, tmp_path / "r", resume=True, **kw)["history"]
@@ -74,8 +90,12 @@ def test_export_onnx_equals_torch_and_evaluate_equals_sklearn(toy, tmp_path):
     from sklearn.metrics import roc_curve as sk_roc
 
     work, files, _ = toy
-    bundle = export(work / "run", tmp_path / "bundle", reference_files=files,
-                    discriminants={"TvsQCD": {"signal": ["Tbqq"], "background": ["QCD"]}})
+    bundle = export(
+        work / "run",
+        tmp_path / "bundle",
+        reference_files=files,
+        discriminants={"TvsQCD": {"signal": ["Tbqq"], "background": ["QCD"]}},
+    )
     model, config, _ = load_trained(work / "run")
     from jettagger_coffea.datasets import load_features
 
@@ -116,10 +136,25 @@ def test_train_cli_bad_network(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "jettagger_coffea.cli", "train", "--data-config",
-                        str(config_path("wzt_full")), "--network", "resnet", "--train",
-                        str(sample_path("qcd", "jetclass")), "-o", str(tmp_path)], capture_output=True, text=True,
-                       check=False)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jettagger_coffea.cli",
+            "train",
+            "--data-config",
+            str(config_path("wzt_full")),
+            "--network",
+            "resnet",
+            "--train",
+            str(sample_path("qcd", "jetclass")),
+            "-o",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert r.returncode == 2
     assert "unknown network 'resnet'" in r.stderr
     assert uproot  # the module is used by the fixtures' files

@@ -14,12 +14,20 @@ class Wrapper(torch.nn.Module):
 
 
 def get_model(data_config, **kwargs):
-    model = Wrapper(input_dim=len(data_config.input_dicts["pf_features"]), num_classes=len(data_config.label_value),
-                    **kwargs)
-    info = {"input_names": list(data_config.input_names),
-            "input_shapes": {k: ((1, *s[1:])) for k, s in data_config.input_shapes.items()},
-            "output_names": ["softmax"], "dynamic_axes": {**{k: {0: "N", 2: "n_" + k.split("_")[0]}
-                                                             for k in data_config.input_names}, "softmax": {0: "N"}}}
+    model = Wrapper(
+        input_dim=len(data_config.input_dicts["pf_features"]),
+        num_classes=len(data_config.label_value),
+        **kwargs,
+    )
+    info = {
+        "input_names": list(data_config.input_names),
+        "input_shapes": {k: ((1, *s[1:])) for k, s in data_config.input_shapes.items()},
+        "output_names": ["softmax"],
+        "dynamic_axes": {
+            **{k: {0: "N", 2: "n_" + k.split("_")[0]} for k in data_config.input_names},
+            "softmax": {0: "N"},
+        },
+    }
     return model, info
 
 

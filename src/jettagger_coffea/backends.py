@@ -24,7 +24,8 @@ _LOCK = threading.Lock()
 
 
 def default_threads() -> int:
-    """Threads per inference session: JETTAGGER_THREADS, else the dask worker's thread count, else all cores."""
+    """Threads per inference session: JETTAGGER_THREADS, else the dask worker's thread count, else all
+    cores."""
     env = os.environ.get("JETTAGGER_THREADS")
     if env:
         return max(1, int(env))
@@ -45,7 +46,9 @@ class Backend(Protocol):
 class OnnxBackend:
     """onnxruntime session, created once per process (cached by file, size and mtime)."""
 
-    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> None:
+    def __init__(
+        self, path: str | Path, threads: int | None = None, providers: list[str] | None = None
+    ) -> None:
         self.path = Path(path)
         self.threads = threads
         self.providers = providers or ["CPUExecutionProvider"]
@@ -99,8 +102,9 @@ class TorchBackend:
             try:
                 import torch
             except ImportError as err:
-                raise JetTaggerError("the torch backend needs the `train` extra (pip install "
-                                     "jettagger-coffea[train])") from err
+                raise JetTaggerError(
+                    "the torch backend needs the `train` extra (pip install jettagger-coffea[train])"
+                ) from err
             from .nn import build, load_state
 
             card = self.bundle.card
@@ -109,8 +113,14 @@ class TorchBackend:
                 raise JetTaggerError(f"tagger bundle {self.bundle.path}: no model.pt for the torch backend")
             dims = {k: v[1] for k, v in self.bundle.config.input_shapes.items()}
             roles = {g: s.role for g, s in self.bundle.inputs.items()}
-            m = build(card["network"], list(self.bundle.config.input_names), dims, len(self.bundle.classes),
-                      roles=roles, **(card.get("network_options") or {}))
+            m = build(
+                card["network"],
+                list(self.bundle.config.input_names),
+                dims,
+                len(self.bundle.classes),
+                roles=roles,
+                **(card.get("network_options") or {}),
+            )
             load_state(m, path)
             self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
             self._model = m.eval().to(self.device, dtype=getattr(torch, self.dtype))
@@ -129,8 +139,15 @@ class TorchBackend:
             return self.model(*xs).float().cpu().numpy()
 
 
-def run_batched(backend: Backend, std: Standardised, n_classes: int, padding: str | int = "dynamic",
-                min_length: int = 1, max_slots: int = MAX_SLOTS, max_pairs: int | None = None) -> np.ndarray:
+def run_batched(
+    backend: Backend,
+    std: Standardised,
+    n_classes: int,
+    padding: str | int = "dynamic",
+    min_length: int = 1,
+    max_slots: int = MAX_SLOTS,
+    max_pairs: int | None = None,
+) -> np.ndarray:
     """Scores of every jet of ``std`` in input order; jets without particles get NaN and never reach the
     model. Jets are sorted by multiplicity so that each batch pads to little more than its own longest jet;
     batches never exceed ``max_slots`` particle slots (nor, if given, ``max_pairs`` particle pairs)."""
@@ -162,6 +179,8 @@ def run_batched(backend: Backend, std: Standardised, n_classes: int, padding: st
         stop = min(m, start + max(1, first))
         while stop > start + 1 and not fits(stop - start, padded(stop)):
             stop = start + (stop - start) // 2
-        out[order[start:stop]] = backend.run(ordered.dense(start, stop, length=padding, min_length=min_length))
+        out[order[start:stop]] = backend.run(
+            ordered.dense(start, stop, length=padding, min_length=min_length)
+        )
         start = stop
     return out

@@ -16,7 +16,13 @@ from ._errors import JetTaggerError
 from .config import DataConfig
 from .sources import Preset, guess_preset, load_preset
 
-MODEL, CONFIG, PREPROCESS, CARD, STATE = "model.onnx", "data_config.yaml", "preprocess.json", "tagger.yaml", "model.pt"
+MODEL, CONFIG, PREPROCESS, CARD, STATE = (
+    "model.onnx",
+    "data_config.yaml",
+    "preprocess.json",
+    "tagger.yaml",
+    "model.pt",
+)
 #: networks whose attention carries (N, C, P, P) pair features
 PAIRWISE_NETWORKS = ("part", "part-irc")
 
@@ -53,8 +59,10 @@ def infer_inputs(config: DataConfig, preset: Preset) -> dict[str, InputSpec]:
         coll = preset.collection_of(g.vars[0].name, config.new_variables) or preset.particles
         role = role_of(g.name)
         if role is None:
-            raise JetTaggerError(f"{config.source}: cannot tell the role of input {g.name!r}: declare it in "
-                                 f"tagger.yaml `inputs` (roles: {', '.join(ROLES)})")
+            raise JetTaggerError(
+                f"{config.source}: cannot tell the role of input {g.name!r}: declare it in "
+                f"tagger.yaml `inputs` (roles: {', '.join(ROLES)})"
+            )
         out[g.name] = InputSpec(g.name, coll, role)
     return out
 
@@ -64,15 +72,8 @@ class Bundle:
     path: Path
     card: dict[str, Any]
     config: DataConfig
-    preset: Preset = dataclasses.field(default=None)  # type: ignore[assignment]
-    inputs: dict[str, InputSpec] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.preset is None:
-            names = [v for g in self.config.inputs.values() for v in g.var_names]
-            self.preset = load_preset(self.card.get("source") or guess_preset(names))
-        if not self.inputs:
-            self.inputs = _input_spec(self.card, self.config, self.preset, self.path)
+    preset: Preset  # the card's ``source`` (default: chosen from the variable names)
+    inputs: dict[str, InputSpec]  # the card's ``inputs`` (default: inferred, see :func:`infer_inputs`)
 
     @property
     def primary(self) -> str:
@@ -131,13 +132,17 @@ class Bundle:
             _check_preprocess(path / PREPROCESS, config)
         classes = list(card["classes"])
         if config.label_type == "simple" and config.class_names != classes:
-            raise JetTaggerError(f"{path / CARD}: classes {classes} disagree with the data config labels "
-                                 f"{config.class_names} ({path / CONFIG})")
+            raise JetTaggerError(
+                f"{path / CARD}: classes {classes} disagree with the data config labels "
+                f"{config.class_names} ({path / CONFIG})"
+            )
         for dname, d in (card.get("discriminants") or {}).items():
             unknown = [c for c in [*d.get("signal", []), *d.get("background", [])] if c not in classes]
             if unknown or not d.get("signal"):
                 raise JetTaggerError(f"{path / CARD}: discriminant {dname!r} names unknown classes {unknown}")
-        bundle = cls(path, card, config)
+        names = [v for g in config.inputs.values() for v in g.var_names]
+        preset = load_preset(card.get("source") or guess_preset(names))
+        bundle = cls(path, card, config, preset, _input_spec(card, config, preset, path))
         if check_model:
             bundle.check_model()
         return bundle
@@ -153,18 +158,22 @@ class Bundle:
         shapes = self.config.input_shapes
         for inp in sess.get_inputs():
             if inp.name not in shapes:
-                raise JetTaggerError(f"{self.onnx_path}: model input {inp.name!r} is not an input group of "
-                                     f"{self.path / CONFIG} ({list(shapes)})")
+                raise JetTaggerError(
+                    f"{self.onnx_path}: model input {inp.name!r} is not an input group of "
+                    f"{self.path / CONFIG} ({list(shapes)})"
+                )
             model_c = inp.shape[1] if len(inp.shape) == 3 else None
             if model_c != shapes[inp.name][1]:
                 raise JetTaggerError(
                     f"{self.path}: model input {inp.name!r} has shape {inp.shape} but the data config gives "
-                    f"{list(shapes[inp.name])} (N, variables, length)")
+                    f"{list(shapes[inp.name])} (N, variables, length)"
+                )
         outs = sess.get_outputs()
         n_out = outs[0].shape[-1] if outs and outs[0].shape else None
         if isinstance(n_out, int) and n_out != len(self.classes):
-            raise JetTaggerError(f"{self.path}: model has {n_out} outputs but {CARD} lists "
-                                 f"{len(self.classes)} classes")
+            raise JetTaggerError(
+                f"{self.path}: model has {n_out} outputs but {CARD} lists {len(self.classes)} classes"
+            )
 
 
 def _input_spec(card: dict[str, Any], config: DataConfig, preset: Preset, path: Path) -> dict[str, InputSpec]:
@@ -188,8 +197,10 @@ def _input_spec(card: dict[str, Any], config: DataConfig, preset: Preset, path: 
 
 def card_inputs(config: DataConfig, inputs: dict[str, InputSpec]) -> dict[str, Any]:
     """The ``inputs`` section of a model card: shape, collection and role of each group."""
-    return {g: {"shape": list(config.input_shapes[g]), "collection": s.collection, "role": s.role}
-            for g, s in inputs.items()}
+    return {
+        g: {"shape": list(config.input_shapes[g]), "collection": s.collection, "role": s.role}
+        for g, s in inputs.items()
+    }
 
 
 def _check_preprocess(path: Path, config: DataConfig) -> None:
@@ -207,13 +218,17 @@ def _check_preprocess(path: Path, config: DataConfig) -> None:
             theirs = got.get("var_infos", {}).get(v, {})
             for key in ("median", "norm_factor", "lower_bound", "upper_bound", "pad"):
                 a, b = theirs.get(key), info[key]
-                if not isinstance(a, (int, float)) or not math.isclose(float(a), float(b), rel_tol=1e-6,
-                                                                        abs_tol=1e-9):
-                    raise JetTaggerError(f"{path}: {g}.{v}.{key} = {a!r} disagrees with {config.source} ({b})")
+                if not isinstance(a, (int, float)) or not math.isclose(
+                    float(a), float(b), rel_tol=1e-6, abs_tol=1e-9
+                ):
+                    raise JetTaggerError(
+                        f"{path}: {g}.{v}.{key} = {a!r} disagrees with {config.source} ({b})"
+                    )
 
 
-def write_bundle(path: str | Path, model: Any, config: DataConfig, card: dict[str, Any],
-                 input_dims: dict[str, int]) -> Bundle:
+def write_bundle(
+    path: str | Path, model: Any, config: DataConfig, card: dict[str, Any], input_dims: dict[str, int]
+) -> Bundle:
     """Export a torch :class:`~jettagger_coffea.nn.Tagger` as a bundle (ONNX + configs + model card)."""
     import torch
 

@@ -16,35 +16,59 @@ def _add_generate(sub) -> None:
     from .generate.settings import PROCESSES
 
     p = sub.add_parser("generate", help="generate jets with Pythia 8 + FastJet and write ROOT files")
-    p.add_argument("--process", nargs="+", default=["qcd", "wqq", "zqq", "tbqq"],
-                   help=f"processes ({', '.join(PROCESSES)})")
+    p.add_argument(
+        "--process",
+        nargs="+",
+        default=["qcd", "wqq", "zqq", "tbqq"],
+        help=f"processes ({', '.join(PROCESSES)})",
+    )
     p.add_argument("--njets", type=int, default=1000, help="selected jets written per process")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="random seed (files are reproducible bit by bit)")
     p.add_argument("--radius", type=float, default=0.8, help="anti-kt radius (1.0 for the seed-1 W/Z style)")
-    p.add_argument("--pt-min", type=float, default=500.0)
-    p.add_argument("--pt-max", type=float, default=1000.0)
-    p.add_argument("--eta-max", type=float, default=2.0)
+    p.add_argument("--pt-min", type=float, default=500.0, help="jet pT > this [GeV]")
+    p.add_argument("--pt-max", type=float, default=1000.0, help="jet pT < this [GeV]")
+    p.add_argument("--eta-max", type=float, default=2.0, help="jet |eta| < this")
     p.add_argument("--no-mpi", action="store_true", help="switch off multi-parton interactions (faster)")
-    p.add_argument("--format", choices=["nanoaod", "jetclass", "both"], default="both")
+    p.add_argument("--format", choices=["nanoaod", "jetclass", "both"], default="both", help="output layout")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (one per core)")
     p.add_argument("--block-size", type=int, default=250, help="jets per seeded block")
     p.add_argument("--output-dir", "-o", default="samples", help="writes <dir>/<process>_<format>.root")
     p.set_defaults(func=_run_generate)
 
 
+def _needs(extra: str, *modules: str) -> None:
+    """One clear line, before any work, when an optional extra is not installed."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise JetTaggerError(
+            f"this command needs the `{extra}` extra ({', '.join(missing)} not installed): "
+            f"pip install 'jettagger-coffea[{extra}]'"
+        )
+
+
 def _run_generate(args: argparse.Namespace) -> int:
+    _needs("generate", "pythia8mc", "fastjet")
     from .generate import GenerationSettings, generate
 
+    if args.jobs < 1 or args.njets < 1:
+        raise JetTaggerError(f"--jobs and --njets must be >= 1, got {args.jobs}, {args.njets}")
     formats = ("nanoaod", "jetclass") if args.format == "both" else (args.format,)
     settings = [
         GenerationSettings(
-            process=proc, njets=args.njets, seed=args.seed, radius=args.radius, pt_min=args.pt_min,
-            pt_max=args.pt_max, eta_max=args.eta_max, mpi=not args.no_mpi, block_size=args.block_size,
+            process=proc,
+            njets=args.njets,
+            seed=args.seed,
+            radius=args.radius,
+            pt_min=args.pt_min,
+            pt_max=args.pt_max,
+            eta_max=args.eta_max,
+            mpi=not args.no_mpi,
+            block_size=args.block_size,
         )
         for proc in args.process
     ]
-    if args.jobs < 1:
-        raise JetTaggerError(f"--jobs must be >= 1, got {args.jobs}")
     for s in settings:
         paths = generate(s, args.output_dir, formats=formats, jobs=args.jobs)
         for p in paths.values():
@@ -53,9 +77,26 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jettagger", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    from . import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log progress (INFO), also from dask and coffea",
+    )
+    parser = argparse.ArgumentParser(prog="jettagger", description=__doc__, parents=[common])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    add = sub.add_parser
+
+    def add_parser(name: str, **kw):  # every subcommand: -v, and defaults shown in --help
+        kw.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        return add(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
     _add_generate(sub)
     for register in _EXTRA_COMMANDS:
         register(sub)
@@ -64,37 +105,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a network on a weaver data config (weaver-like)")
-    p.add_argument("--data-config", required=True)
-    p.add_argument("--network", required=True, help="particlenet, particlenet-lite, part, part-plain, part-irc, pfn, efn")
+    p.add_argument("--data-config", required=True, help="weaver data config YAML")
+    p.add_argument(
+        "--network", required=True, help="particlenet, particlenet-lite, part, part-plain, part-irc, pfn, efn"
+    )
     p.add_argument("--network-options", default="{}", help="JSON dict of constructor options")
     p.add_argument("--train", nargs="+", required=True, help="training files (JetClass or PFNano)")
     p.add_argument("--val", nargs="*", default=[], help="validation files (default: 20 %% of --train)")
     p.add_argument("--output", "-o", required=True, help="folder for checkpoints, log.jsonl, summary.json")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", choices=["adamw", "ranger"], default="adamw")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time (keeps the best)")
-    p.add_argument("--max-train-jets", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=10, help="passes over the training set")
+    p.add_argument("--batch-size", type=int, default=256, help="jets per optimiser step")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--optimizer", choices=["adamw", "ranger"], default="adamw", help="optimiser")
+    p.add_argument("--seed", type=int, default=1, help="random seed")
+    p.add_argument(
+        "--max-minutes", type=float, default=None, help="stop after this wall time (keeps the best)"
+    )
+    p.add_argument("--max-train-jets", type=int, default=None, help="random subset of the training jets")
     p.add_argument("--trim", action="store_true", help="weaver's random sequence trimming")
     p.add_argument("--resume", action="store_true", help="continue from <output>/last.pt")
     p.add_argument("--init", default=None, help="warm start from these weights (a bundle's model.pt)")
     p.add_argument("--stop-after", type=int, default=None, help="stop after this many epochs (resume later)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
     import json
 
+    _needs("train", "torch")
     from .training import train
 
-    s = train(args.data_config, args.network, args.train, args.output, val_files=args.val,
-              network_options=json.loads(args.network_options), epochs=args.epochs, batch_size=args.batch_size,
-              lr=args.lr, optimizer=args.optimizer, seed=args.seed, max_minutes=args.max_minutes,
-              trim=args.trim, resume=args.resume, init=args.init, threads=args.threads, max_train_jets=args.max_train_jets,
-              stop_after=args.stop_after)
+    s = train(
+        args.data_config,
+        args.network,
+        args.train,
+        args.output,
+        val_files=args.val,
+        network_options=json.loads(args.network_options),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        seed=args.seed,
+        max_minutes=args.max_minutes,
+        trim=args.trim,
+        resume=args.resume,
+        init=args.init,
+        threads=args.threads,
+        max_train_jets=args.max_train_jets,
+        stop_after=args.stop_after,
+    )
     best = next(r for r in s["history"] if r["epoch"] == s["best_epoch"])
     print(f"best epoch {s['best_epoch']}: val_loss {best['val_loss']:.4f} val_acc {best['val_acc']:.4f}")
     return 0
@@ -103,8 +164,8 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="training folder -> tagger bundle (ONNX, configs, model card, WPs)")
     p.add_argument("training", help="folder written by `jettagger train`")
-    p.add_argument("--output", "-o", required=True)
-    p.add_argument("--name", default=None)
+    p.add_argument("--output", "-o", required=True, help="output folder or file")
+    p.add_argument("--name", default=None, help="bundle name (default: the folder name)")
     p.add_argument("--reference", nargs="*", default=[], help="files to derive working points and metrics on")
     p.add_argument("--card", default="{}", help="JSON dict merged into tagger.yaml (e.g. the data command)")
     p.set_defaults(func=_run_export)
@@ -113,19 +174,29 @@ def _add_export(sub) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     import json
 
+    _needs("train", "torch", "onnx")
     from .training import export
 
-    print(export(args.training, args.output, name=args.name, reference_files=args.reference,
-                 card=json.loads(args.card)))
+    print(
+        export(
+            args.training,
+            args.output,
+            name=args.name,
+            reference_files=args.reference,
+            card=json.loads(args.card),
+        )
+    )
     return 0
 
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics (accuracy, AUC, rejection, confusion) and plots of a bundle")
     p.add_argument("--model", required=True, help="tagger bundle folder")
-    p.add_argument("--input", nargs="+", required=True)
-    p.add_argument("--output", "-o", required=True)
-    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    p.add_argument(
+        "--input", nargs="+", required=True, help="ROOT files: NanoAOD (Events) or JetClass (tree)"
+    )
+    p.add_argument("--output", "-o", required=True, help="output folder or file")
+    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx", help="inference backend")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -141,11 +212,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="one row per jet with score_<class> and the observers (weaver --predict)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--input", nargs="+", required=True)
+    p = sub.add_parser(
+        "predict", help="one row per jet with score_<class> and the observers (weaver --predict)"
+    )
+    p.add_argument("--model", required=True, help="bundle folder or shipped name")
+    p.add_argument(
+        "--input", nargs="+", required=True, help="ROOT files: NanoAOD (Events) or JetClass (tree)"
+    )
     p.add_argument("--output", "-o", required=True, help="OUT.root or OUT.parquet")
-    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx", help="inference backend")
     p.set_defaults(func=_run_predict)
 
 
@@ -169,7 +244,9 @@ def _run_predict(args: argparse.Namespace) -> int:
         from .truth import TRUTH_CLASSES
 
         if "truth" in cols:  # ROOT trees take numbers: the index into TRUTH_CLASSES
-            cols["truth_index"] = np.array([TRUTH_CLASSES.index(t) for t in cols.pop("truth")], dtype=np.int32)
+            cols["truth_index"] = np.array(
+                [TRUTH_CLASSES.index(t) for t in cols.pop("truth")], dtype=np.int32
+            )
         with uproot.recreate(out) as f:
             f.mktree("Events", {k: v.dtype for k, v in cols.items()}).extend(cols)
     elif out.suffix == ".parquet":
@@ -184,21 +261,35 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 def _add_import(sub) -> None:
     p = sub.add_parser("import-weaver", help="weaver or CMSSW artefacts -> tagger bundle")
-    p.add_argument("--data-config", default=None, help="the weaver data config YAML (not needed with --onnx "
-                   "and a CMSSW-style --preprocess)")
+    p.add_argument(
+        "--data-config",
+        default=None,
+        help="the weaver data config YAML (not needed with --onnx and a CMSSW-style --preprocess)",
+    )
     p.add_argument("--output", "-o", required=True, help="bundle folder to write")
     p.add_argument("--network", help="network name, with --checkpoint")
     p.add_argument("--network-options", default="{}", help="JSON dict (e.g. use_pre_activation_pair)")
     p.add_argument("--checkpoint", help="weaver state_dict (loaded weights-only)")
     p.add_argument("--onnx", help="weaver-exported or CMSSW model.onnx (with --preprocess)")
     p.add_argument("--preprocess", help="preprocess.json (weaver: var_length; CMSSW: min/max_length)")
-    p.add_argument("--source", default=None, help="source preset (jetclass, cms-pfnano or a YAML file); "
-                   "default: chosen from the variable names")
-    p.add_argument("--stored-prefix", default=None, help="NanoAOD branch prefix of the experiment's own "
-                   "scores for this model, e.g. particleNet -> FatJet_particleNet_<discriminant>")
+    p.add_argument(
+        "--source",
+        default=None,
+        help="source preset (jetclass, cms-pfnano or a YAML file); default: chosen from the variable names",
+    )
+    p.add_argument(
+        "--stored-prefix",
+        default=None,
+        help="NanoAOD branch prefix of the experiment's own "
+        "scores for this model, e.g. particleNet -> FatJet_particleNet_<discriminant>",
+    )
     p.add_argument("--name", default=None, help="bundle name (default: the folder name)")
-    p.add_argument("--discriminants", default="{}", help='JSON, e.g. {"TvsQCD": {"signal": ["Tbqq"], '
-                   '"background": ["QCD"]}}; default for CMS classes: NanoAOD\'s')
+    p.add_argument(
+        "--discriminants",
+        default="{}",
+        help='JSON, e.g. {"TvsQCD": {"signal": ["Tbqq"], '
+        '"background": ["QCD"]}}; default for CMS classes: NanoAOD\'s',
+    )
     p.set_defaults(func=_run_import)
 
 
@@ -217,12 +308,23 @@ def _json_option(text: str, option: str) -> dict:
 def _run_import(args: argparse.Namespace) -> int:
     from .weaver import import_weaver
 
+    if args.checkpoint:
+        _needs("train", "torch", "onnx")
     options = _json_option(args.network_options, "--network-options")
     discriminants = _json_option(args.discriminants, "--discriminants")
-    path = import_weaver(args.data_config, args.output, network=args.network, checkpoint=args.checkpoint,
-                         onnx=args.onnx, preprocess=args.preprocess, name=args.name,
-                         network_options=options, discriminants=discriminants, source=args.source,
-                         stored_prefix=args.stored_prefix)
+    path = import_weaver(
+        args.data_config,
+        args.output,
+        network=args.network,
+        checkpoint=args.checkpoint,
+        onnx=args.onnx,
+        preprocess=args.preprocess,
+        name=args.name,
+        network_options=options,
+        discriminants=discriminants,
+        source=args.source,
+        stored_prefix=args.stored_prefix,
+    )
     print(path)
     return 0
 
@@ -241,30 +343,55 @@ def _positive(kind: type):
 
 
 def _add_run(sub) -> None:
-    p = sub.add_parser("run", help="the main job: a tagger over a fileset -> hists, metrics, plots",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "run",
+        help="the main job: a tagger over a fileset -> hists, metrics, plots",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--model", default=None, help="bundle folder or shipped name (default: models/DEFAULT)")
-    p.add_argument("--fileset", default=None, help="coffea JSON fileset {dataset: {files, metadata: {xsec, "
-                   "is_mc}}} (default: the bundled PFNano samples)")
-    p.add_argument("--executor", choices=["auto", *EXECUTOR_CHOICES], default="auto",
-                   help="auto: iterative for small jobs (<= 20000 events), dask otherwise")
+    p.add_argument(
+        "--fileset",
+        default=None,
+        help="coffea JSON fileset {dataset: {files, metadata: {xsec, "
+        "is_mc}}} (default: the bundled PFNano samples)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=["auto", *EXECUTOR_CHOICES],
+        default="auto",
+        help="auto: iterative for small jobs (<= 20000 events), dask otherwise",
+    )
     p.add_argument("--workers", type=_positive(int), default=2, help="dask / futures worker processes")
     p.add_argument("--scheduler", default=None, help="address of an external dask scheduler")
     p.add_argument("--chunksize", type=_positive(int), default=500, help="events per chunk")
-    p.add_argument("--lumi", type=_positive(float), default=None,
-                   help="integrated luminosity in pb^-1: scale MC datasets to xsec x lumi / sum genWeight")
+    p.add_argument(
+        "--lumi",
+        type=_positive(float),
+        default=None,
+        help="integrated luminosity in pb^-1: scale MC datasets to xsec x lumi / sum genWeight",
+    )
     p.add_argument("--pt-min", type=float, default=300.0, help="FatJet pT > this [GeV]")
     p.add_argument("--pt-max", type=float, default=None, help="FatJet pT < this [GeV]")
     p.add_argument("--eta-max", type=float, default=2.4, help="|eta| < this")
     p.add_argument("--msd-min", type=float, default=None, help="soft-drop mass > this [GeV]")
     p.add_argument("--msd-max", type=float, default=None, help="soft-drop mass < this [GeV]")
-    p.add_argument("--jet-id", choices=["none", "loose", "tight", "tightlepveto"], default="none",
-                   help="FatJet_jetId bit to require")
-    p.add_argument("--working-points", default=None, help="correctionlib JSON from `jettagger workingpoints` "
-                   "(default: the bundle's working points)")
+    p.add_argument(
+        "--jet-id",
+        choices=["none", "loose", "tight", "tightlepveto"],
+        default="none",
+        help="FatJet_jetId bit to require",
+    )
+    p.add_argument(
+        "--working-points",
+        default=None,
+        help="correctionlib JSON from `jettagger workingpoints` (default: the bundle's working points)",
+    )
     p.add_argument("--label", default=None, help="text in the plots' corner (default: Simulation)")
-    p.add_argument("--per-jet", action="store_true", help="also write jets.parquet: one row per selected jet "
-                   "(ids, truth, weight, scores, discriminants)")
+    p.add_argument(
+        "--per-jet",
+        action="store_true",
+        help="also write jets.parquet: one row per selected jet (ids, truth, weight, scores, discriminants)",
+    )
     p.add_argument("--padding", default="dynamic", help="dynamic, fixed, or a length")
     p.add_argument("--skip-bad-files", action="store_true", help="skip unreadable files and failing chunks")
     p.add_argument("--output", "-o", default="output", help="output folder")
@@ -298,16 +425,28 @@ def _run_run(args: argparse.Namespace) -> int:
         read_thresholds(args.working_points)  # a bad file fails here, before any work
     if args.label is not None:
         plotting.LABEL = args.label
-    out = run_fileset(bundle.path, fileset, executor=args.executor, workers=args.workers,
-                      scheduler=args.scheduler, chunksize=args.chunksize, skip_bad_files=args.skip_bad_files,
-                      lumi=args.lumi, selection=selection, padding=padding, working_points=args.working_points,
-                      per_jet=args.per_jet)
+    out = run_fileset(
+        bundle.path,
+        fileset,
+        executor=args.executor,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        chunksize=args.chunksize,
+        skip_bad_files=args.skip_bad_files,
+        lumi=args.lumi,
+        selection=selection,
+        padding=padding,
+        working_points=args.working_points,
+        per_jet=args.per_jet,
+    )
     paths = write_outputs(out, args.output)
     m = json.loads(paths["metrics"].read_text())
     jets = sum(c["selected_jets"] for c in m["cutflow"].values())
     acc = f", accuracy {m['accuracy']:.3f}" if m["accuracy"] is not None else ""
-    print(f"{bundle.name} on {out['meta']['executor']}: {jets} jets in {m['seconds']:.1f} s "
-          f"({m['jets_per_second']:.0f} jets/s){acc}")
+    print(
+        f"{bundle.name} on {out['meta']['executor']}: {jets} jets in {m['seconds']:.1f} s "
+        f"({m['jets_per_second']:.0f} jets/s){acc}"
+    )
     for name, d in m["discriminants"].items():
         r50 = "inf" if d["rej50"] is None else f"{d['rej50']:.1f}"
         r30 = "inf" if d["rej30"] is None else f"{d['rej30']:.1f}"
@@ -315,15 +454,20 @@ def _run_run(args: argparse.Namespace) -> int:
     for w in m["warnings"]:
         print(f"  warning: {w}")
     for s in m["skipped"]:
-        print(f"  skipped {s['file'] or s['dataset']}: {s['events'] if s['events'] is not None else 'unknown'} "
-              f"events ({s['error']})")
+        print(
+            f"  skipped {s['file'] or s['dataset']}: {s['events'] if s['events'] is not None else 'unknown'} "
+            f"events ({s['error']})"
+        )
     print(f"outputs in {args.output}/: " + ", ".join(p.name for p in paths.values()))
     return 0
 
 
 def _add_workingpoints(sub) -> None:
-    p = sub.add_parser("workingpoints", help="a bundle's working points (and a run's efficiency maps) as "
-                       "correctionlib JSON", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "workingpoints",
+        help="a bundle's working points (and a run's efficiency maps) as correctionlib JSON",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--model", default=None, help="bundle folder or shipped name (default: models/DEFAULT)")
     p.add_argument("--hists", default=None, help="hists.pkl of a `jettagger run`: add efficiency maps")
     p.add_argument("--output", "-o", required=True, help="correctionlib JSON to write")
@@ -343,7 +487,7 @@ def _run_workingpoints(args: argparse.Namespace) -> int:
     if args.hists:
         try:
             with Path(args.hists).open("rb") as f:
-                hists = pickle.load(f)["hists"]  # noqa: S301 - the user's own run output
+                hists = pickle.load(f)["hists"]
         except (OSError, pickle.UnpicklingError, KeyError, TypeError) as err:
             raise JetTaggerError(f"--hists {args.hists}: not a `jettagger run` hists.pkl ({err})") from None
     path = write_correction_set(args.output, Bundle.load(args.model), hists)
@@ -351,13 +495,26 @@ def _run_workingpoints(args: argparse.Namespace) -> int:
     return 0
 
 
-_EXTRA_COMMANDS: list = [_add_run, _add_workingpoints, _add_train, _add_export, _add_evaluate, _add_predict, _add_import]
+_EXTRA_COMMANDS: list = [
+    _add_run,
+    _add_workingpoints,
+    _add_train,
+    _add_export,
+    _add_evaluate,
+    _add_predict,
+    _add_import,
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    for name in ("distributed", "coffea", "dask"):  # their INFO lines only with -v
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except (JetTaggerError, ValueError, OSError, FileNotFoundError, KeyError) as err:

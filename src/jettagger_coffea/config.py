@@ -102,8 +102,14 @@ class DataConfig:
             if length is not None and (not isinstance(length, int) or length <= 0):
                 raise JetTaggerError(f"{source}: input group {gname!r}: length must be a positive int")
             min_length = g.get("min_length", 1)
-            if not isinstance(min_length, int) or min_length < 1 or (length is not None and min_length > length):
-                raise JetTaggerError(f"{source}: input group {gname!r}: min_length must be an int in 1..length")
+            if (
+                not isinstance(min_length, int)
+                or min_length < 1
+                or (length is not None and min_length > length)
+            ):
+                raise JetTaggerError(
+                    f"{source}: input group {gname!r}: min_length must be an int in 1..length"
+                )
             if not g["vars"]:
                 raise JetTaggerError(f"{source}: input group {gname!r} has no variables")
             vs = []
@@ -112,8 +118,16 @@ class DataConfig:
                 name = str(v[0])
                 if name in params:  # a resolved (auto) config carries explicit params
                     p = params[name]
-                    vs.append(VarSpec(name, p.get("center"), float(p.get("scale", 1)), float(p.get("min", -5)),
-                                      float(p.get("max", 5)), float(p.get("pad_value", 0))))
+                    vs.append(
+                        VarSpec(
+                            name,
+                            p.get("center"),
+                            float(p.get("scale", 1)),
+                            float(p.get("min", -5)),
+                            float(p.get("max", 5)),
+                            float(p.get("pad_value", 0)),
+                        )
+                    )
                     continue
 
                 def get(i, default, v=v):
@@ -122,8 +136,11 @@ class DataConfig:
                 center = get(1, "auto" if auto else None)
                 if center is not None and center != "auto":
                     center = float(center)
-                vs.append(VarSpec(name, center, float(get(2, 1)), float(get(3, -5)), float(get(4, 5)),
-                                  float(get(5, 0))))
+                vs.append(
+                    VarSpec(
+                        name, center, float(get(2, 1)), float(get(3, -5)), float(get(4, 5)), float(get(5, 0))
+                    )
+                )
             groups[str(gname)] = InputGroup(str(gname), length, pad_mode, tuple(vs), min_length)
         labels = opts.get("labels") or {}
         ltype = str(labels.get("type", "simple"))
@@ -131,7 +148,9 @@ class DataConfig:
         if ltype == "simple":
             lvalue = [str(x) for x in labels.get("value") or []]
         elif ltype == "custom":
-            lvalue = {str(k): Expression(v, where=f"{source}: labels.{k}") for k, v in labels["value"].items()}
+            lvalue = {
+                str(k): Expression(v, where=f"{source}: labels.{k}") for k, v in labels["value"].items()
+            }
         else:
             raise JetTaggerError(f"{source}: unknown labels type {ltype!r} (simple or custom)")
         sel = opts.get("selection")
@@ -146,7 +165,7 @@ class DataConfig:
             preprocess_method=method,
             data_fraction=float(pre.get("data_fraction") or 0.1),
             source=source,
-            raw=opts,
+            raw=dict(opts),
         )
 
     @classmethod
@@ -169,7 +188,8 @@ class DataConfig:
         """weaver's exported ``preprocess.json`` (``var_length``) or CMSSW's (``min_length`` /
         ``max_length``). It carries neither ``pad_mode`` nor ``new_variables``: they come from ``base`` (the
         training YAML) when given; else masks are ones on their collection and JetClass names get the
-        official JetClass formulas, with ``pad_mode: constant`` (only the mask matters to a masked network)."""
+        official JetClass formulas, with ``pad_mode: constant`` (only the mask matters to a masked
+        network)."""
         path = Path(path)
         try:
             j = json.loads(path.read_text())
@@ -184,8 +204,16 @@ class DataConfig:
                     info = g["var_infos"][vname]
                     lo, hi = float(info["lower_bound"]), float(info["upper_bound"])
                     identity = lo <= -1e31 and hi >= 1e31 and float(info["norm_factor"]) == 1.0
-                    vars_.append([vname, None if identity else float(info["median"]), float(info["norm_factor"]),
-                                  lo, hi, float(info.get("pad", 0))])
+                    vars_.append(
+                        [
+                            vname,
+                            None if identity else float(info["median"]),
+                            float(info["norm_factor"]),
+                            lo,
+                            hi,
+                            float(info.get("pad", 0)),
+                        ]
+                    )
                 pad_mode = base.inputs[gname].pad_mode if base and gname in base.inputs else "constant"
                 if "var_length" in g:
                     length, min_length = int(g["var_length"]), 1
@@ -193,12 +221,16 @@ class DataConfig:
                     length, min_length = int(g["max_length"]), int(g.get("min_length", 1))
                 else:
                     raise KeyError(f"{gname}.var_length (or min_length / max_length)")
-                inputs[gname] = {"length": length, "min_length": max(1, min_length), "pad_mode": pad_mode,
-                                 "vars": vars_}
+                inputs[gname] = {
+                    "length": length,
+                    "min_length": max(1, min_length),
+                    "pad_mode": pad_mode,
+                    "vars": vars_,
+                }
             output_names = list(j["output_names"])
         except (KeyError, TypeError, ValueError) as err:
             raise JetTaggerError(f"{path}: malformed preprocess.json ({type(err).__name__}: {err})") from None
-        all_vars = [v[0] for g in inputs.values() for v in g["vars"]]
+        all_vars = [v[0] for g in inputs.values() for v in g["vars"]]  # type: ignore[attr-defined]
         if base is not None:
             new_vars = {k: e.source for k, e in base.new_variables.items()}
             observers = list(base.observers)
@@ -212,8 +244,12 @@ class DataConfig:
                 sibling = next((v for v in all_vars if v.startswith(f"{stem}_") and v != name), None)
                 if sibling is not None:
                     new_vars[name] = f"ak.ones_like({sibling})"
-        opts = {"inputs": inputs, "new_variables": new_vars, "observers": observers,
-                "labels": {"type": "simple", "value": output_names}}
+        opts = {
+            "inputs": inputs,
+            "new_variables": new_vars,
+            "observers": observers,
+            "labels": {"type": "simple", "value": output_names},
+        }
         return cls.from_dict(opts, source=str(path))
 
     # -- queries --------------------------------------------------------------------------------------
@@ -259,9 +295,15 @@ class DataConfig:
                         center = float(center)
                 else:
                     center, scale = v.center, v.scale
-                params[v.name] = {"length": g.length, "pad_mode": g.pad_mode, "center": center,
-                                  "scale": float(scale), "min": v.clip_min, "max": v.clip_max,
-                                  "pad_value": v.pad_value}
+                params[v.name] = {
+                    "length": g.length,
+                    "pad_mode": g.pad_mode,
+                    "center": center,
+                    "scale": float(scale),
+                    "min": v.clip_min,
+                    "max": v.clip_max,
+                    "pad_value": v.pad_value,
+                }
         opts = copy.deepcopy(self.raw)
         opts.setdefault("preprocess", {})
         opts["preprocess"]["method"] = "manual"
@@ -272,9 +314,12 @@ class DataConfig:
     def to_dict(self) -> dict[str, Any]:
         opts = copy.deepcopy(self.raw)
         opts["inputs"] = {
-            g.name: {"length": g.length, **({"min_length": g.min_length} if g.min_length > 1 else {}),
-                     "pad_mode": g.pad_mode,
-                     "vars": [[v.name, v.center, v.scale, v.clip_min, v.clip_max, v.pad_value] for v in g.vars]}
+            g.name: {
+                "length": g.length,
+                **({"min_length": g.min_length} if g.min_length > 1 else {}),
+                "pad_mode": g.pad_mode,
+                "vars": [[v.name, v.center, v.scale, v.clip_min, v.clip_max, v.pad_value] for v in g.vars],
+            }
             for g in self.inputs.values()
         }
         opts.setdefault("preprocess", {})["method"] = "manual"
@@ -288,11 +333,20 @@ class DataConfig:
         """The ``preprocess.json`` weaver writes next to an exported ONNX model."""
         j: dict[str, Any] = {"output_names": list(self.label_value), "input_names": list(self.input_names)}
         for g in self.inputs.values():
-            j[g.name] = {"var_names": list(g.var_names), "var_length": g.length,
-                         **({"min_length": g.min_length, "max_length": g.length} if g.min_length > 1 else {}),
-                         "var_infos": {
-                v.name: {"median": 0 if v.center is None else v.center, "norm_factor": v.scale,
-                         "replace_inf_value": 0, "lower_bound": -1e32 if v.center is None else v.clip_min,
-                         "upper_bound": 1e32 if v.center is None else v.clip_max, "pad": v.pad_value}
-                for v in g.vars}}
+            j[g.name] = {
+                "var_names": list(g.var_names),
+                "var_length": g.length,
+                **({"min_length": g.min_length, "max_length": g.length} if g.min_length > 1 else {}),
+                "var_infos": {
+                    v.name: {
+                        "median": 0 if v.center is None else v.center,
+                        "norm_factor": v.scale,
+                        "replace_inf_value": 0,
+                        "lower_bound": -1e32 if v.center is None else v.clip_min,
+                        "upper_bound": 1e32 if v.center is None else v.clip_max,
+                        "pad": v.pad_value,
+                    }
+                    for v in g.vars
+                },
+            }
         return j

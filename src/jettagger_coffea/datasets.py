@@ -31,8 +31,9 @@ def open_jets(path: str | Path):
     raise JetTaggerError(f"{path}: neither a JetClass `tree` nor a NanoAOD `Events` tree")
 
 
-def load_features(files: Sequence[str | Path], config: DataConfig, with_labels: bool = True,
-                  drop_empty: bool = False) -> Features:
+def load_features(
+    files: Sequence[str | Path], config: DataConfig, with_labels: bool = True, drop_empty: bool = False
+) -> Features:
     """Featurize every jet of ``files`` (weaver's fixed length) and concatenate, in file order."""
     parts = []
     for path in files:
@@ -52,16 +53,21 @@ def load_features(files: Sequence[str | Path], config: DataConfig, with_labels: 
 
 def subset(f: Features, idx: np.ndarray) -> Features:
     return dataclasses.replace(
-        f, inputs={k: v[idx] for k, v in f.inputs.items()}, counts=f.counts[idx],
+        f,
+        inputs={k: v[idx] for k, v in f.inputs.items()},
+        counts=f.counts[idx],
         labels=None if f.labels is None else f.labels[idx],
-        observers={k: v[idx] for k, v in f.observers.items()})
+        observers={k: v[idx] for k, v in f.observers.items()},
+    )
 
 
 def concatenate(parts: Sequence[Features]) -> Features:
     first = parts[0]
     return dataclasses.replace(
-        first, inputs={k: np.concatenate([p.inputs[k] for p in parts]) for k in first.inputs},
+        first,
+        inputs={k: np.concatenate([p.inputs[k] for p in parts]) for k in first.inputs},
         counts=np.concatenate([p.counts for p in parts]),
         labels=None if first.labels is None else np.concatenate([p.labels for p in parts]),
         observers={k: np.concatenate([p.observers[k] for p in parts]) for k in first.observers},
-        n_nonfinite=sum(p.n_nonfinite for p in parts))
+        n_nonfinite=sum(p.n_nonfinite for p in parts),
+    )

@@ -15,12 +15,13 @@ from .features import labels as label_values
 from .features import make_table
 from .metrics import background_classes, discriminant, summary
 from .sources import Events, check_events
-from .truth import fatjet_truth
 from .tagger import JetTagger
+from .truth import fatjet_truth
 
 
-def predict_files(tagger: JetTagger, files: Sequence[str | Path], with_labels: bool = True,
-                  progress: bool = False) -> dict[str, np.ndarray]:
+def predict_files(
+    tagger: JetTagger, files: Sequence[str | Path], with_labels: bool = True, progress: bool = False
+) -> dict[str, np.ndarray]:
     """One row per jet, in file order: ``score_<class>``, ``label`` (when the files carry labels), the
     observers, ``file_index``, ``entry`` (event index in the file) and ``jet_index`` (position in the event's
     FatJet collection); for NanoAOD also ``run``, ``luminosityBlock``, ``event``, ``genWeight`` and ``truth``
@@ -37,7 +38,10 @@ def predict_files(tagger: JetTagger, files: Sequence[str | Path], with_labels: b
         if table.ids is None:  # one jet per entry
             row["entry"], row["jet_index"] = np.arange(len(res.scores)), np.zeros(len(res.scores), np.int32)
         else:
-            row["entry"], row["jet_index"] = table.ids[:, 0].astype(np.int64), table.ids[:, 1].astype(np.int32)
+            row["entry"], row["jet_index"] = (
+                table.ids[:, 0].astype(np.int64),
+                table.ids[:, 1].astype(np.int32),
+            )
             for b in ("run", "luminosityBlock", "event", "genWeight"):
                 if b in data.scalars:
                     row[b] = np.asarray(data.scalar(b))[table.ids[:, 0]]
@@ -59,8 +63,9 @@ def predict_files(tagger: JetTagger, files: Sequence[str | Path], with_labels: b
     return {k: np.concatenate(v) for k, v in cols.items() if len(v) == len(files)}  # columns every file has
 
 
-def evaluate(tagger: JetTagger, files: Sequence[str | Path], output: str | Path | None = None,
-             title: str = "") -> dict[str, Any]:
+def evaluate(
+    tagger: JetTagger, files: Sequence[str | Path], output: str | Path | None = None, title: str = ""
+) -> dict[str, Any]:
     """Accuracy, one-vs-rest AUC, 1/eps_b at 50 / 30 % (and 99 / 99.5 %) per discriminant, confusion
     matrix; with ``output``: metrics.json and ROC / score / confusion PNGs."""
     from . import plotting
@@ -88,6 +93,10 @@ def evaluate(tagger: JetTagger, files: Sequence[str | Path], output: str | Path 
                 plotting.score_plot(scores, labels, classes, out / f"scores_{name}.png", d, name)
         if curves:
             plotting.roc_plot(curves, out / "roc.png", title=title or tagger.bundle.name)
-        plotting.confusion_plot(np.asarray(metrics["confusion"]), classes, out / "confusion.png",
-                                title=f"{tagger.bundle.name}: accuracy {metrics['accuracy']:.3f}")
+        plotting.confusion_plot(
+            np.asarray(metrics["confusion"]),
+            classes,
+            out / "confusion.png",
+            title=f"{tagger.bundle.name}: accuracy {metrics['accuracy']:.3f}",
+        )
     return metrics

@@ -20,17 +20,83 @@ import numpy as np
 from ._errors import JetTaggerError
 
 _NUMPY = {
-    "abs", "absolute", "arccos", "arccosh", "arcsin", "arcsinh", "arctan", "arctan2", "arctanh", "ceil",
-    "clip", "cos", "cosh", "exp", "expm1", "floor", "fmod", "hypot", "isfinite", "isinf", "isnan", "log",
-    "log10", "log1p", "log2", "logical_and", "logical_not", "logical_or", "maximum", "minimum", "mod",
-    "nan_to_num", "ones_like", "power", "round", "sign", "sin", "sinh", "sqrt", "square", "tan", "tanh",
-    "where", "zeros_like", "full_like", "argmax", "argmin", "stack", "sum", "max", "min", "mean",
+    "abs",
+    "absolute",
+    "arccos",
+    "arccosh",
+    "arcsin",
+    "arcsinh",
+    "arctan",
+    "arctan2",
+    "arctanh",
+    "ceil",
+    "clip",
+    "cos",
+    "cosh",
+    "exp",
+    "expm1",
+    "floor",
+    "fmod",
+    "hypot",
+    "isfinite",
+    "isinf",
+    "isnan",
+    "log",
+    "log10",
+    "log1p",
+    "log2",
+    "logical_and",
+    "logical_not",
+    "logical_or",
+    "maximum",
+    "minimum",
+    "mod",
+    "nan_to_num",
+    "ones_like",
+    "power",
+    "round",
+    "sign",
+    "sin",
+    "sinh",
+    "sqrt",
+    "square",
+    "tan",
+    "tanh",
+    "where",
+    "zeros_like",
+    "full_like",
+    "argmax",
+    "argmin",
+    "stack",
+    "sum",
+    "max",
+    "min",
+    "mean",
 }
 _NUMPY_CONSTANTS = {"pi", "e", "inf", "nan"}
 _AWKWARD = {
-    "ones_like", "zeros_like", "full_like", "num", "sum", "max", "min", "mean", "where", "fill_none",
-    "pad_none", "firsts", "values_astype", "to_numpy", "any", "all", "argmax", "argmin", "local_index",
-    "count", "nan_to_num", "flatten",
+    "ones_like",
+    "zeros_like",
+    "full_like",
+    "num",
+    "sum",
+    "max",
+    "min",
+    "mean",
+    "where",
+    "fill_none",
+    "pad_none",
+    "firsts",
+    "values_astype",
+    "to_numpy",
+    "any",
+    "all",
+    "argmax",
+    "argmin",
+    "local_index",
+    "count",
+    "nan_to_num",
+    "flatten",
 }
 _MATH = {"log", "exp", "sqrt", "tanh", "sinh", "cosh", "atan2", "hypot", "pow", "fabs", "log10", "log1p"}
 _MATH_CONSTANTS = {"pi", "e", "inf", "nan"}
@@ -44,16 +110,30 @@ _MODULES: dict[str, tuple[Any, set[str], set[str]]] = {
 }
 
 _BINOPS: dict[type, Callable] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
-    ast.BitAnd: operator.and_, ast.BitOr: operator.or_, ast.BitXor: operator.xor,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+    ast.BitAnd: operator.and_,
+    ast.BitOr: operator.or_,
+    ast.BitXor: operator.xor,
 }
 _UNARY: dict[type, Callable] = {
-    ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Invert: operator.invert, ast.Not: np.logical_not,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+    ast.Invert: operator.invert,
+    ast.Not: np.logical_not,
 }
 _COMPARE: dict[type, Callable] = {
-    ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
-    ast.Eq: operator.eq, ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
 }
 
 
@@ -172,8 +252,11 @@ class _Interpreter:
         if isinstance(node, ast.Constant):
             return node.value
         if isinstance(node, ast.Name):
-            return {"True": True, "False": False, "None": None}.get(node.id) if node.id in {
-                "True", "False", "None"} else self.get(node.id)
+            return (
+                {"True": True, "False": False, "None": None}.get(node.id)
+                if node.id in {"True", "False", "None"}
+                else self.get(node.id)
+            )
         if isinstance(node, ast.Attribute):
             return getattr(_MODULES[node.value.id][0], node.attr)  # type: ignore[attr-defined]
         if isinstance(node, ast.BinOp):
@@ -199,7 +282,7 @@ class _Interpreter:
         if isinstance(node, ast.Call):
             fn = getattr(_MODULES[node.func.value.id][0], node.func.attr)  # type: ignore[attr-defined]
             args = [self.visit(a) for a in node.args]
-            kwargs = {kw.arg: self.visit(kw.value) for kw in node.keywords}
+            kwargs = {str(kw.arg): self.visit(kw.value) for kw in node.keywords}
             return fn(*args, **kwargs)
         if isinstance(node, ast.Tuple):
             return tuple(self.visit(e) for e in node.elts)

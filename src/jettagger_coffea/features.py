@@ -44,12 +44,13 @@ def is_nanoaod(data: Any) -> bool:
     if isinstance(data, Events):
         return True
     if isinstance(data, uproot.TTree):
-        return "nFatJet" in data.keys() or data.name == "Events"
+        return "nFatJet" in data or data.name == "Events"
     return isinstance(data, ak.Array) and JETS in ak.fields(data)
 
 
-def make_table(data: Any, config: DataConfig, preset: Preset | str | None = None, where: str = "input",
-               jets: Any = None) -> Table:
+def make_table(
+    data: Any, config: DataConfig, preset: Preset | str | None = None, where: str = "input", jets: Any = None
+) -> Table:
     """A lazy column table: over the FatJets of NanoAOD events (all, or those selected by the [event][jet]
     mask ``jets``) through a source preset, or over JetClass records, a dict or an uproot TTree.
 
@@ -73,7 +74,9 @@ def _standardise(values: np.ndarray, v: VarSpec) -> np.ndarray:
     if v.center is None:
         return x
     if v.center == "auto":
-        raise JetTaggerError(f"variable {v.name!r} has preprocess: auto but was not resolved (run resolve_auto)")
+        raise JetTaggerError(
+            f"variable {v.name!r} has preprocess: auto but was not resolved (run resolve_auto)"
+        )
     x = (x - np.float32(v.center)) * np.float32(v.scale)
     return np.clip(x, np.float32(v.clip_min), np.float32(v.clip_max))
 
@@ -84,7 +87,9 @@ def _flat(table: Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     except JetTaggerError:
         raise
     except Exception as err:
-        raise JetTaggerError(f"{table.where}: cannot compute variable {name!r}: {type(err).__name__}: {err}") from err
+        raise JetTaggerError(
+            f"{table.where}: cannot compute variable {name!r}: {type(err).__name__}: {err}"
+        ) from err
     arr = ak.Array(arr) if not isinstance(arr, (ak.Array, np.ndarray)) else arr
     if isinstance(arr, np.ndarray) or arr.ndim == 1:
         flat = ak.to_numpy(arr) if isinstance(arr, ak.Array) else arr
@@ -100,8 +105,10 @@ def group_values(table: Table, group: InputGroup) -> tuple[list[np.ndarray], np.
         if counts is None:
             counts = c
         elif len(c) != len(counts) or not np.array_equal(c, counts):
-            raise JetTaggerError(f"{table.where}: variable {v.name!r} of input {group.name!r} is not aligned "
-                                 f"with {group.vars[0].name!r}")
+            raise JetTaggerError(
+                f"{table.where}: variable {v.name!r} of input {group.name!r} is not aligned "
+                f"with {group.vars[0].name!r}"
+            )
         x = _standardise(flat, v)
         finite = np.isfinite(x)
         if not finite.all():
@@ -140,8 +147,9 @@ class Standardised:
             groups[name] = ([v[idx] for v in values], c)
         return Standardised(self.config, groups, self.counts[order], self.n_nonfinite)
 
-    def dense(self, start: int = 0, stop: int | None = None, length: int | str | None = None,
-              min_length: int = 1) -> dict[str, np.ndarray]:
+    def dense(
+        self, start: int = 0, stop: int | None = None, length: int | str | None = None, min_length: int = 1
+    ) -> dict[str, np.ndarray]:
         """Padded float32 [n, C, P] of jets ``start:stop``, each group at its own length: ``None`` or
         "fixed" -> the config's length (weaver); "dynamic" -> the longest jet of these rows, at least the
         group's (and the network's) minimum, at most the config's length; an int -> that length."""
@@ -160,7 +168,9 @@ class Standardised:
         return out
 
 
-def padded_length(counts: np.ndarray, group: InputGroup, length: int | str | None, min_length: int = 1) -> int:
+def padded_length(
+    counts: np.ndarray, group: InputGroup, length: int | str | None, min_length: int = 1
+) -> int:
     """The one length rule: how long a batch of jets with these ``counts`` is padded for ``group``."""
     if group.length is None:
         return 1
@@ -175,7 +185,9 @@ def standardise(table: Table, config: DataConfig, primary: str | None = None) ->
     """Standardised values of every group; a jet's particle count is that of group ``primary`` (the
     particle mask, as the bundle declares it; default: the group with most entries)."""
     if config.needs_auto:
-        raise JetTaggerError(f"{config.source}: preprocess: auto is not resolved; resolve it on training data")
+        raise JetTaggerError(
+            f"{config.source}: preprocess: auto is not resolved; resolve it on training data"
+        )
     groups, nbad = {}, 0
     for g in config.inputs.values():
         values, counts, bad = group_values(table, g)
@@ -187,8 +199,14 @@ def standardise(table: Table, config: DataConfig, primary: str | None = None) ->
     return Standardised(config, groups, groups[primary][1], nbad)
 
 
-def featurize(data: Any, config: DataConfig, length: int | str | None = None, where: str = "input",
-              table: Table | None = None, with_labels: bool = False) -> Features:
+def featurize(
+    data: Any,
+    config: DataConfig,
+    length: int | str | None = None,
+    where: str = "input",
+    table: Table | None = None,
+    with_labels: bool = False,
+) -> Features:
     """Dense float32 [N, C, P] inputs of every group.
 
     ``length``: None -> the config's length per group (weaver); "dynamic" -> the longest real jet of this
@@ -212,7 +230,9 @@ def featurize(data: Any, config: DataConfig, length: int | str | None = None, wh
 def labels(table: Table, config: DataConfig) -> np.ndarray:
     """Class index per jet (``simple``: argmax of the one-hot branches; ``custom``: the expression)."""
     if config.label_type == "simple":
-        onehot = np.stack([np.asarray(ak.to_numpy(table[n]), dtype=np.float32) for n in config.label_value], axis=1)
+        onehot = np.stack(
+            [np.asarray(ak.to_numpy(table[n]), dtype=np.float32) for n in config.label_value], axis=1
+        )
         return onehot.argmax(axis=1)
     _, expr = next(iter(config.label_value.items()))  # type: ignore[union-attr]
     return np.asarray(ak.to_numpy(expr(table)))

@@ -43,9 +43,14 @@ def pt_axis(bins: Sequence[float] = PT_BINS) -> hist.axis.Variable:
 CUTFLOW = ("events", "fatjets", "selected_jets", "tagged_jets", "no_constituent_jets")
 
 
-def make_histograms(classes: Sequence[str], discriminants: Sequence[str], working_points: Sequence[str],
-                    pt_bins: Sequence[float] = PT_BINS, dask: bool = False,
-                    stored: Sequence[str] = ()) -> dict[str, hist.Hist]:
+def make_histograms(
+    classes: Sequence[str],
+    discriminants: Sequence[str],
+    working_points: Sequence[str],
+    pt_bins: Sequence[float] = PT_BINS,
+    dask: bool = False,
+    stored: Sequence[str] = (),
+) -> dict[str, hist.Hist]:
     cls = hist.axis.StrCategory(list(classes), name="cls", label="Class")
     disc = hist.axis.StrCategory(list(discriminants) or ["none"], name="disc", label="Discriminant")
     wps = hist.axis.StrCategory(list(working_points) or ["none"], name="wp", label="Working point")
@@ -54,22 +59,49 @@ def make_histograms(classes: Sequence[str], discriminants: Sequence[str], workin
     return {
         # event / jet counts as a histogram: scalar reductions do not work lazily with dask >= 2025.4
         # cutflow: raw counts (quantity "raw") and sums of event weights ("sumw") per step
-        "counts": _hist(dask, dataset_axis(), hist.axis.StrCategory([], growth=True, name="file"),
-                        hist.axis.StrCategory(list(CUTFLOW), name="step"),
-                        hist.axis.StrCategory(["raw", "sumw"], name="quantity"),
-                        hist.axis.Regular(1, 0, 1, name="unit")),
-        "jets": _hist(dask, dataset_axis(), truth_axis(), hist.axis.StrCategory(
-            ["tagged", "no_constituents"], name="status"), pt_axis(pt_bins)),
+        "counts": _hist(
+            dask,
+            dataset_axis(),
+            hist.axis.StrCategory([], growth=True, name="file"),
+            hist.axis.StrCategory(list(CUTFLOW), name="step"),
+            hist.axis.StrCategory(["raw", "sumw"], name="quantity"),
+            hist.axis.Regular(1, 0, 1, name="unit"),
+        ),
+        "jets": _hist(
+            dask,
+            dataset_axis(),
+            truth_axis(),
+            hist.axis.StrCategory(["tagged", "no_constituents"], name="status"),
+            pt_axis(pt_bins),
+        ),
         "scores": _hist(dask, dataset_axis(), truth_axis(), pt_axis(pt_bins), cls, SCORE_AXIS),
         "discriminant": _hist(dask, dataset_axis(), truth_axis(), pt_axis(pt_bins), disc, DISC_AXIS),
-        "predicted": _hist(dask, dataset_axis(), truth_axis(), hist.axis.IntCategory(
-            list(range(len(classes))), name="predicted", label="Predicted class (argmax)")),
+        "predicted": _hist(
+            dask,
+            dataset_axis(),
+            truth_axis(),
+            hist.axis.IntCategory(
+                list(range(len(classes))), name="predicted", label="Predicted class (argmax)"
+            ),
+        ),
         "msoftdrop": _hist(dask, dataset_axis(), truth_axis(), MSD_AXIS),
         # recomputed vs stored NanoAOD score, per discriminant the bundle names a stored branch for
-        "stored": _hist(dask, dataset_axis(), hist.axis.StrCategory(list(stored) or ["none"], name="disc"),
-                        hist.axis.Regular(50, 0, 1, name="recomputed", label="Recomputed score"),
-                        hist.axis.Regular(50, 0, 1, name="stored", label="Stored NanoAOD score")),
-        "wp_pt": _hist(dask, dataset_axis(), truth_axis(), disc, wps, passed, pt_axis(pt_bins),
-                       hist.axis.Variable(ABSETA_BINS, name="abseta", label="Jet |eta|")),
+        "stored": _hist(
+            dask,
+            dataset_axis(),
+            hist.axis.StrCategory(list(stored) or ["none"], name="disc"),
+            hist.axis.Regular(50, 0, 1, name="recomputed", label="Recomputed score"),
+            hist.axis.Regular(50, 0, 1, name="stored", label="Stored NanoAOD score"),
+        ),
+        "wp_pt": _hist(
+            dask,
+            dataset_axis(),
+            truth_axis(),
+            disc,
+            wps,
+            passed,
+            pt_axis(pt_bins),
+            hist.axis.Variable(ABSETA_BINS, name="abseta", label="Jet |eta|"),
+        ),
         "wp_msd": _hist(dask, dataset_axis(), truth_axis(), disc, wps, passed, MSD_AXIS),
     }

@@ -41,7 +41,9 @@ def accuracy(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.mean(np.argmax(scores[ok], axis=1) == labels[ok]))
 
 
-def confusion_matrix(labels: np.ndarray, scores: np.ndarray, n_classes: int, normalize: bool = True) -> np.ndarray:
+def confusion_matrix(
+    labels: np.ndarray, scores: np.ndarray, n_classes: int, normalize: bool = True
+) -> np.ndarray:
     """Rows: true class, columns: predicted (argmax); rows sum to 1 when ``normalize``."""
     ok = np.all(np.isfinite(scores), axis=1)
     cm = np.zeros((n_classes, n_classes))
@@ -53,7 +55,8 @@ def confusion_matrix(labels: np.ndarray, scores: np.ndarray, n_classes: int, nor
 
 def discriminant(scores: Any, classes: Sequence[str], definition: Mapping[str, Sequence[str]]) -> Any:
     """The one discriminant: sum of the signal classes' scores over signal + background; with no background
-    listed, the signal sum itself (e.g. NanoAOD's ``QCD = sum of QCD_*``). numpy or awkward, [..., classes]."""
+    listed, the signal sum itself (e.g. NanoAOD's ``QCD = sum of QCD_*``). numpy or awkward,
+    [..., classes]."""
     idx = {c: i for i, c in enumerate(classes)}
     s = sum(scores[..., idx[c]] for c in definition["signal"])
     background = definition.get("background") or []
@@ -69,12 +72,22 @@ def background_classes(classes: Sequence[str], definition: Mapping[str, Sequence
     return list(definition.get("background") or [c for c in classes if c not in definition["signal"]])
 
 
-def summary(labels: np.ndarray, scores: np.ndarray, classes: Sequence[str],
-            discriminants: dict[str, dict[str, list[str]]] | None = None) -> dict:
+def summary(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    classes: Sequence[str],
+    discriminants: dict[str, dict[str, list[str]]] | None = None,
+) -> dict:
     """The seeds' table: accuracy, AUC (one-vs-rest), 1/eps_b at 50 % and 30 % per discriminant."""
-    out: dict = {"n_jets": len(labels), "accuracy": accuracy(labels, scores),
-                 "auc_ovr": {c: auc(labels == i, scores[:, i]) for i, c in enumerate(classes)
-                             if np.any(labels == i) and np.any(labels != i)}}
+    out: dict = {
+        "n_jets": len(labels),
+        "accuracy": accuracy(labels, scores),
+        "auc_ovr": {
+            c: auc(labels == i, scores[:, i])
+            for i, c in enumerate(classes)
+            if np.any(labels == i) and np.any(labels != i)
+        },
+    }
     out["auc_macro"] = float(np.mean(list(out["auc_ovr"].values())))
     out["confusion"] = confusion_matrix(labels, scores, len(classes)).tolist()
     out["discriminants"] = {}
@@ -88,8 +101,12 @@ def summary(labels: np.ndarray, scores: np.ndarray, classes: Sequence[str],
         disc = discriminant(scores, classes, d)[keep]
         y = is_sig[keep]
         out["discriminants"][name] = {
-            "auc": auc(y, disc), "rej50": rejection(y, disc, 0.5), "rej30": rejection(y, disc, 0.3),
-            "rej99": rejection(y, disc, 0.99), "rej995": rejection(y, disc, 0.995)}
+            "auc": auc(y, disc),
+            "rej50": rejection(y, disc, 0.5),
+            "rej30": rejection(y, disc, 0.3),
+            "rej99": rejection(y, disc, 0.99),
+            "rej995": rejection(y, disc, 0.995),
+        }
     return out
 
 

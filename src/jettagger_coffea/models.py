@@ -34,5 +34,7 @@ def resolve(name_or_path: str | None = None) -> Path:
         return d / name
     if name_or_path and Path(name_or_path).exists():
         raise JetTaggerError(f"tagger bundle {name_or_path} is not a folder")
-    raise JetTaggerError(f"no tagger bundle {name_or_path or '(default)'}: neither a folder nor a shipped name "
-                         f"({', '.join(available()) or 'none'})")
+    raise JetTaggerError(
+        f"no tagger bundle {name_or_path or '(default)'}: neither a folder nor a shipped name "
+        f"({', '.join(available()) or 'none'})"
+    )

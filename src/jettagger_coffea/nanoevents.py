@@ -12,9 +12,13 @@ class PFNanoSchema(PFNanoAODSchema):
     warn_missing_crossrefs = False
 
 
-def open_events(path: str, mode: str = "eager", entry_start: int | None = None, entry_stop: int | None = None):
+def open_events(
+    path: str, mode: str = "eager", entry_start: int | None = None, entry_stop: int | None = None
+):
     """Open the ``Events`` tree of a PFNano file as coffea NanoEvents."""
     from coffea.nanoevents import NanoEventsFactory
 
     kwargs = {"entry_start": entry_start, "entry_stop": entry_stop} if mode != "dask" else {}
-    return NanoEventsFactory.from_root({path: "Events"}, schemaclass=PFNanoSchema, mode=mode, **kwargs).events()
+    return NanoEventsFactory.from_root(
+        {path: "Events"}, schemaclass=PFNanoSchema, mode=mode, **kwargs
+    ).events()

@@ -13,8 +13,9 @@ def dynamic_length(counts: np.ndarray, max_length: int | None) -> int:
     return min(longest, max_length) if max_length else longest
 
 
-def pad(content: np.ndarray, counts: np.ndarray, length: int, mode: str = "constant",
-        pad_value: float = 0.0) -> np.ndarray:
+def pad(
+    content: np.ndarray, counts: np.ndarray, length: int, mode: str = "constant", pad_value: float = 0.0
+) -> np.ndarray:
     """Dense [N, length] from flat ``content`` with ``counts`` per row."""
     counts = np.asarray(counts, dtype=np.int64)
     starts = np.zeros(len(counts), dtype=np.int64)

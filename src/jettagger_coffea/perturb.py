@@ -13,6 +13,7 @@ on the copy must equal those on the original.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import awkward as ak
 import numpy as np
@@ -23,9 +24,16 @@ from ._errors import JetTaggerError
 P4 = ("part_px", "part_py", "part_pz", "part_energy")
 
 
-def perturb_jetclass(source: str | Path, output: str | Path, split_fraction: float = 0.0, n_soft: int = 0,
-                     epsilon: float = 1e-6, radius: float = 0.8, seed: int = 0,
-                     max_particles: int | None = None) -> Path:
+def perturb_jetclass(
+    source: str | Path,
+    output: str | Path,
+    split_fraction: float = 0.0,
+    n_soft: int = 0,
+    epsilon: float = 1e-6,
+    radius: float = 0.8,
+    seed: int = 0,
+    max_particles: int | None = None,
+) -> Path:
     """Write an IRC-perturbed copy of ``source`` (a JetClass ``tree``) to ``output``; jets with more than
     ``max_particles`` particles are dropped from both (keep the selection to compare with the original)."""
     if not 0 <= split_fraction <= 1 or n_soft < 0 or epsilon <= 0:
@@ -36,7 +44,7 @@ def perturb_jetclass(source: str | Path, output: str | Path, split_fraction: flo
         arrays = arrays[ak.num(arrays["part_px"]) <= max_particles]
     rng = np.random.default_rng(seed)
     part = [f for f in arrays.fields if f.startswith("part_")]
-    counts = ak.to_numpy(ak.num(arrays["part_px"]))
+    counts: np.ndarray = ak.to_numpy(ak.num(arrays["part_px"]))
     flat = {f: ak.to_numpy(ak.flatten(arrays[f])).astype(np.float64) for f in part}
     jet_of = np.repeat(np.arange(len(counts)), counts)
     # collinear splits: duplicate the chosen particles, share the four-momentum lambda : 1 - lambda
@@ -57,19 +65,24 @@ def perturb_jetclass(source: str | Path, output: str | Path, split_fraction: flo
         sj = np.repeat(np.arange(len(counts)), n_soft)
         r, a = radius * np.sqrt(rng.random(len(sj))), rng.uniform(-np.pi, np.pi, len(sj))
         eta, phi = jeta[sj] + r * np.cos(a), jphi[sj] + r * np.sin(a)
-        e = epsilon * je[sj]
-        pt = e / np.cosh(eta)
-        soft = {f: np.zeros(len(sj)) for f in part}
-        soft |= {"part_px": pt * np.cos(phi), "part_py": pt * np.sin(phi), "part_pz": pt * np.sinh(eta),
-                 "part_energy": e, "part_deta": (eta - jeta[sj]) * np.sign(jeta[sj]),
-                 "part_dphi": (phi - jphi[sj] + np.pi) % (2 * np.pi) - np.pi}
+        e_soft = epsilon * je[sj]
+        pt = e_soft / np.cosh(eta)
+        soft: dict[str, Any] = {f: np.zeros(len(sj)) for f in part}
+        soft |= {
+            "part_px": pt * np.cos(phi),
+            "part_py": pt * np.sin(phi),
+            "part_pz": pt * np.sinh(eta),
+            "part_energy": e_soft,
+            "part_deta": (eta - jeta[sj]) * np.sign(jeta[sj]),
+            "part_dphi": (phi - jphi[sj] + np.pi) % (2 * np.pi) - np.pi,
+        }
         if "part_isPhoton" in soft:
             soft["part_isPhoton"] = np.ones(len(sj))
         new = {f: np.concatenate([new[f], soft[f]]) for f in part}
         jets = np.concatenate([jets, sj])
     # JetClass order: by jet, then pT descending
     order = np.lexsort((-np.hypot(new["part_px"], new["part_py"]), jets))
-    new_counts = np.bincount(jets, minlength=len(counts))
+    new_counts = np.bincount(jets, minlength=len(counts)).astype(np.int64)
     out = {f: ak.unflatten(new[f][order].astype(np.float32), new_counts) for f in part}
     px, py, pz, e = (np.bincount(jets, weights=new[f], minlength=len(counts)) for f in P4)
     jet = {f: ak.to_numpy(arrays[f]) for f in arrays.fields if not f.startswith("part_")}
@@ -82,5 +95,7 @@ def perturb_jetclass(source: str | Path, output: str | Path, split_fraction: flo
     data = {"part": ak.zip({k[5:]: v for k, v in out.items()}), **jet}  # counter branch: npart
     output = Path(output)
     with uproot.recreate(output) as f:
-        f.mktree("tree", {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in data.items()}).extend(data)
+        f.mktree("tree", {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in data.items()}).extend(
+            data
+        )
     return output

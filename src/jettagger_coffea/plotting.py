@@ -45,7 +45,9 @@ def _legend_outside(ax: Any, **kw: Any) -> None:
 
 def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str = "") -> Path:
     """``curves``: name -> (is_signal, discriminant) per jet; drawn as :func:`roc_from_counts_plot`."""
-    counts = {name: (*roc_curve(y, d)[:2], int((~np.asarray(y, bool)).sum())) for name, (y, d) in curves.items()}
+    counts = {
+        name: (*roc_curve(y, d)[:2], int((~np.asarray(y, bool)).sum())) for name, (y, d) in curves.items()
+    }
     return roc_from_counts_plot(counts, path, title)
 
 
@@ -61,8 +63,13 @@ def roc_from_counts_plot(curves: Mapping[str, tuple], path: Path, title: str = "
         colour = COLOURS[i % len(COLOURS)]
         ax.plot(es[ok], 1 / eb[ok], color=colour, label=f"{name} (AUC {auc:.3f})")
         if len(c) > 2 and c[2]:
-            ax.axhline(c[2], color=colour, linestyle=":", linewidth=1,
-                       label=f"{name}: floor 1/N$_b$, N$_b$ = {int(c[2])}")
+            ax.axhline(
+                c[2],
+                color=colour,
+                linestyle=":",
+                linewidth=1,
+                label=f"{name}: floor 1/N$_b$, N$_b$ = {int(c[2])}",
+            )
     ax.set_yscale("log")
     ax.set_xlabel(r"Signal efficiency $\varepsilon_s$")
     ax.set_ylabel(r"Background rejection $1/\varepsilon_b$")
@@ -73,8 +80,9 @@ def roc_from_counts_plot(curves: Mapping[str, tuple], path: Path, title: str = "
     return _save(fig, path)
 
 
-def score_plot(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: Path,
-               definition: dict, name: str) -> Path:
+def score_plot(
+    scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: Path, definition: dict, name: str
+) -> Path:
     _style()
     d = discriminant(scores, classes, definition)
     fig, ax = plt.subplots(figsize=(9, 6))
@@ -83,8 +91,14 @@ def score_plot(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], p
         sel = (labels == i) & np.isfinite(d)
         if sel.any():
             n, _ = np.histogram(d[sel], bins=bins)
-            hep.histplot(n / n.sum() / np.diff(bins), bins, yerr=np.sqrt(n) / n.sum() / np.diff(bins), ax=ax,
-                         color=COLOURS[i % len(COLOURS)], label=f"true {c} ({int(sel.sum())} jets)")
+            hep.histplot(
+                n / n.sum() / np.diff(bins),
+                bins,
+                yerr=np.sqrt(n) / n.sum() / np.diff(bins),
+                ax=ax,
+                color=COLOURS[i % len(COLOURS)],
+                label=f"true {c} ({int(sel.sum())} jets)",
+            )
     ax.set_yscale("log")
     sig, bkg = "+".join(definition["signal"]), "+".join(definition.get("background") or [])
     ax.set_xlabel(f"{name} = {sig} / ({sig} + {bkg})" if bkg else f"{name} = {sig}", fontsize=14)
@@ -100,8 +114,15 @@ def confusion_plot(cm: np.ndarray, classes: Sequence[str], path: Path, title: st
     im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", color="white" if cm[i, j] > 0.5 else "black",
-                    fontsize=12)
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]:.2f}",
+                ha="center",
+                va="center",
+                color="white" if cm[i, j] > 0.5 else "black",
+                fontsize=12,
+            )
     ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 6 else 0)
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("Predicted class (argmax)")
@@ -112,7 +133,9 @@ def confusion_plot(cm: np.ndarray, classes: Sequence[str], path: Path, title: st
     return _save(fig, path)
 
 
-def efficiency_plot(curves: Mapping[str, Mapping[str, tuple]], path: Path, xlabel: str, title: str = "") -> Path:
+def efficiency_plot(
+    curves: Mapping[str, Mapping[str, tuple]], path: Path, xlabel: str, title: str = ""
+) -> Path:
     """``curves``: working point -> truth class -> (edges, passed, total, low, high) with a binomial
     interval [low, high]. One colour per truth class, one marker / line style per working point; empty
     bins (no jets) are left out, bins with no passing jet are drawn as 68 % upper limits."""
@@ -132,12 +155,30 @@ def efficiency_plot(curves: Mapping[str, Mapping[str, tuple]], path: Path, xlabe
             if ok.any():
                 floor = min(floor, float(np.nanmin(low[ok][low[ok] > 0], initial=1.0)))
             yerr = np.clip([eff[ok] - low[ok], high[ok] - eff[ok]], 0, None)
-            ax.errorbar(centres[ok], eff[ok], xerr=half[ok], yerr=yerr,
-                        fmt=marker, linestyle=line, color=colour, markersize=5, capsize=2, label=f"{t}, {wp}")
+            ax.errorbar(
+                centres[ok],
+                eff[ok],
+                xerr=half[ok],
+                yerr=yerr,
+                fmt=marker,
+                linestyle=line,
+                color=colour,
+                markersize=5,
+                capsize=2,
+                label=f"{t}, {wp}",
+            )
             if zero.any():
                 floor = min(floor, float(np.min(high[zero])) / 3)
-                ax.errorbar(centres[zero], high[zero], xerr=half[zero], yerr=0.4 * high[zero], uplims=True,
-                            fmt="none", color=colour, capsize=2)
+                ax.errorbar(
+                    centres[zero],
+                    high[zero],
+                    xerr=half[zero],
+                    yerr=0.4 * high[zero],
+                    uplims=True,
+                    fmt="none",
+                    color=colour,
+                    capsize=2,
+                )
     ax.set_yscale("log")
     ax.set_ylim(max(floor / 2, 1e-5), 2)
     ax.set_xlabel(xlabel)
@@ -157,8 +198,14 @@ def mass_plot(per_truth: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
         if total <= 0:
             continue
         width = np.diff(edges)
-        hep.histplot(w / total / width, edges, yerr=np.sqrt(w2) / total / width, ax=ax,
-                     color=COLOURS[i % len(COLOURS)], label=f"{t} ({total:.4g} jets)")
+        hep.histplot(
+            w / total / width,
+            edges,
+            yerr=np.sqrt(w2) / total / width,
+            ax=ax,
+            color=COLOURS[i % len(COLOURS)],
+            label=f"{t} ({total:.4g} jets)",
+        )
     ax.set_xlabel("Soft-drop mass [GeV]")
     ax.set_ylabel("1/N dN/dm [1/GeV]")
     _legend_outside(ax)

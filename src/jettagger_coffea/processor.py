@@ -16,6 +16,7 @@ import numpy as np
 from coffea import processor
 
 from ._errors import JetTaggerError
+from .bundle import Bundle
 from .histograms import PT_BINS, make_histograms
 from .tagger import JetTagger, _is_dask
 from .truth import TRUTH_CLASSES, fatjet_truth
@@ -64,7 +65,7 @@ def pt_bins_for(selection: Selection) -> tuple[float, ...]:
     lo = selection.pt_min
     hi = selection.pt_max if selection.pt_max is not None else max(PT_BINS[-1], 2 * lo)
     inner = [b for b in PT_BINS if lo < b < hi]
-    return tuple([lo, *inner, hi])
+    return (lo, *inner, hi)
 
 
 class TaggerProcessor(processor.ProcessorABC):
@@ -75,11 +76,21 @@ class TaggerProcessor(processor.ProcessorABC):
     whose thresholds replace the bundle's.
     """
 
-    def __init__(self, bundle: str | Path | None = None, selection: Selection | None = None,
-                 pt_bins: Sequence[float] | None = None, backend: str = "onnx", padding: str | int = "dynamic",
-                 radius: float = 0.8, datasets: dict[str, dict[str, Any]] | None = None,
-                 working_points: str | Path | None = None, per_jet: bool = False) -> None:
-        self.tagger = JetTagger(bundle, backend=backend, padding=padding)
+    def __init__(
+        self,
+        bundle: str | Path | None = None,
+        selection: Selection | None = None,
+        pt_bins: Sequence[float] | None = None,
+        backend: str = "onnx",
+        padding: str | int = "dynamic",
+        radius: float = 0.8,
+        datasets: dict[str, dict[str, Any]] | None = None,
+        working_points: str | Path | None = None,
+        per_jet: bool = False,
+    ) -> None:
+        self.tagger = JetTagger(
+            bundle if bundle is not None else Bundle.load(), backend=backend, padding=padding
+        )
         self.selection = selection or Selection()
         self.pt_bins = tuple(pt_bins) if pt_bins is not None else pt_bins_for(self.selection)
         self.radius = radius
@@ -90,8 +101,11 @@ class TaggerProcessor(processor.ProcessorABC):
 
             bundle_wps = read_thresholds(working_points)
         self.wps = {d: dict(bundle_wps.get(d, {})) for d in self.tagger.bundle.discriminants}
-        self.stored = {d: b for d, b in (self.tagger.bundle.card.get("stored_scores") or {}).items()
-                       if d in self.tagger.bundle.discriminants}
+        self.stored = {
+            d: b
+            for d, b in (self.tagger.bundle.card.get("stored_scores") or {}).items()
+            if d in self.tagger.bundle.discriminants
+        }
         self.per_jet = per_jet
 
     def is_mc(self, events: Any, dataset: str) -> bool:
@@ -112,7 +126,9 @@ class TaggerProcessor(processor.ProcessorABC):
         s, pt, eta, msd = flat(scores), flat(jets.pt), flat(abs(jets.eta)), flat(jets.msoftdrop)
         classes = self.tagger.classes
         wp_names = sorted({w for d in self.wps.values() for w in d})
-        hists = make_histograms(classes, list(self.wps), wp_names, self.pt_bins, dask=dask, stored=list(self.stored))
+        hists = make_histograms(
+            classes, list(self.wps), wp_names, self.pt_bins, dask=dask, stored=list(self.stored)
+        )
         tagged = np.isfinite(s[:, 0])
         stored = {d: flat(jets[b]) for d, b in self.stored.items() if b in ak.fields(jets)}
         for t_index, t in enumerate(TRUTH_CLASSES):  # one fill per truth class: scalar string categories
@@ -120,7 +136,9 @@ class TaggerProcessor(processor.ProcessorABC):
             ok, bad = is_t & tagged, is_t & ~tagged
             w, wt = w_jets[ok], w_jets[is_t]
             hists["jets"].fill(dataset=dataset, truth=t, status="tagged", pt=pt[ok], weight=w)
-            hists["jets"].fill(dataset=dataset, truth=t, status="no_constituents", pt=pt[bad], weight=w_jets[bad])
+            hists["jets"].fill(
+                dataset=dataset, truth=t, status="no_constituents", pt=pt[bad], weight=w_jets[bad]
+            )
             hists["msoftdrop"].fill(dataset=dataset, truth=t, msd=msd[is_t], weight=wt)
             t_scores, t_pt = s[ok], pt[ok]
             hists["predicted"].fill(dataset=dataset, truth=t, predicted=argmax(t_scores, axis=1), weight=w)
@@ -131,33 +149,61 @@ class TaggerProcessor(processor.ProcessorABC):
                 hists["discriminant"].fill(dataset=dataset, truth=t, pt=t_pt, disc=name, score=disc, weight=w)
                 for wp, thr in wps.items():
                     passed = as_int(disc > thr, np.int64)
-                    hists["wp_pt"].fill(dataset=dataset, truth=t, disc=name, wp=wp, passed=passed, pt=t_pt,
-                                        abseta=eta[ok], weight=w)
-                    hists["wp_msd"].fill(dataset=dataset, truth=t, disc=name, wp=wp, passed=passed, msd=msd[ok],
-                                         weight=w)
+                    hists["wp_pt"].fill(
+                        dataset=dataset,
+                        truth=t,
+                        disc=name,
+                        wp=wp,
+                        passed=passed,
+                        pt=t_pt,
+                        abseta=eta[ok],
+                        weight=w,
+                    )
+                    hists["wp_msd"].fill(
+                        dataset=dataset, truth=t, disc=name, wp=wp, passed=passed, msd=msd[ok], weight=w
+                    )
         for name, values in stored.items():
             d = self.tagger.discriminant(s[tagged], name)
-            hists["stored"].fill(dataset=dataset, disc=name, recomputed=d, stored=values[tagged],
-                                 weight=w_jets[tagged])
+            hists["stored"].fill(
+                dataset=dataset, disc=name, recomputed=d, stored=values[tagged], weight=w_jets[tagged]
+            )
         fname = str(events.metadata.get("filename", ALL_FILES))  # per file under the Runner
         half = num(events.FatJet, axis=1) * 0 + 0.5  # one entry per event in the single "unit" bin
         n_tagged = num(jets[np.isfinite(scores[..., 0])], axis=1)
         n_selected = num(jets, axis=1)
-        steps = (("events", 1), ("fatjets", num(events.FatJet, axis=1)), ("selected_jets", n_selected),
-                 ("tagged_jets", n_tagged), ("no_constituent_jets", n_selected - n_tagged))
+        steps = (
+            ("events", 1),
+            ("fatjets", num(events.FatJet, axis=1)),
+            ("selected_jets", n_selected),
+            ("tagged_jets", n_tagged),
+            ("no_constituent_jets", n_selected - n_tagged),
+        )
         for step, n in steps:
-            hists["counts"].fill(dataset=dataset, file=fname, step=step, quantity="raw", unit=half, weight=half * 0 + n)
-            hists["counts"].fill(dataset=dataset, file=fname, step=step, quantity="sumw", unit=half,
-                                 weight=w_event * n)
+            hists["counts"].fill(
+                dataset=dataset, file=fname, step=step, quantity="raw", unit=half, weight=half * 0 + n
+            )
+            hists["counts"].fill(
+                dataset=dataset, file=fname, step=step, quantity="sumw", unit=half, weight=w_event * n
+            )
         out: dict[str, Any] = {"hists": hists}
         if self.per_jet:
             if dask:
-                raise JetTaggerError("per-jet output needs a coffea Runner executor (iterative, futures, dask)")
+                raise JetTaggerError(
+                    "per-jet output needs a coffea Runner executor (iterative, futures, dask)"
+                )
             out["jets"] = self._columns(events, mask, dataset, fname, s, truth, w_jets)
         return out
 
-    def _columns(self, events: Any, mask: Any, dataset: str, fname: str, s: np.ndarray, truth: np.ndarray,
-                 weight: np.ndarray) -> dict[str, list[np.ndarray]]:
+    def _columns(
+        self,
+        events: Any,
+        mask: Any,
+        dataset: str,
+        fname: str,
+        s: np.ndarray,
+        truth: np.ndarray,
+        weight: np.ndarray,
+    ) -> dict[str, list[np.ndarray]]:
         """Per selected jet: identifiers, truth, weight, scores and discriminants (lists: they concatenate
         when coffea accumulates chunks)."""
         n = len(s)
@@ -166,8 +212,12 @@ class TaggerProcessor(processor.ProcessorABC):
         jet_index = ak.to_numpy(ak.flatten(ak.local_index(mask, axis=1)))
         keep = ak.to_numpy(ak.flatten(mask))
         start = int(events.metadata.get("entrystart", 0) or 0)
-        cols: dict[str, np.ndarray] = {"dataset": np.full(n, dataset), "file": np.full(n, fname),
-                                       "entry": start + event_of[keep], "jet_index": jet_index[keep]}
+        cols: dict[str, np.ndarray] = {
+            "dataset": np.full(n, dataset),
+            "file": np.full(n, fname),
+            "entry": start + event_of[keep],
+            "jet_index": jet_index[keep],
+        }
         for b in ("run", "luminosityBlock", "event"):
             if b in ak.fields(events):
                 cols[b] = ak.to_numpy(events[b])[event_of[keep]]
@@ -239,8 +289,14 @@ def cutflow(hists: dict[str, Any], scale: dict[str, float] | None = None) -> dic
     return out
 
 
-def efficiency(h: Any, disc: str, wp: str, axis: str = "pt", truth: str | Sequence[str] | None = None,
-               dataset: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def efficiency(
+    h: Any,
+    disc: str,
+    wp: str,
+    axis: str = "pt",
+    truth: str | Sequence[str] | None = None,
+    dataset: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(edges, passed, total, sum w^2 passed, sum w^2 total) of a working point vs ``axis`` from the
     ``wp_pt`` / ``wp_msd`` histogram, summed over the given truth classes and datasets."""
     sel: dict[str, Any] = {"disc": disc, "wp": wp}
@@ -269,10 +325,11 @@ def wilson_interval(passed: np.ndarray, total: np.ndarray, z: float = 1.0) -> tu
     return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
 
 
-def effective_counts(passed: np.ndarray, total: np.ndarray, var_total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def effective_counts(
+    passed: np.ndarray, total: np.ndarray, var_total: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Weighted (passed, total) -> the unweighted counts with the same relative precision (Kish)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         n_eff = np.where(var_total > 0, total**2 / var_total, 0.0)
         scale = np.where(total > 0, n_eff / total, 0.0)
     return passed * scale, total * scale
-

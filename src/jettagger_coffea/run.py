@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from ._errors import JetTaggerError
-from .tagger import configure_dask
 from .metrics import background_classes, rejection_from_roc, roc_from_hist
 from .nanoevents import PFNanoSchema
 from .processor import ALL_FILES, TaggerProcessor, cutflow, effective_counts, efficiency, wilson_interval
+from .tagger import configure_dask
 from .truth import truth_of_class
 
 log = logging.getLogger(__name__)
@@ -45,19 +45,23 @@ def check_fileset(raw: Any, where: str = "fileset") -> dict[str, Any]:
         if isinstance(spec, dict):
             unknown = sorted(set(spec) - {"files", "metadata", "treename"})
             if unknown or "files" not in spec:
-                raise JetTaggerError(f"{where}: dataset {ds!r} needs \"files\" (and optional \"metadata\"); "
-                                     f"unknown keys {unknown}")
+                raise JetTaggerError(
+                    f'{where}: dataset {ds!r} needs "files" (and optional "metadata"); unknown keys {unknown}'
+                )
             files, meta = spec["files"], dict(spec.get("metadata") or {})
         else:
             files, meta = spec, {}
         if not files:
             raise JetTaggerError(f"{where}: dataset {ds!r} has no files")
         if not isinstance(files, (dict, list)):
-            raise JetTaggerError(f"{where}: dataset {ds!r}: \"files\" must be a list or a {{path: tree}} map")
+            raise JetTaggerError(f'{where}: dataset {ds!r}: "files" must be a list or a {{path: tree}} map')
         xsec = meta.get("xsec")
         if xsec is not None and (not isinstance(xsec, (int, float)) or xsec <= 0):
             raise JetTaggerError(f"{where}: dataset {ds!r}: metadata.xsec must be a positive number (pb)")
-        out[ds] = {"files": files if isinstance(files, dict) else dict.fromkeys(files, "Events"), "metadata": meta}
+        out[ds] = {
+            "files": files if isinstance(files, dict) else dict.fromkeys(files, "Events"),
+            "metadata": meta,
+        }
     return out
 
 
@@ -75,17 +79,29 @@ def preflight(fileset: dict[str, Any], skip_bad_files: bool) -> tuple[dict[str, 
                 with uproot.open(path) as f:
                     n = f[tree].num_entries
                     f[tree]["nFatJet"].array(entry_stop=1)  # the header alone can look fine
-                    runs = f["Runs"] if "Runs" in f else None
-                    sumw = (float(runs["genEventSumw"].array(library="np").sum())
-                            if runs is not None and "genEventSumw" in runs.keys() else None)
+                    runs = f.get("Runs")
+                    sumw = (
+                        float(runs["genEventSumw"].array(library="np").sum())
+                        if runs is not None and "genEventSumw" in runs
+                        else None
+                    )
             except Exception as err:  # noqa: BLE001 - any failure to read makes the file bad
                 if not skip_bad_files:
-                    raise JetTaggerError(f"cannot read {path} (dataset {ds!r}): {type(err).__name__}: {err}") from None
-                skipped.append({"dataset": ds, "file": path, "error": f"{type(err).__name__}: {err}",
-                                "events": _events_from_header(path, tree)})
+                    raise JetTaggerError(
+                        f"cannot read {path} (dataset {ds!r}): {type(err).__name__}: {err}"
+                    ) from None
+                skipped.append(
+                    {
+                        "dataset": ds,
+                        "file": path,
+                        "error": f"{type(err).__name__}: {err}",
+                        "events": _events_from_header(path, tree),
+                    }
+                )
                 continue
-            entry = good.setdefault(ds, {"files": {}, "metadata": spec.get("metadata", {}), "events": {},
-                                         "sumw": {}})
+            entry = good.setdefault(
+                ds, {"files": {}, "metadata": spec.get("metadata", {}), "events": {}, "sumw": {}}
+            )
             entry["files"][path] = tree
             entry["events"][path] = n
             entry["sumw"][path] = sumw
@@ -111,9 +127,18 @@ def _cluster(workers: int, scheduler: str | None):
     return Client(cluster), cluster
 
 
-def run_fileset(bundle: str | Path | None, fileset: dict[str, Any], executor: str = "dask", workers: int = 2,
-                scheduler: str | None = None, chunksize: int = 100_000, skip_bad_files: bool = False,
-                progress: bool = True, lumi: float | None = None, **processor_options: Any) -> dict[str, Any]:
+def run_fileset(
+    bundle: str | Path | None,
+    fileset: dict[str, Any],
+    executor: str = "dask",
+    workers: int = 2,
+    scheduler: str | None = None,
+    chunksize: int = 100_000,
+    skip_bad_files: bool = False,
+    progress: bool = True,
+    lumi: float | None = None,
+    **processor_options: Any,
+) -> dict[str, Any]:
     """Run :class:`TaggerProcessor` over ``fileset``; the same histograms in every mode. With ``lumi``
     (pb^-1), simulated datasets with ``metadata.xsec`` are scaled to xsec x lumi / sum of genWeight."""
     from coffea import processor
@@ -132,7 +157,9 @@ def run_fileset(bundle: str | Path | None, fileset: dict[str, Any], executor: st
     runs_sumw = {ds: spec.pop("sumw") for ds, spec in fileset.items()}
     if executor == "auto":  # a small job is fastest in one process: no cluster start-up, no transfers
         total = sum(sum(f.values()) for f in expected.values())
-        executor = "iterative" if total <= AUTO_ITERATIVE_EVENTS or scheduler is None and workers == 1 else "dask"
+        executor = (
+            "iterative" if total <= AUTO_ITERATIVE_EVENTS or (scheduler is None and workers == 1) else "dask"
+        )
         log.info("executor auto -> %s (%d events)", executor, total)
     for spec in fileset.values():
         spec.pop("metadata", None)
@@ -178,7 +205,7 @@ def run_fileset(bundle: str | Path | None, fileset: dict[str, Any], executor: st
             client.close()
         if cluster is not None:
             cluster.close()
-    out["normalisation"] = normalise(out["hists"], metadata, runs_sumw, lumi, proc)
+    out["normalisation"] = normalise(out["hists"], metadata, runs_sumw, lumi)
     if "jets" in out:  # per-jet columns: chunks in file order, weights normalised like the histograms
         cols = {k: np.concatenate(v) for k, v in out["jets"].items()}
         order = np.lexsort((cols["jet_index"], cols["entry"], cols["file"], cols["dataset"]))
@@ -188,13 +215,18 @@ def run_fileset(bundle: str | Path | None, fileset: dict[str, Any], executor: st
         out["jets"] = cols
     scale = {ds: n["factor"] for ds, n in out["normalisation"].items()}
     out["cutflow"] = cutflow(out["hists"], scale)
-    out["warnings"] = [f"dataset {ds!r}: the selection removed every jet ({c['fatjets']} FatJets in "
-                       f"{c['events']} events)" for ds, c in out["cutflow"].items() if c["selected_jets"] == 0]
+    out["warnings"] = [
+        f"dataset {ds!r}: the selection removed every jet ({c['fatjets']} FatJets in {c['events']} events)"
+        for ds, c in out["cutflow"].items()
+        if c["selected_jets"] == 0
+    ]
     for w in out["warnings"]:
         log.warning(w)
     counts = out["hists"]["counts"]
-    per_file = {f: round(counts[{"file": f, "step": "events", "quantity": "raw"}].sum(flow=True).value)
-                for f in counts.axes["file"]}
+    per_file = {
+        f: round(counts[{"file": f, "step": "events", "quantity": "raw"}].sum(flow=True).value)
+        for f in counts.axes["file"]
+    }
     for ds, files in expected.items():
         if ALL_FILES in per_file:  # dask-awkward: per dataset only
             got, n = out["cutflow"].get(ds, {}).get("events", 0), sum(files.values())
@@ -204,19 +236,37 @@ def run_fileset(bundle: str | Path | None, fileset: dict[str, Any], executor: st
         for path, n in files.items():
             got = per_file.get(path, 0)
             if got != n:  # chunks that failed after the preflight, skipped by coffea
-                skipped.append({"dataset": ds, "file": path, "error": "chunk(s) failed during processing",
-                                "events": n - got})
+                skipped.append(
+                    {
+                        "dataset": ds,
+                        "file": path,
+                        "error": "chunk(s) failed during processing",
+                        "events": n - got,
+                    }
+                )
     out["skipped"] = skipped
-    out["meta"] = {"events_in_readable_files": {ds: sum(f.values()) for ds, f in expected.items()},
-                   "model": proc.tagger.bundle.name, "classes": proc.tagger.classes, "executor": executor,
-                   "workers": workers, "chunksize": chunksize, "seconds": time.perf_counter() - start,
-                   "discriminants": proc.tagger.bundle.discriminants, "working_points": proc.wps,
-                   "selection": dataclasses.asdict(proc.selection), "lumi": lumi}
+    out["meta"] = {
+        "events_in_readable_files": {ds: sum(f.values()) for ds, f in expected.items()},
+        "model": proc.tagger.bundle.name,
+        "classes": proc.tagger.classes,
+        "executor": executor,
+        "workers": workers,
+        "chunksize": chunksize,
+        "seconds": time.perf_counter() - start,
+        "discriminants": proc.tagger.bundle.discriminants,
+        "working_points": proc.wps,
+        "selection": dataclasses.asdict(proc.selection),
+        "lumi": lumi,
+    }
     return out
 
 
-def normalise(hists: dict[str, Any], metadata: dict[str, dict[str, Any]], runs_sumw: dict[str, dict[str, Any]],
-              lumi: float | None, proc: TaggerProcessor) -> dict[str, dict[str, Any]]:
+def normalise(
+    hists: dict[str, Any],
+    metadata: dict[str, dict[str, Any]],
+    runs_sumw: dict[str, dict[str, Any]],
+    lumi: float | None,
+) -> dict[str, dict[str, Any]]:
     """Scale each simulated dataset's histograms (values by f, variances by f^2) by
     f = xsec x lumi / sum of genWeight over *all* its events: the Runs trees' genEventSumw where every file
     has one (a file may hold part of a dataset), else the sum this job saw before any selection."""
@@ -233,8 +283,14 @@ def normalise(hists: dict[str, Any], metadata: dict[str, dict[str, Any]], runs_s
         xsec = meta.get("xsec")
         mc = bool(meta.get("is_mc", True))
         factor = xsec * lumi / sumw if (mc and xsec is not None and lumi is not None and sumw > 0) else 1.0
-        out[ds] = {"is_mc": mc, "xsec": xsec, "lumi": lumi, "sumw": sumw, "sumw_source": source,
-                   "factor": factor}
+        out[ds] = {
+            "is_mc": mc,
+            "xsec": xsec,
+            "lumi": lumi,
+            "sumw": sumw,
+            "sumw_source": source,
+            "factor": factor,
+        }
         if factor != 1.0:
             for name, h in hists.items():
                 if name == "counts" or "dataset" not in h.axes.name or ds not in h.axes["dataset"]:
@@ -274,16 +330,26 @@ def metrics_from_hists(out: dict[str, Any]) -> dict[str, Any]:
     h = out["hists"]
     meta = out["meta"]
     classes = meta["classes"]
-    res: dict[str, Any] = {"model": meta["model"], "method": "binned (histograms of the run)",
-                           "cutflow": out["cutflow"], "normalisation": out.get("normalisation", {}),
-                           "selection": meta.get("selection"), "discriminants": {}}
+    res: dict[str, Any] = {
+        "model": meta["model"],
+        "method": "binned (histograms of the run)",
+        "cutflow": out["cutflow"],
+        "normalisation": out.get("normalisation", {}),
+        "selection": meta.get("selection"),
+        "discriminants": {},
+    }
     for name, d in meta["discriminants"].items():
         roc = binned_roc(h["discriminant"], name, d, classes)
         if roc is None:
             continue
         eb, es, ns, nb = roc
-        res["discriminants"][name] = {"auc": float(np.trapezoid(es, eb)), "rej50": rejection_from_roc(eb, es, 0.5),
-                                      "rej30": rejection_from_roc(eb, es, 0.3), "n_signal": ns, "n_background": nb}
+        res["discriminants"][name] = {
+            "auc": float(np.trapezoid(es, eb)),
+            "rej50": rejection_from_roc(eb, es, 0.5),
+            "rej30": rejection_from_roc(eb, es, 0.3),
+            "n_signal": ns,
+            "n_background": nb,
+        }
     hp = h["predicted"].project("truth", "predicted")
     truths = list(hp.axes["truth"])
     cm = np.zeros((len(classes), len(classes)))
@@ -312,8 +378,11 @@ def strict_json(obj: Any) -> Any:
         if isinstance(x, (list, tuple)):
             return [walk(v, f"{path}[{i}]") for i, v in enumerate(x)]
         if isinstance(x, (float, np.floating)) and not np.isfinite(x):
-            reasons[path] = ("unbounded: no background jet is left at this signal efficiency" if x > 0
-                             else "undefined (no jets)")
+            reasons[path] = (
+                "unbounded: no background jet is left at this signal efficiency"
+                if x > 0
+                else "undefined (no jets)"
+            )
             return None
         if isinstance(x, np.generic):
             return x.item()
@@ -331,7 +400,11 @@ def write_outputs(out: dict[str, Any], folder: str | Path) -> dict[str, Path]:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {"pickle": folder / "hists.pkl", "root": folder / "hists.root", "metrics": folder / "metrics.json"}
+    paths = {
+        "pickle": folder / "hists.pkl",
+        "root": folder / "hists.root",
+        "metrics": folder / "metrics.json",
+    }
     with paths["pickle"].open("wb") as f:
         pickle.dump({k: v for k, v in out.items() if k != "jets"}, f)
     _write_root(out, paths["root"])
@@ -341,8 +414,10 @@ def write_outputs(out: dict[str, Any], folder: str | Path) -> dict[str, Path]:
         import awkward as ak
 
         paths["jets"] = folder / "jets.parquet"
-        ak.to_parquet(ak.Array({k: v.astype(str) if v.dtype.kind in "OU" else v for k, v in out["jets"].items()}),
-                      paths["jets"])
+        ak.to_parquet(
+            ak.Array({k: v.astype(str) if v.dtype.kind in "OU" else v for k, v in out["jets"].items()}),
+            paths["jets"],
+        )
     h, meta = out["hists"], out["meta"]
     classes = meta["classes"]
     curves = {}
@@ -353,20 +428,23 @@ def write_outputs(out: dict[str, Any], folder: str | Path) -> dict[str, Path]:
     if curves:
         paths["roc"] = plotting.roc_from_counts_plot(curves, folder / "roc.png", title=meta["model"])
     if metrics["accuracy"] is not None:
-        paths["confusion"] = plotting.confusion_plot(np.asarray(metrics["confusion"]), classes,
-                                                     folder / "confusion.png",
-                                                     title=f"{meta['model']}: accuracy {metrics['accuracy']:.3f}")
+        paths["confusion"] = plotting.confusion_plot(
+            np.asarray(metrics["confusion"]),
+            classes,
+            folder / "confusion.png",
+            title=f"{meta['model']}: accuracy {metrics['accuracy']:.3f}",
+        )
     for name, wps in meta["working_points"].items():
         d = meta["discriminants"][name]
-        groups = {"signal": sorted({truth_of_class(c) for c in d["signal"]} - {None}),
-                  "background": sorted({truth_of_class(c) for c in background_classes(classes, d)} - {None}
-                                       - {truth_of_class(c) for c in d["signal"]})}
+        sig = {t for t in map(truth_of_class, d["signal"]) if t is not None}
+        bkg = {t for t in map(truth_of_class, background_classes(classes, d)) if t is not None} - sig
+        groups = {"signal": sorted(sig), "background": sorted(bkg)}
         for axis, xlabel in (("pt", r"Jet $p_T$ [GeV]"), ("msd", "Soft-drop mass [GeV]")):
             eff: dict[str, dict[str, tuple]] = {}
             for wp in wps:
                 for truths in groups.values():
                     for t in truths:
-                        edges, p, n, vp, vn = efficiency(h[f"wp_{axis}"], name, wp, axis=axis, truth=t)
+                        edges, p, n, _, vn = efficiency(h[f"wp_{axis}"], name, wp, axis=axis, truth=t)
                         if n.sum() <= 0:
                             continue
                         pe, ne = effective_counts(p, n, vn)
@@ -374,18 +452,23 @@ def write_outputs(out: dict[str, Any], folder: str | Path) -> dict[str, Path]:
                         eff.setdefault(wp, {})[t] = (edges, p, n, lo, hi)
             if eff:
                 paths[f"eff_{axis}_{name}"] = plotting.efficiency_plot(
-                    eff, folder / f"eff_{axis}_{name}.png", xlabel, title=name)
+                    eff, folder / f"eff_{axis}_{name}.png", xlabel, title=name
+                )
     hm = h["msoftdrop"].project("truth", "msd")
     view = hm.view()
-    per_truth = {t: (hm.axes["msd"].edges, view["value"][i], view["variance"][i])
-                 for i, t in enumerate(hm.axes["truth"]) if view["value"][i].sum() > 0}
+    per_truth = {
+        t: (hm.axes["msd"].edges, view["value"][i], view["variance"][i])
+        for i, t in enumerate(hm.axes["truth"])
+        if view["value"][i].sum() > 0
+    }
     paths["msoftdrop"] = plotting.mass_plot(per_truth, folder / "msoftdrop.png")
     hs = h["stored"]
     for name in hs.axes["disc"]:
         sub = hs[{"disc": name}].project("recomputed", "stored")
         if sub.values().sum() > 0:
-            paths[f"stored_{name}"] = plotting.stored_plot(sub.values(), sub.axes[0].edges, sub.axes[1].edges,
-                                                           folder / f"stored_{name}.png", name)
+            paths[f"stored_{name}"] = plotting.stored_plot(
+                sub.values(), sub.axes[0].edges, sub.axes[1].edges, folder / f"stored_{name}.png", name
+            )
     return paths
 
 
@@ -420,11 +503,19 @@ def _write_root(out: dict[str, Any], path: Path) -> None:
                 if ds not in h["scores"].axes["dataset"]:
                     continue
                 for c in h["scores"].axes["cls"]:
-                    put(f, f"{ds}_score_{c}_{t}", h["scores"][{**sub, "cls": c}].project("score"),
-                        f"{ds} {t}: score {c}")
+                    put(
+                        f,
+                        f"{ds}_score_{c}_{t}",
+                        h["scores"][{**sub, "cls": c}].project("score"),
+                        f"{ds} {t}: score {c}",
+                    )
                 for d in h["discriminant"].axes["disc"] if ds in h["discriminant"].axes["dataset"] else ():
-                    put(f, f"{ds}_disc_{d}_{t}", h["discriminant"][{**sub, "disc": d}].project("score"),
-                        f"{ds} {t}: {d}")
+                    put(
+                        f,
+                        f"{ds}_disc_{d}_{t}",
+                        h["discriminant"][{**sub, "disc": d}].project("score"),
+                        f"{ds} {t}: {d}",
+                    )
                     for wp in h["wp_pt"].axes["wp"] if ds in h["wp_pt"].axes["dataset"] else ():
                         w = h["wp_pt"][{**sub, "disc": d, "wp": wp}].project("passed", "pt")
                         put(f, f"{ds}_{d}_{wp}_{t}_pass_pt", w[{"passed": 1}], f"{ds} {t}: {d} {wp} passing")

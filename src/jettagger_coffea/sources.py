@@ -69,30 +69,61 @@ class Preset:
                 if prefer not in ("target", "link"):
                     raise JetTaggerError(f"{where}: collections.{cname}.prefer must be target or link")
                 colls[cname] = CollectionSpec(
-                    cname, str(c["link"]), str(c.get("jet_index", "jetIdx")), c.get("target"),
-                    c.get("target_index"), prefer,
-                    Expression(c["select"], f"{where}: collections.{cname}.select") if c.get("select") else None,
-                    Expression(c["order"], f"{where}: collections.{cname}.order") if c.get("order") else None)
-            variables = {str(k): Expression(str(v), f"{where}: variables.{k}")
-                         for k, v in (d.get("variables") or {}).items()}
+                    cname,
+                    str(c["link"]),
+                    str(c.get("jet_index", "jetIdx")),
+                    c.get("target"),
+                    c.get("target_index"),
+                    prefer,
+                    Expression(c["select"], f"{where}: collections.{cname}.select")
+                    if c.get("select")
+                    else None,
+                    Expression(c["order"], f"{where}: collections.{cname}.order") if c.get("order") else None,
+                )
+            variables = {
+                str(k): Expression(str(v), f"{where}: variables.{k}")
+                for k, v in (d.get("variables") or {}).items()
+            }
             particles = str(d.get("particles", next(iter(colls))))
         except (KeyError, TypeError, AttributeError, StopIteration) as err:
             raise JetTaggerError(f"{where}: malformed source preset ({type(err).__name__}: {err})") from None
         if particles not in colls:
-            raise JetTaggerError(f"{where}: particles: {particles!r} is not one of the collections {list(colls)}")
-        return cls(str(d.get("name", where)), colls, particles, variables, str(d.get("description", "")),
-                   str(d.get("jets", JETS)))
+            raise JetTaggerError(
+                f"{where}: particles: {particles!r} is not one of the collections {list(colls)}"
+            )
+        return cls(
+            str(d.get("name", where)),
+            colls,
+            particles,
+            variables,
+            str(d.get("description", "")),
+            str(d.get("jets", JETS)),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         colls = {}
         for c in self.collections.values():
-            colls[c.name] = {k: v for k, v in (
-                ("link", c.link), ("jet_index", c.jet_index), ("target", c.target),
-                ("target_index", c.target_index), ("prefer", c.prefer),
-                ("select", c.select.source if c.select else None),
-                ("order", c.order.source if c.order else None)) if v is not None}
-        return {"name": self.name, "description": self.description, "jets": self.jets, "collections": colls,
-                "particles": self.particles, "variables": {k: e.source for k, e in self.variables.items()}}
+            colls[c.name] = {
+                k: v
+                for k, v in (
+                    ("link", c.link),
+                    ("jet_index", c.jet_index),
+                    ("target", c.target),
+                    ("target_index", c.target_index),
+                    ("prefer", c.prefer),
+                    ("select", c.select.source if c.select else None),
+                    ("order", c.order.source if c.order else None),
+                )
+                if v is not None
+            }
+        return {
+            "name": self.name,
+            "description": self.description,
+            "jets": self.jets,
+            "collections": colls,
+            "particles": self.particles,
+            "variables": {k: e.source for k, e in self.variables.items()},
+        }
 
     def collection_of(self, name: str, extra: Mapping[str, Expression] | None = None) -> str | None:
         """The collection a variable is computed from (None for per-jet quantities)."""
@@ -134,7 +165,9 @@ def load_preset(spec: str | Path | Mapping[str, Any] | Preset) -> Preset:
         return _builtin(str(spec))
     path = Path(spec)
     if not path.is_file():
-        raise JetTaggerError(f"unknown source preset {str(spec)!r} (built in: {', '.join(PRESETS)}; or a YAML file)")
+        raise JetTaggerError(
+            f"unknown source preset {str(spec)!r} (built in: {', '.join(PRESETS)}; or a YAML file)"
+        )
     return Preset.from_dict(yaml.safe_load(path.read_text()), str(path))
 
 
@@ -148,12 +181,14 @@ class Events:
     """Per-event jagged branches ``<collection>_<field>`` of a NanoAOD chunk: coffea NanoEvents, an awkward
     record array or an uproot ``Events`` tree (read lazily, one branch at a time)."""
 
-    def __init__(self, events: Any, where: str, entry_start: int | None = None, entry_stop: int | None = None):
+    def __init__(
+        self, events: Any, where: str, entry_start: int | None = None, entry_stop: int | None = None
+    ):
         import uproot
 
         self.where = where
         self._tree = events if isinstance(events, uproot.TTree) else None
-        self._events = None if self._tree is not None else events
+        self._events: Any = None if self._tree is not None else events
         self._range = (entry_start, entry_stop)
         self._cache: dict[tuple[str, str], Any] = {}
         if self._tree is not None:
@@ -188,8 +223,9 @@ class Events:
                 raise JetTaggerError(f"{self.where}: missing branch {coll}_{field}")
             if self._tree is not None:
                 start, stop = self._range
-                self._cache[key] = self._tree[f"{coll}_{field}"].array(entry_start=start, entry_stop=stop,
-                                                                       library="ak")
+                self._cache[key] = self._tree[f"{coll}_{field}"].array(
+                    entry_start=start, entry_stop=stop, library="ak"
+                )
             else:
                 self._cache[key] = self._events[coll][field]
         return self._cache[key]
@@ -219,11 +255,14 @@ def _flat(x: ak.Array) -> np.ndarray:
 class _Linked:
     """One collection's rows grouped by (selected) jet, then selected and ordered as its spec says."""
 
-    def __init__(self, ev: Events, spec: CollectionSpec, jet_rows: np.ndarray, n_jets: np.ndarray,
-                 lookup: Getter) -> None:
+    def __init__(
+        self, ev: Events, spec: CollectionSpec, jet_rows: np.ndarray, n_jets: np.ndarray, lookup: Getter
+    ) -> None:
         if not ev.has(spec.link):
-            raise JetTaggerError(f"{ev.where}: no {spec.link} collection, which the model's {spec.name}_* "
-                                 f"inputs are read from (a PFNano file with {spec.link} is needed)")
+            raise JetTaggerError(
+                f"{ev.where}: no {spec.link} collection, which the model's {spec.name}_* "
+                f"inputs are read from (a PFNano file with {spec.link} is needed)"
+            )
         self.ev, self.spec, self._lookup = ev, spec, lookup
         n_link = ev.counts(spec.link)
         row_event = np.repeat(np.arange(len(n_link)), n_link)
@@ -238,15 +277,22 @@ class _Linked:
         self.n_out = len(jet_rows)
         self._rows, self._pos = keep, pos[keep]
         self._target_rows: np.ndarray | None = None
-        if spec.target and spec.target_index and ev.has(spec.target) and spec.target_index in ev.fields(spec.link):
+        if (
+            spec.target
+            and spec.target_index
+            and ev.has(spec.target)
+            and spec.target_index in ev.fields(spec.link)
+        ):
             n_target = ev.counts(spec.target)
             tidx = _flat(ev.get(spec.link, spec.target_index)).astype(np.int64)[keep]
             tev = row_event[keep]
             ok = (tidx >= 0) & (tidx < n_target[tev])
             self._target_rows = np.where(ok, _offsets(n_target)[tev] + tidx, -1)
         elif spec.target and spec.target_index and spec.target_index in ev.fields(spec.link):
-            raise JetTaggerError(f"{ev.where}: {spec.link}_{spec.target_index} points to a {spec.target} "
-                                 f"collection that the file does not have")
+            raise JetTaggerError(
+                f"{ev.where}: {spec.link}_{spec.target_index} points to a {spec.target} "
+                f"collection that the file does not have"
+            )
         self._final: np.ndarray | None = None
         self._counts: np.ndarray | None = None
 
@@ -254,13 +300,15 @@ class _Linked:
         """A field for the kept rows (before selection/ordering)."""
         ev, spec = self.ev, self.spec
         in_link = field in ev.fields(spec.link)
-        in_target = self._target_rows is not None and spec.target is not None and field in ev.fields(spec.target)
+        in_target = (
+            self._target_rows is not None and spec.target is not None and field in ev.fields(spec.target)
+        )
         if in_target and not (in_link and spec.prefer == "link"):
             assert spec.target is not None and self._target_rows is not None
             values = _flat(ev.get(spec.target, field))
             rows = self._target_rows
             fill = np.nan if values.dtype.kind == "f" else 0
-            out = np.full(len(rows), fill, dtype=values.dtype if values.dtype.kind == "f" else values.dtype)
+            out = np.full(len(rows), fill, dtype=values.dtype)
             ok = rows >= 0
             out[ok] = values[rows[ok]]
             if in_link and (~ok).any():  # a row whose target was dropped: the link still knows it
@@ -269,8 +317,9 @@ class _Linked:
         if in_link:
             return _flat(ev.get(spec.link, field))[self._rows]
         tables = spec.link if spec.target is None else f"{spec.link} or {spec.target}"
-        raise JetTaggerError(f"{ev.where}: missing branch {spec.target or spec.link}_{field} "
-                             f"(no field {field!r} in {tables})")
+        raise JetTaggerError(
+            f"{ev.where}: missing branch {spec.target or spec.link}_{field} (no field {field!r} in {tables})"
+        )
 
     def _jagged(self, flat: np.ndarray, counts: np.ndarray) -> ak.Array:
         return ak.unflatten(flat, counts)
@@ -297,7 +346,7 @@ class _Linked:
 
         def get(name: str) -> Any:
             if name.startswith(prefix):
-                return self._jagged(self._raw_flat(name[len(prefix):]), counts0)
+                return self._jagged(self._raw_flat(name[len(prefix) :]), counts0)
             return self._lookup(name)
 
         return get
@@ -333,9 +382,10 @@ def nano_columns(events: Any, preset: Preset, where: str, jets: Any = None) -> t
             if prefix not in linked:
                 linked[prefix] = _Linked(ev, preset.collections[prefix], jet_rows, n_jets, table_get)
             return linked[prefix].column(field)
-        raise JetTaggerError(f"{where}: no source for variable {name!r} (preset {preset.name}: neither one of "
-                             f"its variables nor a raw column fj_*, "
-                             + ", ".join(f"{c}_*" for c in preset.collections) + ")")
+        raise JetTaggerError(
+            f"{where}: no source for variable {name!r} (preset {preset.name}: neither one of "
+            f"its variables nor a raw column fj_*, " + ", ".join(f"{c}_*" for c in preset.collections) + ")"
+        )
 
     base = Table(get, preset.variables, where)
 
@@ -379,14 +429,18 @@ def check_events(ev: Events, config: Any, preset: Preset) -> None:
     needed = needed_branches(config, preset)
     for c in preset.collections.values():
         if any(coll == c.link for coll, _ in needed) and not ev.has(c.link):
-            raise JetTaggerError(f"{ev.where}: no {c.link} collection, which the model's {c.name}_* "
-                                 f"inputs are read from (a PFNano file with {c.link} is needed)")
+            raise JetTaggerError(
+                f"{ev.where}: no {c.link} collection, which the model's {c.name}_* "
+                f"inputs are read from (a PFNano file with {c.link} is needed)"
+            )
     for c in preset.collections.values():
         fields = {f for coll, f in needed if coll == c.link}
         have = ev.fields(c.link) | (ev.fields(c.target) if c.target and ev.has(c.target) else set())
         for f in sorted(fields - have - {c.target_index}):
-            raise JetTaggerError(f"{ev.where}: missing branch {c.target or c.link}_{f} "
-                                 f"(read by the model's inputs through preset {preset.name})")
+            raise JetTaggerError(
+                f"{ev.where}: missing branch {c.target or c.link}_{f} "
+                f"(read by the model's inputs through preset {preset.name})"
+            )
     for coll, f in sorted(needed):
         if coll == preset.jets and f not in ev.fields(coll):
             raise JetTaggerError(f"{ev.where}: missing branch {coll}_{f}")

@@ -41,9 +41,16 @@ class JetTagger:
     >>> fatjets = tagger.attach(events, jets=events.FatJet.pt > 300)  # FatJet.score_<class> fields
     """
 
-    def __init__(self, bundle: str | Path | Bundle, backend: str = "onnx", padding: str | int = "dynamic",
-                 max_slots: int = MAX_SLOTS, threads: int | None = None, device: str | None = None,
-                 dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        bundle: str | Path | Bundle,
+        backend: str = "onnx",
+        padding: str | int = "dynamic",
+        max_slots: int = MAX_SLOTS,
+        threads: int | None = None,
+        device: str | None = None,
+        dtype: str = "float32",
+    ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         if backend == "onnx":
             self.backend: Any = OnnxBackend(self.bundle.onnx_path, threads=threads)
@@ -75,8 +82,15 @@ class JetTagger:
 
     def run_model(self, std: Any) -> np.ndarray:
         """Scores of standardised jets, in batches bounded in particle slots (and pairs, for ParT)."""
-        return run_batched(self.backend, std, len(self.classes), self.padding, self.bundle.min_length,
-                           self.max_slots, MAX_PAIRS if self.bundle.pairwise else None)
+        return run_batched(
+            self.backend,
+            std,
+            len(self.classes),
+            self.padding,
+            self.bundle.min_length,
+            self.max_slots,
+            MAX_PAIRS if self.bundle.pairwise else None,
+        )
 
     def discriminant(self, scores: Any, name: str) -> Any:
         """The bundle's discriminant ``name`` from class scores (see :func:`metrics.discriminant`)."""
@@ -89,8 +103,10 @@ class JetTagger:
         [jets][classes]."""
         if JETS not in ak.fields(events):
             if hasattr(events, "_events") or (events.ndim > 1):
-                raise JetTaggerError("JetTagger takes NanoAOD events (tagger(events), or tagger(events, jets=mask) "
-                                     "for a selection of events.FatJet), not a jet collection")
+                raise JetTaggerError(
+                    "JetTagger takes NanoAOD events (tagger(events), or tagger(events, jets=mask) "
+                    "for a selection of events.FatJet), not a jet collection"
+                )
             return ak.Array(self.score_jets(events).scores)
         if _is_dask(events):
             import dask_awkward as dak

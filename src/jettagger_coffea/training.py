@@ -59,7 +59,9 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float) -> torch.o
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "ranger":
-        return Lookahead(torch.optim.RAdam(params, lr=lr, betas=(0.95, 0.999), eps=1e-5, weight_decay=weight_decay))
+        return Lookahead(
+            torch.optim.RAdam(params, lr=lr, betas=(0.95, 0.999), eps=1e-5, weight_decay=weight_decay)
+        )
     raise ValueError(f"unknown optimizer {name!r} (adamw or ranger)")
 
 
@@ -73,8 +75,13 @@ def lr_factor(step: int, total: int, warmup: float = 0.05, flat: float = 0.7) ->
     return math.exp(math.log(0.01) * (step - start) / max(1.0, total - start))
 
 
-def batches(n: int, batch_size: int, rng: np.random.Generator | None, counts: np.ndarray | None = None,
-            bucket: int = 32):
+def batches(
+    n: int,
+    batch_size: int,
+    rng: np.random.Generator | None,
+    counts: np.ndarray | None = None,
+    bucket: int = 32,
+):
     """Index batches; with ``counts``, shuffled jets are sorted by multiplicity within groups of ``bucket``
     batches (weaver's bucketing), so each batch pads to little more than its own longest jet."""
     idx = rng.permutation(n) if rng is not None else np.arange(n)
@@ -83,7 +90,7 @@ def batches(n: int, batch_size: int, rng: np.random.Generator | None, counts: np
             yield idx[i : i + batch_size]
         return
     group = batch_size * bucket
-    out = []
+    out: list[np.ndarray] = []
     for g in range(0, n, group):
         chunk = idx[g : g + group]
         chunk = chunk[np.argsort(counts[chunk], kind="stable")]
@@ -92,8 +99,14 @@ def batches(n: int, batch_size: int, rng: np.random.Generator | None, counts: np
         yield out[j]
 
 
-def to_tensors(f: Features, idx: np.ndarray, names: Sequence[str], min_length: int, trim_q: float | None = None,
-               device: str = "cpu") -> list[torch.Tensor]:
+def to_tensors(
+    f: Features,
+    idx: np.ndarray,
+    names: Sequence[str],
+    min_length: int,
+    trim_q: float | None = None,
+    device: str = "cpu",
+) -> list[torch.Tensor]:
     """A batch padded dynamically to its longest jet (masked slots never reach a real particle)."""
     n = int(f.counts[idx].max()) if trim_q is None else int(np.ceil(np.quantile(f.counts[idx], trim_q)))
     length = max(min(n, f.inputs[names[0]].shape[-1]), min_length)
@@ -120,7 +133,9 @@ def predict(model, f: Features, batch_size: int = 256, device: str = "cpu") -> n
     chunks = []
     for idx in batches(len(f), batch_size, None):
         sel = order[idx]
-        chunks.append((sel, model(*to_tensors(f, sel, names, model.min_length, device=device)).float().cpu().numpy()))
+        chunks.append(
+            (sel, model(*to_tensors(f, sel, names, model.min_length, device=device)).float().cpu().numpy())
+        )
     out = np.empty((len(f), chunks[0][1].shape[1]), dtype=np.float32)
     for sel, p in chunks:
         out[sel] = p
@@ -133,6 +148,7 @@ def evaluate_loss(model, f: Features, batch_size: int, device: str) -> tuple[flo
     with torch.no_grad():
         for idx in batches(len(f), batch_size, None):
             xs = to_tensors(f, idx, model.input_names, model.min_length, device=device)
+            assert f.labels is not None
             y = torch.from_numpy(f.labels[idx]).long().to(device)
             out = logits(model, xs)
             tot += float(torch.nn.functional.cross_entropy(out, y, reduction="sum"))
@@ -141,13 +157,30 @@ def evaluate_loss(model, f: Features, batch_size: int, device: str) -> tuple[flo
     return tot / n, correct / n
 
 
-def train(config_path: str | Path, network: str, train_files: Sequence[str | Path], output: str | Path,
-          val_files: Sequence[str | Path] = (), val_fraction: float = 0.2, network_options: dict | None = None,
-          epochs: int = 10, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 0.01,
-          optimizer: str = "adamw", seed: int = 1, max_minutes: float | None = None, trim: bool = False,
-          resume: bool = False, device: str | None = None, threads: int | None = None,
-          max_train_jets: int | None = None, stop_after: int | None = None,
-          progress: bool = True, init: str | Path | None = None) -> dict[str, Any]:
+def train(
+    config_path: str | Path,
+    network: str,
+    train_files: Sequence[str | Path],
+    output: str | Path,
+    val_files: Sequence[str | Path] = (),
+    val_fraction: float = 0.2,
+    network_options: dict | None = None,
+    epochs: int = 10,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    optimizer: str = "adamw",
+    seed: int = 1,
+    max_minutes: float | None = None,
+    trim: bool = False,
+    resume: bool = False,
+    device: str | None = None,
+    threads: int | None = None,
+    max_train_jets: int | None = None,
+    stop_after: int | None = None,
+    progress: bool = True,
+    init: str | Path | None = None,
+) -> dict[str, Any]:
     """Train ``network`` on ``train_files``; returns the summary (also in ``output/summary.json``)."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -183,8 +216,9 @@ def train(config_path: str | Path, network: str, train_files: Sequence[str | Pat
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / batch_size)
     plan = [steps_per_epoch * epochs]  # total steps; shortened to fit ``max_minutes`` once steps are timed
-    sched = torch.optim.lr_scheduler.LambdaLR(opt.inner if isinstance(opt, Lookahead) else opt,
-                                              lambda s: lr_factor(s, plan[0]))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt.inner if isinstance(opt, Lookahead) else opt, lambda s: lr_factor(s, plan[0])
+    )
     scaler = torch.amp.GradScaler(enabled=device == "cuda")
     start_epoch, best, history = 0, math.inf, []
     if resume and (output / "last.pt").exists():
@@ -200,11 +234,17 @@ def train(config_path: str | Path, network: str, train_files: Sequence[str | Pat
         model.train()
         tl, tc, tn = 0.0, 0, 0
         ep_rng = np.random.default_rng([seed, epoch])
-        bar = tqdm(batches(len(train_set), batch_size, ep_rng, train_set.counts), total=steps_per_epoch,
-                   desc=f"{network} epoch {epoch}", disable=not progress, leave=False)
+        bar = tqdm(
+            batches(len(train_set), batch_size, ep_rng, train_set.counts),
+            total=steps_per_epoch,
+            desc=f"{network} epoch {epoch}",
+            disable=not progress,
+            leave=False,
+        )
         for idx in bar:
             q = float(ep_rng.uniform(0.9, 1.0)) if trim else None
             xs = to_tensors(train_set, idx, model.input_names, model.min_length, trim_q=q, device=device)
+            assert train_set.labels is not None
             y = torch.from_numpy(train_set.labels[idx]).long().to(device)
             with torch.autocast(device_type="cuda", enabled=device == "cuda"):
                 out = logits(model, xs)
@@ -230,8 +270,16 @@ def train(config_path: str | Path, network: str, train_files: Sequence[str | Pat
             if max_minutes and time.perf_counter() - t0 > 60 * max_minutes:
                 break
         vl, va = evaluate_loss(model, val_set, 2 * batch_size, device)
-        row = {"epoch": epoch, "train_loss": tl / tn, "train_acc": tc / tn, "val_loss": vl, "val_acc": va,
-               "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0, "jets": tn}
+        row = {
+            "epoch": epoch,
+            "train_loss": tl / tn,
+            "train_acc": tc / tn,
+            "val_loss": vl,
+            "val_acc": va,
+            "lr": sched.get_last_lr()[0],
+            "seconds": time.perf_counter() - t0,
+            "jets": tn,
+        }
         history.append(row)
         log.info("epoch %d: %s", epoch, row)
         with (output / "log.jsonl").open("a") as fh:
@@ -240,20 +288,40 @@ def train(config_path: str | Path, network: str, train_files: Sequence[str | Pat
         if vl < best:
             best = vl
             torch.save(model.state_dict(), output / "best_state.pt")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "epoch": epoch, "best": best, "history": history}, output / "last.pt")
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch,
+                "best": best,
+                "history": history,
+            },
+            output / "last.pt",
+        )
         if max_minutes and time.perf_counter() - t0 > 60 * max_minutes:
             log.info("time budget of %.1f min reached after epoch %d", max_minutes, epoch)
             break
         if stop_after is not None and epoch + 1 >= stop_after:  # split a long run across job slots
             break
     best_epoch = min(history, key=lambda r: r["val_loss"])["epoch"]
-    summary = {"network": network, "network_options": network_options or {}, "best_epoch": best_epoch,
-               "history": history, "n_train": len(train_set), "n_val": len(val_set), "seed": seed,
-               "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "input_dims": dims,
-               "train_files": [str(p) for p in train_files], "val_files": [str(p) for p in val_files],
-               "parameters": sum(p.numel() for p in model.parameters()),
-               **({"init": str(init)} if init is not None else {})}
+    summary = {
+        "network": network,
+        "network_options": network_options or {},
+        "best_epoch": best_epoch,
+        "history": history,
+        "n_train": len(train_set),
+        "n_val": len(val_set),
+        "seed": seed,
+        "optimizer": optimizer,
+        "lr": lr,
+        "batch_size": batch_size,
+        "input_dims": dims,
+        "train_files": [str(p) for p in train_files],
+        "val_files": [str(p) for p in val_files],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        **({"init": str(init)} if init is not None else {}),
+    }
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -263,8 +331,13 @@ def load_trained(output: str | Path, which: str = "best"):
     output = Path(output)
     summary = json.loads((output / "summary.json").read_text())
     config = DataConfig.from_yaml(output / "data_config.yaml")
-    model = build(summary["network"], list(config.input_names), summary["input_dims"], len(config.class_names),
-                  **summary["network_options"])
+    model = build(
+        summary["network"],
+        list(config.input_names),
+        summary["input_dims"],
+        len(config.class_names),
+        **summary["network_options"],
+    )
     name = "best_state.pt" if which == "best" else f"epoch-{which}_state.pt"
     model.load_state_dict(torch.load(output / name, map_location="cpu", weights_only=True))
     return model.eval(), config, summary
@@ -277,9 +350,14 @@ DEFAULT_DISCRIMINANTS = {
 }
 
 
-def export(train_dir: str | Path, bundle_dir: str | Path, name: str | None = None,
-           reference_files: Sequence[str | Path] = (), discriminants: dict | None = None,
-           card: dict | None = None) -> Path:
+def export(
+    train_dir: str | Path,
+    bundle_dir: str | Path,
+    name: str | None = None,
+    reference_files: Sequence[str | Path] = (),
+    discriminants: dict | None = None,
+    card: dict | None = None,
+) -> Path:
     """A trained folder -> bundle (ONNX + configs + model card); working points derived on
     ``reference_files`` (fixed mistag 0.5/1/2.5/5 %, fixed efficiency 30/50 %) and their metrics stored."""
     from .bundle import CARD, write_bundle
@@ -290,18 +368,34 @@ def export(train_dir: str | Path, bundle_dir: str | Path, name: str | None = Non
 
     model, config, s = load_trained(train_dir)
     classes = config.class_names
-    discs = {k: v for k, v in (discriminants or DEFAULT_DISCRIMINANTS).items()
-             if all(c in classes for c in [*v["signal"], *v["background"]])}
+    discs = {
+        k: v
+        for k, v in (discriminants or DEFAULT_DISCRIMINANTS).items()
+        if all(c in classes for c in [*v["signal"], *v["background"]])
+    }
     best = next(r for r in s["history"] if r["epoch"] == s["best_epoch"])
-    info = {"name": name or Path(bundle_dir).name, "network": s["network"], "network_options": s["network_options"],
-            "discriminants": discs,
-            "provenance": {"train_files": s["train_files"], "n_train": s["n_train"], "n_val": s["n_val"],
-                           "seed": s["seed"], "epochs_run": len(s["history"]), "best_epoch": s["best_epoch"],
-                           "best_val_loss": best["val_loss"], "best_val_acc": best["val_acc"],
-                           "jets_seen": sum(r["jets"] for r in s["history"]),
-                           "optimizer": s["optimizer"], "lr": s["lr"], "batch_size": s["batch_size"],
-                           "parameters": s["parameters"]},
-            **(card or {})}
+    info = {
+        "name": name or Path(bundle_dir).name,
+        "network": s["network"],
+        "network_options": s["network_options"],
+        "discriminants": discs,
+        "provenance": {
+            "train_files": s["train_files"],
+            "n_train": s["n_train"],
+            "n_val": s["n_val"],
+            "seed": s["seed"],
+            "epochs_run": len(s["history"]),
+            "best_epoch": s["best_epoch"],
+            "best_val_loss": best["val_loss"],
+            "best_val_acc": best["val_acc"],
+            "jets_seen": sum(r["jets"] for r in s["history"]),
+            "optimizer": s["optimizer"],
+            "lr": s["lr"],
+            "batch_size": s["batch_size"],
+            "parameters": s["parameters"],
+        },
+        **(card or {}),
+    }
     bundle = write_bundle(bundle_dir, model, config, info, s["input_dims"])
     if reference_files:
         tagger = JetTagger(bundle)

@@ -40,18 +40,18 @@ def _resonances(pdg: np.ndarray, mother: np.ndarray, flags: np.ndarray) -> list[
     apdg = np.abs(pdg)
     is_quark = (apdg >= 1) & (apdg <= 5)
     children: dict[int, list[int]] = {}
-    for i, m in enumerate(mother):
+    for k, m in enumerate(mother):
         if m >= 0:
-            children.setdefault(int(m), []).append(i)
+            children.setdefault(int(m), []).append(k)
 
     def last_copy(i: int) -> int:
         while True:
             same = [c for c in children.get(i, []) if pdg[c] == pdg[i]]
             if not same:
                 return i
-            i = same[0]
+            i = int(same[0])
 
-    out = []
+    out: list[tuple[int, str, list[int]]] = []
     for i in np.flatnonzero(np.isin(apdg, (6, 23, 24, 25)) & ((flags & LAST_COPY) != 0)):
         quarks = [c for c in children.get(int(i), []) if is_quark[c]]
         if apdg[i] == 6:
@@ -77,8 +77,10 @@ def fatjet_truth(events: Any, radius: float = 0.8, jets: Any = None) -> np.ndarr
     for f in ("pdgId", "genPartIdxMother", "statusFlags", "pt", "eta", "phi", "mass"):
         if f not in ev.fields("GenPart"):
             raise JetTaggerError(f"{ev.where}: missing branch GenPart_{f} (needed for the truth labels)")
-    g = {f: _flat(ev.get("GenPart", f)) for f in ("pdgId", "genPartIdxMother", "statusFlags", "pt", "eta",
-                                                 "phi", "mass")}
+    g = {
+        f: _flat(ev.get("GenPart", f))
+        for f in ("pdgId", "genPartIdxMother", "statusFlags", "pt", "eta", "phi", "mass")
+    }
     n_gen = ev.counts("GenPart")
     goff = np.r_[0, np.cumsum(n_gen)]
     grap = _rapidity(g["pt"], g["eta"], g["mass"])

@@ -13,11 +13,19 @@ from .config import DataConfig
 from .sources import load_preset
 
 
-def import_weaver(data_config: str | Path | None, output: str | Path, network: str | None = None,
-                  checkpoint: str | Path | None = None, onnx: str | Path | None = None,
-                  preprocess: str | Path | None = None, name: str | None = None,
-                  network_options: dict | None = None, discriminants: dict | None = None,
-                  source: str | None = None, stored_prefix: str | None = None) -> Path:
+def import_weaver(
+    data_config: str | Path | None,
+    output: str | Path,
+    network: str | None = None,
+    checkpoint: str | Path | None = None,
+    onnx: str | Path | None = None,
+    preprocess: str | Path | None = None,
+    name: str | None = None,
+    network_options: dict | None = None,
+    discriminants: dict | None = None,
+    source: str | None = None,
+    stored_prefix: str | None = None,
+) -> Path:
     """weaver or CMSSW artefacts -> a bundle. The CMSSW form (``model.onnx`` + ``preprocess.json``) needs no
     data config; the source preset is chosen from the variable names unless ``source`` is given;
     ``stored_prefix`` names the NanoAOD branches of the experiment's own scores for this model
@@ -26,14 +34,21 @@ def import_weaver(data_config: str | Path | None, output: str | Path, network: s
         raise JetTaggerError("import-weaver: give --data-config, or --onnx with --preprocess")
     config = DataConfig.from_yaml(data_config) if data_config is not None else None
     out = Path(output)
-    for f, what in ((data_config, "--data-config"), (checkpoint, "--checkpoint"), (onnx, "--onnx"),
-                    (preprocess, "--preprocess")):
+    for f, what in (
+        (data_config, "--data-config"),
+        (checkpoint, "--checkpoint"),
+        (onnx, "--onnx"),
+        (preprocess, "--preprocess"),
+    ):
         if f is not None and not Path(f).is_file():
             raise JetTaggerError(f"import-weaver: {what} {f} does not exist")
     if source is not None:
         load_preset(source)  # unknown names fail here, before anything is written
-    card: dict = {"name": name or out.name, "discriminants": discriminants or {},
-                  "provenance": {"imported_from": "weaver" if data_config else "cmssw"}}
+    card: dict = {
+        "name": name or out.name,
+        "discriminants": discriminants or {},
+        "provenance": {"imported_from": "weaver" if data_config else "cmssw"},
+    }
     if data_config is not None:
         card["provenance"]["data_config"] = str(data_config)
     if source:
@@ -46,7 +61,9 @@ def import_weaver(data_config: str | Path | None, output: str | Path, network: s
 
         assert config is not None
         dims = {k: v[1] for k, v in config.input_shapes.items()}
-        model = build(network, list(config.input_names), dims, len(config.class_names), **(network_options or {}))
+        model = build(
+            network, list(config.input_names), dims, len(config.class_names), **(network_options or {})
+        )
         load_state(model, checkpoint)
         card |= {"network": network, "network_options": network_options or {}}
         card["provenance"]["checkpoint"] = str(checkpoint)
@@ -70,7 +87,9 @@ def import_weaver(data_config: str | Path | None, output: str | Path, network: s
             card["stored_scores"] = {d: f"{stored_prefix}_{d}" for d in card["discriminants"]}
         write_card(out, card, merged)
     else:
-        raise JetTaggerError("import-weaver: give --checkpoint (with --network) or --onnx (with --preprocess)")
+        raise JetTaggerError(
+            "import-weaver: give --checkpoint (with --network) or --onnx (with --preprocess)"
+        )
     Bundle.load(out)
     return out
 
@@ -90,7 +109,9 @@ def nanoaod_discriminants(classes: list[str]) -> dict[str, dict[str, list[str]]]
     for key, short in _NANO_SIGNALS.items():
         signal = [c for c in classes if c == key or c.startswith(f"{key}_")]
         if key in ("Top", "W", "Z"):
-            signal = [c for c in signal if c in {"Top_bcq", "Top_bqq", "W_cq", "W_qq", "Z_bb", "Z_cc", "Z_qq"}]
+            signal = [
+                c for c in signal if c in {"Top_bcq", "Top_bqq", "W_cq", "W_qq", "Z_bb", "Z_cc", "Z_qq"}
+            ]
         if signal:
             out[f"{short}vsQCD"] = {"signal": signal, "background": qcd}
     out["QCD"] = {"signal": qcd}

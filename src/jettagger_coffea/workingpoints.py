@@ -19,8 +19,9 @@ def wp_name(kind: str, value: float) -> str:
     return f"{kind}{100 * value:g}%"
 
 
-def derive(disc_signal: np.ndarray, disc_background: np.ndarray, mistags=MISTAGS,
-           efficiencies=EFFICIENCIES) -> dict[str, float]:
+def derive(
+    disc_signal: np.ndarray, disc_background: np.ndarray, mistags=MISTAGS, efficiencies=EFFICIENCIES
+) -> dict[str, float]:
     """``{name: threshold}``; a jet passes when ``discriminant > threshold``."""
     s = np.asarray(disc_signal, dtype=np.float64)
     b = np.asarray(disc_background, dtype=np.float64)
@@ -39,7 +40,7 @@ def derive(disc_signal: np.ndarray, disc_background: np.ndarray, mistags=MISTAGS
 WP_CORRECTION = "working_points"
 
 
-def _binning_content(values: np.ndarray) -> list[float]:
+def _binning_content(values: np.ndarray) -> list[Any]:
     return [float(v) if np.isfinite(v) else 0.0 for v in np.ravel(values)]
 
 
@@ -55,14 +56,30 @@ def correction_set(bundle: Any, hists: dict[str, Any] | None = None) -> dict[str
     if not wps:
         raise JetTaggerError(f"tagger bundle {bundle.path}: no working points in its model card")
     thresholds = cs.Correction(
-        name=WP_CORRECTION, version=1, description=f"{bundle.name}: jet passes if discriminant > threshold",
-        inputs=[cs.Variable(name="discriminant", type="string", description="e.g. WvsQCD"),
-                cs.Variable(name="wp", type="string", description="e.g. mistag1%")],
+        name=WP_CORRECTION,
+        version=1,
+        description=f"{bundle.name}: jet passes if discriminant > threshold",
+        inputs=[
+            cs.Variable(name="discriminant", type="string", description="e.g. WvsQCD"),
+            cs.Variable(name="wp", type="string", description="e.g. mistag1%"),
+        ],
         output=cs.Variable(name="threshold", type="real"),
-        data=cs.Category(nodetype="category", input="discriminant", content=[
-            cs.CategoryItem(key=d, value=cs.Category(nodetype="category", input="wp", content=[
-                cs.CategoryItem(key=w, value=float(t)) for w, t in points.items()]))
-            for d, points in wps.items()]))
+        data=cs.Category(
+            nodetype="category",
+            input="discriminant",
+            content=[
+                cs.CategoryItem(
+                    key=d,
+                    value=cs.Category(
+                        nodetype="category",
+                        input="wp",
+                        content=[cs.CategoryItem(key=w, value=float(t)) for w, t in points.items()],
+                    ),
+                )
+                for d, points in wps.items()
+            ],
+        ),
+    )
     corrections = [thresholds]
     if hists is not None:
         h = hists["wp_pt"]
@@ -83,26 +100,48 @@ def correction_set(bundle: Any, hists: dict[str, Any] | None = None) -> dict[str
                         eff = p / n
                     systs = []
                     for name, values in (("nominal", eff), ("up", hi), ("down", lo)):
-                        systs.append(cs.CategoryItem(key=name, value=cs.MultiBinning(
-                            nodetype="multibinning", inputs=["pt", "abseta"],
-                            edges=[list(map(float, edges_pt)), list(map(float, edges_eta))],
-                            content=_binning_content(values), flow="clamp")))
-                    per_truth.append(cs.CategoryItem(key=str(t), value=cs.Category(
-                        nodetype="category", input="systematic", content=systs)))
+                        systs.append(
+                            cs.CategoryItem(
+                                key=name,
+                                value=cs.MultiBinning(
+                                    nodetype="multibinning",
+                                    inputs=["pt", "abseta"],
+                                    edges=[list(map(float, edges_pt)), list(map(float, edges_eta))],
+                                    content=_binning_content(values),
+                                    flow="clamp",
+                                ),
+                            )
+                        )
+                    per_truth.append(
+                        cs.CategoryItem(
+                            key=str(t),
+                            value=cs.Category(nodetype="category", input="systematic", content=systs),
+                        )
+                    )
                 if not per_truth:
                     continue
-                corrections.append(cs.Correction(
-                    name=f"{d}_{w}_efficiency", version=1,
-                    description=f"{bundle.name}: efficiency of {d} > {wps.get(d, {}).get(w)} ({w}) per truth "
-                                "class; bins without jets read 0",
-                    inputs=[cs.Variable(name="truth", type="string", description="QCD, Wqq, Zqq, Tbqq, Hbb"),
+                corrections.append(
+                    cs.Correction(
+                        name=f"{d}_{w}_efficiency",
+                        version=1,
+                        description=f"{bundle.name}: efficiency of {d} > {wps.get(d, {}).get(w)} ({w}) "
+                        "per truth "
+                        "class; bins without jets read 0",
+                        inputs=[
+                            cs.Variable(name="truth", type="string", description="QCD, Wqq, Zqq, Tbqq, Hbb"),
                             cs.Variable(name="pt", type="real", description="FatJet pT [GeV]"),
                             cs.Variable(name="abseta", type="real", description="FatJet |eta|"),
-                            cs.Variable(name="systematic", type="string", description="nominal, up, down")],
-                    output=cs.Variable(name="efficiency", type="real"),
-                    data=cs.Category(nodetype="category", input="truth", content=per_truth)))
-    cset = cs.CorrectionSet(schema_version=2, description=f"jettagger-coffea working points of {bundle.name}",
-                            corrections=corrections)
+                            cs.Variable(name="systematic", type="string", description="nominal, up, down"),
+                        ],
+                        output=cs.Variable(name="efficiency", type="real"),
+                        data=cs.Category(nodetype="category", input="truth", content=per_truth),
+                    )
+                )
+    cset = cs.CorrectionSet(
+        schema_version=2,
+        description=f"jettagger-coffea working points of {bundle.name}",
+        corrections=corrections,
+    )
     return json.loads(cset.model_dump_json(exclude_unset=True))
 
 
@@ -122,11 +161,16 @@ def read_thresholds(path: str | Path) -> dict[str, dict[str, float]]:
         cset = correctionlib.CorrectionSet.from_file(str(path))
         raw = json.loads(path.read_text())
     except Exception as err:  # noqa: BLE001 - any failure: the file is not a correction set
-        raise JetTaggerError(f"--working-points {path}: not a correctionlib file ({type(err).__name__}: {err})") from None
+        raise JetTaggerError(
+            f"--working-points {path}: not a correctionlib file ({type(err).__name__}: {err})"
+        ) from None
     if WP_CORRECTION not in [c.get("name") for c in raw.get("corrections", [])]:
         raise JetTaggerError(f"--working-points {path}: no correction named {WP_CORRECTION!r}")
     node = next(c for c in raw["corrections"] if c["name"] == WP_CORRECTION)["data"]
-    out = {item["key"]: {w["key"]: float(w["value"]) for w in item["value"]["content"]} for item in node["content"]}
+    out = {
+        item["key"]: {w["key"]: float(w["value"]) for w in item["value"]["content"]}
+        for item in node["content"]
+    }
     for d, wps in out.items():  # the evaluator agrees with what we parsed
         for w, t in wps.items():
             assert abs(cset[WP_CORRECTION].evaluate(d, w) - t) <= 1e-12 * max(1.0, abs(t))

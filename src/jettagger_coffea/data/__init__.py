@@ -1,4 +1,5 @@
-"""Bundled samples (made by ``jettagger generate``, see ``samples/README.md``), found after a plain install."""
+"""Bundled samples (made by ``jettagger generate``, see ``samples/README.md``), found after a plain
+install."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ def sample_path(process: str, fmt: str = "nanoaod") -> Path:
     """Path of a bundled sample file, e.g. ``sample_path("tbqq", "jetclass")``."""
     path = Path(str(files(__package__) / "samples" / f"{process}_{fmt}.root"))
     if not path.exists():
-        raise FileNotFoundError(f"no bundled sample {path.name} (processes {PROCESSES}, formats nanoaod/jetclass)")
+        raise FileNotFoundError(
+            f"no bundled sample {path.name} (processes {PROCESSES}, formats nanoaod/jetclass)"
+        )
     return path
 
 

@@ -1,4 +1,5 @@
-"""FastJet clustering, selection, truth matching, soft-drop mass, N-subjettiness, detector-like particle info."""
+"""FastJet clustering, selection, truth matching, soft-drop mass, N-subjettiness, detector-like particle
+info."""
 
 from __future__ import annotations
 

@@ -30,8 +30,9 @@ def _run_block(args: tuple[GenerationSettings, int, int]):
     from .jets import select_jets
 
     with _quiet_stdout():  # FastJet prints its banner to C++ stdout at the first clustering of a process
-        fastjet.ClusterSequence([fastjet.PseudoJet(1.0, 0.0, 0.0, 1.0)],
-                                fastjet.JetDefinition(fastjet.antikt_algorithm, 0.4)).inclusive_jets()
+        fastjet.ClusterSequence(
+            [fastjet.PseudoJet(1.0, 0.0, 0.0, 1.0)], fastjet.JetDefinition(fastjet.antikt_algorithm, 0.4)
+        ).inclusive_jets()
 
     settings, block, nwanted = args
     seed = block_seed(settings.seed, settings.process, block)
@@ -71,7 +72,8 @@ def generate(
 
     nblocks = -(-settings.njets // settings.block_size)
     tasks = [
-        (settings, b, min(settings.block_size, settings.njets - b * settings.block_size)) for b in range(nblocks)
+        (settings, b, min(settings.block_size, settings.njets - b * settings.block_size))
+        for b in range(nblocks)
     ]
     start = time.perf_counter()
     events = []
@@ -88,7 +90,13 @@ def generate(
             bar.update(sum(len(e[2]) for e in block_events))
     bar.close()
     elapsed = time.perf_counter() - start
-    log.info("%s: %d jets in %.1f s (%.1f jets/s)", settings.process, settings.njets, elapsed, settings.njets / elapsed)
+    log.info(
+        "%s: %d jets in %.1f s (%.1f jets/s)",
+        settings.process,
+        settings.njets,
+        elapsed,
+        settings.njets / elapsed,
+    )
 
     writers = {"nanoaod": write_nanoaod, "jetclass": write_jetclass}
     paths = {}

@@ -65,8 +65,10 @@ def _write_tree(path: Path, name: str, data: dict) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     file_uuid = _file_uuid(f"{path.name}/{name}", data)
-    with _fixed_clock(), uproot.recreate(path, uuid_function=lambda: file_uuid,
-                                         compression=uproot.LZMA(6)) as f:
+    with (
+        _fixed_clock(),
+        uproot.recreate(path, uuid_function=lambda: file_uuid, compression=uproot.LZMA(6)) as f,
+    ):
         tree = f.mktree(name, {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in data.items()})
         tree.extend(data)
 
@@ -81,14 +83,47 @@ def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet], list]]) ->
     constituents). Lengths in cm; d0/dz and their errors, trkChi2 and lostInnerHits are -1 for candidates
     without a track (neutrals), as CMS writes them; no pileup, so PUPPI weights are 1. No FatJetSVs / SV
     tables (the generator reconstructs no secondary vertices)."""
-    fj: dict[str, list] = {k: [] for k in ("pt", "eta", "phi", "mass", "msoftdrop", "nConstituents",
-                                           "tau1", "tau2", "tau3", "tau4", "truthLabel")}
+    fj: dict[str, list] = {
+        k: []
+        for k in (
+            "pt",
+            "eta",
+            "phi",
+            "mass",
+            "msoftdrop",
+            "nConstituents",
+            "tau1",
+            "tau2",
+            "tau3",
+            "tau4",
+            "truthLabel",
+        )
+    }
     link: dict[str, list] = {"jetIdx": [], "pFCandsIdx": []}
-    pf: dict[str, list] = {k: [] for k in ("pt", "eta", "phi", "mass", "pdgId", "charge", "d0", "d0Err",
-                                           "dz", "dzErr", "puppiWeight", "puppiWeightNoLep", "trkChi2",
-                                           "lostInnerHits", "pvAssocQuality", "trkQuality")}
-    gen: dict[str, list] = {k: [] for k in ("pdgId", "pt", "eta", "phi", "mass", "genPartIdxMother",
-                                            "statusFlags")}
+    pf: dict[str, list] = {
+        k: []
+        for k in (
+            "pt",
+            "eta",
+            "phi",
+            "mass",
+            "pdgId",
+            "charge",
+            "d0",
+            "d0Err",
+            "dz",
+            "dzErr",
+            "puppiWeight",
+            "puppiWeightNoLep",
+            "trkChi2",
+            "lostInnerHits",
+            "pvAssocQuality",
+            "trkQuality",
+        )
+    }
+    gen: dict[str, list] = {
+        k: [] for k in ("pdgId", "pt", "eta", "phi", "mass", "genPartIdxMother", "statusFlags")
+    }
     for _, _, jets, record in events:
         for k in gen:
             gen[k].append([])
@@ -96,17 +131,26 @@ def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet], list]]) ->
             gp4 = np.asarray(gp4, dtype=np.float64)
             gpt, geta, gphi = (float(x) for x in pt_eta_phi(gp4))
             gmass = float(np.sqrt(max(gp4[3] ** 2 - gp4[0] ** 2 - gp4[1] ** 2 - gp4[2] ** 2, 0.0)))
-            for k, v in (("pdgId", pdg), ("pt", gpt), ("eta", geta), ("phi", gphi), ("mass", gmass),
-                         ("genPartIdxMother", mother), ("statusFlags", flags)):
+            for k, v in (
+                ("pdgId", pdg),
+                ("pt", gpt),
+                ("eta", geta),
+                ("phi", gphi),
+                ("mass", gmass),
+                ("genPartIdxMother", mother),
+                ("statusFlags", flags),
+            ):
                 gen[k][-1].append(v)
-        ev_fj = {k: [] for k in fj}
-        ev_link = {k: [] for k in link}
-        ev_pf = {k: [] for k in pf}
+        ev_fj: dict[str, list] = {k: [] for k in fj}
+        ev_link: dict[str, list] = {k: [] for k in link}
+        ev_pf: dict[str, list] = {k: [] for k in pf}
         offset = 0
         for ij, jet in enumerate(jets):
             pt, eta, phi = pt_eta_phi(jet.p4)
-            for k, v in zip(("pt", "eta", "phi", "mass", "msoftdrop"), (pt, eta, phi, _masses(jet.p4), jet.msoftdrop)):
-                ev_fj[k].append(float(v))
+            for k, v in zip(
+                ("pt", "eta", "phi", "mass", "msoftdrop"), (pt, eta, phi, _masses(jet.p4), jet.msoftdrop)
+            ):
+                ev_fj[k].append(float(v))  # type: ignore[arg-type]
             for n in range(4):
                 ev_fj[f"tau{n + 1}"].append(float(jet.tau[n]))
             n = len(jet.c_p4)
@@ -139,14 +183,28 @@ def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet], list]]) ->
         for k in pf:
             pf[k].append(np.concatenate(ev_pf[k]) if ev_pf[k] else np.zeros(0))
 
-    int_fields = {"nConstituents", "truthLabel", "jetIdx", "pFCandsIdx", "pdgId", "charge", "lostInnerHits",
-                  "pvAssocQuality", "trkQuality", "genPartIdxMother", "statusFlags"}
+    int_fields = {
+        "nConstituents",
+        "truthLabel",
+        "jetIdx",
+        "pFCandsIdx",
+        "pdgId",
+        "charge",
+        "lostInnerHits",
+        "pvAssocQuality",
+        "trkQuality",
+        "genPartIdxMother",
+        "statusFlags",
+    }
 
     def jag(d):  # typed even when every event is empty (an untyped empty list would be written as float)
         def column(k, per_event):
             counts = np.array([len(x) for x in per_event], dtype=np.int64)
-            flat = np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in per_event]) if len(
-                per_event) else np.zeros(0)
+            flat = (
+                np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in per_event])
+                if len(per_event)
+                else np.zeros(0)
+            )
             return ak.unflatten(flat.astype(np.int32 if k in int_fields else np.float32), counts)
 
         return ak.zip({k: column(k, v) for k, v in d.items()})
@@ -167,21 +225,51 @@ def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet], list]]) ->
 def write_jetclass(path: Path, events: list[tuple[int, int, list[Jet], list]]) -> None:
     """JetClass layout: one jet per entry, particles pT-descending, all ten one-hot label branches."""
     jets = [j for e in events for j in e[2]]
-    part: dict[str, list] = {k: [] for k in (
-        "px", "py", "pz", "energy", "deta", "dphi", "charge", "isChargedHadron", "isNeutralHadron",
-        "isPhoton", "isElectron", "isMuon", "d0val", "d0err", "dzval", "dzerr")}
-    jet_cols: dict[str, list] = {k: [] for k in (
-        "pt", "eta", "phi", "energy", "nparticles", "sdmass", "tau1", "tau2", "tau3", "tau4")}
+    part: dict[str, list] = {
+        k: []
+        for k in (
+            "px",
+            "py",
+            "pz",
+            "energy",
+            "deta",
+            "dphi",
+            "charge",
+            "isChargedHadron",
+            "isNeutralHadron",
+            "isPhoton",
+            "isElectron",
+            "isMuon",
+            "d0val",
+            "d0err",
+            "dzval",
+            "dzerr",
+        )
+    }
+    jet_cols: dict[str, list] = {
+        k: [] for k in ("pt", "eta", "phi", "energy", "nparticles", "sdmass", "tau1", "tau2", "tau3", "tau4")
+    }
     for jet in jets:
         jpt, jeta, jphi = pt_eta_phi(jet.p4)
         _, ceta, cphi = pt_eta_phi(jet.c_p4)
         apdg = np.abs(jet.c_pdg)
         cols = {
-            "px": jet.c_p4[:, 0], "py": jet.c_p4[:, 1], "pz": jet.c_p4[:, 2], "energy": jet.c_p4[:, 3],
-            "deta": (ceta - jeta) * np.sign(jeta), "dphi": delta_phi(cphi, jphi),
-            "charge": jet.c_charge, "isChargedHadron": apdg == 211, "isNeutralHadron": apdg == 130,
-            "isPhoton": apdg == 22, "isElectron": apdg == 11, "isMuon": apdg == 13,
-            "d0val": jet.c_d0, "d0err": jet.c_d0err, "dzval": jet.c_dz, "dzerr": jet.c_dzerr,
+            "px": jet.c_p4[:, 0],
+            "py": jet.c_p4[:, 1],
+            "pz": jet.c_p4[:, 2],
+            "energy": jet.c_p4[:, 3],
+            "deta": (ceta - jeta) * np.sign(jeta),
+            "dphi": delta_phi(cphi, jphi),
+            "charge": jet.c_charge,
+            "isChargedHadron": apdg == 211,
+            "isNeutralHadron": apdg == 130,
+            "isPhoton": apdg == 22,
+            "isElectron": apdg == 11,
+            "isMuon": apdg == 13,
+            "d0val": jet.c_d0,
+            "d0err": jet.c_d0err,
+            "dzval": jet.c_dz,
+            "dzerr": jet.c_dzerr,
         }
         for k, v in cols.items():
             part[k].append(np.asarray(v, dtype=np.float64))

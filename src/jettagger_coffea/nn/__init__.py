@@ -40,8 +40,14 @@ def network_options(cls: type) -> set[str]:
     return names
 
 
-def build(network: str, input_names: list[str], input_dims: dict[str, int], num_classes: int,
-          roles: dict[str, str] | None = None, **options: Any) -> Tagger:
+def build(
+    network: str,
+    input_names: list[str],
+    input_dims: dict[str, int],
+    num_classes: int,
+    roles: dict[str, str] | None = None,
+    **options: Any,
+) -> Tagger:
     """A :class:`Tagger` around ``network`` fed by the data-config groups ``input_names`` in the given
     ``roles`` (group -> role, as the bundle declares; default: from the group names)."""
     if network not in NETWORKS:
@@ -56,13 +62,17 @@ def build(network: str, input_names: list[str], input_dims: dict[str, int], num_
     by_role = {r: n for r, n in zip(role_list, input_names) if r is not None}
     if "sv_features" in by_role:
         if "sv_input_dims" not in network_options(cls):
-            raise JetTaggerError(f"network {network!r} takes no secondary-vertex inputs ({by_role['sv_features']})")
+            raise JetTaggerError(
+                f"network {network!r} takes no secondary-vertex inputs ({by_role['sv_features']})"
+            )
         opts["sv_input_dims"] = input_dims[by_role["sv_features"]]
     in_dim = input_dims[by_role["features"]] if "features" in by_role else 0
     net = cls(in_dim, num_classes, **opts)
-    missing = [r for r in net.uses if r not in by_role]  # type: ignore[attr-defined]
+    missing = [r for r in net.uses if r not in by_role]  # type: ignore[union-attr]
     if missing:
-        raise JetTaggerError(f"network {network!r} needs input groups for {missing}; the config has {input_names}")
+        raise JetTaggerError(
+            f"network {network!r} needs input groups for {missing}; the config has {input_names}"
+        )
     return Tagger(net, input_names, min_length=getattr(net, "min_length", 1), roles=role_list)
 
 

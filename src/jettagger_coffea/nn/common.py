@@ -36,11 +36,17 @@ class Tagger(nn.Module):
     """Inference wrapper: data-config groups in, class probabilities out.
 
     Takes the groups positionally in data-config order (the ONNX input names), pads to the network's
-    minimum length (k-NN needs k + 1 points; exported models rely on the runtime for it), applies softmax, and returns NaN for jets without constituents.
+    minimum length (k-NN needs k + 1 points; exported models rely on the runtime for it), applies softmax,
+    and returns NaN for jets without constituents.
     """
 
-    def __init__(self, net: nn.Module, input_names: list[str], min_length: int = 1,
-                 roles: list[str | None] | None = None) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        input_names: list[str],
+        min_length: int = 1,
+        roles: list[str | None] | None = None,
+    ) -> None:
         super().__init__()
         self.mod = net
         self.input_names = list(input_names)
@@ -55,7 +61,8 @@ class Tagger(nn.Module):
         if not torch.onnx.is_in_onnx_export() and short > 0:  # the runtime pads to min_length itself
             args = {k: nn.functional.pad(x, (0, short)) for k, x in args.items()}
         mask = args["mask"]
-        logits = self.mod(**{k: v for k, v in args.items() if k in self.mod.uses})
+        uses: tuple[str, ...] = self.mod.uses  # type: ignore[assignment]
+        logits = self.mod(**{k: v for k, v in args.items() if k in uses})
         probs = torch.softmax(logits, dim=1)
         empty = (mask.sum(dim=(1, 2)) == 0).unsqueeze(1)
         return torch.where(empty, torch.full_like(probs, float("nan")), probs)

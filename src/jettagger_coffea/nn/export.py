@@ -12,14 +12,15 @@ import torch
 from .common import Tagger
 
 
-def example_inputs(model: Tagger, input_dims: dict[str, int], n: int = 2, length: int = 32,
-                   seed: int = 0) -> list[torch.Tensor]:
+def example_inputs(
+    model: Tagger, input_dims: dict[str, int], n: int = 2, length: int = 32, seed: int = 0
+) -> list[torch.Tensor]:
     """Random jets (realistic-ish four-vectors) in the model's input layout."""
     g = torch.Generator().manual_seed(seed)
     length = max(length, model.min_length)
     out = []
     mask = torch.ones(n, 1, length)
-    mask[:, :, length * 3 // 4:] = 0
+    mask[:, :, length * 3 // 4 :] = 0
     for name, role in zip(model.input_names, model.roles):
         c = input_dims[name]
         if role == "mask":
@@ -28,7 +29,9 @@ def example_inputs(model: Tagger, input_dims: dict[str, int], n: int = 2, length
             pt = torch.rand(n, 1, length, generator=g) * 50 + 1
             eta = torch.randn(n, 1, length, generator=g) * 0.3
             phi = torch.randn(n, 1, length, generator=g) * 0.3
-            v = torch.cat((pt * torch.cos(phi), pt * torch.sin(phi), pt * torch.sinh(eta), pt * torch.cosh(eta)), 1)
+            v = torch.cat(
+                (pt * torch.cos(phi), pt * torch.sin(phi), pt * torch.sinh(eta), pt * torch.cosh(eta)), 1
+            )
             out.append(v * mask)
         else:
             out.append(torch.randn(n, c, length, generator=g) * mask)
@@ -45,14 +48,23 @@ def export_onnx(model: Tagger, input_dims: dict[str, int], path: str | Path, ops
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, args, buf, input_names=model.input_names, output_names=["softmax"],
-                          dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
+        torch.onnx.export(
+            model,
+            args,
+            buf,  # type: ignore[arg-type]
+            input_names=model.input_names,
+            output_names=["softmax"],
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            dynamo=False,
+        )
     path.write_bytes(buf.getvalue())
     return path
 
 
-def max_difference(model: Tagger, input_dims: dict[str, int], onnx_path: str | Path,
-                   lengths=(20, 37, 64, 128), n: int = 5) -> float:
+def max_difference(
+    model: Tagger, input_dims: dict[str, int], onnx_path: str | Path, lengths=(20, 37, 64, 128), n: int = 5
+) -> float:
     """Largest |onnxruntime - torch| over random jets of several lengths."""
     import onnxruntime as ort
 

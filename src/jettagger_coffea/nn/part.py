@@ -19,8 +19,10 @@ def pair_features(v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     rap = 0.5 * torch.log(1 + (2 * pz) / (e - pz).clamp(min=1e-20))
     phi = atan2(py, px)
     pti, ptj = pt.unsqueeze(-1), pt.unsqueeze(-2)
-    delta = torch.sqrt((rap.unsqueeze(-1) - rap.unsqueeze(-2)).square()
-                       + delta_phi(phi.unsqueeze(-1), phi.unsqueeze(-2)).square())
+    delta = torch.sqrt(
+        (rap.unsqueeze(-1) - rap.unsqueeze(-2)).square()
+        + delta_phi(phi.unsqueeze(-1), phi.unsqueeze(-2)).square()
+    )
     ptmin = torch.minimum(pti, ptj)
     lnkt = torch.log((ptmin * delta).clamp(min=eps))
     lnz = torch.log((ptmin / (pti + ptj).clamp(min=eps)).clamp(min=eps))
@@ -38,7 +40,11 @@ class Embed(nn.Module):
         self.input_bn = nn.BatchNorm1d(input_dim)
         layers: list[nn.Module] = []
         for d in dims:
-            layers += [nn.LayerNorm(input_dim), nn.Linear(input_dim, d), nn.GELU() if activation == "gelu" else nn.ReLU()]
+            layers += [
+                nn.LayerNorm(input_dim),
+                nn.Linear(input_dim, d),
+                nn.GELU() if activation == "gelu" else nn.ReLU(),
+            ]
             input_dim = d
         self.embed = nn.Sequential(*layers)
 
@@ -97,8 +103,15 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """NormFormer-style block (weaver's ParT block, version 1)."""
 
-    def __init__(self, embed_dim: int = 128, num_heads: int = 8, ffn_ratio: int = 4, dropout: float = 0.1,
-                 attn_dropout: float = 0.1, activation_dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        embed_dim: int = 128,
+        num_heads: int = 8,
+        ffn_ratio: int = 4,
+        dropout: float = 0.1,
+        attn_dropout: float = 0.1,
+        activation_dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         ffn = embed_dim * ffn_ratio
@@ -141,17 +154,30 @@ def key_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 class ParticleTransformer(nn.Module):
-    uses = ("features", "vectors", "mask")
+    uses: tuple[str, ...] = ("features", "vectors", "mask")
 
-    def __init__(self, input_dim: int, num_classes: int, pair_input_dim: int = 4,
-                 use_pre_activation_pair: bool = True, embed_dims=(128, 512, 128), pair_embed_dims=(64, 64, 64),
-                 num_heads: int = 8, num_layers: int = 8, num_cls_layers: int = 2, fc_params=(),
-                 block_params: dict | None = None) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        num_classes: int,
+        pair_input_dim: int = 4,
+        use_pre_activation_pair: bool = True,
+        embed_dims=(128, 512, 128),
+        pair_embed_dims=(64, 64, 64),
+        num_heads: int = 8,
+        num_layers: int = 8,
+        num_cls_layers: int = 2,
+        fc_params=(),
+        block_params: dict | None = None,
+    ) -> None:
         super().__init__()
         d = embed_dims[-1]
         self.embed = Embed(input_dim, embed_dims)
-        self.pair_embed = (PairEmbed(pair_input_dim, (*pair_embed_dims, num_heads), use_pre_activation_pair)
-                           if pair_input_dim > 0 and pair_embed_dims else None)
+        self.pair_embed = (
+            PairEmbed(pair_input_dim, (*pair_embed_dims, num_heads), use_pre_activation_pair)
+            if pair_input_dim > 0 and pair_embed_dims
+            else None
+        )
         cfg = {"embed_dim": d, "num_heads": num_heads, **(block_params or {})}
         self.blocks = nn.ModuleList(Block(**cfg) for _ in range(num_layers))
         cls_cfg = {**cfg, "dropout": 0.0, "attn_dropout": 0.0, "activation_dropout": 0.0}
@@ -167,11 +193,17 @@ class ParticleTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         for i, blk in enumerate(self.blocks):  # weaver's fix_init: damp deep residual branches
-            blk.attn.out_proj.weight.data.div_(math.sqrt(2.0 * (i + 1)))
-            blk.fc2.weight.data.div_(math.sqrt(2.0 * (i + 1)))
+            blk.attn.out_proj.weight.data.div_(math.sqrt(2.0 * (i + 1)))  # type: ignore[union-attr,operator]
+            blk.fc2.weight.data.div_(math.sqrt(2.0 * (i + 1)))  # type: ignore[union-attr,operator]
 
-    def encode(self, tokens: torch.Tensor, pair_bias: torch.Tensor | None, mask: torch.Tensor,
-               key_bias: torch.Tensor, cls_shift: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(
+        self,
+        tokens: torch.Tensor,
+        pair_bias: torch.Tensor | None,
+        mask: torch.Tensor,
+        key_bias: torch.Tensor,
+        cls_shift: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``tokens`` (N, C, P); ``key_bias`` (N, 1, 1, P) padding (and, for IRC safety, ln E);
         ``cls_shift`` (N, 1, D) added to the class token (jet-level inputs)."""
         x = self.embed(tokens).masked_fill((mask == 0).transpose(1, 2), 0)

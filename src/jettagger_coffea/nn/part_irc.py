@@ -54,8 +54,9 @@ def angular_inputs(vectors: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8,
     jeta, jphi = eta_phi(jet, eps)
     deta, dphi = (eta - jeta) * real, delta_phi(phi, jphi) * real
     tokens = torch.cat((deta, dphi, torch.sqrt(deta.square() + dphi.square())), dim=1)
-    dr2 = ((eta.unsqueeze(-1) - eta.unsqueeze(-2)).square()
-           + delta_phi(phi.unsqueeze(-1), phi.unsqueeze(-2)).square())
+    dr2 = (eta.unsqueeze(-1) - eta.unsqueeze(-2)).square() + delta_phi(
+        phi.unsqueeze(-1), phi.unsqueeze(-2)
+    ).square()
     pair = 0.5 * torch.log(dr2 + delta * delta)
     z = v[:, 3:4] / jet[:, 3:4].clamp(min=eps)
     return tokens, pair, z
@@ -64,9 +65,16 @@ def angular_inputs(vectors: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8,
 class ParticleTransformerIRC(ParticleTransformer):
     uses: tuple[str, ...] = ("vectors", "mask")
 
-    def __init__(self, input_dim: int, num_classes: int, token_features: list[int] | None = None,
-                 energy_bias: str = "energy", jet_kinematics: bool = False, collinear_resolution: float = 1e-3,
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        num_classes: int,
+        token_features: list[int] | None = None,
+        energy_bias: str = "energy",
+        jet_kinematics: bool = False,
+        collinear_resolution: float = 1e-3,
+        **kwargs,
+    ) -> None:
         if energy_bias not in ("energy", "fraction"):
             raise ValueError(f"part-irc: energy_bias must be 'energy' or 'fraction', not {energy_bias!r}")
         kwargs["pair_input_dim"] = 1
@@ -80,8 +88,12 @@ class ParticleTransformerIRC(ParticleTransformer):
         if self_token:
             self.uses = ("features", "vectors", "mask")
 
-    def forward(self, vectors: torch.Tensor, mask: torch.Tensor,  # type: ignore[override]
-                features: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(  # type: ignore[override]
+        self,
+        vectors: torch.Tensor,
+        mask: torch.Tensor,  # type: ignore[override]
+        features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         tokens, pair, z = angular_inputs(vectors, mask, delta=self.collinear_resolution)
         if self.token_features and features is not None:
             tokens = torch.cat((tokens, features[:, self.token_features] * (mask != 0)), dim=1)
@@ -92,6 +104,9 @@ class ParticleTransformerIRC(ParticleTransformer):
             jet = (vectors * (mask != 0)).sum(dim=-1)  # (N, 4)
             pt = torch.sqrt(jet[:, 0].square() + jet[:, 1].square()).clamp(min=1.0)
             m2 = (jet[:, 3].square() - jet[:, :3].square().sum(dim=1)).clamp(min=1.0)
-            kin = torch.stack((torch.log(pt) - 6.5, 0.5 * torch.log(m2) - 4.5), dim=1)  # ~O(1) at 500-1000 GeV
+            kin = torch.stack(
+                (torch.log(pt) - 6.5, 0.5 * torch.log(m2) - 4.5), dim=1
+            )  # ~O(1) at 500-1000 GeV
             shift = self.jet_embed(kin).unsqueeze(1)
+        assert self.pair_embed is not None
         return self.encode(tokens, self.pair_embed(pair), mask, energy_bias, shift)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-PARTICLENET = {"conv_params": [(16, (64, 64, 64)), (16, (128, 128, 128)), (16, (256, 256, 256))],
-               "fc_params": [(256, 0.1)]}
+PARTICLENET = {
+    "conv_params": [(16, (64, 64, 64)), (16, (128, 128, 128)), (16, (256, 256, 256))],
+    "fc_params": [(256, 0.1)],
+}
 PARTICLENET_LITE = {"conv_params": [(7, (32, 32, 32)), (7, (64, 64, 64))], "fc_params": [(128, 0.1)]}
 
 
@@ -36,7 +38,9 @@ class EdgeConvBlock(nn.Module):
         super().__init__()
         self.k = k
         chans = [2 * in_feat, *out_feats]
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, kernel_size=1, bias=False) for a, b in zip(chans, chans[1:]))
+        self.convs = nn.ModuleList(
+            nn.Conv2d(a, b, kernel_size=1, bias=False) for a, b in zip(chans, chans[1:])
+        )
         self.bns = nn.ModuleList(nn.BatchNorm2d(c) for c in out_feats)
         self.acts = nn.ModuleList(nn.ReLU() for _ in out_feats)
         if in_feat == out_feats[-1]:
@@ -55,8 +59,12 @@ class EdgeConvBlock(nn.Module):
 
 
 def _embed(c_in: int, c_out: int) -> nn.Module:
-    return nn.Sequential(nn.BatchNorm1d(c_in), nn.Conv1d(c_in, c_out, kernel_size=1, bias=False),
-                         nn.BatchNorm1d(c_out), nn.ReLU())
+    return nn.Sequential(
+        nn.BatchNorm1d(c_in),
+        nn.Conv1d(c_in, c_out, kernel_size=1, bias=False),
+        nn.BatchNorm1d(c_out),
+        nn.ReLU(),
+    )
 
 
 class ParticleNet(nn.Module):
@@ -65,9 +73,17 @@ class ParticleNet(nn.Module):
 
     uses: tuple[str, ...] = ("points", "features", "mask")
 
-    def __init__(self, input_dims: int, num_classes: int, conv_params=PARTICLENET["conv_params"],
-                 fc_params=PARTICLENET["fc_params"], use_fts_bn: bool = True, use_counts: bool = True,
-                 sv_input_dims: int | None = None, sv_embed: int = 32) -> None:
+    def __init__(
+        self,
+        input_dims: int,
+        num_classes: int,
+        conv_params=PARTICLENET["conv_params"],
+        fc_params=PARTICLENET["fc_params"],
+        use_fts_bn: bool = True,
+        use_counts: bool = True,
+        sv_input_dims: int | None = None,
+        sv_embed: int = 32,
+    ) -> None:
         super().__init__()
         self.sv = sv_input_dims is not None
         if self.sv:
@@ -92,9 +108,15 @@ class ParticleNet(nn.Module):
         self.fc = nn.Sequential(*fcs)
         self.min_length = max(k for k, _ in conv_params) + 1
 
-    def forward(self, points: torch.Tensor, features: torch.Tensor, mask: torch.Tensor,
-                sv_points: torch.Tensor | None = None, sv_features: torch.Tensor | None = None,
-                sv_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        points: torch.Tensor,
+        features: torch.Tensor,
+        mask: torch.Tensor,
+        sv_points: torch.Tensor | None = None,
+        sv_features: torch.Tensor | None = None,
+        sv_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if self.sv:
             assert sv_points is not None and sv_features is not None and sv_mask is not None
             features = torch.cat((self.pf_conv(features) * mask, self.sv_conv(sv_features) * sv_mask), dim=2)

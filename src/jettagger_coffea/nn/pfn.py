@@ -19,7 +19,9 @@ def _mlp(dims, conv: bool) -> nn.Sequential:
 class PFN(nn.Module):
     uses = ("features", "mask")
 
-    def __init__(self, input_dim: int, num_classes: int, phi_sizes=(100, 100, 256), f_sizes=(100, 100, 100)) -> None:
+    def __init__(
+        self, input_dim: int, num_classes: int, phi_sizes=(100, 100, 256), f_sizes=(100, 100, 100)
+    ) -> None:
         super().__init__()
         self.phi = _mlp((input_dim, *phi_sizes), conv=True)
         self.f = _mlp((phi_sizes[-1], *f_sizes), conv=False)
@@ -32,7 +34,9 @@ class PFN(nn.Module):
 class EFN(nn.Module):
     uses = ("vectors", "mask")
 
-    def __init__(self, input_dim: int, num_classes: int, phi_sizes=(100, 100, 256), f_sizes=(100, 100, 100)) -> None:
+    def __init__(
+        self, input_dim: int, num_classes: int, phi_sizes=(100, 100, 256), f_sizes=(100, 100, 100)
+    ) -> None:
         super().__init__()
         self.phi = _mlp((2, *phi_sizes), conv=True)
         self.f = _mlp((phi_sizes[-1], *f_sizes), conv=False)

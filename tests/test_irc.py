@@ -1,0 +1,161 @@
+"""IRC safety of the product, the seed's test end to end: JetClass-layout files -> `jettagger predict` ->
+scores, original vs collinearly split vs with soft photons (float32 onnxruntime, torch float32 / float64)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import uproot
+
+from jettagger_coffea.data import sample_path
+from jettagger_coffea.perturb import perturb_jetclass
+from jettagger_coffea.tagger import JetTagger
+
+MAX_PARTICLES = 90  # the seed's jets: a 30 % split stays below the 128-particle truncation
+SPLIT_TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("irc")
+    out = {}
+    for p in ("tbqq", "qcd"):
+        src = sample_path(p, "jetclass")
+        out[p, "original"] = perturb_jetclass(src, d / f"{p}.root", max_particles=MAX_PARTICLES)
+        out[p, "split"] = perturb_jetclass(
+            src, d / f"{p}_split.root", split_fraction=0.3, seed=11, max_particles=MAX_PARTICLES
+        )
+        for eps in (1e-3, 1e-6, 1e-9):
+            out[p, eps] = perturb_jetclass(
+                src, d / f"{p}_soft{eps:g}.root", n_soft=2, epsilon=eps, seed=12, max_particles=MAX_PARTICLES
+            )
+    return out
+
+
+def predict(model, path, tmp_path) -> np.ndarray:
+    out = tmp_path / f"{path.stem}_{abs(hash(str(model))) % 10**6}.parquet"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jettagger_coffea.cli",
+            "predict",
+            "--model",
+            str(model),
+            "--input",
+            str(path),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    import awkward as ak
+
+    a = ak.from_parquet(out)
+    return np.stack([ak.to_numpy(a[f]) for f in a.fields if f.startswith("score_")], axis=1)
+
+
+def max_change(model, files, case, tmp_path) -> float:
+    return max(
+        np.abs(
+            predict(model, files[p, case], tmp_path) - predict(model, files[p, "original"], tmp_path)
+        ).max()
+        for p in ("tbqq", "qcd")
+    )
+
+
+def test_perturbed_files_are_what_they_say(files):
+    a = uproot.open(files["tbqq", "original"])["tree"].arrays()
+    b = uproot.open(files["tbqq", "split"])["tree"].arrays()
+    assert np.all(np.asarray(b["npart"]) >= np.asarray(a["npart"]))
+    assert np.asarray(b["npart"]).sum() > 1.25 * np.asarray(a["npart"]).sum()
+    for f in ("part_px", "part_py", "part_pz", "part_energy"):  # four-momentum conserved per jet
+        np.testing.assert_allclose(
+            np.asarray([np.sum(x) for x in b[f]]), np.asarray([np.sum(x) for x in a[f]]), rtol=2e-5, atol=1e-2
+        )
+    s = uproot.open(files["tbqq", 1e-6])["tree"].arrays()
+    assert np.all(np.asarray(s["npart"]) == np.asarray(a["npart"]) + 2)
+
+
+def test_part_irc_is_collinear_safe_through_predict(files, tmp_path):
+    assert max_change("part-irc", files, "split", tmp_path) <= SPLIT_TOLERANCE
+
+
+def test_part_irc_soft_safe_as_epsilon_vanishes(files, tmp_path):
+    changes = [max_change("part-irc", files, eps, tmp_path) for eps in (1e-3, 1e-6, 1e-9)]
+    assert changes[1] <= 1e-4 and changes[2] <= SPLIT_TOLERANCE
+    assert changes[2] <= changes[1] <= changes[0]
+
+
+def test_plain_part_is_not(files, tmp_path):
+    assert max_change("part", files, "split", tmp_path) > 1e-2
+    assert max_change("part", files, 1e-9, tmp_path) > 1e-2
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torch_backend(files, dtype):
+    pytest.importorskip("torch")
+    tagger = JetTagger("part-irc", backend="torch", dtype=dtype)
+    worst = 0.0
+    for p in ("tbqq", "qcd"):
+        a = tagger.score_jets(uproot.open(files[p, "original"])["tree"]).scores
+        b = tagger.score_jets(uproot.open(files[p, "split"])["tree"]).scores
+        worst = max(worst, float(np.abs(a - b).max()))
+    assert worst <= (SPLIT_TOLERANCE if dtype == "float32" else 1e-5)
+
+
+@pytest.fixture(scope="module")
+def efn_bundle(tmp_path_factory):
+    """An EFN trained for a few seconds on the bundled samples."""
+    pytest.importorskip("torch")
+    from jettagger_coffea.configs import config_path
+    from jettagger_coffea.training import export, train
+
+    train_files = [sample_path(p, "jetclass") for p in ("qcd", "wqq", "zqq", "tbqq")]
+    work = tmp_path_factory.mktemp("efn")
+    train(
+        config_path("wzt_full"),
+        "efn",
+        train_files,
+        work / "train",
+        epochs=3,
+        max_train_jets=2000,
+        batch_size=64,
+        lr=3e-3,
+        network_options={"phi_sizes": [32, 32], "f_sizes": [32]},
+        progress=False,
+        seed=5,
+    )
+    return export(work / "train", work / "bundle", name="tiny-efn")
+
+
+def test_efn_is_irc_safe_through_predict(files, efn_bundle, tmp_path):
+    assert max_change(efn_bundle, files, "split", tmp_path) <= SPLIT_TOLERANCE
+    assert max_change(efn_bundle, files, 1e-9, tmp_path) <= SPLIT_TOLERANCE
+
+
+def test_odd_jets_stay_defined():
+    """Zero-energy particles, a jet of collinear particles, a jet of one particle: finite scores, and the
+    same invariances."""
+    tagger = JetTagger("part-irc")
+    t = uproot.open(sample_path("tbqq", "jetclass"))["tree"].arrays(entry_stop=3)
+    cols = {k: t[k] for k in t.fields}
+    import awkward as ak
+
+    one = {k: (v[:1, :1] if k.startswith("part_") else v[:1]) for k, v in cols.items()}
+    base = tagger.score_jets(one).scores
+    split = {k: (ak.concatenate([v, v], axis=1) if k.startswith("part_") else v) for k, v in one.items()}
+    for f in ("part_px", "part_py", "part_pz", "part_energy"):
+        split[f] = split[f] * 0.5  # one particle -> two collinear halves
+    zero = {k: (ak.concatenate([v, v * 0], axis=1) if k.startswith("part_") else v) for k, v in one.items()}
+    for case in (split, zero):
+        s = tagger.score_jets(case).scores
+        assert np.isfinite(s).all()
+        np.testing.assert_allclose(s, base, atol=SPLIT_TOLERANCE)
