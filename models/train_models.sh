@@ -26,6 +26,14 @@ case " $ONLY " in *" pfn "*) train pfn pfn '{}' "${MIN_PFN:-8}";; esac
 case " $ONLY " in *" particlenet-lite "*) train particlenet-lite particlenet-lite '{}' "${MIN_PNL:-18}";; esac
 case " $ONLY " in *" part "*) train part part "$SMALL_PART" "${MIN_PART:-22}";; esac
 case " $ONLY " in *" part-irc "*) train part-irc part-irc "$IRC_PART" "${MIN_IRC:-24}";; esac
+# The shipped part-irc continues from that run with the float32-stable features (continuous pair feature,
+# delta = 0.01; massless pair-sum jet mass): two warm-started runs of 25 min on samples/train (10k jets per
+# class; the first 10k of the 25k above), the first at delta = 0.001, then:
+case " $ONLY " in *" part-irc-warm "*)
+  $J train --data-config $CFG/wzt_full.yaml --network part-irc --network-options "$IRC_PART" --train $TRAIN \
+    --output "$OUT/part-irc" --epochs 30 --max-minutes 25 --max-train-jets 40000 --batch-size 128 --lr 1e-3 \
+    --threads 2 --init "${IRC_INIT:-$OUT/part-irc-d1e-3/best_state.pt}"
+  $J export "$OUT/part-irc" --output models/part-irc --name part-irc --reference $TEST --card "$DATA";; esac
 case " $ONLY " in *" r10 "*) ;; *) exit 0;; esac
 
 # seed-1 style W / Z vs QCD on R = 1.0 jets

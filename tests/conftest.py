@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from jettagger_coffea.data import sample_path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(os.environ.get("JETTAGGER_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 JETCLASS_CONFIGS = SHARED / "reference" / "jetclass"
 PN_KIN_WEIGHTS = SHARED / "reference" / "weights" / "ParticleNet_kin.pt"
 
@@ -23,6 +24,18 @@ def shared_file(path: Path) -> Path:
 def jetclass_config():
     def get(name: str = "kin") -> Path:
         return shared_file(JETCLASS_CONFIGS / f"JetClass_{name}.yaml")
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def shipped_config():
+    """The project's own configs with the JetClass variables (kin: 7 features, full: 17): tests that are
+    not about weaver compatibility use these, so that they run on a clone without ../shared."""
+    from jettagger_coffea.configs import config_path
+
+    def get(name: str = "kin") -> Path:
+        return Path(config_path({"kin": "wz_r10_kin", "full": "wzt_full"}[name]))
 
     return get
 

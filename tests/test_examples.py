@@ -70,8 +70,9 @@ def test_readme_snippet_runs_as_written(tmp_path):
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                       check=False)
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+    )
     assert r.returncode == 0, r.stderr
     eff = float(r.stdout.strip().rsplit(" ", 1)[-1])
     assert 0.3 < eff < 1

@@ -39,8 +39,8 @@ def test_equals_weaver_data_pipeline(name, jetclass_config, tbqq_jetclass):
 
 
 @pytest.fixture(scope="module")
-def full_config(jetclass_config):
-    return DataConfig.from_yaml(jetclass_config("full"))
+def full_config(shipped_config):
+    return DataConfig.from_yaml(shipped_config("full"))
 
 
 @pytest.mark.parametrize("mode", ["eager", "virtual", "uproot"])
@@ -57,14 +57,14 @@ def test_pfnano_equals_jetclass(mode, full_config, tbqq_nanoaod, tbqq_jetclass):
         np.testing.assert_allclose(a.inputs[g], b.inputs[g], **tol)
 
 
-def test_typetracer_touches_only_needed_branches(jetclass_config):
+def test_typetracer_touches_only_needed_branches(shipped_config):
     from jettagger_coffea.sources import load_preset, needed_branches
 
-    kin = needed_branches(DataConfig.from_yaml(jetclass_config("kin")), load_preset("jetclass"))
+    kin = needed_branches(DataConfig.from_yaml(shipped_config("kin")), load_preset("jetclass"))
     assert kin == {("FatJet", f) for f in ("pt", "eta", "phi", "mass")} | {
         ("FatJetPFCands", f) for f in ("jetIdx", "pFCandsIdx", "pt", "eta", "phi", "mass")
     } | {("PFCands", f) for f in ("pt", "eta", "phi", "mass")}
-    full = needed_branches(DataConfig.from_yaml(jetclass_config("full")), load_preset("jetclass"))
+    full = needed_branches(DataConfig.from_yaml(shipped_config("full")), load_preset("jetclass"))
     assert {("PFCands", "d0"), ("PFCands", "d0Err"), ("PFCands", "pdgId")} <= full
     assert not any(f.startswith("tau") for _, f in full)
 

@@ -47,8 +47,8 @@ def _model(name, dtype=torch.float32, seed=0):
 
 
 @pytest.fixture(scope="module")
-def jets(jetclass_config, tbqq_jetclass):
-    cfg = DataConfig.from_yaml(jetclass_config("kin"))
+def jets(shipped_config, tbqq_jetclass):
+    cfg = DataConfig.from_yaml(shipped_config("kin"))
     f = featurize(uproot.open(tbqq_jetclass)["tree"], cfg)
     return [torch.from_numpy(f.inputs[k][:6]) for k in NAMES], f.counts[:6]
 
@@ -291,3 +291,42 @@ def test_irc_part_with_jet_kinematics():
     with torch.no_grad():
         assert torch.max(torch.abs(m(*x) - m(*split))) <= 1e-6
         assert torch.max(torch.abs(m(*x) - m(x[0], x[1], x[2] * 1.5, x[3]))) > 1e-4  # the scale is seen
+
+
+def test_particlenet_with_secondary_vertices(tmp_path):
+    """ParticleNet with sv_* inputs (as weaver's ParticleNetTagger): roles from the spec, SV padding and
+    order do not matter, an unknown option is named, ONNX == torch."""
+    from jettagger_coffea._errors import JetTaggerError
+
+    names = ["pf_points", "pf_features", "pf_mask", "sv_points", "sv_features", "sv_mask"]
+    dims = {"pf_points": 2, "pf_features": 25, "pf_mask": 1, "sv_points": 2, "sv_features": 11, "sv_mask": 1}
+    torch.manual_seed(1)
+    m = build("particlenet-lite", names, dims, 5).eval()
+    assert m.roles == ["points", "features", "mask", "sv_points", "sv_features", "sv_mask"]
+    g = torch.Generator().manual_seed(2)
+    n, p, s = 3, 20, 4
+    pf = [torch.randn(n, 2, p, generator=g), torch.randn(n, 25, p, generator=g), torch.ones(n, 1, p)]
+    sv = [torch.randn(n, 2, s, generator=g), torch.randn(n, 11, s, generator=g), torch.ones(n, 1, s)]
+    with torch.no_grad():
+        ref = m(*pf, *sv)
+        padded = [torch.nn.functional.pad(x, (0, 6)) for x in sv]  # zero-padded, masked SV slots
+        assert torch.allclose(m(*pf, *padded), ref, atol=1e-5)
+        perm = torch.randperm(s, generator=g)
+        assert torch.allclose(m(*pf, *[x[..., perm] for x in sv]), ref, atol=1e-5)
+        no_sv = m(*pf, *[x * 0 for x in sv])
+        assert (no_sv - ref).abs().max() > 1e-4  # the SVs are used
+    with pytest.raises(JetTaggerError, match=r"unknown option\(s\) \['kk'\]"):
+        build("particlenet-lite", names, dims, 5, kk=3)
+    with pytest.raises(JetTaggerError, match="takes no secondary-vertex inputs"):
+        build(
+            "pfn",
+            ["pf_features", "pf_mask", "sv_features", "sv_mask"],
+            {"pf_features": 7, "pf_mask": 1, "sv_features": 11, "sv_mask": 1},
+            5,
+        )
+    path = export_onnx(m, dims, tmp_path / "m.onnx")
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {k: x.numpy() for k, x in zip(names, [*pf, *sv])}
+    np.testing.assert_allclose(sess.run(None, feed)[0], ref.numpy(), atol=1e-5)

@@ -13,14 +13,12 @@ EXECUTOR_CHOICES = ("iterative", "futures", "dask", "dask-awkward")
 
 
 def _add_generate(sub) -> None:
-    from .generate.settings import PROCESSES
-
     p = sub.add_parser("generate", help="generate jets with Pythia 8 + FastJet and write ROOT files")
     p.add_argument(
         "--process",
         nargs="+",
         default=["qcd", "wqq", "zqq", "tbqq"],
-        help=f"processes ({', '.join(PROCESSES)})",
+        help="processes: qcd, wqq, zqq, tbqq, hbb",
     )
     p.add_argument("--njets", type=int, default=1000, help="selected jets written per process")
     p.add_argument("--seed", type=int, default=1, help="random seed (files are reproducible bit by bit)")

@@ -12,6 +12,7 @@ on the copy must equal those on the original.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,47 @@ def perturb_jetclass(
             data
         )
     return output
+
+
+#: the seed's test: 30 % collinear splits; two soft photons at these fractions of the jet energy
+SPLIT_FRACTION = 0.3
+EPSILONS = (1e-3, 1e-6, 1e-9)
+
+
+def irc_figures(
+    model: Any,
+    sources: Sequence[str | Path],
+    workdir: str | Path,
+    max_particles: int = 90,
+    backend: str = "onnx",
+    dtype: str = "float32",
+    seed: int = 7,
+) -> dict[str, dict[str, float]]:
+    """Max and median |delta score| (over jets and classes) between each source file and its IRC-perturbed
+    copies, through the tagger's whole path (features, padding, model): ``{"split 30%": {...},
+    "soft 1e-06": {...}}``."""
+    from .tagger import JetTagger
+
+    tagger = JetTagger(model, backend=backend, dtype=dtype)
+    workdir = Path(workdir)
+    cases: dict[str, dict[str, Any]] = {
+        f"split {100 * SPLIT_FRACTION:g}%": {"split_fraction": SPLIT_FRACTION}
+    }
+    cases |= {f"soft {e:g}": {"n_soft": 2, "epsilon": e} for e in EPSILONS}
+    diffs: dict[str, list[np.ndarray]] = {name: [] for name in cases}
+    for i, src in enumerate(sources):
+        base = perturb_jetclass(src, workdir / f"irc_{i}.root", max_particles=max_particles)
+        ref = tagger.score_jets(uproot.open(base)["tree"]).scores
+        for name, kw in cases.items():
+            path = perturb_jetclass(
+                src,
+                workdir / f"irc_{i}_{name.replace(' ', '_')}.root",
+                seed=seed,
+                max_particles=max_particles,
+                **kw,
+            )
+            diffs[name].append(np.abs(tagger.score_jets(uproot.open(path)["tree"]).scores - ref).max(axis=1))
+    return {
+        name: {"max": float(np.max(np.concatenate(d))), "median": float(np.median(np.concatenate(d)))}
+        for name, d in diffs.items()
+    }
