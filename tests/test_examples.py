@@ -69,7 +69,7 @@ def test_readme_snippet_runs_as_written(tmp_path):
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    code = re.search(r"```python\n(.*?)```", readme, re.DOTALL).group(1)
     r = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
     )
