@@ -20,7 +20,7 @@ _LAZY = {
     "sample_path": "data",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", *list(_LAZY)]  # noqa: PLE0604 - strings: the keys of _LAZY
 
 
 def __getattr__(name: str) -> Any:
