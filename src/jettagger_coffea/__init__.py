@@ -20,7 +20,16 @@ _LAZY = {
     "sample_path": "data",
 }
 
-__all__ = ["__version__", *list(_LAZY)]  # noqa: PLE0604 - strings: the keys of _LAZY
+__all__ = [
+    "Bundle",
+    "JetTagger",
+    "PFNanoSchema",
+    "Selection",
+    "TaggerProcessor",
+    "__version__",
+    "open_events",
+    "sample_path",
+]
 
 
 def __getattr__(name: str) -> Any:
