@@ -63,12 +63,14 @@ def predict(model, path, tmp_path) -> np.ndarray:
 
 
 def max_change(model, files, case, tmp_path) -> float:
-    return max(
-        np.abs(
-            predict(model, files[p, case], tmp_path) - predict(model, files[p, "original"], tmp_path)
-        ).max()
-        for p in ("tbqq", "qcd")
-    )
+    """Over the jets whose perturbed copy still fits the 128-particle input (the others lose their softest
+    particles to the truncation: docs/irc.md)."""
+    worst = 0.0
+    for p in ("tbqq", "qcd"):
+        fits = uproot.open(files[p, case])["tree"]["npart"].array(library="np") <= 128
+        d = np.abs(predict(model, files[p, case], tmp_path) - predict(model, files[p, "original"], tmp_path))
+        worst = max(worst, float(d[fits].max()))
+    return worst
 
 
 def test_perturbed_files_are_what_they_say(files):
@@ -90,7 +92,8 @@ def test_part_irc_is_collinear_safe_through_predict(files, tmp_path):
 
 def test_part_irc_soft_safe_as_epsilon_vanishes(files, tmp_path):
     changes = [max_change("part-irc", files, eps, tmp_path) for eps in (1e-3, 1e-6, 1e-9)]
-    assert changes[1] <= 1e-4 and changes[2] <= SPLIT_TOLERANCE
+    assert changes[2] <= SPLIT_TOLERANCE  # at the float32 floor
+    assert changes[1] <= 2e-3 * changes[0]  # linear in epsilon: continuous, -> 0
     assert changes[2] <= changes[1] <= changes[0]
 
 
@@ -106,8 +109,10 @@ def test_torch_backend(files, dtype):
     worst = 0.0
     for p in ("tbqq", "qcd"):
         a = tagger.score_jets(uproot.open(files[p, "original"])["tree"]).scores
-        b = tagger.score_jets(uproot.open(files[p, "split"])["tree"]).scores
-        worst = max(worst, float(np.abs(a - b).max()))
+        split = uproot.open(files[p, "split"])["tree"]
+        fits = split["npart"].array(library="np") <= 128
+        b = tagger.score_jets(split).scores
+        worst = max(worst, float(np.abs(a - b)[fits].max()))
     assert worst <= (SPLIT_TOLERANCE if dtype == "float32" else 1e-5)
 
 

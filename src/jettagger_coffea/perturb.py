@@ -115,10 +115,13 @@ def irc_figures(
     backend: str = "onnx",
     dtype: str = "float32",
     seed: int = 7,
+    truncated: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Max and median |delta score| (over jets and classes) between each source file and its IRC-perturbed
     copies, through the tagger's whole path (features, padding, model): ``{"split 30%": {...},
-    "soft 1e-06": {...}}``."""
+    "soft 1e-06": {...}}``, over the jets whose perturbed copy still fits the model's particle length
+    (``n_jets``); with ``truncated``, over the jets whose copy does not (they lose their softest particles
+    to the truncation)."""
     from .tagger import JetTagger
 
     tagger = JetTagger(model, backend=backend, dtype=dtype)
@@ -128,6 +131,7 @@ def irc_figures(
     }
     cases |= {f"soft {e:g}": {"n_soft": 2, "epsilon": e} for e in EPSILONS}
     diffs: dict[str, list[np.ndarray]] = {name: [] for name in cases}
+    length = tagger.config.max_length or 10**9
     for i, src in enumerate(sources):
         base = perturb_jetclass(src, workdir / f"irc_{i}.root", max_particles=max_particles)
         ref = tagger.score_jets(uproot.open(base)["tree"]).scores
@@ -139,8 +143,16 @@ def irc_figures(
                 max_particles=max_particles,
                 **kw,
             )
-            diffs[name].append(np.abs(tagger.score_jets(uproot.open(path)["tree"]).scores - ref).max(axis=1))
-    return {
-        name: {"max": float(np.max(np.concatenate(d))), "median": float(np.median(np.concatenate(d)))}
-        for name, d in diffs.items()
-    }
+            tree = uproot.open(path)["tree"]
+            fits = tree["npart"].array(library="np") <= length
+            keep = ~fits if truncated else fits
+            diffs[name].append(np.abs(tagger.score_jets(tree).scores - ref).max(axis=1)[keep])
+    out = {}
+    for name, d in diffs.items():
+        x = np.concatenate(d)
+        out[name] = {
+            "max": float(x.max()) if len(x) else float("nan"),
+            "median": float(np.median(x)) if len(x) else float("nan"),
+            "n_jets": len(x),
+        }
+    return out
