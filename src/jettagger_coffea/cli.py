@@ -50,8 +50,8 @@ def _run_generate(args: argparse.Namespace) -> int:
     _needs("generate", "pythia8mc", "fastjet")
     from .generate import GenerationSettings, generate
 
-    if args.jobs < 1 or args.njets < 1:
-        raise JetTaggerError(f"--jobs and --njets must be >= 1, got {args.jobs}, {args.njets}")
+    if args.jobs < 1:
+        raise JetTaggerError(f"--jobs must be >= 1, got {args.jobs}")
     formats = ("nanoaod", "jetclass") if args.format == "both" else (args.format,)
     settings = [
         GenerationSettings(
