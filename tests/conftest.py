@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,29 +55,47 @@ def tbqq_nanoaod() -> Path:
 ALL_JETCLASS = ("qcd", "wqq", "zqq", "tbqq")
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory):
-    """A PFN trained for a few seconds on the bundled samples, exported with working points."""
-    pytest.importorskip("torch")
+def run_cli(*args: object, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``jettagger ARGS`` in a fresh process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "jettagger_coffea.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def train_tiny(
+    network: str, work: Path, epochs: int, max_jets: int, seed: int, reference: bool = True
+) -> Path:
+    """A small ``network`` trained for seconds on the bundled samples, exported as a bundle."""
     from jettagger_coffea.configs import config_path
     from jettagger_coffea.training import export, train
 
     files = [sample_path(p, "jetclass") for p in ALL_JETCLASS]
-    work = tmp_path_factory.mktemp("tiny")
     train(
         config_path("wzt_full"),
-        "pfn",
+        network,
         files,
         work / "train",
-        epochs=4,
-        max_train_jets=2400,
+        epochs=epochs,
+        max_train_jets=max_jets,
         batch_size=64,
         lr=3e-3,
         network_options={"phi_sizes": [32, 32], "f_sizes": [32]},
         progress=False,
-        seed=3,
+        seed=seed,
     )
-    return export(work / "train", work / "bundle", name="tiny-pfn", reference_files=files[:2] + files[3:])
+    refs = files[:2] + files[3:] if reference else None
+    return export(work / "train", work / "bundle", name=f"tiny-{network}", reference_files=refs)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """A PFN trained for a few seconds on the bundled samples, exported with working points."""
+    pytest.importorskip("torch")
+    return train_tiny("pfn", tmp_path_factory.mktemp("tiny"), epochs=4, max_jets=2400, seed=3)
 
 
 def odd_pfnano(path: Path) -> Path:

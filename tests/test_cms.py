@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import awkward as ak
 import numpy as np
 import pytest
@@ -15,20 +12,11 @@ from jettagger_coffea._errors import JetTaggerError
 from jettagger_coffea.config import DataConfig
 
 from .conftest import SHARED, shared_file
+from .conftest import run_cli as cli
 
 CMS = SHARED / "reference" / "cms" / "ParticleNetAK8_General_V01"
 NANO = SHARED / "reference" / "nanoaod"
 DISCRIMINANTS = ("TvsQCD", "WvsQCD", "ZvsQCD", "HbbvsQCD", "HccvsQCD", "H4qvsQCD", "QCD")
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "jettagger_coffea.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,6 @@ scores, original vs collinearly split vs with soft photons (float32 onnxruntime,
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import uproot
@@ -13,6 +10,8 @@ import uproot
 from jettagger_coffea.data import sample_path
 from jettagger_coffea.perturb import perturb_jetclass
 from jettagger_coffea.tagger import JetTagger
+
+from .conftest import run_cli, train_tiny
 
 MAX_PARTICLES = 90  # the seed's jets: a 30 % split stays below the 128-particle truncation
 SPLIT_TOLERANCE = 1e-5
@@ -37,24 +36,7 @@ def files(tmp_path_factory):
 
 def predict(model, path, tmp_path) -> np.ndarray:
     out = tmp_path / f"{path.stem}_{abs(hash(str(model))) % 10**6}.parquet"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jettagger_coffea.cli",
-            "predict",
-            "--model",
-            str(model),
-            "--input",
-            str(path),
-            "-o",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    r = run_cli("predict", "--model", model, "--input", path, "-o", out)
     assert r.returncode == 0, r.stderr
     import awkward as ak
 
@@ -120,25 +102,7 @@ def test_torch_backend(files, dtype):
 def efn_bundle(tmp_path_factory):
     """An EFN trained for a few seconds on the bundled samples."""
     pytest.importorskip("torch")
-    from jettagger_coffea.configs import config_path
-    from jettagger_coffea.training import export, train
-
-    train_files = [sample_path(p, "jetclass") for p in ("qcd", "wqq", "zqq", "tbqq")]
-    work = tmp_path_factory.mktemp("efn")
-    train(
-        config_path("wzt_full"),
-        "efn",
-        train_files,
-        work / "train",
-        epochs=3,
-        max_train_jets=2000,
-        batch_size=64,
-        lr=3e-3,
-        network_options={"phi_sizes": [32, 32], "f_sizes": [32]},
-        progress=False,
-        seed=5,
-    )
-    return export(work / "train", work / "bundle", name="tiny-efn")
+    return train_tiny("efn", tmp_path_factory.mktemp("efn"), epochs=3, max_jets=2000, seed=5, reference=False)
 
 
 def test_efn_is_irc_safe_through_predict(files, efn_bundle, tmp_path):
