@@ -303,11 +303,11 @@ def efficiency(
     if dataset is not None:
         sel["dataset"] = dataset
     sub = h[sel]
-    truths = [truth] if isinstance(truth, str) else list(truth or [])
-    if truths:
-        idx = [list(sub.axes["truth"]).index(t) for t in truths if t in sub.axes["truth"]]
-        sub = sub[{"truth": idx}] if idx else sub[{"truth": []}]
-    sub = sub.project("passed", axis)
+    truths = [truth] if isinstance(truth, str) else list(truth or sub.axes["truth"])
+    parts = [sub[{"truth": t}].project("passed", axis) for t in truths if t in sub.axes["truth"]]
+    if not parts:
+        raise JetTaggerError(f"no truth class {truths} in the working-point histogram")
+    sub = sum(parts[1:], parts[0])
     view = sub.view()
     edges = sub.axes[axis].edges
     passed, total = view["value"][1], view["value"].sum(axis=0)
