@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import awkward as ak
 import numpy as np
 import pytest
@@ -238,3 +240,14 @@ def test_run_fills_recomputed_vs_stored(cms_bundle, tmp_path):
         assert np.all(np.abs(i - j) <= 2), name  # 50 bins of 0.02: within two bins of the diagonal
     paths = write_outputs(out, tmp_path)
     assert paths["stored_TvsQCD"].stat().st_size > 10_000
+
+
+def test_run_names_a_file_without_the_inputs(cms_bundle, tmp_path):
+    """`jettagger run`: a NanoAOD without PF candidates is named before any processing, one line, exit 2."""
+    fileset = tmp_path / "fileset.json"
+    fileset.write_text(json.dumps({"mu": {"files": {str(shared_file(NANO / "nano_dimuon.root")): "Events"}}}))
+    r = cli("run", "--model", cms_bundle, "--fileset", fileset, "-o", tmp_path / "out")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("jettagger run: error: ")
+    assert "nano_dimuon.root: no FatJetPFCands collection" in r.stderr
+    assert "Processing" not in r.stderr + r.stdout

@@ -18,6 +18,7 @@ from ._errors import JetTaggerError
 from .metrics import background_classes, rejection_from_roc, roc_from_hist
 from .nanoevents import PFNanoSchema
 from .processor import ALL_FILES, TaggerProcessor, cutflow, effective_counts, efficiency, wilson_interval
+from .sources import Events, check_events
 from .tagger import configure_dask
 from .truth import truth_of_class
 
@@ -65,9 +66,12 @@ def check_fileset(raw: Any, where: str = "fileset") -> dict[str, Any]:
     return out
 
 
-def preflight(fileset: dict[str, Any], skip_bad_files: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def preflight(
+    fileset: dict[str, Any], skip_bad_files: bool, check: Any = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Open every file once: unreadable ones are skipped (and recorded with their error and, where the
-    header still says, their event count) or, without skipping, named in the error."""
+    header still says, their event count) or, without skipping, named in the error. ``check(tree, path)``
+    refuses a readable file that lacks what the model reads (a user error: never skipped)."""
     import uproot
 
     good: dict[str, Any] = {}
@@ -79,12 +83,16 @@ def preflight(fileset: dict[str, Any], skip_bad_files: bool) -> tuple[dict[str, 
                 with uproot.open(path) as f:
                     n = f[tree].num_entries
                     f[tree]["nFatJet"].array(entry_stop=1)  # the header alone can look fine
+                    if check is not None:
+                        check(f[tree], path)
                     runs = f.get("Runs")
                     sumw = (
                         float(runs["genEventSumw"].array(library="np").sum())
                         if runs is not None and "genEventSumw" in runs
                         else None
                     )
+            except JetTaggerError:
+                raise
             except Exception as err:  # noqa: BLE001 - any failure to read makes the file bad
                 if not skip_bad_files:
                     raise JetTaggerError(
@@ -152,7 +160,10 @@ def run_fileset(
     fileset = check_fileset(fileset)
     metadata = {ds: spec.get("metadata", {}) for ds, spec in fileset.items()}
     proc = TaggerProcessor(bundle, datasets=metadata, **processor_options)
-    fileset, skipped = preflight(fileset, skip_bad_files)
+    config, preset = proc.tagger.config, proc.tagger.bundle.preset
+    fileset, skipped = preflight(
+        fileset, skip_bad_files, check=lambda tree, path: check_events(Events(tree, path), config, preset)
+    )
     expected = {ds: spec.pop("events") for ds, spec in fileset.items()}
     runs_sumw = {ds: spec.pop("sumw") for ds, spec in fileset.items()}
     if executor == "auto":  # a small job is fastest in one process: no cluster start-up, no transfers
