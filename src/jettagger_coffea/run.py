@@ -498,8 +498,6 @@ def _write_root(out: dict[str, Any], path: Path) -> None:
     def put(f: Any, key: str, hh: Any, title: str) -> None:
         if hh.values().sum() <= 0:  # only filled histograms
             return
-        if hh.ndim != 1:
-            raise AssertionError(key)
         hh = hh.copy()
         hh.label = title
         for ax in hh.axes:

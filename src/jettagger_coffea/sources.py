@@ -321,9 +321,6 @@ class _Linked:
             f"{ev.where}: missing branch {spec.target or spec.link}_{field} (no field {field!r} in {tables})"
         )
 
-    def _jagged(self, flat: np.ndarray, counts: np.ndarray) -> ak.Array:
-        return ak.unflatten(flat, counts)
-
     def _structure(self) -> tuple[np.ndarray, np.ndarray]:
         if self._final is None:
             pos = self._pos
@@ -346,14 +343,14 @@ class _Linked:
 
         def get(name: str) -> Any:
             if name.startswith(prefix):
-                return self._jagged(self._raw_flat(name[len(prefix) :]), counts0)
+                return ak.unflatten(self._raw_flat(name[len(prefix) :]), counts0)
             return self._lookup(name)
 
         return get
 
     def column(self, field: str) -> ak.Array:
         idx, counts = self._structure()
-        return self._jagged(self._raw_flat(field)[idx], counts)
+        return ak.unflatten(self._raw_flat(field)[idx], counts)
 
 
 def nano_columns(events: Any, preset: Preset, where: str, jets: Any = None) -> tuple[Getter, np.ndarray]:
