@@ -115,3 +115,108 @@ def test_cli_bad_input(args, message):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
+
+
+# --- tracks as JetClass's Delphes makes them ------------------------------------------------------------
+
+
+def test_helix_impact_parameters_against_a_traced_helix():
+    """d0 / dz of the closest approach found by walking along the helix; straight tracks: the textbook."""
+    from jettagger_coffea.generate.detector import BZ_TESLA, C_LIGHT, helix_impact_parameters
+
+    rng = np.random.default_rng(3)
+    n = 6
+    phi = rng.uniform(-np.pi, np.pi, n)
+    pt = np.array([1e5, 1e5, 0.4, 0.8, 2.0, 5.0])
+    pz = rng.normal(size=n) * pt
+    p4 = np.c_[pt * np.cos(phi), pt * np.sin(phi), pz, np.hypot(pt, pz)]
+    vertex = rng.normal(size=(n, 3)) * 20.0
+    charge = np.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
+    d0, dz = helix_impact_parameters(p4, vertex, charge)
+    straight_d0 = (vertex[:, 0] * p4[:, 1] - vertex[:, 1] * p4[:, 0]) / pt
+    straight_dz = vertex[:, 2] - (vertex[:, 0] * p4[:, 0] + vertex[:, 1] * p4[:, 1]) * pz / pt**2
+    np.testing.assert_allclose(d0[:2], straight_d0[:2], atol=1e-6)
+    np.testing.assert_allclose(dz[:2], straight_dz[:2], atol=1e-4)  # 0.1 um: rounding of a 90 km radius
+    for i in range(2, n):
+        sign = np.sign(charge[i])
+        radius = pt[i] / (C_LIGHT * BZ_TESLA) * 1e3
+        centre = vertex[i, :2] + sign * radius * np.array([np.sin(phi[i]), -np.cos(phi[i])])
+        start = np.arctan2(vertex[i, 1] - centre[1], vertex[i, 0] - centre[0])
+        turn = np.linspace(-np.pi, np.pi, 200_001)  # travelled angle, clockwise for positive charge
+        for width in (1e-4, 0.0):  # coarse grid, then a fine one around its closest point
+            angle = start - sign * turn
+            x, y = centre[0] + radius * np.cos(angle), centre[1] + radius * np.sin(angle)
+            k = np.argmin(np.hypot(x, y))
+            if width:
+                turn = np.linspace(turn[k] - width, turn[k] + width, 200_001)
+        vx, vy = sign * np.sin(angle[k]), -sign * np.cos(angle[k])
+        assert d0[i] == pytest.approx(x[k] * vy - y[k] * vx, abs=1e-5)
+        assert dz[i] == pytest.approx(vertex[i, 2] + turn[k] * radius * pz[i] / pt[i], abs=1e-5)
+        assert abs(d0[i] - straight_d0[i]) > 1e-4, "low-pT displaced tracks curve"
+
+
+def test_track_resolution_is_delphes_one():
+    """The packaged table gives the errors that real Delphes output (JetClass-II chain, same table as
+    JetClass's card) stores for its tracks: quantiles of sigma(d0) at the tracks' (pT, eta)."""
+    from jettagger_coffea.generate.detector import ip_resolution
+
+    from .conftest import SHARED, shared_file
+
+    path = shared_file(SHARED / "reference" / "delphes" / "events_delphes_higgs2p_example.root")
+    prefix = "ParticleFlowCandidate/ParticleFlowCandidate."
+    names = ("Charge", "PT", "Eta", "ErrorD0", "ErrorDZ", "D0", "DZ")
+    with uproot.open(path) as f:
+        arrays = f["Delphes"].arrays([prefix + n for n in names], library="np")
+    c = {n: np.concatenate(arrays[prefix + n]).astype(np.float64) for n in names}
+    neutral = c["Charge"] == 0
+    for name in ("D0", "DZ", "ErrorD0", "ErrorDZ"):
+        assert np.all(c[name][neutral] == 0), f"Delphes neutrals carry 0 {name}"
+    tracks = ~neutral & (c["PT"] > 0)  # PUPPI sets pileup candidates' pT to 0
+    s_d0, s_dz = ip_resolution(c["PT"][tracks], c["Eta"][tracks])
+    q = [10, 25, 50, 75, 90]
+    np.testing.assert_allclose(np.percentile(s_d0, q), np.percentile(c["ErrorD0"][tracks], q), rtol=0.03)
+    assert np.median(s_dz) == pytest.approx(np.median(c["ErrorDZ"][tracks]), rel=0.03)
+
+
+def test_generated_tracks_look_like_delphes(tbqq_jetclass):
+    """Bundled jets: neutrals 0, errors from the table, displaced-track fractions like Delphes's."""
+    from jettagger_coffea.data import sample_path
+    from jettagger_coffea.generate.detector import ip_resolution
+
+    def tracks(path):
+        t = uproot.open(path)["tree"].arrays(
+            [
+                "part_px",
+                "part_py",
+                "part_pz",
+                "part_charge",
+                "part_d0val",
+                "part_d0err",
+                "part_dzval",
+                "part_dzerr",
+            ]
+        )
+        return {k: ak.to_numpy(ak.flatten(t[k])).astype(np.float64) for k in t.fields}
+
+    top = tracks(tbqq_jetclass)
+    neutral = top["part_charge"] == 0
+    for k in ("part_d0val", "part_d0err", "part_dzval", "part_dzerr"):
+        assert np.all(top[k][neutral] == 0)
+    pt = np.hypot(top["part_px"], top["part_py"])
+    eta = np.arcsinh(top["part_pz"] / pt)
+    s_d0, s_dz = ip_resolution(pt[~neutral], eta[~neutral])
+    np.testing.assert_allclose(top["part_d0err"][~neutral], s_d0, rtol=1e-6)
+    np.testing.assert_allclose(top["part_dzerr"][~neutral], s_dz, rtol=1e-6)
+
+    def displaced(c):
+        ch = (c["part_charge"] != 0) & (c["part_d0err"] > 0)
+        return np.mean(np.abs(c["part_d0val"][ch]) > 5 * c["part_d0err"][ch])
+
+    qcd = tracks(sample_path("qcd", "jetclass"))
+    # real Delphes (H -> 2 prongs incl. bb, cc): 10 % of tracks beyond 5 sigma; K0S / Lambda decays in
+    # flight give QCD jets a similar share, b hadrons give top jets more
+    assert 0.05 < displaced(qcd) < 0.15
+    assert displaced(top) > displaced(qcd) + 0.03
+    pulls = top["part_d0val"][~neutral] / top["part_d0err"][~neutral]
+    core = np.abs(pulls) < 3
+    assert np.std(pulls[core]) == pytest.approx(1.0, abs=0.1), "prompt tracks: unit pulls"

@@ -11,6 +11,7 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 
+from .detector import inside_tracker
 from .settings import PROCESSES, GenerationSettings
 
 NEUTRINOS = (12, 14, 16)
@@ -162,7 +163,9 @@ class EventSource:
             for k in range(len(counts)):
                 s = slice(offsets[k], offsets[k + 1])
                 e_pid, e_status = pid[s], status[s]
-                final = (e_status > 0) & ~np.isin(np.abs(e_pid), NEUTRINOS)
+                # Pythia's default decays (K0S, Lambda, ... decay in flight, as in JetClass); what is born
+                # outside the tracker volume never reaches the detector simulation
+                final = (e_status > 0) & ~np.isin(np.abs(e_pid), NEUTRINOS) & inside_tracker(vtx[s])
                 yield Event(
                     p4=p4[s][final],
                     mass=mass[s][final],

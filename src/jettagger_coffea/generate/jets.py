@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 
+from .detector import impact_parameters
 from .events import Event
 from .settings import GenerationSettings
 
@@ -57,24 +58,6 @@ def pf_id(pdg: np.ndarray, charge: np.ndarray) -> np.ndarray:
     out = np.where(a == 22, 22, out)
     out = np.where(a == 11, -11 * np.sign(charge).astype(int), out)
     return np.where(a == 13, -13 * np.sign(charge).astype(int), out)
-
-
-def impact_parameters(p4, vertex, charge, rng) -> tuple[np.ndarray, ...]:
-    """Straight-line transverse/longitudinal impact parameters (mm) with a pT-dependent resolution.
-
-    Neutral particles carry 0 value and 0 error, as in JetClass.
-    """
-    px, py, pz = p4[:, 0], p4[:, 1], p4[:, 2]
-    pt = np.maximum(np.hypot(px, py), 1e-9)
-    x, y, z = vertex[:, 0], vertex[:, 1], vertex[:, 2]
-    d0 = (x * py - y * px) / pt
-    dz = z - (x * px + y * py) * pz / pt**2
-    d0err = np.hypot(0.01, 0.03 / pt)  # 10 um (+) 30 um GeV / pT
-    dzerr = np.hypot(0.02, 0.05 / pt)
-    d0 = d0 + rng.normal(size=len(pt)) * d0err
-    dz = dz + rng.normal(size=len(pt)) * dzerr
-    charged = charge != 0
-    return tuple(np.where(charged, a, 0.0) for a in (d0, d0err, dz, dzerr))
 
 
 def softdrop_mass(constituents, radius: float) -> float:

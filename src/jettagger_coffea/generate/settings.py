@@ -58,10 +58,6 @@ PROCESSES: dict[str, dict] = {
 #: The ten JetClass classes, in JetClass order; every jetclass file carries all ten label branches.
 JETCLASS_LABELS = ("QCD", "Hbb", "Hcc", "Hgg", "H4q", "Hqql", "Zqq", "Wqq", "Tbqq", "Tbl")
 
-#: Particles with c*tau above this (mm) are left stable, as a detector sees them (K0S, Lambda, ...);
-#: b and c hadrons decay and give displaced tracks.
-STABLE_CTAU_MM = 10.0
-
 
 @dataclasses.dataclass(frozen=True)
 class GenerationSettings:
@@ -106,8 +102,6 @@ class GenerationSettings:
             f"PhaseSpace:pTHatMin = {pthat_min}",
             f"PhaseSpace:pTHatMax = {self.pt_max + 100.0}",
             f"PartonLevel:MPI = {'on' if self.mpi else 'off'}",
-            "ParticleDecays:limitTau0 = on",
-            f"ParticleDecays:tau0Max = {STABLE_CTAU_MM}",
             "Random:setSeed = on",
             f"Random:seed = {seed}",
             "Next:numberCount = 0",

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The 5-class training and test sets of the shipped models (uncommitted; resumable, shard by shard).
+#   test:  10 000 jets per class, seed 2000                -> $DATA/test/<process>_jetclass.root
+#   train: SHARDS x 10 000 jets per class, seeds 1000 + k  -> $DATA/train/<k>/<process>_jetclass.root
+# Shards go class by class within a shard, so any prefix of shards is a balanced set. A finished file is
+# never made again; an interrupted one is never left behind (written to a temporary folder, then moved).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+J=${JETTAGGER:-.venv/bin/jettagger}
+DATA=${DATA:-samples/v2}
+SHARDS=${SHARDS:-10}
+PROCESSES="qcd wqq zqq tbqq hbb"
+
+make_one() {  # folder seed njets process
+  local out=$1 seed=$2 njets=$3 p=$4
+  [ -f "$out/${p}_jetclass.root" ] && return 0
+  local tmp="$out/.tmp-$p"
+  rm -rf "$tmp"
+  $J generate --process "$p" --njets "$njets" --seed "$seed" --jobs 2 --format jetclass -o "$tmp"
+  mv "$tmp/${p}_jetclass.root" "$out/${p}_jetclass.root"
+  rm -rf "$tmp"
+}
+
+for p in $PROCESSES; do make_one "$DATA/test" 2000 10000 "$p"; done
+for k in $(seq 0 $((SHARDS - 1))); do
+  for p in $PROCESSES; do make_one "$DATA/train/$k" $((1000 + k)) 10000 "$p"; done
+done
