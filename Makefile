@@ -5,7 +5,7 @@ VENV    ?= .venv
 BIN      = $(VENV)/bin
 PIP_OPTS = -c .ci/constraints.txt --only-binary=pythia8mc,fastjet
 
-.PHONY: install install-dev test lint docs run samples clean
+.PHONY: install install-dev test lint docs run samples notebook clean
 
 $(VENV)/.core:
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: install-dev lint docs
 
 run: install
 	$(BIN)/jettagger run
+
+# the example notebook, executed in place with the default model (its outputs are committed)
+notebook: install-dev
+	$(BIN)/jupyter-execute --inplace examples/tag_fatjets.ipynb
 
 # larger, uncommitted training / test sets (seeded; R = 0.8 multi-class and R = 1.0 W/Z vs QCD)
 samples: install-dev

@@ -7,10 +7,10 @@ Regenerates the table of docs/generator.md:
 
     jettagger generate --process qcd wqq zqq tbqq hbb --njets 1500 --seed 77 --format jetclass \
         --jobs 2 -o /tmp/official-jets
-    python benchmarks/official_models.py --jets /tmp/official-jets --weights /path/to/particle_transformer/models
+    python benchmarks/official_models.py --jets /tmp/official-jets --weights /path/to/ParT/models
 
-``--weights`` holds ``ParticleNet_{kin,kinpid,full}.pt`` of jet-universe/particle_transformer; the data
-configs are read from ``../shared/reference/jetclass`` (or ``--configs``).
+``--weights`` holds ``ParticleNet_{kin,kinpid,full}.pt`` (jet-universe/particle_transformer, models/);
+the data configs are read from ``../shared/reference/jetclass`` (or ``--configs``).
 """
 
 from __future__ import annotations

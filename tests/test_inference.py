@@ -204,19 +204,36 @@ def test_write_outputs(tiny_bundle, tmp_path):
         assert paths[key].stat().st_size > 10_000
 
 
-def test_binned_metrics_agree_with_per_jet_metrics(tiny_bundle):
+def test_run_and_evaluate_write_one_metrics_schema(tiny_bundle):
+    """Binned (run) and per-jet (evaluate) front ends of one metrics computation: same schema, same jets,
+    the same numbers up to the binning of the ROC; and both equal an independent AUC."""
     from sklearn.metrics import roc_auc_score
 
+    from jettagger_coffea.evaluation import evaluate
     from jettagger_coffea.run import metrics_from_hists
 
     out = run_fileset(tiny_bundle, _fileset(), executor="iterative", chunksize=1000, progress=False)
-    m = metrics_from_hists(out)
+    binned = metrics_from_hists(out)
+    per_jet = evaluate(JetTagger(tiny_bundle), [sample_path("qcd"), sample_path("tbqq")])
+    assert (binned["method"], per_jet["method"]) == ("binned", "per-jet")
+    assert binned["schema"] == per_jet["schema"] == "jettagger-metrics/1"
+    common = {"schema", "method", "model", "classes", "n_jets", "accuracy", "confusion", "discriminants"}
+    assert common <= binned.keys() and common <= per_jet.keys()
+    assert binned["n_jets"] == per_jet["n_jets"] == 2000
+    assert binned["accuracy"] == pytest.approx(per_jet["accuracy"], abs=1e-12)  # argmax: nothing binned
+    np.testing.assert_allclose(binned["confusion"], per_jet["confusion"], atol=1e-12)
+    b, p = binned["discriminants"]["TvsQCD"], per_jet["discriminants"]["TvsQCD"]
+    assert b.keys() == p.keys()
+    assert b["n_signal"] == p["n_signal"] == 1000 and b["n_background"] == p["n_background"] == 1000
+    assert b["auc"] == pytest.approx(p["auc"], abs=2e-3)
+    assert b["rej50"] == pytest.approx(p["rej50"], rel=0.15)
+
     tagger = JetTagger(tiny_bundle)
     s = tagger.score_jets(uproot.open(sample_path("tbqq", "jetclass"))["tree"]).scores
-    b = tagger.score_jets(uproot.open(sample_path("qcd", "jetclass"))["tree"]).scores
-    d = np.r_[s[:, 3] / (s[:, 3] + s[:, 0]), b[:, 3] / (b[:, 3] + b[:, 0])]
-    y = np.r_[np.ones(len(s)), np.zeros(len(b))]
-    assert m["discriminants"]["TvsQCD"]["auc"] == pytest.approx(roc_auc_score(y, d), abs=2e-3)
+    q = tagger.score_jets(uproot.open(sample_path("qcd", "jetclass"))["tree"]).scores
+    d = np.r_[s[:, 3] / (s[:, 3] + s[:, 0]), q[:, 3] / (q[:, 3] + q[:, 0])]
+    y = np.r_[np.ones(len(s)), np.zeros(len(q))]
+    assert p["auc"] == pytest.approx(roc_auc_score(y, d), abs=1e-6)
 
 
 def test_imported_particlenet_kin_runs(tmp_path):

@@ -203,10 +203,24 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .tagger import JetTagger
 
     m = evaluate(JetTagger(args.model, backend=args.backend), args.input, args.output)
-    print(f"accuracy {m['accuracy']:.4f}  macro AUC {m['auc_macro']:.4f}")
-    for name, d in m["discriminants"].items():
-        print(f"{name}: AUC {d['auc']:.4f}  1/eps_b @50% {d['rej50']:.1f}  @30% {d['rej30']:.1f}")
+    print(f"{m['model']}: {m['n_jets']} jets, accuracy {_number(m['accuracy'], '.4f')}")
+    _print_discriminants(m)
     return 0
+
+
+def _number(x: float | None, fmt: str) -> str:
+    """A metrics.json number (null where unbounded or undefined, see its null_reasons)."""
+    return "n/a" if x is None else format(x, fmt)
+
+
+def _print_discriminants(m: dict) -> None:
+    """One line per discriminant, the same for ``evaluate`` (per jet) and ``run`` (binned)."""
+    for name, d in m["discriminants"].items():
+        print(
+            f"  {name}: AUC {_number(d['auc'], '.4f')}  1/eps_b @50% {_number(d['rej50'], '.1f')}  "
+            f"@30% {_number(d['rej30'], '.1f')}  ({d['n_signal']:.0f} signal, {d['n_background']:.0f} "
+            f"background jets, {m['method']})"
+        )
 
 
 def _add_predict(sub) -> None:
@@ -445,10 +459,7 @@ def _run_run(args: argparse.Namespace) -> int:
         f"{bundle.name} on {out['meta']['executor']}: {jets} jets in {m['seconds']:.1f} s "
         f"({m['jets_per_second']:.0f} jets/s){acc}"
     )
-    for name, d in m["discriminants"].items():
-        r50 = "inf" if d["rej50"] is None else f"{d['rej50']:.1f}"
-        r30 = "inf" if d["rej30"] is None else f"{d['rej30']:.1f}"
-        print(f"  {name}: AUC {d['auc']:.4f}  1/eps_b @50% {r50}  @30% {r30}")
+    _print_discriminants(m)
     for w in m["warnings"]:
         print(f"  warning: {w}")
     for s in m["skipped"]:

@@ -75,13 +75,12 @@ def evaluate(
     scores = np.stack([cols[f"score_{c}"] for c in classes], axis=1)
     labels = cols["label"].astype(int)
     discs = tagger.bundle.discriminants
-    metrics = summary(labels, scores, classes, discs)
-    metrics["model"] = tagger.bundle.name
+    metrics = summary(labels, scores, classes, discs, model=tagger.bundle.name)
     metrics["files"] = [str(f) for f in files]
     if output is not None:
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
         idx = {c: i for i, c in enumerate(classes)}
         curves = {}
         for name, d in discs.items():
@@ -97,6 +96,6 @@ def evaluate(
             np.asarray(metrics["confusion"]),
             classes,
             out / "confusion.png",
-            title=f"{tagger.bundle.name}: accuracy {metrics['accuracy']:.3f}",
+            title=f"{tagger.bundle.name}: accuracy {metrics['accuracy'] or float('nan'):.3f}",
         )
     return metrics

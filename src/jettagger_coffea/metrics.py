@@ -32,8 +32,7 @@ def auc(is_signal: np.ndarray, score: np.ndarray, weight: np.ndarray | None = No
 def rejection(is_signal: np.ndarray, score: np.ndarray, eps_s: float) -> float:
     """1 / eps_b at signal efficiency ``eps_s`` (linear interpolation on the ROC curve)."""
     eb, es, _ = roc_curve(is_signal, score)
-    e = float(np.interp(eps_s, es, eb))
-    return float("inf") if e <= 0 else 1.0 / e
+    return rejection_from_roc(eb, es, eps_s)
 
 
 def accuracy(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -72,42 +71,76 @@ def background_classes(classes: Sequence[str], definition: Mapping[str, Sequence
     return list(definition.get("background") or [c for c in classes if c not in definition["signal"]])
 
 
+#: Version of the metrics.json layout that ``evaluate`` (per jet) and ``run`` (binned) both write.
+SCHEMA = "jettagger-metrics/1"
+#: 1/eps_b is reported at these signal efficiencies (the seeds' 50 % and 30 %, and tight tagging points).
+REJECTION_POINTS = {"rej50": 0.5, "rej30": 0.3, "rej99": 0.99, "rej995": 0.995}
+
+
+def figures_from_roc(eps_b: np.ndarray, eps_s: np.ndarray, n_signal: float, n_background: float) -> dict:
+    """The one summary of a discriminant, whether its ROC comes from jets or from histograms: AUC, 1/eps_b
+    at :data:`REJECTION_POINTS`, and the jets behind it (1/eps_b cannot be measured above n_background)."""
+    out: dict[str, Any] = {"auc": float(np.trapezoid(eps_s, eps_b))}
+    out |= {key: rejection_from_roc(eps_b, eps_s, at) for key, at in REJECTION_POINTS.items()}
+    return out | {"n_signal": float(n_signal), "n_background": float(n_background)}
+
+
+def metrics_document(
+    method: str,
+    model: str,
+    classes: Sequence[str],
+    discriminants: dict[str, dict],
+    confusion_counts: np.ndarray | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """metrics.json as both front ends write it: ``method`` says how the ROCs were made ("per-jet" or
+    "binned"); confusion rows are true classes (normalised), accuracy from the same counts."""
+    doc: dict[str, Any] = {"schema": SCHEMA, "method": method, "model": model, "classes": list(classes)}
+    if confusion_counts is not None and confusion_counts.sum() > 0:
+        cm = np.asarray(confusion_counts, dtype=np.float64)
+        doc["n_jets"] = float(cm.sum())
+        doc["accuracy"] = float(np.trace(cm) / cm.sum())
+        doc["confusion"] = (cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)).tolist()
+    else:
+        doc |= {"n_jets": 0.0, "accuracy": float("nan"), "confusion": None}
+    doc["discriminants"] = discriminants
+    return strict_json(doc | extra)
+
+
 def summary(
     labels: np.ndarray,
     scores: np.ndarray,
     classes: Sequence[str],
     discriminants: dict[str, dict[str, list[str]]] | None = None,
+    model: str = "",
 ) -> dict:
-    """The seeds' table: accuracy, AUC (one-vs-rest), 1/eps_b at 50 % and 30 % per discriminant."""
-    out: dict = {
-        "n_jets": len(labels),
-        "accuracy": accuracy(labels, scores),
-        "auc_ovr": {
-            c: auc(labels == i, scores[:, i])
-            for i, c in enumerate(classes)
-            if np.any(labels == i) and np.any(labels != i)
-        },
-    }
-    out["auc_macro"] = float(np.mean(list(out["auc_ovr"].values())))
-    out["confusion"] = confusion_matrix(labels, scores, len(classes)).tolist()
-    out["discriminants"] = {}
+    """Per-jet front end: the seeds' table (accuracy, one-vs-rest AUC, 1/eps_b per discriminant)."""
+    figures = {}
+    idx = {c: i for i, c in enumerate(classes)}
     for name, d in (discriminants or {}).items():
-        idx = {c: i for i, c in enumerate(classes)}
         is_sig = np.isin(labels, [idx[c] for c in d["signal"]])
-        is_bkg = np.isin(labels, [idx[c] for c in background_classes(classes, d)])
+        is_bkg = np.isin(labels, [idx[c] for c in background_classes(classes, d)]) & ~is_sig
         keep = is_sig | is_bkg
         if not (is_sig.any() and is_bkg.any()):
             continue
-        disc = discriminant(scores, classes, d)[keep]
-        y = is_sig[keep]
-        out["discriminants"][name] = {
-            "auc": auc(y, disc),
-            "rej50": rejection(y, disc, 0.5),
-            "rej30": rejection(y, disc, 0.3),
-            "rej99": rejection(y, disc, 0.99),
-            "rej995": rejection(y, disc, 0.995),
-        }
-    return out
+        eb, es, _ = roc_curve(is_sig[keep], discriminant(scores, classes, d)[keep])
+        figures[name] = figures_from_roc(eb, es, is_sig.sum(), is_bkg.sum())
+    auc_ovr = {
+        c: auc(labels == i, scores[:, i])
+        for i, c in enumerate(classes)
+        if np.any(labels == i) and np.any(labels != i)
+    }
+    return metrics_document(
+        "per-jet",
+        model,
+        classes,
+        figures,
+        confusion_matrix(labels, scores, len(classes), normalize=False),
+        n_jets=len(labels),
+        n_without_scores=int(np.sum(~np.all(np.isfinite(scores), axis=1))),  # jets with no constituents
+        auc_ovr=auc_ovr,
+        auc_macro=float(np.mean(list(auc_ovr.values()))) if auc_ovr else float("nan"),
+    )
 
 
 def roc_from_hist(signal_counts: np.ndarray, background_counts: np.ndarray):
@@ -120,3 +153,29 @@ def roc_from_hist(signal_counts: np.ndarray, background_counts: np.ndarray):
 def rejection_from_roc(eps_b: np.ndarray, eps_s: np.ndarray, at: float) -> float:
     e = float(np.interp(at, eps_s, eps_b))
     return float("inf") if e <= 0 else 1.0 / e
+
+
+def strict_json(obj: Any) -> Any:
+    """Non-finite numbers -> null, each with its reason in ``null_reasons`` (strict JSON for other tools)."""
+    reasons: dict[str, str] = {}
+
+    def walk(x: Any, path: str) -> Any:
+        if isinstance(x, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(x)]
+        if isinstance(x, (float, np.floating)) and not np.isfinite(x):
+            reasons[path] = (
+                "unbounded: no background jet is left at this signal efficiency"
+                if x > 0
+                else "undefined (no jets)"
+            )
+            return None
+        if isinstance(x, np.generic):
+            return x.item()
+        return x
+
+    out = walk(obj, "")
+    if reasons and isinstance(out, dict):
+        out["null_reasons"] = reasons
+    return out

@@ -322,7 +322,8 @@ def wilson_interval(passed: np.ndarray, total: np.ndarray, z: float = 1.0) -> tu
         denom = 1 + z * z / total
         centre = (p + z * z / (2 * total)) / denom
         half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+        # the interval contains p also after rounding (p = 0 or 1 would otherwise poke out by 1e-17)
+        return np.clip(np.fmin(centre - half, p), 0, 1), np.clip(np.fmax(centre + half, p), 0, 1)
 
 
 def effective_counts(

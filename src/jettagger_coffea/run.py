@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import JetTaggerError
-from .metrics import background_classes, rejection_from_roc, roc_from_hist
+from .metrics import background_classes, figures_from_roc, metrics_document, roc_from_hist
 from .nanoevents import PFNanoSchema
 from .processor import ALL_FILES, TaggerProcessor, cutflow, effective_counts, efficiency, wilson_interval
 from .sources import Events, check_events
@@ -337,30 +337,16 @@ def binned_roc(h: Any, name: str, d: dict[str, Any], classes: Sequence[str]):
 
 
 def metrics_from_hists(out: dict[str, Any]) -> dict[str, Any]:
-    """AUC and 1/eps_b at 50 / 30 % per discriminant (binned ROC), accuracy and confusion matrix."""
+    """Binned front end of :func:`metrics.metrics_document`: ROCs from the run's discriminant histograms,
+    accuracy and confusion from its predicted-class histogram, plus the cutflow and timing."""
     h = out["hists"]
     meta = out["meta"]
     classes = meta["classes"]
-    res: dict[str, Any] = {
-        "model": meta["model"],
-        "method": "binned (histograms of the run)",
-        "cutflow": out["cutflow"],
-        "normalisation": out.get("normalisation", {}),
-        "selection": meta.get("selection"),
-        "discriminants": {},
-    }
+    figures = {}
     for name, d in meta["discriminants"].items():
         roc = binned_roc(h["discriminant"], name, d, classes)
-        if roc is None:
-            continue
-        eb, es, ns, nb = roc
-        res["discriminants"][name] = {
-            "auc": float(np.trapezoid(es, eb)),
-            "rej50": rejection_from_roc(eb, es, 0.5),
-            "rej30": rejection_from_roc(eb, es, 0.3),
-            "n_signal": ns,
-            "n_background": nb,
-        }
+        if roc is not None:
+            figures[name] = figures_from_roc(*roc)
     hp = h["predicted"].project("truth", "predicted")
     truths = list(hp.axes["truth"])
     cm = np.zeros((len(classes), len(classes)))
@@ -368,41 +354,21 @@ def metrics_from_hists(out: dict[str, Any]) -> dict[str, Any]:
         t = truth_of_class(c)
         if t == c and t in truths:  # the confusion matrix needs model classes that are truth classes
             cm[i] = hp.values()[truths.index(t)]
-    total = cm.sum()
-    res["accuracy"] = float(np.trace(cm) / total) if total else None
-    res["confusion"] = (cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)).tolist()
-    res["skipped"] = out.get("skipped", [])
-    res["warnings"] = out.get("warnings", [])
-    res["seconds"] = meta["seconds"]
     jets = sum(c["selected_jets"] for c in out["cutflow"].values())
-    res["jets_per_second"] = jets / meta["seconds"] if meta["seconds"] else None
-    return strict_json(res)
-
-
-def strict_json(obj: Any) -> Any:
-    """Non-finite numbers -> null, each with its reason in ``null_reasons`` (strict JSON for other tools)."""
-    reasons: dict[str, str] = {}
-
-    def walk(x: Any, path: str) -> Any:
-        if isinstance(x, dict):
-            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [walk(v, f"{path}[{i}]") for i, v in enumerate(x)]
-        if isinstance(x, (float, np.floating)) and not np.isfinite(x):
-            reasons[path] = (
-                "unbounded: no background jet is left at this signal efficiency"
-                if x > 0
-                else "undefined (no jets)"
-            )
-            return None
-        if isinstance(x, np.generic):
-            return x.item()
-        return x
-
-    out = walk(obj, "")
-    if reasons and isinstance(out, dict):
-        out["null_reasons"] = reasons
-    return out
+    return metrics_document(
+        "binned",
+        meta["model"],
+        classes,
+        figures,
+        cm,
+        cutflow=out["cutflow"],
+        normalisation=out.get("normalisation", {}),
+        selection=meta.get("selection"),
+        skipped=out.get("skipped", []),
+        warnings=out.get("warnings", []),
+        seconds=meta["seconds"],
+        jets_per_second=jets / meta["seconds"] if meta["seconds"] else None,
+    )
 
 
 def write_outputs(out: dict[str, Any], folder: str | Path) -> dict[str, Path]:
