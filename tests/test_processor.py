@@ -173,3 +173,21 @@ def test_correctionlib_round_trip(tmp_path):
     bad.write_text(json.dumps({"schema_version": 2, "corrections": []}))
     with pytest.raises(JetTaggerError, match="no correction named 'working_points'"):
         run_fileset("pfn", fileset, executor="iterative", progress=False, working_points=bad)
+
+
+def test_sparse_bins_merge_until_enough_jets():
+    from jettagger_coffea.processor import merge_sparse_bins
+
+    edges = np.arange(11.0)
+    total = np.array([0, 5, 30, 2, 2, 2, 50, 1, 1, 0.0])
+    passed = np.floor(total / 2)
+    e, p, n, vp, vn = merge_sparse_bins(edges, passed, total, passed, total, min_jets=20)
+    np.testing.assert_array_equal(e, [0, 3, 10])  # 35 jets, then 56 + a remainder of 2 joins the last bin
+    np.testing.assert_array_equal(n, [35, 58])
+    np.testing.assert_array_equal(p, [passed[:3].sum(), passed[3:].sum()])
+    assert n.sum() == total.sum() and vn.sum() == total.sum()
+    # weights: effective jets (sum w)^2 / sum w^2 decide, not the sum of weights
+    e, *_ = merge_sparse_bins(
+        edges[:3], np.zeros(2), np.array([40.0, 40.0]), np.zeros(2), np.array([400.0, 400.0])
+    )
+    np.testing.assert_array_equal(e, [0, 2])  # 4 + 4 effective jets: one bin

@@ -19,9 +19,8 @@ from .metrics import discriminant, roc_curve
 
 #: the text in the top-right corner of every figure; set it to what the data is (``--label``)
 LABEL = "Simulation"
-#: one colour per truth class (colour-blind-safe cycle), one line style / marker per working point
+#: one colour per truth class (colour-blind-safe cycle)
 COLOURS = ("#3f90da", "#ffa90e", "#bd1f01", "#94a4a2", "#832db6", "#a96b59", "#e76300", "#b9ac70")
-STYLES = (("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", (0, (5, 1))), ("P", (0, (1, 1))))
 
 
 def _style() -> None:
@@ -137,36 +136,37 @@ def efficiency_plot(
     curves: Mapping[str, Mapping[str, tuple]], path: Path, xlabel: str, title: str = ""
 ) -> Path:
     """``curves``: working point -> truth class -> (edges, passed, total, low, high) with a binomial
-    interval [low, high]. One colour per truth class, one marker / line style per working point; empty
-    bins (no jets) are left out, bins with no passing jet are drawn as 68 % upper limits."""
+    interval [low, high]. One panel per working point (shared axes), one colour per truth class; empty bins
+    (no jets) are left out, bins where no jet passed are drawn as 68 % upper limits (arrows)."""
     _style()
-    fig, ax = plt.subplots(figsize=(10, 6))
+    ncols = min(3, len(curves))
+    nrows = -(-len(curves) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4.2 * ncols + 2.2, 3.6 * nrows + 0.6), sharex=True, sharey=True, squeeze=False
+    )
     truths = sorted({t for per_wp in curves.values() for t in per_wp})
     floor = 1.0
-    for w, (wp, per_wp) in enumerate(curves.items()):
-        marker, line = STYLES[w % len(STYLES)]
+    for ax, (wp, per_wp) in zip(axes.flat, curves.items()):
         for t, (edges, passed, total, low, high) in per_wp.items():
             colour = COLOURS[truths.index(t) % len(COLOURS)]
             centres, half = 0.5 * (edges[1:] + edges[:-1]), np.diff(edges) / 2
             with np.errstate(invalid="ignore", divide="ignore"):
                 eff = passed / total
-            has, zero = total > 0, (total > 0) & (passed <= 0)
-            ok = has & ~zero
+            zero = (total > 0) & (passed <= 0)
+            ok = (total > 0) & ~zero
             if ok.any():
-                floor = min(floor, float(np.nanmin(low[ok][low[ok] > 0], initial=1.0)))
-            yerr = np.clip([eff[ok] - low[ok], high[ok] - eff[ok]], 0, None)
-            ax.errorbar(
-                centres[ok],
-                eff[ok],
-                xerr=half[ok],
-                yerr=yerr,
-                fmt=marker,
-                linestyle=line,
-                color=colour,
-                markersize=5,
-                capsize=2,
-                label=f"{t}, {wp}",
-            )
+                floor = min(floor, float(np.min(low[ok][low[ok] > 0], initial=1.0)))
+                ax.errorbar(
+                    centres[ok],
+                    eff[ok],
+                    xerr=half[ok],
+                    yerr=[eff[ok] - low[ok], high[ok] - eff[ok]],
+                    fmt="o",
+                    color=colour,
+                    markersize=4,
+                    capsize=2,
+                    label=t,
+                )
             if zero.any():
                 floor = min(floor, float(np.min(high[zero])) / 3)
                 ax.errorbar(
@@ -179,14 +179,32 @@ def efficiency_plot(
                     color=colour,
                     capsize=2,
                 )
-    ax.set_yscale("log")
-    ax.set_ylim(max(floor / 2, 1e-5), 2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("Efficiency (pass / total)")
-    _legend_outside(ax, title=title or None)
-    ax.text(0.02, 0.02, "arrows: 68 % upper limit, no jet passed", transform=ax.transAxes, fontsize=10)
-    _corner(ax)
-    return _save(fig, path)
+        ax.set_title(wp, fontsize=13)
+        ax.set_yscale("log")
+        ax.tick_params(labelsize=11)
+    for ax in axes.flat[len(curves) :]:
+        ax.set_visible(False)
+    axes[0, 0].set_ylim(max(floor / 2, 1e-5), 2)
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel, fontsize=13)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Efficiency", fontsize=13)
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]}
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="upper left",
+        bbox_to_anchor=(1.0 - 2.1 / fig.get_figwidth(), 0.9),
+        frameon=False,
+        fontsize=12,
+        title="truth",
+        title_fontsize=12,
+    )
+    fig.suptitle(f"{title}   (arrows: 68 % upper limit where no jet passed)   {LABEL}", fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1.0 - 2.2 / fig.get_figwidth(), 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def mass_plot(per_truth: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path) -> Path:

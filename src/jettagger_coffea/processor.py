@@ -314,6 +314,36 @@ def efficiency(
     return edges, passed, total, view["variance"][1], view["variance"].sum(axis=0)
 
 
+def merge_sparse_bins(
+    edges: np.ndarray,
+    passed: np.ndarray,
+    total: np.ndarray,
+    var_passed: np.ndarray,
+    var_total: np.ndarray,
+    min_jets: float = 20.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Binning that adapts to the statistics: neighbouring bins are merged, left to right, until each holds
+    at least ``min_jets`` effective jets (sum w)^2 / sum w^2; a short remainder joins the last bin."""
+    keep = [0]
+    acc_w = acc_w2 = 0.0
+    for i in range(len(total)):
+        acc_w, acc_w2 = acc_w + total[i], acc_w2 + var_total[i]
+        if acc_w2 > 0 and acc_w * acc_w / acc_w2 >= min_jets:
+            keep.append(i + 1)
+            acc_w = acc_w2 = 0.0
+    if keep[-1] != len(total):
+        if len(keep) > 1 and acc_w > 0:
+            keep[-1] = len(total)  # too few jets after the last full bin: widen it
+        else:
+            keep.append(len(total))
+    cuts = np.asarray(keep)
+    summed = [
+        np.add.reduceat(np.asarray(c, dtype=np.float64), cuts[:-1])
+        for c in (passed, total, var_passed, var_total)
+    ]
+    return (np.asarray(edges)[cuts], *summed)  # type: ignore[return-value]
+
+
 def wilson_interval(passed: np.ndarray, total: np.ndarray, z: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval (68 %) of pass / total; with weights use effective counts."""
     passed, total = np.asarray(passed, dtype=float), np.asarray(total, dtype=float)

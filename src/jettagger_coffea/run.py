@@ -17,7 +17,15 @@ import numpy as np
 from ._errors import JetTaggerError
 from .metrics import background_classes, figures_from_roc, metrics_document, roc_from_hist
 from .nanoevents import PFNanoSchema
-from .processor import ALL_FILES, TaggerProcessor, cutflow, effective_counts, efficiency, wilson_interval
+from .processor import (
+    ALL_FILES,
+    TaggerProcessor,
+    cutflow,
+    effective_counts,
+    efficiency,
+    merge_sparse_bins,
+    wilson_interval,
+)
 from .sources import Events, check_events
 from .tagger import configure_dask
 from .truth import truth_of_class
@@ -371,6 +379,10 @@ def metrics_from_hists(out: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+#: efficiency plots merge neighbouring bins until each holds this many (effective) jets
+MIN_JETS_PER_BIN = 20.0
+
+
 def write_outputs(out: dict[str, Any], folder: str | Path) -> dict[str, Path]:
     """hists.pkl (hist objects), hists.root (1-D projections), metrics.json, PNG plots."""
     from . import plotting
@@ -421,9 +433,10 @@ def write_outputs(out: dict[str, Any], folder: str | Path) -> dict[str, Path]:
             for wp in wps:
                 for truths in groups.values():
                     for t in truths:
-                        edges, p, n, _, vn = efficiency(h[f"wp_{axis}"], name, wp, axis=axis, truth=t)
-                        if n.sum() <= 0:
+                        counts = efficiency(h[f"wp_{axis}"], name, wp, axis=axis, truth=t)
+                        if counts[2].sum() <= 0:
                             continue
+                        edges, p, n, _, vn = merge_sparse_bins(*counts, min_jets=MIN_JETS_PER_BIN)
                         pe, ne = effective_counts(p, n, vn)
                         lo, hi = wilson_interval(pe, ne)
                         eff.setdefault(wp, {})[t] = (edges, p, n, lo, hi)
