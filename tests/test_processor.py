@@ -182,6 +182,7 @@ def test_sparse_bins_merge_until_enough_jets():
     total = np.array([0, 5, 30, 2, 2, 2, 50, 1, 1, 0.0])
     passed = np.floor(total / 2)
     e, p, n, vp, vn = merge_sparse_bins(edges, passed, total, passed, total, min_jets=20)
+    np.testing.assert_array_equal(vp, p)
     np.testing.assert_array_equal(e, [0, 3, 10])  # 35 jets, then 56 + a remainder of 2 joins the last bin
     np.testing.assert_array_equal(n, [35, 58])
     np.testing.assert_array_equal(p, [passed[:3].sum(), passed[3:].sum()])
