@@ -10,10 +10,10 @@ import pytest
 import uproot
 
 from jettagger_coffea._errors import JetTaggerError
+from jettagger_coffea.batching import dynamic_length, pad
 from jettagger_coffea.config import DataConfig
 from jettagger_coffea.features import featurize
 from jettagger_coffea.nanoevents import open_events
-from jettagger_coffea.padding import dynamic_length, pad
 
 
 @pytest.mark.parametrize("name", ["kin", "kinpid", "full"])

@@ -49,9 +49,9 @@ def test_toy_is_learnt(toy):
     losses = [r["train_loss"] for r in s["history"]]
     assert losses[-1] < 0.8 * losses[0]
     model, config, _ = load_trained(work / "run")
-    from jettagger_coffea.datasets import load_features
+    from jettagger_coffea.datasets import load_jets
 
-    f = load_features(files, config)
+    f = load_jets(files, config)
     p = predict(model, f)
     assert auc(f.labels == 1, p[:, 1]) > 0.85  # 0.88 after 4 short epochs; an untrained model gives 0.5
     log = [json.loads(line) for line in (work / "run" / "log.jsonl").read_text().splitlines()]
@@ -63,9 +63,9 @@ def test_checkpoint_reload_and_resume(toy, tmp_path):
     work, files, _ = toy
     a, config, _ = load_trained(work / "run")
     b, _, _ = load_trained(work / "run")
-    from jettagger_coffea.datasets import load_features
+    from jettagger_coffea.datasets import load_jets
 
-    f = load_features(files[:1], config)
+    f = load_jets(files[:1], config)
     np.testing.assert_array_equal(predict(a, f), predict(b, f))
     # resume: two epochs, stop, then resume to four == four in one go (same seed, same batches)
     kw = {
@@ -97,9 +97,9 @@ def test_export_onnx_equals_torch_and_evaluate_equals_sklearn(toy, tmp_path):
         discriminants={"TvsQCD": {"signal": ["Tbqq"], "background": ["QCD"]}},
     )
     model, config, _ = load_trained(work / "run")
-    from jettagger_coffea.datasets import load_features
+    from jettagger_coffea.datasets import load_jets
 
-    f = load_features(files, config)
+    f = load_jets(files, config)
     torch_scores = predict(model, f)
     cols = predict_files(JetTagger(bundle), files)
     onnx_scores = np.stack([cols["score_QCD"], cols["score_Tbqq"]], axis=1)

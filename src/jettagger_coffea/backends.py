@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ._errors import JetTaggerError
+from .batching import Padding, batch_length, sorted_batches
 from .features import Standardised
 
 #: at most this many particle slots (jets x padded length) in one dense batch: bounds memory
@@ -143,44 +144,21 @@ def run_batched(
     backend: Backend,
     std: Standardised,
     n_classes: int,
-    padding: str | int = "dynamic",
+    padding: Padding = "dynamic",
     min_length: int = 1,
     max_slots: int = MAX_SLOTS,
     max_pairs: int | None = None,
 ) -> np.ndarray:
     """Scores of every jet of ``std`` in input order; jets without particles get NaN and never reach the
-    model. Jets are sorted by multiplicity so that each batch pads to little more than its own longest jet;
-    batches never exceed ``max_slots`` particle slots (nor, if given, ``max_pairs`` particle pairs)."""
-    n = len(std)
-    out = np.full((n, n_classes), np.nan, dtype=np.float32)
-    order = np.argsort(std.counts, kind="stable")
-    order = order[std.counts[order] > 0]
-    if len(order) == 0:
+    model. Batches: :func:`batching.sorted_batches` (similar multiplicities, bounded in slots and pairs)."""
+    out = np.full((len(std), n_classes), np.nan, dtype=np.float32)
+    length_of = batch_length(list(std.config.inputs.values()), padding, min_length)
+    order, ranges = sorted_batches(std.counts, length_of, max_slots, max_pairs)
+    if not ranges:
         return out
     ordered = std.take(order)
-    lengths = [g.length for g in std.config.inputs.values() if g.length is not None] or [1]
-    mins = [g.min_length for g in std.config.inputs.values() if g.length is not None] or [1]
-    cap, floor = max(lengths), max(min(max(mins), max(lengths)), 1)
-
-    def padded(stop: int) -> int:  # padded length of a batch ending at ``stop`` (counts ascend)
-        if padding == "fixed":
-            return cap
-        if isinstance(padding, int):
-            return max(padding, min_length)
-        return max(min(int(ordered.counts[stop - 1]), cap), min_length, floor)
-
-    def fits(size: int, length: int) -> bool:
-        return size * length <= max_slots and (max_pairs is None or size * length * length <= max_pairs)
-
-    m, start = len(order), 0
-    while start < m:  # grow each batch while it fits the slot (and pair) budget
-        p0 = padded(start + 1)
-        first = max_slots // p0 if max_pairs is None else min(max_slots // p0, max_pairs // (p0 * p0))
-        stop = min(m, start + max(1, first))
-        while stop > start + 1 and not fits(stop - start, padded(stop)):
-            stop = start + (stop - start) // 2
+    for start, stop in ranges:
         out[order[start:stop]] = backend.run(
             ordered.dense(start, stop, length=padding, min_length=min_length)
         )
-        start = stop
     return out

@@ -1,8 +1,8 @@
-"""Jets from files (JetClass ntuples or PFNano) -> features + labels, through the one featurization path."""
+"""Jets from files (JetClass ntuples or PFNano) -> standardised jets + labels, through the one featurization
+path."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,7 +10,8 @@ import numpy as np
 
 from ._errors import JetTaggerError
 from .config import DataConfig
-from .features import Features, featurize, make_table, selection_mask
+from .features import Standardised, make_table, selection_mask, standardise
+from .features import labels as label_values
 from .sources import Events
 
 
@@ -31,43 +32,23 @@ def open_jets(path: str | Path):
     raise JetTaggerError(f"{path}: neither a JetClass `tree` nor a NanoAOD `Events` tree")
 
 
-def load_features(
+def load_jets(
     files: Sequence[str | Path], config: DataConfig, with_labels: bool = True, drop_empty: bool = False
-) -> Features:
-    """Featurize every jet of ``files`` (weaver's fixed length) and concatenate, in file order."""
+) -> Standardised:
+    """Standardised (unpadded) jets of ``files`` with their labels, in file order, after the config's
+    selection: what training and evaluation batch from (padded per batch, as inference is)."""
     parts = []
     for path in files:
-        data = open_jets(path)
-        table = make_table(data, config, where=str(path))
-        f = featurize(data, config, where=str(path), table=table, with_labels=with_labels)
+        table = make_table(open_jets(path), config, where=str(path))
+        std = standardise(table, config)
+        if with_labels:
+            std.labels = label_values(table, config)
         keep = selection_mask(table, config)
         if drop_empty:
-            keep = ~f.empty_jets if keep is None else keep & ~f.empty_jets
+            keep = std.counts > 0 if keep is None else keep & (std.counts > 0)
         if keep is not None:
-            f = subset(f, np.flatnonzero(keep))
-        parts.append(f)
+            std = std.take(np.flatnonzero(keep))
+        parts.append(std)
     if not parts:
         raise JetTaggerError("no input files")
-    return concatenate(parts)
-
-
-def subset(f: Features, idx: np.ndarray) -> Features:
-    return dataclasses.replace(
-        f,
-        inputs={k: v[idx] for k, v in f.inputs.items()},
-        counts=f.counts[idx],
-        labels=None if f.labels is None else f.labels[idx],
-        observers={k: v[idx] for k, v in f.observers.items()},
-    )
-
-
-def concatenate(parts: Sequence[Features]) -> Features:
-    first = parts[0]
-    return dataclasses.replace(
-        first,
-        inputs={k: np.concatenate([p.inputs[k] for p in parts]) for k in first.inputs},
-        counts=np.concatenate([p.counts for p in parts]),
-        labels=None if first.labels is None else np.concatenate([p.labels for p in parts]),
-        observers={k: np.concatenate([p.observers[k] for p in parts]) for k in first.observers},
-        n_nonfinite=sum(p.n_nonfinite for p in parts),
-    )
+    return Standardised.concatenate(parts)

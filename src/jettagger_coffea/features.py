@@ -12,8 +12,8 @@ import awkward as ak
 import numpy as np
 
 from ._errors import JetTaggerError
+from .batching import Padding, pad, padded_length
 from .config import DataConfig, InputGroup, VarSpec
-from .padding import dynamic_length, pad
 from .sources import JETS, Events, Preset, Table, guess_preset, load_preset, nano_columns, record_columns
 
 
@@ -121,9 +121,10 @@ def group_values(table: Table, group: InputGroup) -> tuple[list[np.ndarray], np.
 
 @dataclasses.dataclass
 class Standardised:
-    """Standardised flat per-particle values of every input group (before padding).
+    """Standardised flat per-particle values of every input group (before padding), and the jets' labels
+    where known: what inference, training and evaluation batch from.
 
-    Inference orders jets by multiplicity once (:meth:`take`) and then builds bounded dense batches of
+    Batches are built by ordering jets (:meth:`take`, e.g. by multiplicity) and densifying row ranges of
     similar lengths (:meth:`dense`); :func:`featurize` densifies everything at once, as weaver does.
     """
 
@@ -131,11 +132,13 @@ class Standardised:
     groups: dict[str, tuple[list[np.ndarray], np.ndarray]]  # group -> (values per var, counts per jet)
     counts: np.ndarray  # real particles per jet
     n_nonfinite: int = 0
+    labels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.counts)
 
     def take(self, order: np.ndarray) -> Standardised:
+        """These jets, in this order (a gather of every group's flat values)."""
         groups = {}
         for name, (values, counts) in self.groups.items():
             starts = np.zeros(len(counts), dtype=np.int64)
@@ -145,14 +148,40 @@ class Standardised:
             np.cumsum(c[:-1], out=new_starts[1:])
             idx = np.repeat(starts[order] - new_starts, c) + np.arange(int(c.sum()))
             groups[name] = ([v[idx] for v in values], c)
-        return Standardised(self.config, groups, self.counts[order], self.n_nonfinite)
+        labels = None if self.labels is None else self.labels[order]
+        return Standardised(self.config, groups, self.counts[order], self.n_nonfinite, labels)
+
+    @staticmethod
+    def concatenate(parts: list[Standardised]) -> Standardised:
+        first = parts[0]
+        groups = {
+            name: (
+                [np.concatenate([p.groups[name][0][i] for p in parts]) for i in range(len(values))],
+                np.concatenate([p.groups[name][1] for p in parts]),
+            )
+            for name, (values, _) in first.groups.items()
+        }
+        labels = None if any(p.labels is None for p in parts) else np.concatenate([p.labels for p in parts])  # type: ignore[misc]
+        return Standardised(
+            first.config,
+            groups,
+            np.concatenate([p.counts for p in parts]),
+            sum(p.n_nonfinite for p in parts),
+            labels,
+        )
 
     def dense(
-        self, start: int = 0, stop: int | None = None, length: int | str | None = None, min_length: int = 1
+        self,
+        start: int = 0,
+        stop: int | None = None,
+        length: Padding | None = None,
+        min_length: int = 1,
+        quantile: float | None = None,
     ) -> dict[str, np.ndarray]:
-        """Padded float32 [n, C, P] of jets ``start:stop``, each group at its own length: ``None`` or
-        "fixed" -> the config's length (weaver); "dynamic" -> the longest jet of these rows, at least the
-        group's (and the network's) minimum, at most the config's length; an int -> that length."""
+        """Padded float32 [n, C, P] of jets ``start:stop``, each group at its own length
+        (:func:`batching.padded_length`): ``None`` or "fixed" -> the config's length (weaver); "dynamic" ->
+        the longest jet of these rows, at least the group's (and the network's) minimum, at most the
+        config's length; an int -> that length."""
         stop = len(self) if stop is None else stop
         out = {}
         for g in self.config.inputs.values():
@@ -160,25 +189,12 @@ class Standardised:
             lo = int(counts[:start].sum())
             c = counts[start:stop]
             hi = lo + int(c.sum())
-            glen = padded_length(c, g, length, min_length)
+            glen = padded_length(c, g, length, min_length, quantile)
             arr = np.empty((len(c), len(g.vars), glen), dtype=np.float32)
             for i, (x, v) in enumerate(zip(values, g.vars)):
                 arr[:, i, :] = pad(x[lo:hi], c, glen, g.pad_mode, v.pad_value)
             out[g.name] = arr
         return out
-
-
-def padded_length(
-    counts: np.ndarray, group: InputGroup, length: int | str | None, min_length: int = 1
-) -> int:
-    """The one length rule: how long a batch of jets with these ``counts`` is padded for ``group``."""
-    if group.length is None:
-        return 1
-    if length is None or length == "fixed":
-        return group.length
-    if isinstance(length, int):
-        return max(length, group.min_length, min_length)
-    return min(max(dynamic_length(counts, None), group.min_length, min_length), group.length)
 
 
 def standardise(table: Table, config: DataConfig, primary: str | None = None) -> Standardised:
@@ -202,7 +218,7 @@ def standardise(table: Table, config: DataConfig, primary: str | None = None) ->
 def featurize(
     data: Any,
     config: DataConfig,
-    length: int | str | None = None,
+    length: Padding | None = None,
     where: str = "input",
     table: Table | None = None,
     with_labels: bool = False,

@@ -16,6 +16,7 @@ import numpy as np
 from coffea import processor
 
 from ._errors import JetTaggerError
+from .batching import Padding
 from .bundle import Bundle
 from .histograms import PT_BINS, make_histograms
 from .tagger import JetTagger, _is_dask
@@ -82,7 +83,7 @@ class TaggerProcessor(processor.ProcessorABC):
         selection: Selection | None = None,
         pt_bins: Sequence[float] | None = None,
         backend: str = "onnx",
-        padding: str | int = "dynamic",
+        padding: Padding = "dynamic",
         radius: float = 0.8,
         datasets: dict[str, dict[str, Any]] | None = None,
         working_points: str | Path | None = None,

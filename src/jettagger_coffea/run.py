@@ -156,9 +156,10 @@ def run_fileset(
     **processor_options: Any,
 ) -> dict[str, Any]:
     """Run :class:`TaggerProcessor` over ``fileset``; the same histograms in every mode. With ``lumi``
-    (pb^-1), simulated datasets with ``metadata.xsec`` are scaled to xsec x lumi / sum of genWeight."""
-    from coffea import processor
+    (pb^-1), simulated datasets with ``metadata.xsec`` are scaled to xsec x lumi / sum of genWeight.
 
+    Stages: options and files checked before any work (:func:`preflight`), the executor chosen by the job's
+    size, the processor run (:func:`_execute`), then normalisation and accounting (:func:`_account`)."""
     if executor not in (*EXECUTORS, "auto"):
         raise JetTaggerError(f"--executor {executor!r}: choose from auto, {', '.join(EXECUTORS)}")
     if workers < 1 or chunksize < 1:
@@ -185,6 +186,37 @@ def run_fileset(
     if not fileset:
         raise JetTaggerError("no readable file in the fileset: " + "; ".join(s["file"] for s in skipped))
     start = time.perf_counter()
+    out = _execute(proc, fileset, executor, workers, scheduler, chunksize, skip_bad_files, progress)
+    _account(out, metadata, runs_sumw, lumi, expected, skipped)
+    out["meta"] = {
+        "events_in_readable_files": {ds: sum(f.values()) for ds, f in expected.items()},
+        "model": proc.tagger.bundle.name,
+        "classes": proc.tagger.classes,
+        "executor": executor,
+        "workers": workers,
+        "chunksize": chunksize,
+        "seconds": time.perf_counter() - start,
+        "discriminants": proc.tagger.bundle.discriminants,
+        "working_points": proc.wps,
+        "selection": dataclasses.asdict(proc.selection),
+        "lumi": lumi,
+    }
+    return out
+
+
+def _execute(
+    proc: TaggerProcessor,
+    fileset: dict[str, Any],
+    executor: str,
+    workers: int,
+    scheduler: str | None,
+    chunksize: int,
+    skip_bad_files: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    """The processor's accumulated output under one executor (a local cluster is started and closed here)."""
+    from coffea import processor
+
     client = cluster = None
     try:
         if executor == "dask-awkward":
@@ -203,36 +235,45 @@ def run_fileset(
                 per_ds = client.gather(futures)
             else:
                 (per_ds,) = dask.compute(graph)
-            out = processor.accumulate(list(per_ds.values()))
+            return processor.accumulate(list(per_ds.values()))
+        if executor == "iterative":
+            ex = processor.IterativeExecutor(status=progress)
+        elif executor == "futures":
+            ex = processor.FuturesExecutor(workers=workers, status=progress)
         else:
-            if executor == "iterative":
-                ex = processor.IterativeExecutor(status=progress)
-            elif executor == "futures":
-                ex = processor.FuturesExecutor(workers=workers, status=progress)
-            else:
-                client, cluster = _cluster(workers, scheduler)
-                ex = processor.DaskExecutor(client=client, status=progress)
-            # with skipping on, any failure of a chunk skips it; the accounting below names the file
-            skip = (Exception,) if skip_bad_files else False
-            runner = processor.Runner(ex, schema=PFNanoSchema, chunksize=chunksize, skipbadfiles=skip)
-            try:
-                out = runner(fileset, proc, treename="Events")
-            except Exception as err:
-                raise JetTaggerError(f"processing failed: {err}") from err
+            client, cluster = _cluster(workers, scheduler)
+            ex = processor.DaskExecutor(client=client, status=progress)
+        # with skipping on, any failure of a chunk skips it; the accounting names the file
+        skip = (Exception,) if skip_bad_files else False
+        runner = processor.Runner(ex, schema=PFNanoSchema, chunksize=chunksize, skipbadfiles=skip)
+        try:
+            return runner(fileset, proc, treename="Events")
+        except Exception as err:
+            raise JetTaggerError(f"processing failed: {err}") from err
     finally:
         if client is not None:
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _account(
+    out: dict[str, Any],
+    metadata: dict[str, Any],
+    runs_sumw: dict[str, Any],
+    lumi: float | None,
+    expected: dict[str, dict[str, int]],
+    skipped: list[dict[str, Any]],
+) -> None:
+    """Normalisation, per-jet columns in file order, cutflow, warnings and every event not processed."""
     out["normalisation"] = normalise(out["hists"], metadata, runs_sumw, lumi)
+    scale = {ds: n["factor"] for ds, n in out["normalisation"].items()}
     if "jets" in out:  # per-jet columns: chunks in file order, weights normalised like the histograms
         cols = {k: np.concatenate(v) for k, v in out["jets"].items()}
         order = np.lexsort((cols["jet_index"], cols["entry"], cols["file"], cols["dataset"]))
         cols = {k: v[order] for k, v in cols.items()}
-        factor = {ds: n["factor"] for ds, n in out["normalisation"].items()}
-        cols["weight"] = cols["weight"] * np.array([factor.get(d, 1.0) for d in cols["dataset"]])
+        cols["weight"] = cols["weight"] * np.array([scale.get(d, 1.0) for d in cols["dataset"]])
         out["jets"] = cols
-    scale = {ds: n["factor"] for ds, n in out["normalisation"].items()}
     out["cutflow"] = cutflow(out["hists"], scale)
     out["warnings"] = [
         f"dataset {ds!r}: the selection removed every jet ({c['fatjets']} FatJets in {c['events']} events)"
@@ -264,20 +305,6 @@ def run_fileset(
                     }
                 )
     out["skipped"] = skipped
-    out["meta"] = {
-        "events_in_readable_files": {ds: sum(f.values()) for ds, f in expected.items()},
-        "model": proc.tagger.bundle.name,
-        "classes": proc.tagger.classes,
-        "executor": executor,
-        "workers": workers,
-        "chunksize": chunksize,
-        "seconds": time.perf_counter() - start,
-        "discriminants": proc.tagger.bundle.discriminants,
-        "working_points": proc.wps,
-        "selection": dataclasses.asdict(proc.selection),
-        "lumi": lumi,
-    }
-    return out
 
 
 def normalise(

@@ -13,6 +13,7 @@ import numpy as np
 
 from ._errors import JetTaggerError
 from .backends import MAX_PAIRS, MAX_SLOTS, OnnxBackend, TorchBackend, run_batched
+from .batching import Padding
 from .bundle import Bundle
 from .features import make_table, standardise
 from .metrics import discriminant
@@ -45,7 +46,7 @@ class JetTagger:
         self,
         bundle: str | Path | Bundle,
         backend: str = "onnx",
-        padding: str | int = "dynamic",
+        padding: Padding = "dynamic",
         max_slots: int = MAX_SLOTS,
         threads: int | None = None,
         device: str | None = None,

@@ -1,13 +1,15 @@
 """weaver-like training: data config + network + files -> checkpoints, per-epoch log, best epoch by
-validation loss, resumable. Uses the same featurization as inference (``datasets.load_features``)."""
+validation loss, resumable. Uses the same featurization, padding and batching as inference
+(``datasets.load_jets``, :mod:`batching`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ._errors import JetTaggerError
+from .batching import batch_length, shuffled_batches, sorted_batches
 from .config import DataConfig
-from .datasets import load_features, subset
-from .features import Features
+from .datasets import load_jets
+from .features import Standardised
 from .nn import build, load_state
 
 log = logging.getLogger(__name__)
@@ -75,48 +79,17 @@ def lr_factor(step: int, total: int, warmup: float = 0.05, flat: float = 0.7) ->
     return math.exp(math.log(0.01) * (step - start) / max(1.0, total - start))
 
 
-def batches(
-    n: int,
-    batch_size: int,
-    rng: np.random.Generator | None,
-    counts: np.ndarray | None = None,
-    bucket: int = 32,
-):
-    """Index batches; with ``counts``, shuffled jets are sorted by multiplicity within groups of ``bucket``
-    batches (weaver's bucketing), so each batch pads to little more than its own longest jet."""
-    idx = rng.permutation(n) if rng is not None else np.arange(n)
-    if counts is None or rng is None:
-        for i in range(0, n, batch_size):
-            yield idx[i : i + batch_size]
-        return
-    group = batch_size * bucket
-    out: list[np.ndarray] = []
-    for g in range(0, n, group):
-        chunk = idx[g : g + group]
-        chunk = chunk[np.argsort(counts[chunk], kind="stable")]
-        out.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    for j in rng.permutation(len(out)):
-        yield out[j]
-
-
 def to_tensors(
-    f: Features,
-    idx: np.ndarray,
+    jets: Standardised,
     names: Sequence[str],
     min_length: int,
-    trim_q: float | None = None,
+    quantile: float | None = None,
     device: str = "cpu",
 ) -> list[torch.Tensor]:
-    """A batch padded dynamically to its longest jet (masked slots never reach a real particle)."""
-    n = int(f.counts[idx].max()) if trim_q is None else int(np.ceil(np.quantile(f.counts[idx], trim_q)))
-    length = max(min(n, f.inputs[names[0]].shape[-1]), min_length)
-    out = []
-    for k in names:
-        x = f.inputs[k][idx, :, :length]
-        if x.shape[-1] < length:
-            x = np.pad(x, ((0, 0), (0, 0), (0, length - x.shape[-1])))
-        out.append(torch.from_numpy(np.ascontiguousarray(x)).to(device))
-    return out
+    """A batch, padded as inference pads it (:meth:`Standardised.dense`, dynamic length; ``quantile``:
+    weaver's random trimming), as tensors in the network's input order."""
+    dense = jets.dense(length="dynamic", min_length=min_length, quantile=quantile)
+    return [torch.from_numpy(dense[k]).to(device) for k in names]
 
 
 def logits(model, xs: list[torch.Tensor]) -> torch.Tensor:
@@ -124,37 +97,66 @@ def logits(model, xs: list[torch.Tensor]) -> torch.Tensor:
     return model.mod(**{k: v for k, v in args.items() if k in model.mod.uses})
 
 
-@torch.no_grad()
-def predict(model, f: Features, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
-    model.eval()
-    names = model.input_names
-    order = np.argsort(f.counts, kind="stable")  # similar lengths together: less padding
-    out = np.empty((len(f), 0), dtype=np.float32)
-    chunks = []
-    for idx in batches(len(f), batch_size, None):
-        sel = order[idx]
-        chunks.append(
-            (sel, model(*to_tensors(f, sel, names, model.min_length, device=device)).float().cpu().numpy())
+def sorted_tensor_batches(
+    model, jets: Standardised, batch_size: int, device: str
+) -> Iterator[tuple[np.ndarray, list[torch.Tensor], np.ndarray | None]]:
+    """(indices, inputs, labels) of evaluation batches, cut as inference cuts them
+    (:func:`batching.sorted_batches`; at most ``batch_size`` jets of the config's length in slots)."""
+    groups = list(jets.config.inputs.values())
+    length_of = batch_length(groups, "dynamic", model.min_length)
+    order, ranges = sorted_batches(jets.counts, length_of, max_slots=batch_size * length_of(1 << 30))
+    ordered = jets.take(order)
+    for start, stop in ranges:
+        batch = ordered.take(np.arange(start, stop))
+        yield (
+            order[start:stop],
+            to_tensors(batch, model.input_names, model.min_length, device=device),
+            batch.labels,
         )
-    out = np.empty((len(f), chunks[0][1].shape[1]), dtype=np.float32)
-    for sel, p in chunks:
-        out[sel] = p
+
+
+@torch.no_grad()
+def predict(model, jets: Standardised, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
+    """Scores of every jet in input order (NaN for jets without particles, which never reach the model)."""
+    model.eval()
+    out = np.full((len(jets), len(jets.config.class_names)), np.nan, dtype=np.float32)
+    for idx, xs, _ in sorted_tensor_batches(model, jets, batch_size, device):
+        out[idx] = model(*xs).float().cpu().numpy()
     return out
 
 
-def evaluate_loss(model, f: Features, batch_size: int, device: str) -> tuple[float, float]:
+@torch.no_grad()
+def evaluate_loss(model, jets: Standardised, batch_size: int, device: str) -> tuple[float, float]:
+    """Mean cross entropy and accuracy over the jets with particles."""
     model.eval()
     tot, correct, n = 0.0, 0, 0
-    with torch.no_grad():
-        for idx in batches(len(f), batch_size, None):
-            xs = to_tensors(f, idx, model.input_names, model.min_length, device=device)
-            assert f.labels is not None
-            y = torch.from_numpy(f.labels[idx]).long().to(device)
-            out = logits(model, xs)
-            tot += float(torch.nn.functional.cross_entropy(out, y, reduction="sum"))
-            correct += int((out.argmax(1) == y).sum())
-            n += len(idx)
-    return tot / n, correct / n
+    for _, xs, labels in sorted_tensor_batches(model, jets, batch_size, device):
+        assert labels is not None
+        y = torch.from_numpy(labels).long().to(device)
+        out = logits(model, xs)
+        tot += float(torch.nn.functional.cross_entropy(out, y, reduction="sum"))
+        correct += int((out.argmax(1) == y).sum())
+        n += len(y)
+    return tot / max(n, 1), correct / max(n, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """How a network is trained (weaver's options that matter on one machine); recorded in the summary."""
+
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    optimizer: str = "adamw"
+    seed: int = 1
+    val_fraction: float = 0.2
+    max_minutes: float | None = None  #: wall-time budget: the LR schedule is re-planned to end in it
+    max_train_jets: int | None = None  #: random subset of the training jets (validation: a quarter)
+    stop_after: int | None = None  #: stop after this many epochs (resume later)
+    trim: bool = False  #: weaver's random trimming of the padded length
+    threads: int | None = None
+    device: str | None = None
 
 
 def train(
@@ -162,33 +164,30 @@ def train(
     network: str,
     train_files: Sequence[str | Path],
     output: str | Path,
+    settings: TrainSettings | None = None,
+    *,
     val_files: Sequence[str | Path] = (),
-    val_fraction: float = 0.2,
     network_options: dict | None = None,
-    epochs: int = 10,
-    batch_size: int = 256,
-    lr: float = 1e-3,
-    weight_decay: float = 0.01,
-    optimizer: str = "adamw",
-    seed: int = 1,
-    max_minutes: float | None = None,
-    trim: bool = False,
     resume: bool = False,
-    device: str | None = None,
-    threads: int | None = None,
-    max_train_jets: int | None = None,
-    stop_after: int | None = None,
-    progress: bool = True,
     init: str | Path | None = None,
+    progress: bool = True,
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """Train ``network`` on ``train_files``; returns the summary (also in ``output/summary.json``)."""
+    """Train ``network`` on ``train_files``; returns the summary (also in ``output/summary.json``).
+
+    ``overrides`` are :class:`TrainSettings` fields (``epochs=4``, ``lr=3e-3``, ...)."""
+    try:
+        s = dataclasses.replace(settings or TrainSettings(), **overrides)
+    except TypeError:
+        allowed = ", ".join(f.name for f in dataclasses.fields(TrainSettings))
+        raise JetTaggerError(f"unknown training option in {sorted(overrides)}; allowed: {allowed}") from None
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    device = s.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    torch.manual_seed(s.seed)
+    rng = np.random.default_rng(s.seed)
     config = DataConfig.from_yaml(config_path)
     if config.needs_auto:
         from .datasets import open_jets
@@ -196,28 +195,18 @@ def train(
 
         config = config.resolve_auto(make_table(open_jets(train_files[0]), config))
     config.dump_yaml(output / "data_config.yaml")
+    train_set, val_set = _datasets(config, train_files, val_files, s, rng)
 
-    data = load_features(train_files, config, drop_empty=True)
-    if val_files:
-        train_set, val_set = data, load_features(val_files, config, drop_empty=True)
-    else:
-        perm = rng.permutation(len(data))
-        nval = int(len(data) * val_fraction)
-        train_set, val_set = subset(data, perm[nval:]), subset(data, perm[:nval])
-    if max_train_jets and len(train_set) > max_train_jets:
-        train_set = subset(train_set, np.sort(rng.choice(len(train_set), max_train_jets, replace=False)))
-    if max_train_jets and len(val_set) > max_train_jets // 4:
-        val_set = subset(val_set, np.sort(rng.choice(len(val_set), max_train_jets // 4, replace=False)))
-    dims = {k: v.shape[1] for k, v in data.inputs.items()}
+    dims = {g.name: len(g.vars) for g in config.inputs.values()}
     model = build(network, list(config.input_names), dims, len(config.class_names), **(network_options or {}))
     if init is not None:  # warm start: weights of an earlier run of the same network (strict)
         load_state(model, init)
     model.to(device)
-    opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay)
-    steps_per_epoch = math.ceil(len(train_set) / batch_size)
-    plan = [steps_per_epoch * epochs]  # total steps; shortened to fit ``max_minutes`` once steps are timed
+    opt = make_optimizer(model.parameters(), s.optimizer, s.lr, s.weight_decay)
+    steps_per_epoch = math.ceil(len(train_set) / s.batch_size)
+    plan = [steps_per_epoch * s.epochs]  # total steps; shortened to fit ``max_minutes`` once steps are timed
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt.inner if isinstance(opt, Lookahead) else opt, lambda s: lr_factor(s, plan[0])
+        opt.inner if isinstance(opt, Lookahead) else opt, lambda step: lr_factor(step, plan[0])
     )
     scaler = torch.amp.GradScaler(enabled=device == "cuda")
     start_epoch, best, history = 0, math.inf, []
@@ -227,95 +216,32 @@ def train(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
-        rng = np.random.default_rng(seed + start_epoch)
-    t0 = time.perf_counter()
-    marks: list[tuple[int, float]] = []
-    for epoch in range(start_epoch, epochs):
-        model.train()
-        tl, tc, tn = 0.0, 0, 0
-        ep_rng = np.random.default_rng([seed, epoch])
-        bar = tqdm(
-            batches(len(train_set), batch_size, ep_rng, train_set.counts),
-            total=steps_per_epoch,
-            desc=f"{network} epoch {epoch}",
-            disable=not progress,
-            leave=False,
-        )
-        for idx in bar:
-            q = float(ep_rng.uniform(0.9, 1.0)) if trim else None
-            xs = to_tensors(train_set, idx, model.input_names, model.min_length, trim_q=q, device=device)
-            assert train_set.labels is not None
-            y = torch.from_numpy(train_set.labels[idx]).long().to(device)
-            with torch.autocast(device_type="cuda", enabled=device == "cuda"):
-                out = logits(model, xs)
-                loss = torch.nn.functional.cross_entropy(out, y)
-            opt.zero_grad()
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            tl += float(loss.detach()) * len(idx)
-            tc += int((out.argmax(1) == y).sum())
-            tn += len(idx)
-            bar.set_postfix(loss=f"{tl / tn:.4f}", acc=f"{tc / tn:.3f}")
-            step = sched.last_epoch
-            if max_minutes and step % 50 == 0:  # re-plan from the recent step rate (first steps are slow)
-                now = time.perf_counter()
-                if marks:
-                    per_step = (now - marks[-1][1]) / max(step - marks[-1][0], 1)
-                    left = 0.85 * 60 * max_minutes - (now - t0)  # leave room for validation passes
-                    plan[0] = max(step + int(left / per_step), step + 1)
-                    log.debug("time budget: %.3f s/step, LR schedule over %d steps", per_step, plan[0])
-                marks.append((step, now))
-            if max_minutes and time.perf_counter() - t0 > 60 * max_minutes:
-                break
-        vl, va = evaluate_loss(model, val_set, 2 * batch_size, device)
-        row = {
-            "epoch": epoch,
-            "train_loss": tl / tn,
-            "train_acc": tc / tn,
-            "val_loss": vl,
-            "val_acc": va,
-            "lr": sched.get_last_lr()[0],
-            "seconds": time.perf_counter() - t0,
-            "jets": tn,
-        }
+    clock = _Clock(s.max_minutes, plan)
+    for epoch in range(start_epoch, s.epochs):
+        desc = f"{network} epoch {epoch}"
+        row = _epoch(model, opt, sched, scaler, train_set, s, epoch, device, clock, desc, progress)
+        vl, va = evaluate_loss(model, val_set, 2 * s.batch_size, device)
+        row |= {"val_loss": vl, "val_acc": va, "lr": sched.get_last_lr()[0], "seconds": clock.elapsed()}
         history.append(row)
         log.info("epoch %d: %s", epoch, row)
-        with (output / "log.jsonl").open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        torch.save(model.state_dict(), output / f"epoch-{epoch}_state.pt")
-        if vl < best:
-            best = vl
-            torch.save(model.state_dict(), output / "best_state.pt")
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "epoch": epoch,
-                "best": best,
-                "history": history,
-            },
-            output / "last.pt",
-        )
-        if max_minutes and time.perf_counter() - t0 > 60 * max_minutes:
-            log.info("time budget of %.1f min reached after epoch %d", max_minutes, epoch)
+        best = _checkpoint(output, model, opt, sched, history, best)
+        if clock.over():
+            log.info("time budget of %.1f min reached after epoch %d", s.max_minutes, epoch)
             break
-        if stop_after is not None and epoch + 1 >= stop_after:  # split a long run across job slots
+        if s.stop_after is not None and epoch + 1 >= s.stop_after:  # split a long run across job slots
             break
-    best_epoch = min(history, key=lambda r: r["val_loss"])["epoch"]
     summary = {
         "network": network,
         "network_options": network_options or {},
-        "best_epoch": best_epoch,
+        "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"],
         "history": history,
         "n_train": len(train_set),
         "n_val": len(val_set),
-        "seed": seed,
-        "optimizer": optimizer,
-        "lr": lr,
-        "batch_size": batch_size,
+        "seed": s.seed,
+        "optimizer": s.optimizer,
+        "lr": s.lr,
+        "batch_size": s.batch_size,
+        "settings": dataclasses.asdict(s),
         "input_dims": dims,
         "train_files": [str(p) for p in train_files],
         "val_files": [str(p) for p in val_files],
@@ -324,6 +250,124 @@ def train(
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _datasets(
+    config: DataConfig,
+    train_files: Sequence[str | Path],
+    val_files: Sequence[str | Path],
+    s: TrainSettings,
+    rng: np.random.Generator,
+) -> tuple[Standardised, Standardised]:
+    """Training and validation jets (a random ``val_fraction`` of the training files without ``val_files``),
+    each cut to ``max_train_jets`` (validation: a quarter of it)."""
+    data = load_jets(train_files, config, drop_empty=True)
+    if val_files:
+        train_set, val_set = data, load_jets(val_files, config, drop_empty=True)
+    else:
+        perm = rng.permutation(len(data))
+        nval = int(len(data) * s.val_fraction)
+        train_set, val_set = data.take(perm[nval:]), data.take(perm[:nval])
+    if s.max_train_jets and len(train_set) > s.max_train_jets:
+        train_set = train_set.take(np.sort(rng.choice(len(train_set), s.max_train_jets, replace=False)))
+    if s.max_train_jets and len(val_set) > s.max_train_jets // 4:
+        val_set = val_set.take(np.sort(rng.choice(len(val_set), s.max_train_jets // 4, replace=False)))
+    return train_set, val_set
+
+
+class _Clock:
+    """The wall-time budget: re-plans the LR schedule's length from the recent step rate."""
+
+    def __init__(self, max_minutes: float | None, plan: list[int]) -> None:
+        self.max_minutes, self.plan = max_minutes, plan
+        self.t0 = time.perf_counter()
+        self.marks: list[tuple[int, float]] = []
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def over(self) -> bool:
+        return bool(self.max_minutes) and self.elapsed() > 60 * self.max_minutes  # type: ignore[operator]
+
+    def replan(self, step: int) -> None:
+        if not self.max_minutes or step % 50:
+            return
+        now = time.perf_counter()
+        if self.marks:  # the first steps are slow: measure from the last mark
+            per_step = (now - self.marks[-1][1]) / max(step - self.marks[-1][0], 1)
+            left = 0.85 * 60 * self.max_minutes - (now - self.t0)  # leave room for validation passes
+            self.plan[0] = max(step + int(left / per_step), step + 1)
+            log.debug("time budget: %.3f s/step, LR schedule over %d steps", per_step, self.plan[0])
+        self.marks.append((step, now))
+
+
+def _epoch(
+    model,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LambdaLR,
+    scaler: torch.amp.GradScaler,
+    train_set: Standardised,
+    s: TrainSettings,
+    epoch: int,
+    device: str,
+    clock: _Clock,
+    desc: str,
+    progress: bool,
+) -> dict[str, Any]:
+    """One pass over the shuffled training batches (seeded by (seed, epoch): resumable exactly)."""
+    model.train()
+    tl, tc, tn = 0.0, 0, 0
+    ep_rng = np.random.default_rng([s.seed, epoch])
+    bar = tqdm(
+        shuffled_batches(len(train_set), s.batch_size, ep_rng, train_set.counts),
+        total=math.ceil(len(train_set) / s.batch_size),
+        desc=desc,
+        disable=not progress,
+        leave=False,
+    )
+    for idx in bar:
+        q = float(ep_rng.uniform(0.9, 1.0)) if s.trim else None
+        batch = train_set.take(idx)
+        xs = to_tensors(batch, model.input_names, model.min_length, quantile=q, device=device)
+        assert batch.labels is not None
+        y = torch.from_numpy(batch.labels).long().to(device)
+        with torch.autocast(device_type="cuda", enabled=device == "cuda"):
+            out = logits(model, xs)
+            loss = torch.nn.functional.cross_entropy(out, y)
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        tl += float(loss.detach()) * len(idx)
+        tc += int((out.argmax(1) == y).sum())
+        tn += len(idx)
+        bar.set_postfix(loss=f"{tl / tn:.4f}", acc=f"{tc / tn:.3f}")
+        clock.replan(sched.last_epoch)
+        if clock.over():
+            break
+    return {"epoch": epoch, "train_loss": tl / tn, "train_acc": tc / tn, "jets": tn}
+
+
+def _checkpoint(output: Path, model, opt, sched, history: list[dict], best: float) -> float:
+    """Per-epoch weights, the best so far (by validation loss) and a resumable last.pt; the new best."""
+    epoch = history[-1]["epoch"]
+    torch.save(model.state_dict(), output / f"epoch-{epoch}_state.pt")
+    if history[-1]["val_loss"] < best:
+        best = history[-1]["val_loss"]
+        torch.save(model.state_dict(), output / "best_state.pt")
+    with (output / "log.jsonl").open("a") as fh:
+        fh.write(json.dumps(history[-1]) + "\n")
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "epoch": epoch,
+        "best": best,
+        "history": history,
+    }
+    torch.save(state, output / "last.pt")
+    return best
 
 
 def load_trained(output: str | Path, which: str = "best"):

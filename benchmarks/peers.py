@@ -1,0 +1,128 @@
+"""The ways an analyst would otherwise run a full-size ParticleNet, side by side on the same jets and weights.
+
+    python benchmarks/peers.py [--threads 2] [--output benchmarks/peers.json]
+
+- *CMSSW*: one onnxruntime call per jet at its own length (``BoostedJetONNXJetTagsProducer``), inputs
+  already in memory: inference alone.
+- *coffea ml_tools*: a torch model fed fixed-length (config length) batches of a whole chunk, as
+  ``torch_wrapper`` does: inference alone.
+- *ours*: ``jettagger predict``'s work in one process (read, features, batched inference, writing the
+  parquet), end to end, at the default slot budget and at the budget measured best for this network.
+
+Model: the official JetClass ParticleNet (kin inputs, 366k parameters; ``../shared/reference/weights``),
+imported with ``jettagger import-weaver``; jets: the 4000 bundled JetClass-layout jets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("JETTAGGER_SHARED") or HERE.parent.parent / "shared")
+BUDGETS = (1024, 2048, 4096, 8192, 32768)
+
+
+def best_of(fn, repeat: int = 2) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=HERE / "peers.json")
+    args = parser.parse_args()
+    os.environ["JETTAGGER_THREADS"] = str(args.threads)
+
+    import pyarrow  # noqa: F401 - the parquet writer, as jettagger predict uses it
+    import torch
+
+    from jettagger_coffea.backends import OnnxBackend, TorchBackend, run_batched
+    from jettagger_coffea.data import PROCESSES, sample_path
+    from jettagger_coffea.datasets import load_jets, open_jets
+    from jettagger_coffea.evaluation import predict_files
+    from jettagger_coffea.features import make_table, standardise
+    from jettagger_coffea.tagger import JetTagger
+    from jettagger_coffea.weaver import import_weaver
+
+    torch.set_num_threads(args.threads)
+    files = [sample_path(p, "jetclass") for p in PROCESSES]
+    res: dict = {"threads": args.threads}
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = import_weaver(
+            SHARED / "reference/jetclass/JetClass_kin.yaml",
+            Path(tmp) / "pn",
+            network="particlenet",
+            checkpoint=SHARED / "reference/weights/ParticleNet_kin.pt",
+        )
+        config = bundle.config
+        jets = load_jets(files, config, with_labels=False)
+        res["jets"] = len(jets)
+        session = OnnxBackend(bundle.onnx_path, threads=args.threads)
+        n_classes = len(config.class_names)
+
+        # the slot budget, measured for this network (inference on jets already standardised)
+        per_budget = {
+            b: best_of(lambda b=b: run_batched(session, jets, n_classes, max_slots=b)) for b in BUDGETS
+        }
+        tuned = min(per_budget, key=per_budget.get)  # type: ignore[arg-type]
+        res["inference_seconds_per_slot_budget"] = per_budget
+        res["tuned_budget"] = tuned
+
+        # CMSSW: per jet, its own length (at least the config's minimum), inputs prebuilt
+        singles = [jets.dense(i, i + 1, length="dynamic") for i in range(len(jets)) if jets.counts[i] > 0]
+        res["cmssw_per_jet"] = best_of(lambda: [session.run(x) for x in singles])
+
+        # coffea ml_tools: torch, fixed config length, the whole chunk (here: 1000 jets) per call
+        model = TorchBackend(bundle).model
+        fixed = [jets.dense(i, min(i + 1000, len(jets)), length="fixed") for i in range(0, len(jets), 1000)]
+        names = list(config.inputs)
+
+        @torch.no_grad()
+        def ml_tools() -> None:
+            for x in fixed:
+                model(*[torch.from_numpy(x[k]) for k in names])
+
+        res["ml_tools_fixed"] = best_of(ml_tools)
+
+        # ours, end to end: read + features + inference + parquet, as `jettagger predict`
+        def ours(budget: int) -> None:
+            import awkward as ak
+
+            cols = predict_files(JetTagger(bundle, max_slots=budget, threads=args.threads), files)
+            ak.to_parquet(ak.Array(cols), Path(tmp) / "pred.parquet")
+
+        res["ours_end_to_end_default"] = best_of(lambda: ours(256 * 128))
+        res["ours_end_to_end_tuned"] = best_of(lambda: ours(tuned))
+        table = make_table(open_jets(files[0]), config)
+        res["features_seconds_1000_jets"] = best_of(lambda: standardise(table, config))
+
+    ours_t = res["ours_end_to_end_tuned"]
+    print(f"official ParticleNet (kin), {res['jets']} jets, {args.threads} threads")
+    print("| way | seconds | jets/s | ours end to end is faster by |")
+    print("| --- | --- | --- | --- |")
+    for key, label in (
+        ("cmssw_per_jet", "CMSSW: one onnxruntime call per jet (inference alone)"),
+        ("ml_tools_fixed", "coffea ml_tools: torch, fixed length 128 (inference alone)"),
+        ("ours_end_to_end_default", "ours, end to end, default budget (256 x 128 slots)"),
+        ("ours_end_to_end_tuned", f"ours, end to end, measured budget ({tuned} slots)"),
+    ):
+        t = res[key]
+        print(f"| {label} | {t:.2f} | {res['jets'] / t:.0f} | {t / ours_t:.2f}x |")
+    print("inference alone per slot budget: " + ", ".join(f"{b}: {t:.2f} s" for b, t in per_budget.items()))
+    args.output.write_text(json.dumps(res, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
