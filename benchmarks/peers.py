@@ -22,8 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("JETTAGGER_SHARED") or HERE.parent.parent / "shared")
 BUDGETS = (1024, 2048, 4096, 8192, 32768)
@@ -39,7 +37,9 @@ def best_of(fn, repeat: int = 2) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=HERE / "peers.json")
     args = parser.parse_args()
