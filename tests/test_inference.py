@@ -327,3 +327,21 @@ def test_run_cli_default(tmp_path):
     assert m["discriminants"]["TvsQCD"]["auc"] > 0.9
     for name in ("hists.pkl", "hists.root", "roc.png", "confusion.png", "eff_pt_WvsQCD.png", "msoftdrop.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_slot_budget_is_measured_once_and_changes_no_score(tiny_bundle):
+    """max_slots="auto": the fastest of BUDGETS, measured on the first chunk with enough jets and cached for
+    the process; the scores are those of any fixed budget (batch composition never matters)."""
+    from jettagger_coffea import backends
+
+    tree = uproot.open(sample_path("tbqq", "jetclass"))["tree"]
+    fixed = JetTagger(tiny_bundle, max_slots=2048).score_jets(tree).scores
+    backends._BUDGETS.clear()
+    auto = JetTagger(tiny_bundle)
+    scores = auto.score_jets(tree).scores
+    (budget,) = backends._BUDGETS.values()
+    assert budget in backends.BUDGETS
+    np.testing.assert_allclose(scores, fixed, rtol=1e-5, atol=1e-6)
+    again = JetTagger(tiny_bundle).score_jets(tree).scores  # cached: no second measurement
+    assert len(backends._BUDGETS) == 1
+    np.testing.assert_allclose(again, fixed, rtol=1e-5, atol=1e-6)

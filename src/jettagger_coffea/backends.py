@@ -20,7 +20,14 @@ MAX_SLOTS = 256 * 128
 #: their (N, channels, P, P) intermediates, not the particle tensors, set the memory of a batch
 MAX_PAIRS = 64 * 128 * 128
 
+#: slot budgets tried by :func:`tuned_budget`: for ParticleNet on CPU small batches are faster (its k-NN
+#: distance and edge tensors fall out of cache), for ParT and PFN large ones
+BUDGETS = (1024, 4096, 16384, MAX_SLOTS)
+#: jets (at least) a budget is measured on
+TUNE_JETS = 512
+
 _SESSIONS: dict[tuple, Any] = {}
+_BUDGETS: dict[tuple, int] = {}
 _LOCK = threading.Lock()
 
 
@@ -162,3 +169,27 @@ def run_batched(
             ordered.dense(start, stop, length=padding, min_length=min_length)
         )
     return out
+
+
+def tuned_budget(
+    key: tuple, backend: Backend, std: Standardised, n_classes: int, min_length: int, max_pairs: int | None
+) -> int | None:
+    """The fastest of :data:`BUDGETS` for this model, measured once per process (``key``: model and
+    threads) on up to :data:`TUNE_JETS` jets of ``std`` spread over its multiplicities; ``None`` while no
+    chunk has had enough jets to measure on (the caller then uses the default)."""
+    if key in _BUDGETS:
+        return _BUDGETS[key]
+    import time
+
+    with_particles = np.flatnonzero(std.counts > 0)
+    if len(with_particles) < TUNE_JETS:
+        return None
+    sample = std.take(np.sort(with_particles[:: len(with_particles) // TUNE_JETS][:TUNE_JETS]))
+    seconds = {}
+    run_batched(backend, sample, n_classes, "dynamic", min_length, MAX_SLOTS, max_pairs)  # warm up
+    for budget in BUDGETS:
+        t = time.perf_counter()
+        run_batched(backend, sample, n_classes, "dynamic", min_length, budget, max_pairs)
+        seconds[budget] = time.perf_counter() - t
+    _BUDGETS[key] = min(seconds, key=seconds.__getitem__)
+    return _BUDGETS[key]

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import awkward as ak
 import numpy as np
 
 from ._errors import JetTaggerError
-from .backends import MAX_PAIRS, MAX_SLOTS, OnnxBackend, TorchBackend, run_batched
+from .backends import MAX_PAIRS, MAX_SLOTS, OnnxBackend, TorchBackend, run_batched, tuned_budget
 from .batching import Padding
 from .bundle import Bundle
 from .features import make_table, standardise
@@ -47,7 +47,7 @@ class JetTagger:
         bundle: str | Path | Bundle,
         backend: str = "onnx",
         padding: Padding = "dynamic",
-        max_slots: int = MAX_SLOTS,
+        max_slots: int | Literal["auto"] = "auto",
         threads: int | None = None,
         device: str | None = None,
         dtype: str = "float32",
@@ -82,15 +82,18 @@ class JetTagger:
         return TagResult(self.run_model(std), len(std), int((std.counts == 0).sum()), std.n_nonfinite)
 
     def run_model(self, std: Any) -> np.ndarray:
-        """Scores of standardised jets, in batches bounded in particle slots (and pairs, for ParT)."""
+        """Scores of standardised jets, in batches bounded in particle slots (and pairs, for ParT). With
+        ``max_slots="auto"`` the budget is measured for this model once per process (:func:`tuned_budget`)."""
+        max_pairs = MAX_PAIRS if self.bundle.pairwise else None
+        budget = self.max_slots
+        if budget == "auto":
+            key = (str(self.bundle.path), type(self.backend).__name__, getattr(self.backend, "threads", None))
+            budget = (
+                tuned_budget(key, self.backend, std, len(self.classes), self.bundle.min_length, max_pairs)
+                or MAX_SLOTS
+            )
         return run_batched(
-            self.backend,
-            std,
-            len(self.classes),
-            self.padding,
-            self.bundle.min_length,
-            self.max_slots,
-            MAX_PAIRS if self.bundle.pairwise else None,
+            self.backend, std, len(self.classes), self.padding, self.bundle.min_length, budget, max_pairs
         )
 
     def discriminant(self, scores: Any, name: str) -> Any:
