@@ -20,21 +20,13 @@ import argparse
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
+
+from _timing import best_of  # benchmarks/ is on sys.path when a script here runs
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("JETTAGGER_SHARED") or HERE.parent.parent / "shared")
 BUDGETS = (1024, 2048, 4096, 8192, 16384, 32768)
-
-
-def best_of(fn, repeat: int = 2) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:

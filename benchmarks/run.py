@@ -20,6 +20,7 @@ from pathlib import Path
 
 import awkward as ak
 import numpy as np
+from _timing import best_of  # benchmarks/ is on sys.path when a script here runs
 
 from jettagger_coffea import models
 from jettagger_coffea.backends import TorchBackend
@@ -30,15 +31,6 @@ from jettagger_coffea.run import run_fileset
 from jettagger_coffea.tagger import JetTagger
 
 HERE = Path(__file__).resolve().parent
-
-
-def best_of(fn, repeat: int = 2) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def matmul_gflops(threads: int) -> float:
