@@ -391,6 +391,7 @@ DEFAULT_DISCRIMINANTS = {
     "WvsQCD": {"signal": ["Wqq"], "background": ["QCD"]},
     "ZvsQCD": {"signal": ["Zqq"], "background": ["QCD"]},
     "TvsQCD": {"signal": ["Tbqq"], "background": ["QCD"]},
+    "HbbvsQCD": {"signal": ["Hbb"], "background": ["QCD"]},
 }
 
 
