@@ -11,7 +11,7 @@ OUT=${OUT:-runs}
 CFG=src/jettagger_coffea/configs
 DATA=${DATA:-samples/v2}
 PROCESSES="qcd hbb wqq zqq tbqq"
-SHARDS=${SHARDS:-$(for d in "$DATA"/train/*/; do [ -f "$d/tbqq_jetclass.root" ] && [ -f "$d/hbb_jetclass.root" ] && echo x; done | wc -l)}
+SHARDS=${SHARDS:-$(for d in "$DATA"/train/*/; do if [ -f "$d/hbb_jetclass.root" ]; then echo x; fi; done | wc -l)}
 TRAIN=$(for k in $(seq 0 $((SHARDS - 1))); do for p in $PROCESSES; do echo -n "$DATA/train/$k/${p}_jetclass.root "; done; done)
 TEST=$(for p in $PROCESSES; do echo -n "$DATA/test/${p}_jetclass.root "; done)
 DATA_CARD="{\"data_command\": \"models/make_dataset.sh (SHARDS=$SHARDS: $SHARDS x 10000 jets per class, seeds 1000..$((999 + SHARDS)))\", \"test_command\": \"models/make_dataset.sh (test: 10000 jets per class, seed 2000)\"}"
