@@ -1,4 +1,5 @@
-"""Print the README results table from the shipped bundles' model cards (metrics on the held-out test set)."""
+"""Print the results table of docs/results.md from the shipped bundles' model cards (metrics on their held-out
+test sets, written by ``jettagger export --reference``)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
+DISCRIMINANTS = (("WvsQCD", "W"), ("ZvsQCD", "Z"), ("TvsQCD", "top"), ("HbbvsQCD", "H→bb"))
+
+
+def cell(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
 
 
 def main() -> None:
-    print("| model | params | jets seen | accuracy | AUC (macro) | W vs QCD AUC / R50 / R30 | Z vs QCD AUC / R50 / R30 "
-          "| top vs QCD AUC / R50 / R30 |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    heads = " | ".join(f"{label} vs QCD AUC / R50 / R30" for _, label in DISCRIMINANTS)
+    print(f"| model | classes | params | jets seen | test jets | accuracy | AUC (macro) | {heads} |")
+    print("| --- " * (7 + len(DISCRIMINANTS)) + "|")
     for d in sorted(HERE.iterdir()):
         card_path = d / "tagger.yaml"
         if not card_path.is_file():
@@ -20,12 +26,15 @@ def main() -> None:
         c = yaml.safe_load(card_path.read_text())
         m, p = c.get("metrics", {}), c.get("provenance", {})
         cells = []
-        for name in ("WvsQCD", "ZvsQCD", "TvsQCD"):
+        for name, _ in DISCRIMINANTS:
             x = m.get("discriminants", {}).get(name)
-            cells.append(f"{x['auc']:.4f} / {x['rej50']:.0f} / {x['rej30']:.0f}" if x else "-")
-        jets = p.get("jets_seen") or "-"
-        print(f"| {c['name']} | {p.get('parameters', 0) / 1e3:.0f}k | {jets} | {m.get('accuracy', float('nan')):.4f} | "
-              f"{m.get('auc_macro', float('nan')):.4f} | " + " | ".join(cells) + " |")
+            rej = "" if not x else f" / {cell(x['rej50'], '.0f')} / {cell(x['rej30'], '.0f')}"
+            cells.append(f"{x['auc']:.4f}{rej}" if x else "-")
+        print(
+            f"| {c['name']} | {len(c.get('classes', []))} | {p.get('parameters', 0) / 1e3:.0f}k | "
+            f"{p.get('jets_seen') or '-'} | {m.get('n_jets', '-')} | {cell(m.get('accuracy'), '.4f')} | "
+            f"{cell(m.get('auc_macro'), '.4f')} | " + " | ".join(cells) + " |"
+        )
 
 
 if __name__ == "__main__":
