@@ -85,10 +85,11 @@ def to_tensors(
     min_length: int,
     quantile: float | None = None,
     device: str = "cpu",
+    rows: tuple[int, int | None] = (0, None),
 ) -> list[torch.Tensor]:
-    """A batch, padded as inference pads it (:meth:`Standardised.dense`, dynamic length; ``quantile``:
-    weaver's random trimming), as tensors in the network's input order."""
-    dense = jets.dense(length="dynamic", min_length=min_length, quantile=quantile)
+    """Jets ``rows`` (start, stop) as one batch, padded as inference pads it (:meth:`Standardised.dense`,
+    dynamic length; ``quantile``: weaver's random trimming), as tensors in the network's input order."""
+    dense = jets.dense(*rows, length="dynamic", min_length=min_length, quantile=quantile)
     return [torch.from_numpy(dense[k]).to(device) for k in names]
 
 
@@ -106,13 +107,9 @@ def sorted_tensor_batches(
     length_of = batch_length(groups, "dynamic", model.min_length)
     order, ranges = sorted_batches(jets.counts, length_of, max_slots=batch_size * length_of(1 << 30))
     ordered = jets.take(order)
-    for start, stop in ranges:
-        batch = ordered.take(np.arange(start, stop))
-        yield (
-            order[start:stop],
-            to_tensors(batch, model.input_names, model.min_length, device=device),
-            batch.labels,
-        )
+    for start, stop in ranges:  # row ranges of the sorted copy: no further gather per batch
+        xs = to_tensors(ordered, model.input_names, model.min_length, device=device, rows=(start, stop))
+        yield order[start:stop], xs, None if ordered.labels is None else ordered.labels[start:stop]
 
 
 @torch.no_grad()
