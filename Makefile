@@ -5,7 +5,7 @@ VENV    ?= .venv
 BIN      = $(VENV)/bin
 PIP_OPTS = -c .ci/constraints.txt --only-binary=pythia8mc,fastjet
 
-.PHONY: install install-dev test lint docs run samples notebook clean
+.PHONY: install install-dev triton test lint docs run samples notebook clean
 
 $(VENV)/.core:
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,16 @@ $(VENV)/.dev: $(VENV)/.core
 install: $(VENV)/.core
 install-dev: $(VENV)/.dev
 
+# a local Triton server (PyTriton ships tritonserver; it needs numpy < 2, hence its own environment):
+# src/jettagger_coffea/triton_server.py serves `jettagger export --triton` repositories from it
+TRITON_VENV ?= .venv-triton
+$(TRITON_VENV)/.ok:
+	$(PY) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/pip install -q "nvidia-pytriton==0.7.0" "onnxruntime>=1.17"
+	touch $@
+triton: $(TRITON_VENV)/.ok
+
 lint: install-dev
 	$(BIN)/ruff check src tests processors examples benchmarks
 	$(BIN)/ruff format --check src tests processors examples benchmarks
@@ -28,7 +38,7 @@ lint: install-dev
 docs: install-dev
 	$(BIN)/mkdocs build --strict --site-dir site
 
-test: install-dev lint docs
+test: install-dev triton lint docs
 	$(BIN)/python -m pytest
 
 run: install
@@ -46,4 +56,4 @@ samples: install-dev
 	$(BIN)/jettagger generate --process qcd wqq zqq --njets 2000 --seed 22 --radius 1.0 --jobs 2 --format jetclass -o samples/test_r10
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache site
+	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache site

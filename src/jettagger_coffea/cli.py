@@ -160,30 +160,55 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="training folder -> tagger bundle (ONNX, configs, model card, WPs)")
-    p.add_argument("training", help="folder written by `jettagger train`")
-    p.add_argument("--output", "-o", required=True, help="output folder or file")
+    p = sub.add_parser(
+        "export", help="training folder -> tagger bundle; bundle -> Triton model repository (--triton)"
+    )
+    p.add_argument("training", help="folder written by `jettagger train` (or, with --triton only, a bundle)")
+    p.add_argument("--output", "-o", default=None, help="bundle folder to write (from a training folder)")
     p.add_argument("--name", default=None, help="bundle name (default: the folder name)")
     p.add_argument("--reference", nargs="*", default=[], help="files to derive working points and metrics on")
     p.add_argument("--card", default="{}", help="JSON dict merged into tagger.yaml (e.g. the data command)")
+    p.add_argument(
+        "--triton", default=None, help="also write a Triton model repository here (<name>/config.pbtxt, 1/)"
+    )
+    p.add_argument(
+        "--max-batch", type=_positive(int), default=1024, help="Triton max_batch_size (jets per request)"
+    )
     p.set_defaults(func=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
-    _needs("train", "torch", "onnx")
-    from .training import export
+    from .bundle import Bundle
 
-    print(
-        export(
+    if not Path(args.training).exists() and not args.triton:
+        raise JetTaggerError(f"{args.training}: no such training folder")
+    if Path(args.training, "tagger.yaml").is_file() or not Path(args.training).exists():
+        if not args.triton or args.output:
+            raise JetTaggerError(
+                f"{args.training} is a tagger bundle: export it with --triton REPOSITORY only"
+            )
+        bundle_path = args.training
+    else:
+        if not args.output:
+            raise JetTaggerError("--output: the bundle folder to write from the training folder")
+        _needs("train", "torch", "onnx")
+        from .training import export
+
+        bundle_path = export(
             args.training,
             args.output,
             name=args.name,
             reference_files=args.reference,
             card=json.loads(args.card),
         )
-    )
+        print(bundle_path)
+    if args.triton:
+        from .triton import write_repository
+
+        print(write_repository(Bundle.load(bundle_path), args.triton, args.name, args.max_batch))
     return 0
 
 
@@ -194,15 +219,30 @@ def _add_evaluate(sub) -> None:
         "--input", nargs="+", required=True, help="ROOT files: NanoAOD (Events) or JetClass (tree)"
     )
     p.add_argument("--output", "-o", required=True, help="output folder or file")
-    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx", help="inference backend")
+    _add_backend(p)
     p.set_defaults(func=_run_evaluate)
+
+
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["onnx", "torch", "triton"], default="onnx", help="inference backend")
+    p.add_argument("--server", default=None, help="Triton server, grpc://host:8001 or http://host:8000")
+    p.add_argument(
+        "--served-model", default=None, help="model name on the Triton server (default: the bundle's name)"
+    )
+
+
+def _backend(args: argparse.Namespace) -> dict:
+    """JetTagger's backend options from ``--backend``, ``--server``, ``--served-model``."""
+    if args.backend != "triton" and (args.server or args.served_model):
+        raise JetTaggerError("--server and --served-model go with --backend triton")
+    return {"backend": args.backend, "server": args.server, "served_model": args.served_model}
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
     from .tagger import JetTagger
 
-    m = evaluate(JetTagger(args.model, backend=args.backend), args.input, args.output)
+    m = evaluate(JetTagger(args.model, **_backend(args)), args.input, args.output)
     print(f"{m['model']}: {m['n_jets']} jets, accuracy {_number(m['accuracy'], '.4f')}")
     _print_discriminants(m)
     return 0
@@ -232,7 +272,7 @@ def _add_predict(sub) -> None:
         "--input", nargs="+", required=True, help="ROOT files: NanoAOD (Events) or JetClass (tree)"
     )
     p.add_argument("--output", "-o", required=True, help="OUT.root or OUT.parquet")
-    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx", help="inference backend")
+    _add_backend(p)
     p.set_defaults(func=_run_predict)
 
 
@@ -248,7 +288,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     missing = [f for f in args.input if not Path(f).is_file()]
     if missing:
         raise JetTaggerError(f"--input: no such file {missing[0]}")
-    cols = predict_files(JetTagger(args.model, backend=args.backend), args.input, progress=True)
+    cols = predict_files(JetTagger(args.model, **_backend(args)), args.input, progress=True)
     if out.suffix == ".root":
         import numpy as np
         import uproot
@@ -405,6 +445,7 @@ def _add_run(sub) -> None:
         help="also write jets.parquet: one row per selected jet (ids, truth, weight, scores, discriminants)",
     )
     p.add_argument("--padding", default="dynamic", help="dynamic, fixed, or a length")
+    _add_backend(p)
     p.add_argument("--skip-bad-files", action="store_true", help="skip unreadable files and failing chunks")
     p.add_argument("--output", "-o", default="output", help="output folder")
     p.set_defaults(func=_run_run)
@@ -450,6 +491,7 @@ def _run_run(args: argparse.Namespace) -> int:
         padding=padding,
         working_points=args.working_points,
         per_jet=args.per_jet,
+        **_backend(args),
     )
     paths = write_outputs(out, args.output)
     m = json.loads(paths["metrics"].read_text())

@@ -18,6 +18,7 @@ from .bundle import Bundle
 from .features import make_table, standardise
 from .metrics import discriminant
 from .sources import JETS, needed_branches
+from .triton import TritonBackend
 
 
 @dataclasses.dataclass
@@ -51,14 +52,21 @@ class JetTagger:
         threads: int | None = None,
         device: str | None = None,
         dtype: str = "float32",
+        server: str | None = None,
+        served_model: str | None = None,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         if backend == "onnx":
             self.backend: Any = OnnxBackend(self.bundle.onnx_path, threads=threads)
         elif backend == "torch":
             self.backend = TorchBackend(self.bundle, device=device, dtype=dtype)
+        elif backend == "triton":
+            if not server:
+                raise JetTaggerError("the triton backend needs a server URL (--server grpc://host:8001)")
+            self.backend = TritonBackend(server, served_model or self.bundle.name, self.bundle)
+            self.backend.metadata()  # an unreachable server or a different model fails here, before any work
         else:
-            raise JetTaggerError(f"unknown backend {backend!r} (onnx or torch)")
+            raise JetTaggerError(f"unknown backend {backend!r} (onnx, torch or triton)")
         if padding not in ("dynamic", "fixed") and not isinstance(padding, int):
             raise JetTaggerError(f"padding must be 'dynamic', 'fixed' or an int, got {padding!r}")
         self.padding = padding

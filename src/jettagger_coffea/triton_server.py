@@ -1,0 +1,118 @@
+"""A local Triton server for a repository written by ``jettagger export --triton``, for development and
+tests on machines without a facility's server: PyTriton (``pip install nvidia-pytriton``, which ships a
+``tritonserver`` with the Python backend only) serving each model's ONNX through onnxruntime.
+
+Standalone on purpose: PyTriton needs numpy < 2, so it lives in its own environment (``make triton``
+creates ``.venv-triton``) and this file imports nothing of jettagger_coffea::
+
+    .venv-triton/bin/python src/jettagger_coffea/triton_server.py --model-repository REPO --grpc-port 8001
+
+A facility's own Triton (onnxruntime backend) serves the same repository unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import sysconfig
+import threading
+from pathlib import Path
+
+
+def _libpython_first() -> None:
+    """PyTriton's backend stub links ``libpython3.X.so``; the system one may be older than the stdlib of
+    this interpreter (then the stub fails in multiprocessing). Put this interpreter's own first."""
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    if Path(libdir, sysconfig.get_config_var("LDLIBRARY") or "").exists():
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (libdir, os.environ.get("LD_LIBRARY_PATH", "")) if p
+        )
+
+
+def _config(path: Path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def _keep_parameters(params: dict[str, dict[str, str]]) -> None:
+    """PyTriton writes its own config.pbtxt for the Python backend; carry each repository model's
+    ``parameters`` (the ONNX hash clients check) over into it."""
+    from pytriton.models.model import Model
+
+    original = Model._get_triton_model_config
+
+    def with_parameters(self):
+        cfg = original(self)
+        cfg.backend_parameters.update(params.get(self.model_name, {}))
+        return cfg
+
+    Model._get_triton_model_config = with_parameters
+
+
+def _bind(triton, folder: Path, threads: int) -> str:
+    import numpy as np
+    import onnxruntime as ort
+    from pytriton.decorators import batch
+    from pytriton.model_config import ModelConfig, Tensor
+
+    cfg = _config(folder / "config.pbtxt")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(folder / "1" / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    out_name = cfg.output[0].name
+    lock = threading.Lock()
+
+    @batch
+    def infer(**inputs):
+        with lock:
+            return {out_name: sess.run([out_name], inputs)[0]}
+
+    def tensors(ts):
+        return [Tensor(name=t.name, dtype=np.float32, shape=tuple(int(d) for d in t.dims)) for t in ts]
+
+    triton.bind(
+        model_name=cfg.name,
+        infer_func=infer,
+        inputs=tensors(cfg.input),
+        outputs=tensors(cfg.output),
+        config=ModelConfig(max_batch_size=cfg.max_batch_size),
+        strict=False,
+    )
+    return cfg.name
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-repository", required=True, help="folder written by `jettagger export --triton`")
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime threads per model")
+    args = p.parse_args(argv)
+    repo = Path(args.model_repository)
+    folders = sorted(f for f in repo.iterdir() if (f / "config.pbtxt").is_file()) if repo.is_dir() else []
+    if not folders:
+        print(f"{repo}: no model folders with config.pbtxt", file=sys.stderr)
+        return 2
+    _libpython_first()
+    from pytriton.triton import Triton, TritonConfig
+
+    configs = [_config(f / "config.pbtxt") for f in folders]
+    _keep_parameters({c.name: {k: v.string_value for k, v in c.parameters.items()} for c in configs})
+
+    cfg = TritonConfig(grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port)
+    with Triton(config=cfg) as triton:
+        names = [_bind(triton, f, args.threads) for f in folders]
+        print(f"serving {', '.join(names)} on grpc :{args.grpc_port}, http :{args.http_port}", flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: triton.stop())
+        triton.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""The Triton backend against a real Triton server on loopback (PyTriton's tritonserver, started here from
+its own environment, ``make triton``); skipped with the reason where that environment is absent."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jettagger_coffea import JetTagger
+from jettagger_coffea._errors import JetTaggerError
+from jettagger_coffea.bundle import Bundle
+from jettagger_coffea.data import sample_path
+from jettagger_coffea.triton import HASH_KEY, TritonBackend, sha256, write_repository
+
+from .conftest import run_cli
+
+pytest.importorskip("tritonclient.grpc")
+ROOT = Path(__file__).resolve().parents[1]
+SERVER = ROOT / "src" / "jettagger_coffea" / "triton_server.py"
+PYTHON = Path(os.environ.get("JETTAGGER_TRITON_PYTHON") or ROOT / ".venv-triton" / "bin" / "python")
+MODELS = ("pfn", "particlenet-lite")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory) -> Path:
+    """pfn and particlenet-lite as exported by the CLI, and pfn again with max_batch_size 7 (so that the
+    client must split its batches)."""
+    repo = tmp_path_factory.mktemp("triton") / "repo"
+    for m in MODELS:
+        r = run_cli("export", m, "--triton", repo)
+        assert r.returncode == 0, r.stderr
+    r = run_cli("export", "pfn", "--triton", repo, "--name", "pfn-mb7", "--max-batch", "7")
+    assert r.returncode == 0, r.stderr
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(repository, tmp_path_factory):
+    """(grpc url, http url) of a Triton server serving ``repository``."""
+    if not PYTHON.is_file():
+        pytest.skip(f"no Triton server environment at {PYTHON} (make triton, or set JETTAGGER_TRITON_PYTHON)")
+    if subprocess.run([PYTHON, "-c", "import pytriton"], capture_output=True, check=False).returncode:
+        pytest.skip(f"{PYTHON} has no nvidia-pytriton")
+    grpc, http, metrics = _free_port(), _free_port(), _free_port()
+    log = tmp_path_factory.mktemp("triton-log") / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [
+                PYTHON,
+                SERVER,
+                "--model-repository",
+                repository,
+                "--grpc-port",
+                str(grpc),
+                "--http-port",
+                str(http),
+                "--metrics-port",
+                str(metrics),
+                "--threads",
+                "1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while "serving" not in log.read_text():
+            assert proc.poll() is None, f"Triton server exited: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"Triton server not ready: {log.read_text()[-2000:]}"
+            time.sleep(0.5)
+        yield f"grpc://127.0.0.1:{grpc}", f"http://127.0.0.1:{http}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def jets():
+    """The QCD and top NanoAOD samples' FatJets, as one JetClass-free input (2000 jets)."""
+    from coffea.nanoevents import NanoEventsFactory
+
+    from jettagger_coffea.nanoevents import PFNanoSchema
+
+    return [
+        NanoEventsFactory.from_root(
+            {str(sample_path(p, "nanoaod")): "Events"}, schemaclass=PFNanoSchema, mode="eager"
+        ).events()
+        for p in ("qcd", "tbqq")
+    ]
+
+
+def test_repository_is_tritons_model_config(repository):
+    """config.pbtxt parses as Triton's ModelConfig: onnxruntime platform, dynamic batch and particle axes,
+    the bundle's ONNX and its hash."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    bundle = Bundle.load("particlenet-lite")
+    folder = repository / "particlenet-lite"
+    cfg = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 1024
+    shapes = bundle.config.input_shapes
+    assert {i.name: list(i.dims) for i in cfg.input} == {
+        k: [shapes[k][1], -1] for k in ("pf_points", "pf_features", "pf_mask")
+    }
+    assert [list(o.dims) for o in cfg.output] == [[len(bundle.classes)]]
+    assert cfg.parameters[HASH_KEY].string_value == sha256(bundle.onnx_path)
+    assert (folder / "1" / "model.onnx").read_bytes() == bundle.onnx_path.read_bytes()
+    again = write_repository(bundle, repository)  # re-export is idempotent and keeps the other models
+    assert again == folder and (repository / "pfn" / "config.pbtxt").is_file()
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("protocol", [0, 1], ids=["grpc", "http"])
+def test_scores_equal_onnxruntime(server, jets, model, protocol):
+    local, remote = JetTagger(model), JetTagger(model, backend="triton", server=server[protocol])
+    for events in jets:
+        a, b = local.score_jets(events).scores, remote.score_jets(events).scores
+        assert a.shape == b.shape == (len(a), len(local.classes)) and len(a) == 1000
+        assert np.array_equal(np.isnan(a), np.isnan(b))
+        assert np.nanmax(np.abs(a - b)) <= 1e-6
+
+
+def test_batches_split_at_max_batch_size(server, jets):
+    """The server refuses batches over its max_batch_size (7 here): the client splits them."""
+    remote = JetTagger("pfn", backend="triton", server=server[0], served_model="pfn-mb7", max_slots=4096)
+    assert remote.backend.metadata()["max_batch_size"] == 7
+    a, b = JetTagger("pfn").score_jets(jets[1]).scores, remote.score_jets(jets[1]).scores
+    assert np.nanmax(np.abs(a - b)) <= 1e-6
+
+
+class FlakyProxy:
+    """A loopback TCP proxy that drops the first ``drop`` connections, then forwards: a server that is
+    restarting, as the client sees it."""
+
+    def __init__(self, target: int, drop: int) -> None:
+        self.target, self.drop, self.dropped = target, drop, 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            conn, _ = self.sock.accept()
+            if self.dropped < self.drop:
+                self.dropped += 1
+                conn.close()
+                continue
+            up = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            b.close()
+
+
+def test_transient_errors_are_retried(server, jets):
+    port = int(server[0].rsplit(":", 1)[1])
+    proxy = FlakyProxy(port, drop=2)
+    backend = TritonBackend(f"grpc://127.0.0.1:{proxy.port}", "pfn", Bundle.load("pfn"), backoff=0.2)
+    assert backend.input_names == ["pf_features", "pf_mask"]  # reached through the retries
+    assert proxy.dropped == 2
+    tagger = JetTagger("pfn")
+    tagger.backend = backend
+    a = JetTagger("pfn").score_jets(jets[0]).scores
+    assert np.nanmax(np.abs(a - tagger.score_jets(jets[0]).scores)) <= 1e-6
+
+
+def test_unreachable_server_is_one_line():
+    backend = TritonBackend(f"grpc://127.0.0.1:{_free_port()}", "pfn", retries=1, backoff=0.1)
+    with pytest.raises(JetTaggerError, match=r"Triton server grpc://127\.0\.0\.1:\d+, model 'pfn'"):
+        backend.metadata()
+
+
+def test_wrong_served_model_fails_before_work(server, tmp_path):
+    """A model name the server does not know, and a served ONNX that is not the bundle's: one line each,
+    exit 2, no output written."""
+    out = tmp_path / "p.parquet"
+    r = run_cli(
+        "predict",
+        "--model",
+        "pfn",
+        "--backend",
+        "triton",
+        "--server",
+        server[0],
+        "--served-model",
+        "nope",
+        "--input",
+        sample_path("qcd", "nanoaod"),
+        "-o",
+        out,
+    )
+    assert r.returncode == 2 and not out.exists()
+    assert r.stderr.count("\n") == 1 and "model 'nope'" in r.stderr, r.stderr
+    with pytest.raises(JetTaggerError, match=r"serves a different model\.onnx"):
+        JetTagger("pfn", backend="triton", server=server[0], served_model="particlenet-lite")
+
+
+def test_cli_predict_and_run_with_triton(server, tmp_path):
+    """``predict`` and ``run`` (2 worker processes) through the server equal onnxruntime's."""
+    import json
+
+    import awkward as ak
+
+    src = sample_path("tbqq", "nanoaod")
+    for backend in ("onnx", "triton"):
+        extra = ["--backend", "triton", "--server", server[0]] if backend == "triton" else []
+        r = run_cli(
+            "predict", "--model", "pfn", "--input", src, "-o", tmp_path / f"{backend}.parquet", *extra
+        )
+        assert r.returncode == 0, r.stderr
+        r = run_cli(
+            "run",
+            "--model",
+            "pfn",
+            "--executor",
+            "futures",
+            "--workers",
+            "2",
+            "-o",
+            tmp_path / backend,
+            *extra,
+        )
+        assert r.returncode == 0, r.stderr
+    a, b = (ak.from_parquet(tmp_path / f"{k}.parquet") for k in ("onnx", "triton"))
+    assert len(a) == len(b) == 1000
+    assert np.nanmax(np.abs(ak.to_numpy(a.score_Tbqq) - ak.to_numpy(b.score_Tbqq))) <= 1e-6
+    ma, mb = (json.loads((tmp_path / k / "metrics.json").read_text()) for k in ("onnx", "triton"))
+    for name, d in ma["discriminants"].items():
+        assert mb["discriminants"][name]["auc"] == pytest.approx(d["auc"], abs=1e-6)
+        assert mb["discriminants"][name]["n_signal"] == d["n_signal"]
