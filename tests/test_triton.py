@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,14 @@ from jettagger_coffea import JetTagger
 from jettagger_coffea._errors import JetTaggerError
 from jettagger_coffea.bundle import Bundle
 from jettagger_coffea.data import sample_path
-from jettagger_coffea.triton import HASH_KEY, TritonBackend, sha256, write_repository
+from jettagger_coffea.triton import (
+    HASH_KEY,
+    TritonBackend,
+    free_port,
+    sha256,
+    start_local_server,
+    write_repository,
+)
 
 from .conftest import run_cli
 
@@ -26,12 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVER = ROOT / "src" / "jettagger_coffea" / "triton_server.py"
 PYTHON = Path(os.environ.get("JETTAGGER_TRITON_PYTHON") or ROOT / ".venv-triton" / "bin" / "python")
 MODELS = ("pfn", "particlenet-lite")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -54,34 +54,11 @@ def server(repository, tmp_path_factory):
         pytest.skip(f"no Triton server environment at {PYTHON} (make triton, or set JETTAGGER_TRITON_PYTHON)")
     if subprocess.run([PYTHON, "-c", "import pytriton"], capture_output=True, check=False).returncode:
         pytest.skip(f"{PYTHON} has no nvidia-pytriton")
-    grpc, http, metrics = _free_port(), _free_port(), _free_port()
-    log = tmp_path_factory.mktemp("triton-log") / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                PYTHON,
-                SERVER,
-                "--model-repository",
-                repository,
-                "--grpc-port",
-                str(grpc),
-                "--http-port",
-                str(http),
-                "--metrics-port",
-                str(metrics),
-                "--threads",
-                "1",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc, grpc, http = start_local_server(
+        repository, PYTHON, tmp_path_factory.mktemp("triton-log") / "server.log"
+    )
     try:
-        deadline = time.monotonic() + 240
-        while "serving" not in log.read_text():
-            assert proc.poll() is None, f"Triton server exited: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"Triton server not ready: {log.read_text()[-2000:]}"
-            time.sleep(0.5)
-        yield f"grpc://127.0.0.1:{grpc}", f"http://127.0.0.1:{http}"
+        yield grpc, http
     finally:
         proc.terminate()
         try:
@@ -190,7 +167,7 @@ def test_transient_errors_are_retried(server, jets):
 
 
 def test_unreachable_server_is_one_line():
-    backend = TritonBackend(f"grpc://127.0.0.1:{_free_port()}", "pfn", retries=1, backoff=0.1)
+    backend = TritonBackend(f"grpc://127.0.0.1:{free_port()}", "pfn", retries=1, backoff=0.1)
     with pytest.raises(JetTaggerError, match=r"Triton server grpc://127\.0\.0\.1:\d+, model 'pfn'"):
         backend.metadata()
 
@@ -227,6 +204,10 @@ def test_cli_predict_and_run_with_triton(server, tmp_path):
     import awkward as ak
 
     src = sample_path("tbqq", "nanoaod")
+    fileset = tmp_path / "fileset.json"
+    fileset.write_text(
+        json.dumps({p: {"files": {str(sample_path(p, "nanoaod")): "Events"}} for p in ("qcd", "tbqq")})
+    )
     for backend in ("onnx", "triton"):
         extra = ["--backend", "triton", "--server", server[0]] if backend == "triton" else []
         r = run_cli(

@@ -210,3 +210,47 @@ class TritonBackend:
                 )
             )
         return np.concatenate(out)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_local_server(
+    repository: str | Path, python: str | Path, log: str | Path, threads: int = 1, timeout: float = 240
+) -> tuple[Any, str, str]:
+    """Start ``triton_server.py`` (PyTriton) under ``python`` on free loopback ports and wait until it
+    serves every model of ``repository``. Returns (process, grpc URL, http URL); terminate the process
+    when done. Raises JetTaggerError with the log's tail if it exits or is not ready in ``timeout`` s."""
+    import subprocess
+
+    grpc, http, metrics = free_port(), free_port(), free_port()
+    script = Path(__file__).with_name("triton_server.py")
+    cmd = [
+        str(python),
+        str(script),
+        "--model-repository",
+        str(repository),
+        "--grpc-port",
+        str(grpc),
+        "--http-port",
+        str(http),
+        "--metrics-port",
+        str(metrics),
+        "--threads",
+        str(threads),
+    ]
+    log = Path(log)
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while "serving" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise JetTaggerError(f"local Triton server ({log}) did not start: {log.read_text()[-1500:]}")
+        time.sleep(0.5)
+    return proc, f"grpc://127.0.0.1:{grpc}", f"http://127.0.0.1:{http}"

@@ -1,0 +1,154 @@
+"""Many files, many workers: `jettagger run` over a 20-file, 100k-jet NanoAOD fileset on LocalClusters of 1
+and 2 single-threaded worker processes, side by side in one run.
+
+    python benchmarks/scaling.py [--model pfn] [--chunksize 2500] [--output benchmarks/scaling.json]
+
+The fileset (5 seeds x qcd, wqq, zqq, tbqq, 5000 jets each) is generated once into samples/bench/
+(uncommitted; ~30 min on 2 cores) and reused. Reported per worker count: wall time of a second pass (cluster
+start-up and model loading excluded), jets/s, per-worker peak RSS (the kernel's VmHWM), tasks per file, and
+from dask's task stream: the workers' busy fraction and where the rest of the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCH = HERE.parent / "samples" / "bench"
+PROCESSES = ("qcd", "wqq", "zqq", "tbqq")
+SEEDS = 5
+
+
+def fileset() -> dict:
+    """{dataset: {files: {path: "Events"}}}, generating missing files (seeded, 5000 jets each)."""
+    out: dict = {p: {"files": {}} for p in PROCESSES}
+    for i in range(SEEDS):
+        for p in PROCESSES:
+            path = BENCH / str(i) / f"{p}_nanoaod.root"
+            if not path.is_file():
+                tmp = path.parent / ".tmp"
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "jettagger_coffea.cli",
+                        "generate",
+                        "--process",
+                        p,
+                        "--njets",
+                        "5000",
+                        "--seed",
+                        str(3000 + i),
+                        "--jobs",
+                        "2",
+                        "--format",
+                        "nanoaod",
+                        "-o",
+                        str(tmp),
+                    ],
+                    check=True,
+                )
+                (tmp / path.name).rename(path)
+            out[p]["files"][str(path)] = "Events"
+    return out
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure(model: str, fs: dict, workers: int, chunksize: int) -> dict:
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from jettagger_coffea.run import run_fileset
+
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            env={"JETTAGGER_THREADS": "1"},
+        ) as cl,
+        Client(cl) as client,
+    ):
+        first = {ds: {"files": dict(list(s["files"].items())[:1])} for ds, s in fs.items()}
+        run_fileset(
+            model, first, executor="dask", scheduler=cl.scheduler_address, chunksize=chunksize, progress=False
+        )  # warm-up: imports, sessions and slot budgets on every worker
+        with get_task_stream(client) as ts:
+            t = time.perf_counter()
+            out = run_fileset(
+                model,
+                fs,
+                executor="dask",
+                scheduler=cl.scheduler_address,
+                chunksize=chunksize,
+                progress=False,
+            )
+            wall = time.perf_counter() - t
+        rss = client.run(_peak_rss_mb)
+    tasks = ts.data
+    compute = sum(
+        s["stop"] - s["start"] for t_ in tasks for s in t_["startstops"] if s["action"] == "compute"
+    )
+    transfer = sum(
+        s["stop"] - s["start"] for t_ in tasks for s in t_["startstops"] if s["action"] == "transfer"
+    )
+    prefixes: dict[str, int] = {}
+    for t_ in tasks:
+        name = t_["key"][0] if isinstance(t_["key"], tuple) else str(t_["key"])
+        prefix = name.rsplit("-", 1)[0]
+        prefixes[prefix] = prefixes.get(prefix, 0) + 1
+    n_files = sum(len(s["files"]) for s in fs.values())
+    jets = sum(c["selected_jets"] for c in out["cutflow"].values())
+    return {
+        "workers": workers,
+        "seconds": wall,
+        "jets": jets,
+        "jets_per_s": jets / wall,
+        "peak_rss_mb_per_worker": sorted(rss.values()),
+        "tasks": len(tasks),
+        "tasks_per_file": len(tasks) / n_files,
+        "task_prefixes": prefixes,
+        "busy_fraction": compute / (wall * workers),
+        "transfer_seconds": transfer,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="pfn")
+    p.add_argument("--chunksize", type=int, default=2500)
+    p.add_argument("--output", type=Path, default=HERE / "scaling.json")
+    args = p.parse_args()
+    fs = fileset()
+    res = {w: measure(args.model, fs, w, args.chunksize) for w in (1, 2)}
+    n_files = sum(len(s["files"]) for s in fs.values())
+    print(f"{args.model}: {n_files} files, {res[1]['jets']} jets, chunks of {args.chunksize} events")
+    print("| workers | seconds | jets/s | speed-up | peak RSS per worker (MB) | tasks per file | busy |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for w, r in res.items():
+        print(
+            f"| {w} | {r['seconds']:.1f} | {r['jets_per_s']:.0f} | {res[1]['seconds'] / r['seconds']:.2f}x | "
+            f"{', '.join(f'{m:.0f}' for m in r['peak_rss_mb_per_worker'])} | {r['tasks_per_file']:.1f} | "
+            f"{100 * r['busy_fraction']:.0f} % |"
+        )
+    args.output.write_text(
+        json.dumps(
+            {"model": args.model, "chunksize": args.chunksize, "files": n_files, "results": res}, indent=1
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
