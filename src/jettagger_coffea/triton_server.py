@@ -20,6 +20,9 @@ import sysconfig
 import threading
 from pathlib import Path
 
+# run as a script, this folder would come first on sys.path and shadow packages by our module names
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 
 def _libpython_first() -> None:
     """PyTriton's backend stub links ``libpython3.X.so``; the system one may be older than the stdlib of

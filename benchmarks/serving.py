@@ -1,6 +1,6 @@
 """The triton backend against the in-process onnxruntime backend, side by side in one run.
 
-    python benchmarks/triton.py [--models pfn particlenet-lite part] [--output benchmarks/triton.json]
+    python benchmarks/serving.py [--models pfn particlenet-lite part] [--output benchmarks/serving.json]
 
 A local Triton server (PyTriton, `make triton`) on loopback serves the shipped bundles from a repository
 written by `jettagger export --triton`; the client scores the 4000 bundled NanoAOD FatJets with the same
@@ -27,7 +27,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["pfn", "particlenet-lite", "part"])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--output", type=Path, default=HERE / "triton.json")
+    p.add_argument("--output", type=Path, default=HERE / "serving.json")
     args = p.parse_args()
     os.environ["JETTAGGER_THREADS"] = str(args.threads)
 
@@ -54,7 +54,10 @@ def main() -> None:
             for m in args.models:
                 local = JetTagger(m)
                 ref = np.concatenate([local.score_jets(e).scores for e in events])
-                r = {"jets": len(ref), "onnxruntime": best_of(lambda t=local: [t.score_jets(e) for e in events])}
+                r = {
+                    "jets": len(ref),
+                    "onnxruntime": best_of(lambda t=local: [t.score_jets(e) for e in events]),
+                }
                 for name, url in (("triton_grpc", grpc), ("triton_http", http)):
                     remote = JetTagger(m, backend="triton", server=url)
                     got = np.concatenate([remote.score_jets(e).scores for e in events])
@@ -64,13 +67,14 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(60)
-    print(f"{args.threads} inference threads each side; seconds for the 4000 bundled FatJets (features included)")
+    print(f"{args.threads} inference threads each side; seconds for the 4000 FatJets (features included)")
     print("| model | onnxruntime in process | Triton gRPC | Triton HTTP | gRPC / in-process | max abs diff |")
     print("| --- | --- | --- | --- | --- | --- |")
     for m, r in res["models"].items():
+        diff = max(r["triton_grpc_max_abs_diff"], r["triton_http_max_abs_diff"])
         print(
             f"| {m} | {r['onnxruntime']:.2f} s | {r['triton_grpc']:.2f} s | {r['triton_http']:.2f} s | "
-            f"{r['triton_grpc'] / r['onnxruntime']:.2f}x | {max(r['triton_grpc_max_abs_diff'], r['triton_http_max_abs_diff']):.1e} |"
+            f"{r['triton_grpc'] / r['onnxruntime']:.2f}x | {diff:.1e} |"
         )
     args.output.write_text(json.dumps(res, indent=1) + "\n")
 
