@@ -21,10 +21,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _models import concatenated_particlenet, official_particlenet
 from _timing import best_of  # benchmarks/ is on sys.path when a script here runs
 
 HERE = Path(__file__).resolve().parent
-SHARED = Path(os.environ.get("JETTAGGER_SHARED") or HERE.parent.parent / "shared")
 SHIPPED = ("pfn", "particlenet-lite", "part", "part-irc")
 
 
@@ -96,23 +96,6 @@ def op_profile(path: Path, xs: list[dict], threads: int, tmp: Path) -> dict[str,
     return {k: v / total for k, v in per_op.most_common(8)}
 
 
-def concatenated_particlenet(bundle, tmp: Path) -> Path:
-    """The same weights exported with the edge features concatenated before the first layer (weaver's and
-    CMSSW's form; ours applies that layer per particle before the gather, see EdgeConvBlock.first_layer)."""
-    from jettagger_coffea.backends import TorchBackend
-    from jettagger_coffea.nn import particlenet as pn
-    from jettagger_coffea.nn.export import export_onnx
-
-    model = TorchBackend(bundle).model
-    original = pn.EdgeConvBlock.first_layer
-    pn.EdgeConvBlock.first_layer = lambda self, f, idx: self.convs[0](pn.edge_features(f, idx))  # type: ignore[method-assign]
-    try:
-        dims = {k: v[1] for k, v in bundle.config.input_shapes.items()}
-        return export_onnx(model, dims, tmp / f"{bundle.name}-concatenated.onnx")
-    finally:
-        pn.EdgeConvBlock.first_layer = original  # type: ignore[method-assign]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
@@ -127,7 +110,6 @@ def main() -> None:
     from jettagger_coffea.bundle import Bundle
     from jettagger_coffea.data import PROCESSES, sample_path
     from jettagger_coffea.datasets import load_jets
-    from jettagger_coffea.weaver import import_weaver
 
     torch.set_num_threads(args.threads)
     files = [sample_path(p_, "jetclass") for p_ in PROCESSES]
@@ -135,17 +117,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         for name in args.models:
-            if name == "official-particlenet":
-                bundle = Bundle.load(
-                    import_weaver(
-                        SHARED / "reference/jetclass/JetClass_kin.yaml",
-                        tmp / "official-particlenet",
-                        network="particlenet",
-                        checkpoint=SHARED / "reference/weights/ParticleNet_kin.pt",
-                    )
-                )
-            else:
-                bundle = Bundle.load(name)
+            bundle = official_particlenet(tmp) if name == "official-particlenet" else Bundle.load(name)
             jets = load_jets(files, bundle.config, with_labels=False)
             session = OnnxBackend(bundle.onnx_path, threads=args.threads)
             pairs = MAX_PAIRS if bundle.pairwise else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -85,6 +86,7 @@ def measure(model: str, fs: dict, workers: int, chunksize: int) -> dict:
             model, first, executor="dask", scheduler=cl.scheduler_address, chunksize=chunksize, progress=False
         )  # warm-up: imports, sessions and slot budgets on every worker
         with get_task_stream(client) as ts:
+            cpu = resource.getrusage(resource.RUSAGE_SELF)
             t = time.perf_counter()
             out = run_fileset(
                 model,
@@ -95,6 +97,7 @@ def measure(model: str, fs: dict, workers: int, chunksize: int) -> dict:
                 progress=False,
             )
             wall = time.perf_counter() - t
+            after = resource.getrusage(resource.RUSAGE_SELF)
         rss = client.run(_peak_rss_mb)
     tasks = ts.data
     compute = sum(
@@ -120,6 +123,8 @@ def measure(model: str, fs: dict, workers: int, chunksize: int) -> dict:
         "tasks_per_file": len(tasks) / n_files,
         "task_prefixes": prefixes,
         "busy_fraction": compute / (wall * workers),
+        # this process runs the scheduler, the client and coffea's accumulation, on the same cores
+        "main_process_cpu_fraction": (after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime) / wall,
         "transfer_seconds": transfer,
     }
 
@@ -134,13 +139,17 @@ def main() -> None:
     res = {w: measure(args.model, fs, w, args.chunksize) for w in (1, 2)}
     n_files = sum(len(s["files"]) for s in fs.values())
     print(f"{args.model}: {n_files} files, {res[1]['jets']} jets, chunks of {args.chunksize} events")
-    print("| workers | seconds | jets/s | speed-up | peak RSS per worker (MB) | tasks per file | busy |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "| workers | seconds | jets/s | speed-up | peak RSS per worker (MB) | tasks per file | workers busy | "
+        "scheduler + client CPU |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for w, r in res.items():
         print(
-            f"| {w} | {r['seconds']:.1f} | {r['jets_per_s']:.0f} | {res[1]['seconds'] / r['seconds']:.2f}x | "
+            f"| {w} | {r['seconds']:.1f} | {r['jets_per_s']:.0f} | "
+            f"{res[1]['seconds'] / r['seconds']:.2f}x | "
             f"{', '.join(f'{m:.0f}' for m in r['peak_rss_mb_per_worker'])} | {r['tasks_per_file']:.1f} | "
-            f"{100 * r['busy_fraction']:.0f} % |"
+            f"{100 * r['busy_fraction']:.0f} % | {100 * r['main_process_cpu_fraction']:.0f} % of a core |"
         )
     args.output.write_text(
         json.dumps(
