@@ -140,8 +140,8 @@ def main() -> None:
     n_files = sum(len(s["files"]) for s in fs.values())
     print(f"{args.model}: {n_files} files, {res[1]['jets']} jets, chunks of {args.chunksize} events")
     print(
-        "| workers | seconds | jets/s | speed-up | peak RSS per worker (MB) | tasks per file | workers busy | "
-        "scheduler + client CPU |"
+        "| workers | seconds | jets/s | speed-up | peak RSS per worker (MB) | tasks per file | "
+        "workers busy | scheduler + client CPU |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for w, r in res.items():
