@@ -1,12 +1,13 @@
 """Many files, many workers: `jettagger run` over a 20-file, 100k-jet NanoAOD fileset on LocalClusters of 1
 and 2 single-threaded worker processes, side by side in one run.
 
-    python benchmarks/scaling.py [--model pfn] [--chunksize 2500] [--output benchmarks/scaling.json]
+    python benchmarks/scaling.py [--models pfn particlenet-lite] [--chunksize 2500] [--output F.json]
 
 The fileset (5 seeds x qcd, wqq, zqq, tbqq, 5000 jets each) is generated once into samples/bench/
-(uncommitted; ~30 min on 2 cores) and reused. Reported per worker count: wall time of a second pass (cluster
-start-up and model loading excluded), jets/s, per-worker peak RSS (the kernel's VmHWM), tasks per file, and
-from dask's task stream: the workers' busy fraction and where the rest of the time goes.
+(uncommitted; ~30 min on 2 cores, 109 MB) and reused. Reported per worker count: wall time of a second
+pass (cluster start-up and model loading excluded), jets/s, per-worker peak RSS (the kernel's VmHWM),
+tasks per file, the workers' busy fraction from dask's task stream, and the CPU of this process (the
+scheduler, the client and coffea's accumulation), which shares the cores with the workers.
 """
 
 from __future__ import annotations
@@ -131,31 +132,29 @@ def measure(model: str, fs: dict, workers: int, chunksize: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="pfn")
+    p.add_argument("--models", nargs="+", default=["pfn", "particlenet-lite"])
     p.add_argument("--chunksize", type=int, default=2500)
     p.add_argument("--output", type=Path, default=HERE / "scaling.json")
     args = p.parse_args()
     fs = fileset()
-    res = {w: measure(args.model, fs, w, args.chunksize) for w in (1, 2)}
     n_files = sum(len(s["files"]) for s in fs.values())
-    print(f"{args.model}: {n_files} files, {res[1]['jets']} jets, chunks of {args.chunksize} events")
+    res = {m: {w: measure(m, fs, w, args.chunksize) for w in (1, 2)} for m in args.models}
+    print(f"{n_files} files, {res[args.models[0]][1]['jets']} jets, chunks of {args.chunksize} events")
     print(
-        "| workers | seconds | jets/s | speed-up | peak RSS per worker (MB) | tasks per file | "
+        "| model | workers | seconds | jets/s | speed-up | peak RSS per worker (MB) | tasks per file | "
         "workers busy | scheduler + client CPU |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for w, r in res.items():
-        print(
-            f"| {w} | {r['seconds']:.1f} | {r['jets_per_s']:.0f} | "
-            f"{res[1]['seconds'] / r['seconds']:.2f}x | "
-            f"{', '.join(f'{m:.0f}' for m in r['peak_rss_mb_per_worker'])} | {r['tasks_per_file']:.1f} | "
-            f"{100 * r['busy_fraction']:.0f} % | {100 * r['main_process_cpu_fraction']:.0f} % of a core |"
-        )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for m, per in res.items():
+        for w, r in per.items():
+            print(
+                f"| {m} | {w} | {r['seconds']:.1f} | {r['jets_per_s']:.0f} | "
+                f"{per[1]['seconds'] / r['seconds']:.2f}x | "
+                f"{', '.join(f'{x:.0f}' for x in r['peak_rss_mb_per_worker'])} | {r['tasks_per_file']:.1f} | "
+                f"{100 * r['busy_fraction']:.0f} % | {100 * r['main_process_cpu_fraction']:.0f} % of a core |"
+            )
     args.output.write_text(
-        json.dumps(
-            {"model": args.model, "chunksize": args.chunksize, "files": n_files, "results": res}, indent=1
-        )
-        + "\n"
+        json.dumps({"chunksize": args.chunksize, "files": n_files, "results": res}, indent=1) + "\n"
     )
 
 
