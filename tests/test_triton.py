@@ -234,3 +234,12 @@ def test_cli_predict_and_run_with_triton(server, tmp_path):
     for name, d in ma["discriminants"].items():
         assert mb["discriminants"][name]["auc"] == pytest.approx(d["auc"], abs=1e-6)
         assert mb["discriminants"][name]["n_signal"] == d["n_signal"]
+
+
+def test_export_options_named(tmp_path):
+    """A bundle exports only to a Triton repository; a missing training folder is named."""
+    r = run_cli("export", "pfn", "--triton", tmp_path / "repo", "-o", tmp_path / "b")
+    assert r.returncode == 2 and "is a tagger bundle" in r.stderr and r.stderr.count("\n") == 1
+    r = run_cli("export", tmp_path / "nothing", "-o", tmp_path / "b")
+    assert r.returncode == 2 and "nothing: no such training folder" in r.stderr
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "b").exists()
