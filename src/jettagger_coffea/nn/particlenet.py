@@ -56,11 +56,12 @@ class EdgeConvBlock(nn.Module):
 
     def first_layer(self, features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """The first 1x1 convolution of the edge features [x_i, x_j - x_i]. Exported (inference) as
-        (W_a - W_b) x_i + gather(W_b x)_j: the same linear map applied per particle before the gather, k
-        times fewer FLOPs and no (N, 2C, P, k) edge tensor (1.16x for ParticleNet-Lite in onnxruntime,
-        benchmarks/operations.py). Training keeps the concatenated form: on CPU the gather's backward
-        (a scatter-add over C_out channels) costs more than it saves."""
+        (W_a - W_b) x_i + gather(W_b x)_j: the same linear map applied per particle before the gather,
+        k times fewer FLOPs and no (N, 2C, P, k) edge tensor (1.3-1.4x for the full-size ParticleNet in
+        onnxruntime, benchmarks/operations.py). Training keeps the concatenated form: on CPU the
+        gather's backward (a scatter-add over C_out channels) costs more than it saves."""
         conv = self.convs[0]
+        assert isinstance(conv, nn.Conv2d)
         if not torch.onnx.is_in_onnx_export():
             return conv(edge_features(features, idx))
         c = features.shape[1]
