@@ -1,9 +1,10 @@
-"""Timing shared by the benchmark scripts."""
+"""Timing and worker clusters shared by the benchmark scripts."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 def best_of(fn: Callable[[], object], repeat: int = 2) -> float:
@@ -14,3 +15,22 @@ def best_of(fn: Callable[[], object], repeat: int = 2) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+@contextmanager
+def single_thread_workers(workers: int) -> Iterator[tuple]:
+    """(LocalCluster, Client) of ``workers`` single-threaded worker processes, one inference thread each
+    (else they inherit this process's JETTAGGER_THREADS)."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            env={"JETTAGGER_THREADS": "1"},
+        ) as cl,
+        Client(cl) as client,
+    ):
+        yield cl, client

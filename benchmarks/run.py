@@ -20,7 +20,7 @@ from pathlib import Path
 
 import awkward as ak
 import numpy as np
-from _timing import best_of  # benchmarks/ is on sys.path when a script here runs
+from _timing import best_of, single_thread_workers  # benchmarks/ is on sys.path when a script here runs
 
 from jettagger_coffea import models
 from jettagger_coffea.backends import TorchBackend
@@ -146,20 +146,8 @@ def read_seconds() -> float:
 def dask_scaling(bundle_path: Path, workers: int, copies: int = 3, chunksize: int = 500) -> dict[str, float]:
     """`jettagger run` on a LocalCluster of ``workers`` single-threaded worker processes, timed on a second
     pass over ``copies`` x the bundled files: cluster start-up and per-worker model loading are excluded."""
-    from distributed import Client, LocalCluster
-
     fileset = {f"{ds}_{i}": spec for i in range(copies) for ds, spec in default_fileset().items()}
-    # one inference thread per single-threaded worker (else they inherit this process's JETTAGGER_THREADS)
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            env={"JETTAGGER_THREADS": "1"},
-        ) as cl,
-        Client(cl) as client,
-    ):
+    with single_thread_workers(workers) as (_cluster, client):
         run_fileset(
             bundle_path,
             default_fileset(),

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from _timing import single_thread_workers  # benchmarks/ is on sys.path when a script here runs
+
 HERE = Path(__file__).resolve().parent
 BENCH = HERE.parent / "samples" / "bench"
 PROCESSES = ("qcd", "wqq", "zqq", "tbqq")
@@ -68,20 +70,11 @@ def _peak_rss_mb() -> float:
 
 
 def measure(model: str, fs: dict, workers: int, chunksize: int) -> dict:
-    from distributed import Client, LocalCluster, get_task_stream
+    from distributed import get_task_stream
 
     from jettagger_coffea.run import run_fileset
 
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            env={"JETTAGGER_THREADS": "1"},
-        ) as cl,
-        Client(cl) as client,
-    ):
+    with single_thread_workers(workers) as (cl, client):
         first = {ds: {"files": dict(list(s["files"].items())[:1])} for ds, s in fs.items()}
         run_fileset(
             model, first, executor="dask", scheduler=cl.scheduler_address, chunksize=chunksize, progress=False
