@@ -120,6 +120,13 @@ def _add_train(sub) -> None:
         "--max-minutes", type=float, default=None, help="stop after this wall time (keeps the best)"
     )
     p.add_argument("--max-train-jets", type=int, default=None, help="random subset of the training jets")
+    p.add_argument("--max-val-jets", type=int, default=None, help="random subset of the validation jets")
+    p.add_argument(
+        "--curve-points",
+        type=int,
+        default=0,
+        help="learning curve: validation metrics at log-spaced counts of distinct jets (curve.jsonl)",
+    )
     p.add_argument("--trim", action="store_true", help="weaver's random sequence trimming")
     p.add_argument("--resume", action="store_true", help="continue from <output>/last.pt")
     p.add_argument("--init", default=None, help="warm start from these weights (a bundle's model.pt)")
@@ -152,6 +159,8 @@ def _run_train(args: argparse.Namespace) -> int:
         init=args.init,
         threads=args.threads,
         max_train_jets=args.max_train_jets,
+        max_val_jets=args.max_val_jets,
+        curve_points=args.curve_points,
         stop_after=args.stop_after,
     )
     best = next(r for r in s["history"] if r["epoch"] == s["best_epoch"])

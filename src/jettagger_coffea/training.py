@@ -150,6 +150,10 @@ class TrainSettings:
     val_fraction: float = 0.2
     max_minutes: float | None = None  #: wall-time budget: the LR schedule is re-planned to end in it
     max_train_jets: int | None = None  #: random subset of the training jets (validation: a quarter)
+    max_val_jets: int | None = None  #: random subset of the validation jets (default: max_train_jets / 4)
+    curve_points: int = (
+        0  #: learning curve: validation metrics at this many log-spaced counts of distinct jets
+    )
     stop_after: int | None = None  #: stop after this many epochs (resume later)
     trim: bool = False  #: weaver's random trimming of the padded length
     threads: int | None = None
@@ -214,9 +218,11 @@ def train(
         sched.load_state_dict(state["scheduler"])
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
     clock = _Clock(s.max_minutes, plan)
+    curve = _Curve(output / "curve.jsonl", val_set, s, len(train_set), device) if s.curve_points else None
     for epoch in range(start_epoch, s.epochs):
         desc = f"{network} epoch {epoch}"
-        row = _epoch(model, opt, sched, scaler, train_set, s, epoch, device, clock, desc, progress)
+        probe = curve if epoch == 0 else None
+        row = _epoch(model, opt, sched, scaler, train_set, s, epoch, device, clock, desc, progress, probe)
         vl, va = evaluate_loss(model, val_set, 2 * s.batch_size, device)
         row |= {"val_loss": vl, "val_acc": va, "lr": sched.get_last_lr()[0], "seconds": clock.elapsed()}
         history.append(row)
@@ -267,9 +273,48 @@ def _datasets(
         train_set, val_set = data.take(perm[nval:]), data.take(perm[:nval])
     if s.max_train_jets and len(train_set) > s.max_train_jets:
         train_set = train_set.take(np.sort(rng.choice(len(train_set), s.max_train_jets, replace=False)))
-    if s.max_train_jets and len(val_set) > s.max_train_jets // 4:
-        val_set = val_set.take(np.sort(rng.choice(len(val_set), s.max_train_jets // 4, replace=False)))
+    max_val = s.max_val_jets or (s.max_train_jets // 4 if s.max_train_jets else None)
+    if max_val and len(val_set) > max_val:
+        val_set = val_set.take(np.sort(rng.choice(len(val_set), max_val, replace=False)))
     return train_set, val_set
+
+
+class _Curve:
+    """A learning curve: in the first pass every jet is new, so the validation metrics after n steps' jets are
+    those of n distinct jets (at the learning rate of that moment). Rows go to ``curve.jsonl``."""
+
+    def __init__(
+        self, path: Path, val_set: Standardised, s: TrainSettings, n_train: int, device: str
+    ) -> None:
+        self.path, self.val_set, self.device, self.batch = path, val_set, device, 2 * s.batch_size
+        first = max(s.batch_size, n_train / 64)
+        self.points = sorted({int(x) for x in np.geomspace(first, n_train, s.curve_points)})
+        path.unlink(missing_ok=True)
+
+    def __call__(self, model, jets: int, lr: float, last: bool) -> None:
+        if not self.points or (jets < self.points[0] and not last):
+            return
+        while self.points and self.points[0] <= jets:
+            self.points.pop(0)
+        from .metrics import summary
+
+        assert self.val_set.labels is not None
+        classes = self.val_set.config.class_names
+        scores = predict(model, self.val_set, self.batch, self.device)
+        discs = {
+            k: v
+            for k, v in DEFAULT_DISCRIMINANTS.items()
+            if set(v["signal"] + v["background"]) <= set(classes)
+        }
+        doc = summary(self.val_set.labels.astype(int), scores, classes, discs)
+        row = {"jets": jets, "lr": lr, "accuracy": doc["accuracy"], "auc_macro": doc["auc_macro"]}
+        row["discriminants"] = {
+            k: {m: d[m] for m in ("auc", "rej50", "rej30", "n_signal", "n_background")}
+            for k, d in doc["discriminants"].items()
+        }
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        model.train()
 
 
 class _Clock:
@@ -310,8 +355,10 @@ def _epoch(
     clock: _Clock,
     desc: str,
     progress: bool,
+    probe: _Curve | None = None,
 ) -> dict[str, Any]:
-    """One pass over the shuffled training batches (seeded by (seed, epoch): resumable exactly)."""
+    """One pass over the shuffled training batches (seeded by (seed, epoch): resumable exactly); ``probe``
+    records the learning curve as it goes."""
     model.train()
     tl, tc, tn = 0.0, 0, 0
     ep_rng = np.random.default_rng([s.seed, epoch])
@@ -341,7 +388,10 @@ def _epoch(
         tn += len(idx)
         bar.set_postfix(loss=f"{tl / tn:.4f}", acc=f"{tc / tn:.3f}")
         clock.replan(sched.last_epoch)
-        if clock.over():
+        over = clock.over()
+        if probe is not None:
+            probe(model, tn, sched.get_last_lr()[0], last=over or tn == len(train_set))
+        if over:
             break
     return {"epoch": epoch, "train_loss": tl / tn, "train_acc": tc / tn, "jets": tn}
 
