@@ -390,7 +390,7 @@ def _epoch(
         clock.replan(sched.last_epoch)
         over = clock.over()
         if probe is not None:
-            probe(model, tn, sched.get_last_lr()[0], last=over or tn == len(train_set))
+            probe(model, tn, float(sched.get_last_lr()[0]), last=over or tn == len(train_set))
         if over:
             break
     return {"epoch": epoch, "train_loss": tl / tn, "train_acc": tc / tn, "jets": tn}
