@@ -84,6 +84,27 @@ def test_checkpoint_reload_and_resume(toy, tmp_path):
     np.testing.assert_allclose([r["val_loss"] for r in resumed], [r["val_loss"] for r in one_go], rtol=1e-5)
 
 
+def test_learning_curve_is_the_first_pass_on_distinct_jets(toy, tmp_path):
+    """curve.jsonl: validation metrics at log-spaced counts of distinct jets, in the first pass only; its last
+    row is the epoch-0 model (the same numbers as predicting with that checkpoint)."""
+    from jettagger_coffea.datasets import load_jets
+
+    work, files, _ = toy
+    opts = {"phi_sizes": [32, 32], "f_sizes": [32]}
+    kw = {"batch_size": 64, "lr": 3e-3, "seed": 2, "progress": False, "network_options": opts}
+    s = train(work / "toy.yaml", "pfn", files, tmp_path / "c", val_files=files, epochs=2, curve_points=5, **kw)
+    rows = [json.loads(line) for line in (tmp_path / "c" / "curve.jsonl").read_text().splitlines()]
+    jets = [r["jets"] for r in rows]
+    assert len(rows) == 5 and jets == sorted(set(jets)) and jets[-1] == s["n_train"]  # none from epoch 1
+    assert rows[-1]["discriminants"]["TvsQCD"]["auc"] > rows[0]["discriminants"]["TvsQCD"]["auc"] + 0.1
+    model, config, _ = load_trained(tmp_path / "c", which=0)
+    val = load_jets(files, config)
+    p = predict(model, val)
+    assert rows[-1]["discriminants"]["TvsQCD"]["auc"] == pytest.approx(auc(val.labels == 1, p[:, 1]), abs=1e-6)
+    assert rows[-1]["accuracy"] == pytest.approx(float(np.mean(p.argmax(1) == val.labels)), abs=1e-9)
+    assert rows[-1]["discriminants"]["TvsQCD"]["n_signal"] == int(np.sum(val.labels == 1))
+
+
 def test_export_onnx_equals_torch_and_evaluate_equals_sklearn(toy, tmp_path):
     from sklearn.metrics import confusion_matrix as sk_confusion
     from sklearn.metrics import roc_auc_score
