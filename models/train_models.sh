@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Trains and exports the shipped bundles on this 2-core CPU machine, with wall-time budgets.
+# Trains and exports the shipped bundles on this 2-core CPU machine.
+#   pfn, particlenet-lite: several passes within a wall-time budget (cheap per jet: passes pay off).
+#   part, part-irc, particlenet (full size): ONLY=curves, one pass over the same distinct jets (CURVE_JETS;
+#   particlenet CURVE_PN_JETS, it costs ~20 jets/s to train here) with a learning curve; exported from it.
 # Data: models/make_dataset.sh (5 classes, JetClass layout, generator with Delphes-like tracks):
 #   train: samples/v2/train/<k>/ (seeds 1000 + k, 10k jets per class each), test: samples/v2/test (seed 2000);
 #   SHARDS (default: every finished shard) sets how many training shards are used.
@@ -28,11 +31,25 @@ train() {  # name network options minutes
   $J export "$OUT/$1" --output "models/$1" --name "$1" --reference $TEST --card "$DATA_CARD"
 }
 
-ONLY=${ONLY:-"pfn particlenet-lite part part-irc r10"}
+curve() {  # name network options jets: one pass, validation metrics at 8 log-spaced counts of distinct jets
+  $J train --data-config $CFG/jetclass5_full.yaml --network "$2" --network-options "$3" --train $TRAIN \
+    --output "$OUT/curve/$1" --epochs 1 --max-train-jets "$4" --max-val-jets 10000 --curve-points 8 \
+    --batch-size 128 --lr 2e-3 --threads 1
+}
+
+ONLY=${ONLY:-"pfn particlenet-lite curves r10"}
 case " $ONLY " in *" pfn "*) train pfn pfn '{}' "${MIN_PFN:-8}";; esac
 case " $ONLY " in *" particlenet-lite "*) train particlenet-lite particlenet-lite '{}' "${MIN_PNL:-18}";; esac
-case " $ONLY " in *" part "*) train part part "$SMALL_PART" "${MIN_PART:-22}";; esac
-case " $ONLY " in *" part-irc "*) train part-irc part-irc "$IRC_PART" "${MIN_IRC:-24}";; esac
+case " $ONLY " in *" curves "*)  # two runs at a time, one thread each (as fast in all as one at a time)
+  CJ=${CURVE_JETS:-80000}
+  { curve part-irc part-irc "$IRC_PART" "$CJ"; curve pfn pfn '{}' "$CJ"; curve particlenet-lite particlenet-lite '{}' "$CJ"; } &
+  { curve part part "$SMALL_PART" "$CJ"; curve particlenet particlenet '{}' "${CURVE_PN_JETS:-16000}"; } &
+  wait
+  for m in part part-irc particlenet; do
+    $J export "$OUT/curve/$m" --output "models/$m" --name "$m" --reference $TEST --card "$DATA_CARD"
+  done
+  python models/learning_curves.py --runs "$OUT/curve";;
+esac
 case " $ONLY " in *" r10 "*) ;; *) exit 0;; esac
 
 # seed-1 style W / Z vs QCD on R = 1.0 jets

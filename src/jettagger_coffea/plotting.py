@@ -245,3 +245,44 @@ def stored_plot(values: np.ndarray, xedges: np.ndarray, yedges: np.ndarray, path
     ax.legend(loc="upper left", fontsize=11)
     _corner(ax)
     return _save(fig, path)
+
+
+def learning_curve_plot(
+    curves: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: Path,
+    discriminants: Sequence[str] = ("TvsQCD", "HbbvsQCD"),
+    title: str = "",
+) -> Path:
+    """Learning curves (rows of ``curve.jsonl`` per model): accuracy and 1/eps_b at eps_s = 50 % of each
+    discriminant vs distinct training jets. Error bars are binomial (accuracy) and 1/sqrt(background jets
+    passing) (rejection); the last point of a run, after the learning-rate decay, is a star."""
+    _style()
+    panels = ["accuracy", *discriminants]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.4, 4.6), squeeze=False)
+    for i, (name, rows) in enumerate(curves.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        n = np.array([r["jets"] for r in rows], dtype=float)
+        for ax, panel in zip(axes[0], panels):
+            if panel == "accuracy":
+                y = np.array([r["accuracy"] for r in rows])
+                nval = np.array([sum(d["n_signal"] for d in r["discriminants"].values()) for r in rows])
+                err = np.sqrt(y * (1 - y) / np.maximum(nval, 1))
+            else:
+                y = np.array([r["discriminants"][panel]["rej50"] for r in rows])
+                nb = np.array([r["discriminants"][panel]["n_background"] for r in rows])
+                err = y / np.sqrt(np.maximum(nb / y, 1))  # passing background jets k = n_b / R
+            ax.errorbar(n[:-1], y[:-1], yerr=err[:-1], fmt="o-", color=colour, ms=4, capsize=2, label=name)
+            ax.errorbar(n[-1:], y[-1:], yerr=err[-1:], fmt="*", color=colour, ms=11, capsize=2)
+    for ax, panel in zip(axes[0], panels):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(mpl.ticker.NullFormatter())
+        ax.set_xlabel("Distinct training jets", fontsize=13)
+        if panel == "accuracy":
+            ax.set_ylabel("Accuracy (all classes)", fontsize=13)
+        else:
+            ax.set_yscale("log")
+            ax.set_ylabel(f"{panel}: 1/$\\varepsilon_b$ at $\\varepsilon_s$ = 50 %", fontsize=13)
+        ax.tick_params(which="both", labelsize=11)
+    _legend_outside(axes[0, -1], title="stars: after LR decay", title_fontsize=11)
+    _corner(axes[0, -1], title)
+    return _save(fig, path)
