@@ -103,6 +103,10 @@ def test_learning_curve_is_the_first_pass_on_distinct_jets(toy, tmp_path):
     assert rows[-1]["discriminants"]["TvsQCD"]["auc"] == pytest.approx(auc(val.labels == 1, p[:, 1]), abs=1e-6)
     assert rows[-1]["accuracy"] == pytest.approx(float(np.mean(p.argmax(1) == val.labels)), abs=1e-9)
     assert rows[-1]["discriminants"]["TvsQCD"]["n_signal"] == int(np.sum(val.labels == 1))
+    from jettagger_coffea.plotting import learning_curve_plot
+
+    png = learning_curve_plot({"pfn": rows}, tmp_path / "curve.png", discriminants=["TvsQCD"])
+    assert png.stat().st_size > 10_000
 
 
 def test_export_onnx_equals_torch_and_evaluate_equals_sklearn(toy, tmp_path):
