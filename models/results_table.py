@@ -17,8 +17,9 @@ def cell(x: float | None, fmt: str) -> str:
 
 def main() -> None:
     heads = " | ".join(f"{label} vs QCD AUC / R50 / R30" for _, label in DISCRIMINANTS)
-    print(f"| model | classes | params | jets seen | test jets | accuracy | AUC (macro) | {heads} |")
-    print("| --- " * (7 + len(DISCRIMINANTS)) + "|")
+    cols = "model | classes | params | distinct jets | jets seen | test jets | accuracy | AUC (macro)"
+    print(f"| {cols} | {heads} |")
+    print("| --- " * (8 + len(DISCRIMINANTS)) + "|")
     for d in sorted(HERE.iterdir()):
         card_path = d / "tagger.yaml"
         if not card_path.is_file():
@@ -32,7 +33,8 @@ def main() -> None:
             cells.append(f"{x['auc']:.4f}{rej}" if x else "-")
         print(
             f"| {c['name']} | {len(c.get('classes', []))} | {p.get('parameters', 0) / 1e3:.0f}k | "
-            f"{p.get('jets_seen') or '-'} | {m.get('n_jets', '-')} | {cell(m.get('accuracy'), '.4f')} | "
+            f"{p.get('n_train') or '-'} | {p.get('jets_seen') or '-'} | {m.get('n_jets', '-')} | "
+            f"{cell(m.get('accuracy'), '.4f')} | "
             f"{cell(m.get('auc_macro'), '.4f')} | " + " | ".join(cells) + " |"
         )
 

@@ -92,7 +92,8 @@ def test_learning_curve_is_the_first_pass_on_distinct_jets(toy, tmp_path):
     work, files, _ = toy
     opts = {"phi_sizes": [32, 32], "f_sizes": [32]}
     kw = {"batch_size": 64, "lr": 3e-3, "seed": 2, "progress": False, "network_options": opts}
-    s = train(work / "toy.yaml", "pfn", files, tmp_path / "c", val_files=files, epochs=2, curve_points=5, **kw)
+    out = tmp_path / "c"
+    s = train(work / "toy.yaml", "pfn", files, out, val_files=files, epochs=2, curve_points=5, **kw)
     rows = [json.loads(line) for line in (tmp_path / "c" / "curve.jsonl").read_text().splitlines()]
     jets = [r["jets"] for r in rows]
     assert len(rows) == 5 and jets == sorted(set(jets)) and jets[-1] == s["n_train"]  # none from epoch 1
@@ -100,9 +101,10 @@ def test_learning_curve_is_the_first_pass_on_distinct_jets(toy, tmp_path):
     model, config, _ = load_trained(tmp_path / "c", which=0)
     val = load_jets(files, config)
     p = predict(model, val)
-    assert rows[-1]["discriminants"]["TvsQCD"]["auc"] == pytest.approx(auc(val.labels == 1, p[:, 1]), abs=1e-6)
+    top = rows[-1]["discriminants"]["TvsQCD"]
+    assert top["auc"] == pytest.approx(auc(val.labels == 1, p[:, 1]), abs=1e-6)
     assert rows[-1]["accuracy"] == pytest.approx(float(np.mean(p.argmax(1) == val.labels)), abs=1e-9)
-    assert rows[-1]["discriminants"]["TvsQCD"]["n_signal"] == int(np.sum(val.labels == 1))
+    assert top["n_signal"] == int(np.sum(val.labels == 1))
     from jettagger_coffea.plotting import learning_curve_plot
 
     png = learning_curve_plot({"pfn": rows}, tmp_path / "curve.png", discriminants=["TvsQCD"])
