@@ -151,9 +151,7 @@ class TrainSettings:
     max_minutes: float | None = None  #: wall-time budget: the LR schedule is re-planned to end in it
     max_train_jets: int | None = None  #: random subset of the training jets (validation: a quarter)
     max_val_jets: int | None = None  #: random subset of the validation jets (default: max_train_jets / 4)
-    curve_points: int = (
-        0  #: learning curve: validation metrics at this many log-spaced counts of distinct jets
-    )
+    curve_points: int = 0  #: learning curve: validation metrics at this many counts of distinct jets
     stop_after: int | None = None  #: stop after this many epochs (resume later)
     trim: bool = False  #: weaver's random trimming of the padded length
     threads: int | None = None
@@ -218,7 +216,9 @@ def train(
         sched.load_state_dict(state["scheduler"])
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
     clock = _Clock(s.max_minutes, plan)
-    curve = _Curve(output / "curve.jsonl", val_set, s, len(train_set), device) if s.curve_points else None
+    curve = None  # the first pass only: a resumed run keeps the curve it has
+    if s.curve_points and start_epoch == 0:
+        curve = _Curve(output / "curve.jsonl", val_set, s, len(train_set), device)
     for epoch in range(start_epoch, s.epochs):
         desc = f"{network} epoch {epoch}"
         probe = curve if epoch == 0 else None
@@ -301,12 +301,7 @@ class _Curve:
         assert self.val_set.labels is not None
         classes = self.val_set.config.class_names
         scores = predict(model, self.val_set, self.batch, self.device)
-        discs = {
-            k: v
-            for k, v in DEFAULT_DISCRIMINANTS.items()
-            if set(v["signal"] + v["background"]) <= set(classes)
-        }
-        doc = summary(self.val_set.labels.astype(int), scores, classes, discs)
+        doc = summary(self.val_set.labels.astype(int), scores, classes, usable_discriminants(classes))
         row = {"jets": jets, "lr": lr, "accuracy": doc["accuracy"], "auc_macro": doc["auc_macro"]}
         row["discriminants"] = {
             k: {m: d[m] for m in ("auc", "rej50", "rej30", "n_signal", "n_background")}
@@ -442,6 +437,15 @@ DEFAULT_DISCRIMINANTS = {
 }
 
 
+def usable_discriminants(classes: Sequence[str], discriminants: dict | None = None) -> dict:
+    """The discriminants (default: :data:`DEFAULT_DISCRIMINANTS`) whose classes the model has."""
+    return {
+        k: v
+        for k, v in (discriminants or DEFAULT_DISCRIMINANTS).items()
+        if all(c in classes for c in [*v["signal"], *v["background"]])
+    }
+
+
 def export(
     train_dir: str | Path,
     bundle_dir: str | Path,
@@ -460,11 +464,7 @@ def export(
 
     model, config, s = load_trained(train_dir)
     classes = config.class_names
-    discs = {
-        k: v
-        for k, v in (discriminants or DEFAULT_DISCRIMINANTS).items()
-        if all(c in classes for c in [*v["signal"], *v["background"]])
-    }
+    discs = usable_discriminants(classes, discriminants)
     best = next(r for r in s["history"] if r["epoch"] == s["best_epoch"])
     info = {
         "name": name or Path(bundle_dir).name,
