@@ -94,17 +94,17 @@ def test_learning_curve_is_the_first_pass_on_distinct_jets(toy, tmp_path):
     kw = {"batch_size": 64, "lr": 3e-3, "seed": 2, "progress": False, "network_options": opts}
     out = tmp_path / "c"
     s = train(work / "toy.yaml", "pfn", files, out, val_files=files, epochs=2, curve_points=5, **kw)
-    rows = [json.loads(line) for line in (tmp_path / "c" / "curve.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
     jets = [r["jets"] for r in rows]
     assert len(rows) == 5 and jets == sorted(set(jets)) and jets[-1] == s["n_train"]  # none from epoch 1
     assert rows[-1]["discriminants"]["TvsQCD"]["auc"] > rows[0]["discriminants"]["TvsQCD"]["auc"] + 0.1
-    model, config, _ = load_trained(tmp_path / "c", which=0)
+    model, config, _ = load_trained(out, which=0)
     val = load_jets(files, config)
     p = predict(model, val)
     top = rows[-1]["discriminants"]["TvsQCD"]
     assert top["auc"] == pytest.approx(auc(val.labels == 1, p[:, 1]), abs=1e-6)
     assert rows[-1]["accuracy"] == pytest.approx(float(np.mean(p.argmax(1) == val.labels)), abs=1e-9)
-    assert top["n_signal"] == int(np.sum(val.labels == 1))
+    assert top["n_signal"] == int(np.sum(val.labels == 1)) and rows[-1]["n_jets"] == len(val.labels)
     from jettagger_coffea.plotting import learning_curve_plot
 
     png = learning_curve_plot({"pfn": rows}, tmp_path / "curve.png", discriminants=["TvsQCD"])

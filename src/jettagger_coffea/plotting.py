@@ -265,8 +265,7 @@ def learning_curve_plot(
         for ax, panel in zip(axes[0], panels):
             if panel == "accuracy":
                 y = np.array([r["accuracy"] for r in rows])
-                nval = np.array([sum(d["n_signal"] for d in r["discriminants"].values()) for r in rows])
-                err = np.sqrt(y * (1 - y) / np.maximum(nval, 1))
+                err = np.sqrt(y * (1 - y) / np.array([max(r["n_jets"], 1) for r in rows]))
             else:
                 y = np.array([r["discriminants"][panel]["rej50"] for r in rows])
                 nb = np.array([r["discriminants"][panel]["n_background"] for r in rows])

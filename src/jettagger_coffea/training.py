@@ -302,7 +302,8 @@ class _Curve:
         classes = self.val_set.config.class_names
         scores = predict(model, self.val_set, self.batch, self.device)
         doc = summary(self.val_set.labels.astype(int), scores, classes, usable_discriminants(classes))
-        row = {"jets": jets, "lr": lr, "accuracy": doc["accuracy"], "auc_macro": doc["auc_macro"]}
+        row = {"jets": jets, "lr": lr, "n_jets": doc["n_jets"], "accuracy": doc["accuracy"]}
+        row["auc_macro"] = doc["auc_macro"]
         row["discriminants"] = {
             k: {m: d[m] for m in ("auc", "rej50", "rej30", "n_signal", "n_background")}
             for k, d in doc["discriminants"].items()
