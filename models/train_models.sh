@@ -33,9 +33,10 @@ train() {  # name network options minutes
 }
 
 curve() {  # name network options jets: one pass, validation metrics at 8 log-spaced counts of distinct jets
+  # (--resume: a run stopped mid-pass, by SIGTERM or a session's end, goes on exactly where it was)
   $J train --data-config $CFG/jetclass5_full.yaml --network "$2" --network-options "$3" --train $TRAIN \
     --output "$OUT/curve/$1" --epochs 1 --max-train-jets "$4" --max-val-jets 10000 --curve-points 8 \
-    --batch-size 128 --lr 2e-3 --threads 1
+    --batch-size 128 --lr 2e-3 --threads 1 --resume
 }
 
 ONLY=${ONLY:-"pfn particlenet-lite part curves r10"}

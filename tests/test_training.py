@@ -11,6 +11,7 @@ import uproot
 
 torch = pytest.importorskip("torch")
 
+from jettagger_coffea._errors import JetTaggerError
 from jettagger_coffea.configs import config_path
 from jettagger_coffea.data import sample_path
 from jettagger_coffea.evaluation import evaluate, predict_files
@@ -82,6 +83,91 @@ def test_checkpoint_reload_and_resume(toy, tmp_path):
     one_go = toy[2]["history"]
     assert [r["epoch"] for r in resumed] == [0, 1, 2, 3]
     np.testing.assert_allclose([r["val_loss"] for r in resumed], [r["val_loss"] for r in one_go], rtol=1e-5)
+
+
+def test_a_pass_left_in_the_middle_resumes_exactly(toy, tmp_path):
+    """A long pass split across job slots (``stop_after_jets``, mid-pass) ends with the weights, the epoch log
+    and the learning curve of the same run in one go, bit for bit."""
+    work, files, _ = toy
+    opts = {"phi_sizes": [32, 32], "f_sizes": [32]}
+    kw = {"batch_size": 64, "lr": 3e-3, "seed": 3, "progress": False, "network_options": opts, "epochs": 2}
+    kw |= {"val_files": files, "curve_points": 6}
+    one = train(work / "toy.yaml", "pfn", files, tmp_path / "one", **kw)
+    n = one["n_train"]
+    cut = train(work / "toy.yaml", "pfn", files, tmp_path / "cut", stop_after_jets=n // 3, **kw)
+    assert cut["interrupted"] == {"epoch": 0, "jets": 64 * -(-(n // 3) // 64)} and cut["history"] == []
+    state = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    assert state["partial"]["jets"] == cut["interrupted"]["jets"]
+    with pytest.raises(JetTaggerError, match="other max_train_jets, seed than"):  # other jets: refused
+        train(
+            work / "toy.yaml",
+            "pfn",
+            files,
+            tmp_path / "cut",
+            resume=True,
+            **(kw | {"seed": 9}),
+            max_train_jets=99,
+        )
+    cut = train(work / "toy.yaml", "pfn", files, tmp_path / "cut", stop_after_jets=n, resume=True, **kw)
+    assert cut["interrupted"]["epoch"] == 1 and [r["epoch"] for r in cut["history"]] == [0]
+    done = train(work / "toy.yaml", "pfn", files, tmp_path / "cut", resume=True, **kw)
+    assert "interrupted" not in done
+    for a, b in zip(one["history"], done["history"], strict=True):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {
+            k: v for k, v in b.items() if k != "seconds"
+        }
+    assert (tmp_path / "one" / "curve.jsonl").read_text() == (tmp_path / "cut" / "curve.jsonl").read_text()
+    for epoch in (0, 1):
+        w1 = torch.load(tmp_path / "one" / f"epoch-{epoch}_state.pt")
+        w2 = torch.load(tmp_path / "cut" / f"epoch-{epoch}_state.pt")
+        assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
+    """A batch system's SIGTERM mid-pass: the run saves where it is and exits 0; --resume ends as one go."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "jettagger_coffea.cli",
+        "train",
+        "--data-config",
+        str(config_path("wzt_full")),
+    ]
+    cmd += [
+        "--network",
+        "pfn",
+        "--network-options",
+        '{"phi_sizes": [64, 64], "f_sizes": [64]}',
+        "--epochs",
+        "3",
+    ]
+    cmd += ["--train", *(str(sample_path(p, "jetclass")) for p in ("qcd", "wqq", "zqq", "tbqq"))]
+    cmd += ["--batch-size", "32", "--threads", "1", "--seed", "4"]
+    out = tmp_path / "cut"
+    proc = subprocess.Popen(
+        [*cmd, "-o", str(out), "--checkpoint-minutes", "0"], stdout=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first mid-pass save: the handler is in place
+    os.kill(proc.pid, signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "go on with --resume" in stdout
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert state["partial"] is not None and state["partial"]["jets"] > 0
+    subprocess.run([*cmd, "-o", str(out), "--resume"], check=True, capture_output=True)
+    subprocess.run([*cmd, "-o", str(tmp_path / "one")], check=True, capture_output=True)
+    log1 = [json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
+    log2 = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["val_loss"] for r in log1] == [r["val_loss"] for r in log2] and len(log1) == 3
+    w1, w2 = (torch.load(d / "epoch-2_state.pt") for d in (tmp_path / "one", out))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
 def test_learning_curve_is_the_first_pass_on_distinct_jets(toy, tmp_path):

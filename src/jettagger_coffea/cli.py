@@ -131,6 +131,18 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from <output>/last.pt")
     p.add_argument("--init", default=None, help="warm start from these weights (a bundle's model.pt)")
     p.add_argument("--stop-after", type=int, default=None, help="stop after this many epochs (resume later)")
+    p.add_argument(
+        "--stop-after-jets",
+        type=int,
+        default=None,
+        help="stop this run after this many training jets, mid-pass if need be (resume later)",
+    )
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=10.0,
+        help="save a resumable mid-pass checkpoint at least this often (SIGTERM / Ctrl-C also save one)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.set_defaults(func=_run_train)
 
@@ -162,9 +174,15 @@ def _run_train(args: argparse.Namespace) -> int:
         max_val_jets=args.max_val_jets,
         curve_points=args.curve_points,
         stop_after=args.stop_after,
+        stop_after_jets=args.stop_after_jets,
+        checkpoint_minutes=args.checkpoint_minutes,
     )
-    best = next(r for r in s["history"] if r["epoch"] == s["best_epoch"])
-    print(f"best epoch {s['best_epoch']}: val_loss {best['val_loss']:.4f} val_acc {best['val_acc']:.4f}")
+    if "interrupted" in s:
+        cut = s["interrupted"]
+        print(f"stopped in epoch {cut['epoch']} after {cut['jets']} jets; go on with --resume")
+    if s["best_epoch"] is not None:
+        best = next(r for r in s["history"] if r["epoch"] == s["best_epoch"])
+        print(f"best epoch {s['best_epoch']}: val_loss {best['val_loss']:.4f} val_acc {best['val_acc']:.4f}")
     return 0
 
 

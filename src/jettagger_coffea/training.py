@@ -8,8 +8,10 @@ import dataclasses
 import json
 import logging
 import math
+import signal
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +155,10 @@ class TrainSettings:
     max_val_jets: int | None = None  #: random subset of the validation jets (default: max_train_jets / 4)
     curve_points: int = 0  #: learning curve: validation metrics at this many counts of distinct jets
     stop_after: int | None = None  #: stop after this many epochs (resume later)
+    stop_after_jets: int | None = (
+        None  #: stop this run after this many training jets, mid-pass (resume later)
+    )
+    checkpoint_minutes: float = 10.0  #: a resumable mid-pass checkpoint at least this often
     trim: bool = False  #: weaver's random trimming of the padded length
     threads: int | None = None
     device: str | None = None
@@ -193,8 +199,18 @@ def train(
         from .features import make_table
 
         config = config.resolve_auto(make_table(open_jets(train_files[0]), config))
+    kept = ("seed", "batch_size", "val_fraction", "max_train_jets", "max_val_jets")
+    inputs = {  # what a resumed run must share with the run it continues, or its batches are other jets
+        "network": network,
+        "train_files": [str(f) for f in train_files],
+        "val_files": [str(f) for f in val_files],
+        **{k: getattr(s, k) for k in kept},
+    }
+    if resume:  # checked before the jets are read
+        _check_resume(output, inputs)
     config.dump_yaml(output / "data_config.yaml")
     train_set, val_set = _datasets(config, train_files, val_files, s, rng)
+    inputs["n_train"] = len(train_set)
 
     dims = {g.name: len(g.vars) for g in config.inputs.values()}
     model = build(network, list(config.input_names), dims, len(config.class_names), **(network_options or {}))
@@ -208,36 +224,55 @@ def train(
         opt.inner if isinstance(opt, Lookahead) else opt, lambda step: lr_factor(step, plan[0])
     )
     scaler = torch.amp.GradScaler(enabled=device == "cuda")
-    start_epoch, best, history = 0, math.inf, []
+    start_epoch, best, history, partial = 0, math.inf, [], None
     if resume and (output / "last.pt").exists():
         state = torch.load(output / "last.pt", map_location=device, weights_only=False)  # our own file
+        _check_resume(output, inputs, state)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+        best, history, partial = state["best"], state["history"], state.get("partial")
+        start_epoch = state["epoch"] + (partial is None)  # a pass left in the middle goes on from there
+        plan[0] = state.get("plan", plan[0])
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
     clock = _Clock(s.max_minutes, plan)
     curve = None  # the first pass only: a resumed run keeps the curve it has
     if s.curve_points and start_epoch == 0:
-        curve = _Curve(output / "curve.jsonl", val_set, s, len(train_set), device)
-    for epoch in range(start_epoch, s.epochs):
-        desc = f"{network} epoch {epoch}"
-        probe = curve if epoch == 0 else None
-        row = _epoch(model, opt, sched, scaler, train_set, s, epoch, device, clock, desc, progress, probe)
-        vl, va = evaluate_loss(model, val_set, 2 * s.batch_size, device)
-        row |= {"val_loss": vl, "val_acc": va, "lr": sched.get_last_lr()[0], "seconds": clock.elapsed()}
-        history.append(row)
-        log.info("epoch %d: %s", epoch, row)
-        best = _checkpoint(output, model, opt, sched, history, best)
-        if clock.over():
-            log.info("time budget of %.1f min reached after epoch %d", s.max_minutes, epoch)
-            break
-        if s.stop_after is not None and epoch + 1 >= s.stop_after:  # split a long run across job slots
-            break
+        done = partial["jets"] if partial else 0
+        curve = _Curve(output / "curve.jsonl", val_set, s, len(train_set), device, done)
+
+    def save_partial(epoch: int, counts: dict[str, Any]) -> None:
+        _save_last(output, model, opt, sched, history, best, epoch, plan[0], inputs, partial=counts)
+
+    stop, row = _Stop(s.stop_after_jets, s.checkpoint_minutes), {}
+    with stop:
+        for epoch in range(start_epoch, s.epochs):
+            desc = f"{network} epoch {epoch}"
+            probe = curve if epoch == 0 else None
+            row = _epoch(
+                model, opt, sched, scaler, train_set, s, epoch, device, clock, desc, progress, probe,
+                partial if epoch == start_epoch else None, stop, save_partial,
+            )  # fmt: skip
+            if row.get("interrupted"):
+                log.info("stopped in epoch %d after %d jets: resume with --resume", epoch, row["jets"])
+                break
+            vl, va = evaluate_loss(model, val_set, 2 * s.batch_size, device)
+            row |= {"val_loss": vl, "val_acc": va, "lr": sched.get_last_lr()[0], "seconds": clock.elapsed()}
+            history.append(row)
+            log.info("epoch %d: %s", epoch, row)
+            best = _checkpoint(output, model, opt, sched, history, best, plan[0], inputs)
+            if clock.over():
+                log.info("time budget of %.1f min reached after epoch %d", s.max_minutes, epoch)
+                break
+            if s.stop_after is not None and epoch + 1 >= s.stop_after:  # split a long run across job slots
+                break
     summary = {
         "network": network,
         "network_options": network_options or {},
-        "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"],
+        "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"] if history else None,
         "history": history,
+        **({"interrupted": {"epoch": row["epoch"], "jets": row["jets"]}} if row.get("interrupted") else {}),
         "n_train": len(train_set),
         "n_val": len(val_set),
         "seed": s.seed,
@@ -253,6 +288,21 @@ def train(
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _check_resume(output: Path, inputs: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+    """A resumed run must see the jets, in the batches, of the run it continues."""
+    if state is None:
+        if not (output / "last.pt").exists():
+            return
+        state = torch.load(output / "last.pt", map_location="cpu", weights_only=False)  # our own file
+    saved = state.get("inputs") or {}
+    differ = sorted(k for k in inputs if k in saved and saved[k] != inputs[k])
+    if differ:
+        raise JetTaggerError(
+            f"--resume: {output / 'last.pt'} was trained with other {', '.join(differ)} than this run's; "
+            "give the same ones, or a new --output"
+        )
 
 
 def _datasets(
@@ -284,12 +334,14 @@ class _Curve:
     those of n distinct jets (at the learning rate of that moment). Rows go to ``curve.jsonl``."""
 
     def __init__(
-        self, path: Path, val_set: Standardised, s: TrainSettings, n_train: int, device: str
+        self, path: Path, val_set: Standardised, s: TrainSettings, n_train: int, device: str, done: int = 0
     ) -> None:
         self.path, self.val_set, self.device, self.batch = path, val_set, device, 2 * s.batch_size
         first = max(s.batch_size, n_train / 64)
-        self.points = sorted({int(x) for x in np.geomspace(first, n_train, s.curve_points)})
-        path.unlink(missing_ok=True)
+        points = sorted({int(x) for x in np.geomspace(first, n_train, s.curve_points)})
+        self.points = [n for n in points if n > done]  # a pass resumed after ``done`` jets keeps its rows
+        if not done:
+            path.unlink(missing_ok=True)
 
     def __call__(self, model, jets: int, lr: float, last: bool) -> None:
         if not self.points or (jets < self.points[0] and not last):
@@ -352,11 +404,16 @@ def _epoch(
     desc: str,
     progress: bool,
     probe: _Curve | None = None,
+    partial: dict[str, Any] | None = None,
+    stop: _Stop | None = None,
+    save: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """One pass over the shuffled training batches (seeded by (seed, epoch): resumable exactly); ``probe``
-    records the learning curve as it goes."""
+    """One pass over the shuffled training batches (seeded by (seed, epoch): resumable exactly, also from
+    ``partial``, a pass left after some batches); ``probe`` records the learning curve as it goes; ``stop``
+    says when to leave mid-pass, ``save`` writes that resumable checkpoint."""
     model.train()
-    tl, tc, tn = 0.0, 0, 0
+    p = partial or {"batches": 0, "loss": 0.0, "correct": 0, "jets": 0}
+    k, tl, tc, tn = p["batches"], p["loss"], p["correct"], p["jets"]
     ep_rng = np.random.default_rng([s.seed, epoch])
     bar = tqdm(
         shuffled_batches(len(train_set), s.batch_size, ep_rng, train_set.counts),
@@ -365,8 +422,10 @@ def _epoch(
         disable=not progress,
         leave=False,
     )
-    for idx in bar:
-        q = float(ep_rng.uniform(0.9, 1.0)) if s.trim else None
+    for i, idx in enumerate(bar):
+        q = float(ep_rng.uniform(0.9, 1.0)) if s.trim else None  # drawn for skipped batches too
+        if i < k:
+            continue
         batch = train_set.take(idx)
         xs = to_tensors(batch, model.input_names, model.min_length, quantile=q, device=device)
         assert batch.labels is not None
@@ -382,6 +441,7 @@ def _epoch(
         tl += float(loss.detach()) * len(idx)
         tc += int((out.argmax(1) == y).sum())
         tn += len(idx)
+        k = i + 1
         bar.set_postfix(loss=f"{tl / tn:.4f}", acc=f"{tc / tn:.3f}")
         clock.replan(sched.last_epoch)
         over = clock.over()
@@ -389,10 +449,56 @@ def _epoch(
             probe(model, tn, float(sched.get_last_lr()[0]), last=over or tn == len(train_set))
         if over:
             break
+        if stop is not None and save is not None and tn < len(train_set):
+            stop.count(len(idx))
+            if stop.now or stop.due():
+                save(epoch, {"batches": k, "loss": tl, "correct": tc, "jets": tn})
+                if stop.now:
+                    return {"epoch": epoch, "jets": tn, "interrupted": True}
     return {"epoch": epoch, "train_loss": tl / tn, "train_acc": tc / tn, "jets": tn}
 
 
-def _checkpoint(output: Path, model, opt, sched, history: list[dict], best: float) -> float:
+class _Stop:
+    """When a run leaves a pass in the middle, with a resumable checkpoint: after ``jets`` training jets (a
+    job slot's share), on SIGTERM or SIGINT (batch systems send one before the kill; Ctrl-C), and a save
+    every ``minutes`` in case the process is killed outright."""
+
+    def __init__(self, jets: int | None, minutes: float) -> None:
+        self.left, self.every, self.signalled = jets, 60 * minutes, False
+        self.last = time.perf_counter()
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # handlers live in the main thread only
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        log.warning("signal %d: saving a resumable checkpoint after this step", signum)
+        self.signalled = True
+
+    def count(self, jets: int) -> None:
+        if self.left is not None:
+            self.left -= jets
+
+    @property
+    def now(self) -> bool:
+        return self.signalled or (self.left is not None and self.left <= 0)
+
+    def due(self) -> bool:
+        if time.perf_counter() - self.last < self.every:
+            return False
+        self.last = time.perf_counter()
+        return True
+
+
+def _checkpoint(
+    output: Path, model, opt, sched, history: list[dict], best: float, plan: int, inputs: dict
+) -> float:
     """Per-epoch weights, the best so far (by validation loss) and a resumable last.pt; the new best."""
     epoch = history[-1]["epoch"]
     torch.save(model.state_dict(), output / f"epoch-{epoch}_state.pt")
@@ -401,6 +507,25 @@ def _checkpoint(output: Path, model, opt, sched, history: list[dict], best: floa
         torch.save(model.state_dict(), output / "best_state.pt")
     with (output / "log.jsonl").open("a") as fh:
         fh.write(json.dumps(history[-1]) + "\n")
+    _save_last(output, model, opt, sched, history, best, epoch, plan, inputs)
+    return best
+
+
+def _save_last(
+    output: Path,
+    model,
+    opt,
+    sched,
+    history: list[dict],
+    best: float,
+    epoch: int,
+    plan: int,
+    inputs: dict,
+    partial: dict | None = None,
+) -> None:
+    """last.pt: everything a resumed run needs to go on exactly as this one would have: weights, optimiser,
+    schedule and its planned length, torch's RNG, and for a pass left in the middle (``partial``) the
+    batches done and the pass's running sums. Written to a temporary file first: a kill never leaves half."""
     state = {
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
@@ -408,9 +533,13 @@ def _checkpoint(output: Path, model, opt, sched, history: list[dict], best: floa
         "epoch": epoch,
         "best": best,
         "history": history,
+        "plan": plan,
+        "torch_rng": torch.get_rng_state(),
+        "inputs": inputs,
+        "partial": partial,
     }
-    torch.save(state, output / "last.pt")
-    return best
+    torch.save(state, output / "last.pt.tmp")
+    (output / "last.pt.tmp").replace(output / "last.pt")
 
 
 def load_trained(output: str | Path, which: str = "best"):
