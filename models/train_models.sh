@@ -45,9 +45,12 @@ case " $ONLY " in *" particlenet-lite "*) train particlenet-lite particlenet-lit
 case " $ONLY " in *" part "*) train part part "$SMALL_PART" "${MIN_PART:-22}";; esac
 case " $ONLY " in *" curves "*)  # two runs at a time, one thread each (as fast in all as one at a time)
   CJ=${CURVE_JETS:-80000}
-  { curve part-irc part-irc "$IRC_PART" "$CJ"; curve pfn pfn '{}' "$CJ"; curve particlenet-lite particlenet-lite '{}' "$CJ"; } &
+  { curve pfn pfn '{}' "$CJ"; curve particlenet-lite particlenet-lite '{}' "$CJ"; curve part-irc part-irc "$IRC_PART" "$CJ"; } &
   { curve part part "$SMALL_PART" "$CJ"; curve particlenet particlenet '{}' "${CURVE_PN_JETS:-16000}"; } &
-  wait
+  wait  # a stream stopped before its end (exit 75: SIGTERM, --stop-after-jets) exports nothing; run again to go on
+  for m in pfn particlenet-lite part part-irc particlenet; do
+    [ -f "$OUT/curve/$m/best_state.pt" ] && ! grep -q '"interrupted"' "$OUT/curve/$m/summary.json" || exit 75
+  done
   for m in part-irc particlenet; do
     $J export "$OUT/curve/$m" --output "models/$m" --name "$m" --reference $TEST --card "$DATA_CARD"
   done

@@ -177,12 +177,13 @@ def _run_train(args: argparse.Namespace) -> int:
         stop_after_jets=args.stop_after_jets,
         checkpoint_minutes=args.checkpoint_minutes,
     )
-    if "interrupted" in s:
-        cut = s["interrupted"]
-        print(f"stopped in epoch {cut['epoch']} after {cut['jets']} jets; go on with --resume")
     if s["best_epoch"] is not None:
         best = next(r for r in s["history"] if r["epoch"] == s["best_epoch"])
         print(f"best epoch {s['best_epoch']}: val_loss {best['val_loss']:.4f} val_acc {best['val_acc']:.4f}")
+    if "interrupted" in s:  # EX_TEMPFAIL: not done, try again (batch systems can requeue on it)
+        cut = s["interrupted"]
+        print(f"stopped in epoch {cut['epoch']} after {cut['jets']} jets; go on with --resume")
+        return 75
     return 0
 
 
