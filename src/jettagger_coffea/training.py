@@ -224,18 +224,21 @@ def train(
         opt.inner if isinstance(opt, Lookahead) else opt, lambda step: lr_factor(step, plan[0])
     )
     scaler = torch.amp.GradScaler(enabled=device == "cuda")
+    parts: dict[str, Any] = {"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler}
     start_epoch, best, history, partial = 0, math.inf, [], None
     if resume and (output / "last.pt").exists():
         state = torch.load(output / "last.pt", map_location=device, weights_only=False)  # our own file
         _check_resume(output, inputs, state)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        for name, part in parts.items():
+            if name in state:
+                part.load_state_dict(state[name])
         best, history, partial = state["best"], state["history"], state.get("partial")
         start_epoch = state["epoch"] + (partial is None)  # a pass left in the middle goes on from there
         plan[0] = state.get("plan", plan[0])
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
     clock = _Clock(s.max_minutes, plan)
     curve = None  # the first pass only: a resumed run keeps the curve it has
     if s.curve_points and start_epoch == 0:
@@ -243,7 +246,7 @@ def train(
         curve = _Curve(output / "curve.jsonl", val_set, s, len(train_set), device, done)
 
     def save_partial(epoch: int, counts: dict[str, Any]) -> None:
-        _save_last(output, model, opt, sched, history, best, epoch, plan[0], inputs, partial=counts)
+        _save_last(output, parts, history, best, epoch, plan[0], inputs, partial=counts)
 
     stop, row = _Stop(s.stop_after_jets, s.checkpoint_minutes), {}
     with stop:
@@ -261,7 +264,7 @@ def train(
             row |= {"val_loss": vl, "val_acc": va, "lr": sched.get_last_lr()[0], "seconds": clock.elapsed()}
             history.append(row)
             log.info("epoch %d: %s", epoch, row)
-            best = _checkpoint(output, model, opt, sched, history, best, plan[0], inputs)
+            best = _checkpoint(output, parts, history, best, plan[0], inputs)
             if clock.over():
                 log.info("time budget of %.1f min reached after epoch %d", s.max_minutes, epoch)
                 break
@@ -497,25 +500,23 @@ class _Stop:
 
 
 def _checkpoint(
-    output: Path, model, opt, sched, history: list[dict], best: float, plan: int, inputs: dict
+    output: Path, parts: dict[str, Any], history: list[dict], best: float, plan: int, inputs: dict
 ) -> float:
     """Per-epoch weights, the best so far (by validation loss) and a resumable last.pt; the new best."""
-    epoch = history[-1]["epoch"]
+    epoch, model = history[-1]["epoch"], parts["model"]
     torch.save(model.state_dict(), output / f"epoch-{epoch}_state.pt")
     if history[-1]["val_loss"] < best:
         best = history[-1]["val_loss"]
         torch.save(model.state_dict(), output / "best_state.pt")
     with (output / "log.jsonl").open("a") as fh:
         fh.write(json.dumps(history[-1]) + "\n")
-    _save_last(output, model, opt, sched, history, best, epoch, plan, inputs)
+    _save_last(output, parts, history, best, epoch, plan, inputs)
     return best
 
 
 def _save_last(
     output: Path,
-    model,
-    opt,
-    sched,
+    parts: dict[str, Any],
     history: list[dict],
     best: float,
     epoch: int,
@@ -524,17 +525,17 @@ def _save_last(
     partial: dict | None = None,
 ) -> None:
     """last.pt: everything a resumed run needs to go on exactly as this one would have: weights, optimiser,
-    schedule and its planned length, torch's RNG, and for a pass left in the middle (``partial``) the
-    batches done and the pass's running sums. Written to a temporary file first: a kill never leaves half."""
-    state = {
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
+    schedule and its planned length, AMP's loss scale, torch's RNGs, and for a pass left in the middle
+    (``partial``) the batches done and the pass's running sums. Written to a temporary file first: a kill
+    never leaves half of one."""
+    state = {name: part.state_dict() for name, part in parts.items()}
+    state |= {
         "epoch": epoch,
         "best": best,
         "history": history,
         "plan": plan,
         "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "inputs": inputs,
         "partial": partial,
     }
