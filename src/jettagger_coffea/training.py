@@ -155,9 +155,7 @@ class TrainSettings:
     max_val_jets: int | None = None  #: random subset of the validation jets (default: max_train_jets / 4)
     curve_points: int = 0  #: learning curve: validation metrics at this many counts of distinct jets
     stop_after: int | None = None  #: stop after this many epochs (resume later)
-    stop_after_jets: int | None = (
-        None  #: stop this run after this many training jets, mid-pass (resume later)
-    )
+    stop_after_jets: int | None = None  #: stop this run after this many jets, mid-pass (resume later)
     checkpoint_minutes: float = 10.0  #: a resumable mid-pass checkpoint at least this often
     trim: bool = False  #: weaver's random trimming of the padded length
     threads: int | None = None
