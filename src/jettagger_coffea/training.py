@@ -204,11 +204,15 @@ def train(
         "val_files": [str(f) for f in val_files],
         **{k: getattr(s, k) for k in kept},
     }
-    if resume:  # checked before the jets are read
-        _check_resume(output, inputs)
+    state = None  # read once, checked before the jets are read; tensors land on their devices when loaded
+    if resume and (output / "last.pt").exists():
+        state = torch.load(output / "last.pt", map_location="cpu", weights_only=False)  # our own file
+        _check_resume(output, inputs, state)
     config.dump_yaml(output / "data_config.yaml")
     train_set, val_set = _datasets(config, train_files, val_files, s, rng)
     inputs["n_train"] = len(train_set)
+    if state is not None:
+        _check_resume(output, inputs, state)
 
     dims = {g.name: len(g.vars) for g in config.inputs.values()}
     model = build(network, list(config.input_names), dims, len(config.class_names), **(network_options or {}))
@@ -224,9 +228,7 @@ def train(
     scaler = torch.amp.GradScaler(enabled=device == "cuda")
     parts: dict[str, Any] = {"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler}
     start_epoch, best, history, partial = 0, math.inf, [], None
-    if resume and (output / "last.pt").exists():
-        state = torch.load(output / "last.pt", map_location=device, weights_only=False)  # our own file
-        _check_resume(output, inputs, state)
+    if state is not None:
         for name, part in parts.items():
             if name in state:
                 part.load_state_dict(state[name])
@@ -291,12 +293,8 @@ def train(
     return summary
 
 
-def _check_resume(output: Path, inputs: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+def _check_resume(output: Path, inputs: dict[str, Any], state: dict[str, Any]) -> None:
     """A resumed run must see the jets, in the batches, of the run it continues."""
-    if state is None:
-        if not (output / "last.pt").exists():
-            return
-        state = torch.load(output / "last.pt", map_location="cpu", weights_only=False)  # our own file
     saved = state.get("inputs") or {}
     differ = sorted(k for k in inputs if k in saved and saved[k] != inputs[k])
     if differ:
