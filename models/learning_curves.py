@@ -26,8 +26,10 @@ def load(runs: Path) -> dict[str, list[dict]]:
 
 
 def power_law(rows: list[dict], disc: str, min_jets: float) -> tuple[float, float] | None:
-    """Fit ln R50 = a + b ln N over the points at the flat learning rate (not the last) with N >= min_jets."""
-    pts = [(r["jets"], r["discriminants"][disc]["rej50"]) for r in rows[:-1] if r["jets"] >= min_jets]
+    """Fit ln R50 = a + b ln N over the points at the flat learning rate with N >= min_jets."""
+    top = max(r["lr"] for r in rows)
+    flat = [r for r in rows if r["lr"] >= 0.5 * top and r["jets"] >= min_jets]
+    pts = [(r["jets"], r["discriminants"][disc]["rej50"]) for r in flat if r["discriminants"][disc]["rej50"]]
     if len(pts) < 3:
         return None
     b, a = np.polyfit(np.log([p[0] for p in pts]), np.log([p[1] for p in pts]), 1)
@@ -40,12 +42,52 @@ def crossing(lead: tuple[float, float], lag: tuple[float, float]) -> float | Non
     return math.exp((a1 - a2) / (b2 - b1)) if b2 > b1 else None
 
 
+def r50(d: dict) -> str:
+    """R50, or its lower limit where no background jet passed (metrics.json's null)."""
+    return f"> {d['n_background']:.0f}" if d["rej50"] is None else f"{d['rej50']:.0f}"
+
+
+def rejection_cell(d: dict) -> str:
+    """R50 ± its statistical error, 1/sqrt(background jets passing)."""
+    r, nb = d["rej50"], d["n_background"]
+    return r50(d) if r is None else f"{r:.0f} ± {r / math.sqrt(max(nb / r, 1)):.0f}"
+
+
+def endpoints(folder: Path) -> None:
+    """The table of the runs' models on the test set: ``<folder>/<model>/metrics.json`` of ``jettagger
+    evaluate``. Accuracy is class-balanced (the mean of the confusion matrix's diagonal), since the extra QCD
+    test jets that make the rejections precise would otherwise dominate it."""
+    print(
+        "| model | test jets (QCD) | balanced accuracy | AUC (macro) | "
+        + " | ".join(f"{label} vs QCD AUC / R50" for label in ("W", "Z", "top", "H→bb"))
+        + " |"
+    )
+    print("| --- " * 8 + "|")
+    for m in sorted(folder.glob("*/metrics.json"), key=lambda p: ORDER.index(p.parent.name)):
+        doc = json.loads(m.read_text())
+        d = doc["discriminants"]
+        cells = [
+            f"{d[k]['auc']:.4f} / {rejection_cell(d[k])}" for k in ("WvsQCD", "ZvsQCD", "TvsQCD", "HbbvsQCD")
+        ]
+        nq = d["TvsQCD"]["n_background"]
+        balanced = float(np.mean(np.diag(doc["confusion"])))
+        print(
+            f"| {m.parent.name} | {doc['n_jets']:.0f} ({nq:.0f}) | {balanced:.3f} | {doc['auc_macro']:.4f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=Path, default=Path("runs/curve"))
     ap.add_argument("--figure", type=Path, default=Path("docs/figures/learning_curves.png"))
     ap.add_argument("--min-jets", type=float, default=4000, help="fit range start (after the warm-up)")
+    ap.add_argument("--endpoints", type=Path, help="folder of `jettagger evaluate` outputs, one per model")
     args = ap.parse_args()
+    if args.endpoints:
+        endpoints(args.endpoints)
+        return
     curves = load(args.runs)
     learning_curve_plot(curves, args.figure, title="5 classes, one pass")
     print("| model | distinct jets | accuracy | AUC (macro) | top vs QCD AUC / R50 | H→bb vs QCD AUC / R50 |")
@@ -55,7 +97,7 @@ def main() -> None:
             t, h = r["discriminants"]["TvsQCD"], r["discriminants"]["HbbvsQCD"]
             print(
                 f"| {name} | {r['jets']} | {r['accuracy']:.3f} | {r['auc_macro']:.4f} | "
-                f"{t['auc']:.4f} / {t['rej50']:.0f} | {h['auc']:.4f} / {h['rej50']:.0f} |"
+                f"{t['auc']:.4f} / {r50(t)} | {h['auc']:.4f} / {r50(h)} |"
             )
     print(f"\nPower laws R50 ∝ N^b (flat-LR points, N >= {args.min_jets:.0f}) and crossings:")
     for disc in ("TvsQCD", "HbbvsQCD"):
@@ -66,7 +108,7 @@ def main() -> None:
         for lag, lead in (("part", "particlenet-lite"), ("part", "pfn"), ("particlenet-lite", "pfn")):
             if fits.get(lag) and fits.get(lead):
                 ends = {n: curves[n][-2]["discriminants"][disc]["rej50"] for n in (lag, lead)}
-                if ends[lag] < ends[lead]:
+                if None not in ends.values() and ends[lag] < ends[lead]:
                     x = crossing(fits[lead], fits[lag])  # type: ignore[arg-type]
                     where = f"{x:.3g} distinct jets" if x else "never (not steeper)"
                     print(f"  {disc}: {lag} trails {lead}; power laws cross at {where}")

@@ -203,6 +203,10 @@ def test_learning_curve_is_the_first_pass_on_distinct_jets(toy, tmp_path):
 
     png = learning_curve_plot({"pfn": rows}, tmp_path / "curve.png", discriminants=["TvsQCD"])
     assert png.stat().st_size > 10_000
+    # a point where no background jet passed (metrics.json's null) is drawn as a lower limit, not a crash
+    none = {**rows[-1]["discriminants"]["TvsQCD"], "rej50": None}
+    limit = [*rows[:-1], {**rows[-1], "discriminants": {"TvsQCD": none}}]
+    assert learning_curve_plot({"pfn": limit}, tmp_path / "limit.png", discriminants=["TvsQCD"]).is_file()
 
 
 def test_export_onnx_equals_torch_and_evaluate_equals_sklearn(toy, tmp_path):

@@ -255,23 +255,31 @@ def learning_curve_plot(
 ) -> Path:
     """Learning curves (rows of ``curve.jsonl`` per model): accuracy and 1/eps_b at eps_s = 50 % of each
     discriminant vs distinct training jets. Error bars are binomial (accuracy) and 1/sqrt(background jets
-    passing) (rejection); the last point of a run, after the learning-rate decay, is a star."""
+    passing) (rejection); points after the learning-rate decay (a finished run's last) are stars; where no
+    background jet passed, an open triangle at the number of background jets marks the lower limit."""
     _style()
     panels = ["accuracy", *discriminants]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.4, 4.6), squeeze=False)
     for i, (name, rows) in enumerate(curves.items()):
         colour = COLOURS[i % len(COLOURS)]
         n = np.array([r["jets"] for r in rows], dtype=float)
+        lr = np.array([r.get("lr", 0.0) for r in rows], dtype=float)
+        high = lr >= 0.5 * lr.max(initial=0.0)  # at the flat rate (or the warm-up: low, but before it)
+        decayed = ~high & np.maximum.accumulate(high)
         for ax, panel in zip(axes[0], panels):
             if panel == "accuracy":
                 y = np.array([r["accuracy"] for r in rows])
                 err = np.sqrt(y * (1 - y) / np.array([max(r["n_jets"], 1) for r in rows]))
             else:
-                y = np.array([r["discriminants"][panel]["rej50"] for r in rows])
+                r50 = [r["discriminants"][panel]["rej50"] for r in rows]  # None: no background jet passed
                 nb = np.array([r["discriminants"][panel]["n_background"] for r in rows])
-                err = y / np.sqrt(np.maximum(nb / y, 1))  # passing background jets k = n_b / R
-            ax.errorbar(n[:-1], y[:-1], yerr=err[:-1], fmt="o-", color=colour, ms=4, capsize=2, label=name)
-            ax.errorbar(n[-1:], y[-1:], yerr=err[-1:], fmt="*", color=colour, ms=11, capsize=2)
+                none = np.array([x is None for x in r50])
+                y = np.array([np.nan if x is None else x for x in r50], dtype=float)
+                err = y / np.sqrt(np.maximum(nb / y, 1))  # k = n_b / R background jets pass
+                ax.plot(n[none], nb[none], "^", color=colour, ms=8, mfc="none")  # a lower limit: R50 > n_b
+            flat = ~decayed
+            ax.errorbar(n[flat], y[flat], yerr=err[flat], fmt="o-", color=colour, ms=4, capsize=2, label=name)
+            ax.errorbar(n[decayed], y[decayed], yerr=err[decayed], fmt="*", color=colour, ms=11, capsize=2)
     for ax, panel in zip(axes[0], panels):
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(mpl.ticker.NullFormatter())
@@ -282,6 +290,16 @@ def learning_curve_plot(
             ax.set_yscale("log")
             ax.set_ylabel(f"{panel}: 1/$\\varepsilon_b$ at $\\varepsilon_s$ = 50 %", fontsize=13)
         ax.tick_params(which="both", labelsize=11)
-    _legend_outside(axes[0, -1], title="stars: after LR decay", title_fontsize=11)
+    limits = (
+        "\nopen triangles: lower limits\n(no background jet passed)"
+        if any(
+            r["discriminants"][p]["rej50"] is None
+            for rows in curves.values()
+            for r in rows
+            for p in discriminants
+        )
+        else ""
+    )
+    _legend_outside(axes[0, -1], title=f"stars: after LR decay{limits}", title_fontsize=11)
     _corner(axes[0, -1], title)
     return _save(fig, path)
