@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Trains and exports the shipped bundles on this 2-core CPU machine.
 #   pfn, particlenet-lite: several passes within a wall-time budget (cheap per jet: passes pay off).
-#   part: 22-min budget on shard 0 (SHARDS=1; beat its one-pass run over 80k jets on the test set).
-#   part-irc, particlenet (full size): ONLY=curves, every network one pass over the same distinct jets
-#   (CURVE_JETS; particlenet CURVE_PN_JETS, ~20 jets/s to train here) with a learning curve; exported from it.
+#   part, part-irc, particlenet (full size): ONLY=curves, every network one pass over the same 200k distinct
+#   jets (shards 0..CURVE_SHARDS-1) with a learning curve; each exported from it once its run has finished
+#   (ParT ~1 h, IRC-safe ParT ~1.2 h, ParticleNet ~6 h on one core here: stopped runs resume exactly).
 # Data: models/make_dataset.sh (5 classes, JetClass layout, generator with Delphes-like tracks):
 #   train: samples/v2/train/<k>/ (seeds 1000 + k, 10k jets per class each), test: samples/v2/test (seed 2000);
 #   SHARDS (default: every finished shard) sets how many training shards are used.
@@ -16,9 +16,15 @@ CFG=src/jettagger_coffea/configs
 DATA=${DATA:-samples/v2}
 PROCESSES="qcd hbb wqq zqq tbqq"
 SHARDS=${SHARDS:-$(for d in "$DATA"/train/*/; do if [ -f "$d/hbb_jetclass.root" ]; then echo x; fi; done | wc -l)}
-TRAIN=$(for k in $(seq 0 $((SHARDS - 1))); do for p in $PROCESSES; do echo -n "$DATA/train/$k/${p}_jetclass.root "; done; done)
+shards() {  # the training files of shards 0..$1-1
+  for k in $(seq 0 $(($1 - 1))); do for p in $PROCESSES; do echo -n "$DATA/train/$k/${p}_jetclass.root "; done; done
+}
+TRAIN=$(shards "$SHARDS")
 TEST=$(for p in $PROCESSES; do echo -n "$DATA/test/${p}_jetclass.root "; done)
-DATA_CARD="{\"data_command\": \"models/make_dataset.sh (SHARDS=$SHARDS: $SHARDS x 10000 jets per class, seeds 1000..$((999 + SHARDS)))\", \"test_command\": \"models/make_dataset.sh (test: 10000 jets per class, seed 2000)\"}"
+card() {  # the model card's data commands for a run on shards 0..$1-1
+  echo "{\"data_command\": \"models/make_dataset.sh (SHARDS=$1: $1 x 10000 jets per class, seeds 1000..$((999 + $1)))\", \"test_command\": \"models/make_dataset.sh (test: 10000 jets per class, seed 2000)\"}"
+}
+DATA_CARD=$(card "$SHARDS")
 SMALL_PART='{"num_layers": 3, "embed_dims": [64, 128, 64], "pair_embed_dims": [32, 32], "num_heads": 4, "num_cls_layers": 1}'
 # IRC-safe ParT: angular tokens + the energy-free features of jetclass5_full.yaml (charge, 5 PID flags, d0, d0err,
 # dz, dzerr), ln E attention bias (the seed's), jet pT and mass (IRC safe) on the class token
@@ -32,29 +38,33 @@ train() {  # name network options minutes
   $J export "$OUT/$1" --output "models/$1" --name "$1" --reference $TEST --card "$DATA_CARD"
 }
 
+CS=${CURVE_SHARDS:-5}
+CURVE_TRAIN=$(shards "$CS")
+CURVE_CARD=$(card "$CS")
 curve() {  # name network options jets: one pass, validation metrics at 8 log-spaced counts of distinct jets
   # (--resume: a run stopped mid-pass, by SIGTERM or a session's end, goes on exactly where it was)
-  $J train --data-config $CFG/jetclass5_full.yaml --network "$2" --network-options "$3" --train $TRAIN \
+  $J train --data-config $CFG/jetclass5_full.yaml --network "$2" --network-options "$3" --train $CURVE_TRAIN \
     --output "$OUT/curve/$1" --epochs 1 --max-train-jets "$4" --max-val-jets 10000 --curve-points 8 \
     --batch-size 128 --lr 2e-3 --threads 1 --resume
 }
 
-ONLY=${ONLY:-"pfn particlenet-lite part curves r10"}
+ONLY=${ONLY:-"pfn particlenet-lite curves r10"}
 case " $ONLY " in *" pfn "*) train pfn pfn '{}' "${MIN_PFN:-8}";; esac
 case " $ONLY " in *" particlenet-lite "*) train particlenet-lite particlenet-lite '{}' "${MIN_PNL:-18}";; esac
-case " $ONLY " in *" part "*) train part part "$SMALL_PART" "${MIN_PART:-22}";; esac
 case " $ONLY " in *" curves "*)  # two runs at a time, one thread each (as fast in all as one at a time)
-  CJ=${CURVE_JETS:-80000}
+  CJ=${CURVE_JETS:-200000}
   { curve pfn pfn '{}' "$CJ"; curve particlenet-lite particlenet-lite '{}' "$CJ"; curve part-irc part-irc "$IRC_PART" "$CJ"; } &
-  { curve part part "$SMALL_PART" "$CJ"; curve particlenet particlenet '{}' "${CURVE_PN_JETS:-16000}"; } &
-  wait  # a stream stopped before its end (exit 75: SIGTERM, --stop-after-jets) exports nothing; run again to go on
+  { curve part part "$SMALL_PART" "$CJ"; curve particlenet particlenet '{}' "${CURVE_PN_JETS:-$CJ}"; } &
+  wait  # a stream stopped before its end (exit 75: SIGTERM, --stop-after-jets) leaves the runs after it undone
+  unfinished=0
   for m in pfn particlenet-lite part part-irc particlenet; do
-    [ -f "$OUT/curve/$m/best_state.pt" ] && ! grep -q '"interrupted"' "$OUT/curve/$m/summary.json" || exit 75
+    if [ -f "$OUT/curve/$m/best_state.pt" ] && ! grep -q '"interrupted"' "$OUT/curve/$m/summary.json"; then
+      case $m in part | part-irc | particlenet)  # shipped from these runs; pfn, particlenet-lite: budget runs above
+        $J export "$OUT/curve/$m" --output "models/$m" --name "$m" --reference $TEST --card "$CURVE_CARD";; esac
+    else unfinished=1; fi
   done
-  for m in part-irc particlenet; do
-    $J export "$OUT/curve/$m" --output "models/$m" --name "$m" --reference $TEST --card "$DATA_CARD"
-  done
-  python models/learning_curves.py --runs "$OUT/curve";;
+  python models/learning_curves.py --runs "$OUT/curve"
+  [ $unfinished = 0 ] || exit 75;;  # run again to go on
 esac
 case " $ONLY " in *" r10 "*) ;; *) exit 0;; esac
 
