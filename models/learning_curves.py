@@ -89,7 +89,7 @@ def main() -> None:
         endpoints(args.endpoints)
         return
     curves = load(args.runs)
-    learning_curve_plot(curves, args.figure, title="5 classes, one pass")
+    learning_curve_plot(curves, args.figure, title="5 classes, one pass, same jets")
     print("| model | distinct jets | accuracy | AUC (macro) | top vs QCD AUC / R50 | H→bb vs QCD AUC / R50 |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, rows in curves.items():
