@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jettagger_coffea.metrics import rejection_error
 from jettagger_coffea.plotting import learning_curve_plot
 
 ORDER = ("pfn", "particlenet-lite", "particlenet", "part", "part-irc")
@@ -50,7 +51,7 @@ def r50(d: dict) -> str:
 def rejection_cell(d: dict) -> str:
     """R50 ± its statistical error, 1/sqrt(background jets passing)."""
     r, nb = d["rej50"], d["n_background"]
-    return r50(d) if r is None else f"{r:.0f} ± {r / math.sqrt(max(nb / r, 1)):.0f}"
+    return r50(d) if r is None else f"{r:.0f} ± {rejection_error(r, nb):.0f}"
 
 
 def endpoints(folder: Path) -> None:

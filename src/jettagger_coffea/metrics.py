@@ -150,6 +150,11 @@ def roc_from_hist(signal_counts: np.ndarray, background_counts: np.ndarray):
     return b / max(b[-1], 1e-300), s / max(s[-1], 1e-300)
 
 
+def rejection_error(rejection: Any, n_background: Any) -> Any:
+    """Statistical error of 1/eps_b: Poisson on the background jets that pass, k = n_b / R (at least 1)."""
+    return rejection / np.sqrt(np.maximum(np.asarray(n_background) / rejection, 1))
+
+
 def rejection_from_roc(eps_b: np.ndarray, eps_s: np.ndarray, at: float) -> float:
     e = float(np.interp(at, eps_s, eps_b))
     return float("inf") if e <= 0 else 1.0 / e

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import mplhep as hep
 import numpy as np
 
-from .metrics import discriminant, roc_curve
+from .metrics import discriminant, rejection_error, roc_curve
 
 #: the text in the top-right corner of every figure; set it to what the data is (``--label``)
 LABEL = "Simulation"
@@ -275,7 +275,7 @@ def learning_curve_plot(
                 nb = np.array([r["discriminants"][panel]["n_background"] for r in rows])
                 none = np.array([x is None for x in r50])
                 y = np.array([np.nan if x is None else x for x in r50], dtype=float)
-                err = y / np.sqrt(np.maximum(nb / y, 1))  # k = n_b / R background jets pass
+                err = rejection_error(y, nb)
                 ax.plot(n[none], nb[none], "^", color=colour, ms=8, mfc="none")  # a lower limit: R50 > n_b
             flat = ~decayed
             ax.errorbar(n[flat], y[flat], yerr=err[flat], fmt="o-", color=colour, ms=4, capsize=2, label=name)
