@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from jettagger_coffea.metrics import rejection_error
-from jettagger_coffea.plotting import learning_curve_plot
+from jettagger_coffea.plotting import after_lr_decay, learning_curve_plot
 
 ORDER = ("pfn", "particlenet-lite", "particlenet", "part", "part-irc")
 
@@ -27,9 +27,9 @@ def load(runs: Path) -> dict[str, list[dict]]:
 
 
 def power_law(rows: list[dict], disc: str, min_jets: float) -> tuple[float, float] | None:
-    """Fit ln R50 = a + b ln N over the points at the flat learning rate with N >= min_jets."""
-    top = max(r["lr"] for r in rows)
-    flat = [r for r in rows if r["lr"] >= 0.5 * top and r["jets"] >= min_jets]
+    """Fit ln R50 = a + b ln N over the points before the learning-rate decay with N >= min_jets (after the
+    warm-up)."""
+    flat = [r for r, late in zip(rows, after_lr_decay(rows)) if not late and r["jets"] >= min_jets]
     pts = [(r["jets"], r["discriminants"][disc]["rej50"]) for r in flat if r["discriminants"][disc]["rej50"]]
     if len(pts) < 3:
         return None

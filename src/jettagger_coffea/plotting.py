@@ -247,6 +247,14 @@ def stored_plot(values: np.ndarray, xedges: np.ndarray, yedges: np.ndarray, path
     return _save(fig, path)
 
 
+def after_lr_decay(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Which rows of a learning curve come after the learning-rate decay: below half the peak rate, and after
+    a row at it (the warm-up is low too, but before)."""
+    lr = np.array([r.get("lr", 0.0) for r in rows], dtype=float)
+    high = lr >= 0.5 * lr.max(initial=0.0)
+    return ~high & np.maximum.accumulate(high)
+
+
 def learning_curve_plot(
     curves: Mapping[str, Sequence[Mapping[str, Any]]],
     path: Path,
@@ -260,12 +268,11 @@ def learning_curve_plot(
     _style()
     panels = ["accuracy", *discriminants]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.4, 4.6), squeeze=False)
+    any_limit = False
     for i, (name, rows) in enumerate(curves.items()):
         colour = COLOURS[i % len(COLOURS)]
         n = np.array([r["jets"] for r in rows], dtype=float)
-        lr = np.array([r.get("lr", 0.0) for r in rows], dtype=float)
-        high = lr >= 0.5 * lr.max(initial=0.0)  # at the flat rate (or the warm-up: low, but before it)
-        decayed = ~high & np.maximum.accumulate(high)
+        decayed = after_lr_decay(rows)
         for ax, panel in zip(axes[0], panels):
             if panel == "accuracy":
                 y = np.array([r["accuracy"] for r in rows])
@@ -277,6 +284,7 @@ def learning_curve_plot(
                 y = np.array([np.nan if x is None else x for x in r50], dtype=float)
                 err = rejection_error(y, nb)
                 ax.plot(n[none], nb[none], "^", color=colour, ms=8, mfc="none")  # a lower limit: R50 > n_b
+                any_limit |= bool(none.any())
             flat = ~decayed
             ax.errorbar(n[flat], y[flat], yerr=err[flat], fmt="o-", color=colour, ms=4, capsize=2, label=name)
             ax.errorbar(n[decayed], y[decayed], yerr=err[decayed], fmt="*", color=colour, ms=11, capsize=2)
@@ -290,16 +298,7 @@ def learning_curve_plot(
             ax.set_yscale("log")
             ax.set_ylabel(f"{panel}: 1/$\\varepsilon_b$ at $\\varepsilon_s$ = 50 %", fontsize=13)
         ax.tick_params(which="both", labelsize=11)
-    limits = (
-        "\nopen triangles: lower limits\n(no background jet passed)"
-        if any(
-            r["discriminants"][p]["rej50"] is None
-            for rows in curves.values()
-            for r in rows
-            for p in discriminants
-        )
-        else ""
-    )
+    limits = "\nopen triangles: lower limits\n(no background jet passed)" if any_limit else ""
     _legend_outside(axes[0, -1], title=f"stars: after LR decay{limits}", title_fontsize=11)
     _corner(axes[0, -1], title)
     return _save(fig, path)
