@@ -16,6 +16,14 @@ from jettagger_coffea.metrics import rejection_error
 from jettagger_coffea.plotting import after_lr_decay, learning_curve_plot
 
 ORDER = ("pfn", "particlenet-lite", "particlenet", "part", "part-irc")
+#: (should lead, should trail) in the seeds' ordering ParT >= ParticleNet(-Lite) >= PFN
+SEEDS_PAIRS = (
+    ("part", "particlenet"),
+    ("part", "particlenet-lite"),
+    ("particlenet", "pfn"),
+    ("particlenet-lite", "pfn"),
+    ("part", "pfn"),
+)
 
 
 def load(runs: Path) -> dict[str, list[dict]]:
@@ -106,7 +114,7 @@ def main() -> None:
         for n, f in fits.items():
             if f:
                 print(f"  {disc} {n}: b = {f[1]:.2f}")
-        for lag, lead in (("part", "particlenet-lite"), ("part", "pfn"), ("particlenet-lite", "pfn")):
+        for lag, lead in SEEDS_PAIRS:
             if fits.get(lag) and fits.get(lead):
                 ends = {n: curves[n][-2]["discriminants"][disc]["rej50"] for n in (lag, lead)}
                 if None not in ends.values() and ends[lag] < ends[lead]:

@@ -3,7 +3,7 @@
 #   pfn, particlenet-lite: several passes within a wall-time budget (cheap per jet: passes pay off).
 #   part, part-irc, particlenet (full size): ONLY=curves, every network one pass over the same 200k distinct
 #   jets (shards 0..CURVE_SHARDS-1) with a learning curve; each exported from it once its run has finished
-#   (ParT ~1 h, IRC-safe ParT ~1.2 h, ParticleNet ~6 h on one core here: stopped runs resume exactly).
+#   (ParT ~1 h, IRC-safe ParT ~1.2 h, ParticleNet ~2.7 h on one core here: stopped runs resume exactly).
 # Data: models/make_dataset.sh (5 classes, JetClass layout, generator with Delphes-like tracks):
 #   train: samples/v2/train/<k>/ (seeds 1000 + k, 10k jets per class each), test: samples/v2/test (seed 2000);
 #   SHARDS (default: every finished shard) sets how many training shards are used.
