@@ -34,10 +34,14 @@ def load(runs: Path) -> dict[str, list[dict]]:
     }
 
 
+def flat_rows(rows: list[dict], min_jets: float = 0) -> list[dict]:
+    """The points before the learning-rate decay with N >= min_jets (min_jets: past the warm-up)."""
+    return [r for r, late in zip(rows, after_lr_decay(rows)) if not late and r["jets"] >= min_jets]
+
+
 def power_law(rows: list[dict], disc: str, min_jets: float) -> tuple[float, float] | None:
-    """Fit ln R50 = a + b ln N over the points before the learning-rate decay with N >= min_jets (after the
-    warm-up)."""
-    flat = [r for r, late in zip(rows, after_lr_decay(rows)) if not late and r["jets"] >= min_jets]
+    """Fit ln R50 = a + b ln N over the flat-LR points with N >= min_jets."""
+    flat = flat_rows(rows, min_jets)
     pts = [(r["jets"], r["discriminants"][disc]["rej50"]) for r in flat if r["discriminants"][disc]["rej50"]]
     if len(pts) < 3:
         return None
@@ -116,7 +120,7 @@ def main() -> None:
                 print(f"  {disc} {n}: b = {f[1]:.2f}")
         for lag, lead in SEEDS_PAIRS:
             if fits.get(lag) and fits.get(lead):
-                ends = {n: curves[n][-2]["discriminants"][disc]["rej50"] for n in (lag, lead)}
+                ends = {n: flat_rows(curves[n])[-1]["discriminants"][disc]["rej50"] for n in (lag, lead)}
                 if None not in ends.values() and ends[lag] < ends[lead]:
                     x = crossing(fits[lead], fits[lag])  # type: ignore[arg-type]
                     where = f"{x:.3g} distinct jets" if x else "never (not steeper)"
