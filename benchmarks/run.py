@@ -25,9 +25,9 @@ from _timing import best_of, single_thread_workers  # benchmarks/ is on sys.path
 from jettagger_coffea import models
 from jettagger_coffea.backends import TorchBackend
 from jettagger_coffea.data import PROCESSES, default_fileset, sample_path
+from jettagger_coffea.execution import run_fileset
 from jettagger_coffea.features import make_table, standardise
 from jettagger_coffea.nanoevents import open_events
-from jettagger_coffea.run import run_fileset
 from jettagger_coffea.tagger import JetTagger
 
 HERE = Path(__file__).resolve().parent
@@ -245,7 +245,7 @@ def rss_vs_chunksize(bundle_path: Path, sizes=(100, 500, 2000)) -> dict[int, flo
     code = (
         "import sys\n"
         "from jettagger_coffea.data import default_fileset\n"
-        "from jettagger_coffea.run import run_fileset\n"
+        "from jettagger_coffea.execution import run_fileset\n"
         "run_fileset(sys.argv[1], default_fileset(), executor='iterative', chunksize=int(sys.argv[2]), "
         "progress=False)\n"
         "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"

@@ -72,7 +72,7 @@ def _peak_rss_mb() -> float:
 def measure(model: str, fs: dict, workers: int, chunksize: int) -> dict:
     from distributed import get_task_stream
 
-    from jettagger_coffea.run import run_fileset
+    from jettagger_coffea.execution import run_fileset
 
     with single_thread_workers(workers) as (cl, client):
         first = {ds: {"files": dict(list(s["files"].items())[:1])} for ds, s in fs.items()}

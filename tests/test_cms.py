@@ -217,8 +217,9 @@ def test_empty_jets_and_missing_sv_table(cms_bundle):
 def test_run_fills_recomputed_vs_stored(cms_bundle, tmp_path):
     """`jettagger run` on the real file: the stored NanoAOD scores beside the recomputed ones, per
     discriminant, as a 2-D histogram and plot; all jets on the diagonal within a bin or two."""
+    from jettagger_coffea.execution import run_fileset
+    from jettagger_coffea.outputs import write_outputs
     from jettagger_coffea.processor import Selection
-    from jettagger_coffea.run import run_fileset, write_outputs
 
     fileset = {
         "qcd": {"files": {str(shared_file(NANO / "pfnano.root")): "Events"}, "metadata": {"xsec": 1.0}}

@@ -16,8 +16,8 @@ import uproot
 from jettagger_coffea._errors import JetTaggerError
 from jettagger_coffea.backends import run_batched
 from jettagger_coffea.data import default_fileset, sample_path
+from jettagger_coffea.execution import run_fileset
 from jettagger_coffea.features import make_table, standardise
-from jettagger_coffea.run import run_fileset
 from jettagger_coffea.tagger import JetTagger
 
 

@@ -18,8 +18,9 @@ import yaml
 from jettagger_coffea._errors import JetTaggerError
 from jettagger_coffea.bundle import Bundle
 from jettagger_coffea.data import default_fileset, sample_path
+from jettagger_coffea.execution import run_fileset
 from jettagger_coffea.nanoevents import open_events
-from jettagger_coffea.run import run_fileset, write_outputs
+from jettagger_coffea.outputs import write_outputs
 from jettagger_coffea.tagger import JetTagger
 
 from .conftest import PN_KIN_WEIGHTS, odd_pfnano, shared_file
@@ -209,8 +210,8 @@ def test_run_and_evaluate_write_one_metrics_schema(tiny_bundle):
     the same numbers up to the binning of the ROC; and both equal an independent AUC."""
     from sklearn.metrics import roc_auc_score
 
+    from jettagger_coffea.analysis import metrics_from_hists
     from jettagger_coffea.evaluation import evaluate
-    from jettagger_coffea.run import metrics_from_hists
 
     out = run_fileset(tiny_bundle, _fileset(), executor="iterative", chunksize=1000, progress=False)
     binned = metrics_from_hists(out)

@@ -14,8 +14,9 @@ import uproot
 
 from jettagger_coffea._errors import JetTaggerError
 from jettagger_coffea.data import PROCESSES, sample_path
+from jettagger_coffea.execution import run_fileset
+from jettagger_coffea.outputs import write_outputs
 from jettagger_coffea.processor import Selection
-from jettagger_coffea.run import run_fileset, write_outputs
 from jettagger_coffea.truth import fatjet_truth
 
 from .conftest import SHARED, shared_file
@@ -176,7 +177,7 @@ def test_correctionlib_round_trip(tmp_path):
 
 
 def test_sparse_bins_merge_until_enough_jets():
-    from jettagger_coffea.processor import merge_sparse_bins
+    from jettagger_coffea.analysis import merge_sparse_bins
 
     edges = np.arange(11.0)
     total = np.array([0, 5, 30, 2, 2, 2, 50, 1, 1, 0.0])

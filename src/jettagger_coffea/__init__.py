@@ -12,15 +12,18 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "JetTagger": "tagger",
+    "BackendSpec": "backends",
     "Bundle": "bundle",
     "TaggerProcessor": "processor",
     "Selection": "processor",
     "PFNanoSchema": "nanoevents",
     "open_events": "nanoevents",
     "sample_path": "data",
+    "run_fileset": "execution",
 }
 
 __all__ = [
+    "BackendSpec",
     "Bundle",
     "JetTagger",
     "PFNanoSchema",
@@ -28,6 +31,7 @@ __all__ = [
     "TaggerProcessor",
     "__version__",
     "open_events",
+    "run_fileset",
     "sample_path",
 ]
 

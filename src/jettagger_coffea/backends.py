@@ -1,8 +1,13 @@
-"""Model runners: onnxruntime (default, no torch needed) and torch. One session per worker process, reused
-across chunks; batches of similar multiplicity, padded dynamically and bounded in size."""
+"""Model runners behind one factory: onnxruntime (default, no torch needed), torch, and a Triton server
+(:mod:`.triton`). A :class:`BackendSpec` (a name and its options) travels unchanged from the CLI or the
+Python API to :func:`make_backend`, the only place that turns it into a runner. One session per worker
+process, reused across chunks; batches of similar multiplicity, padded dynamically and bounded in size."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
 import os
 import threading
 from pathlib import Path
@@ -11,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ._errors import JetTaggerError
+from ._state import ProcessLocal
 from .batching import Padding, batch_length, sorted_batches
 from .features import Standardised
 
@@ -51,8 +57,62 @@ class Backend(Protocol):
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
 
 
-class OnnxBackend:
+#: backend name -> "module:Class"; each class makes itself with ``from_bundle(bundle, **options)``, whose
+#: keyword parameters are the backend's options. Adding a backend: its file and one line here.
+BACKENDS = {
+    "onnx": "jettagger_coffea.backends:OnnxBackend",
+    "torch": "jettagger_coffea.backends:TorchBackend",
+    "triton": "jettagger_coffea.triton:TritonBackend",
+}
+
+
+def backend_class(name: str) -> Any:
+    if name not in BACKENDS:
+        raise JetTaggerError(f"unknown backend {name!r} ({', '.join(BACKENDS)})")
+    module, cls = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def backend_options(name: str) -> list[str]:
+    """The options a backend takes: the keyword parameters of its ``from_bundle``."""
+    params = inspect.signature(backend_class(name).from_bundle).parameters
+    return [p for p in params if p != "bundle"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendSpec:
+    """Which backend runs the network and with which options; checked when made, so a wrong combination
+    (``--server`` without ``--backend triton``) fails before any work."""
+
+    name: str = "onnx"
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        allowed = backend_options(self.name)
+        for key, _ in self.options:
+            if key not in allowed:
+                owners = [b for b in BACKENDS if key in backend_options(b)]
+                where = f"goes with --backend {' or '.join(owners)}" if owners else "is not a backend option"
+                raise JetTaggerError(f"--{key.replace('_', '-')} {where} (backend {self.name!r})")
+
+    @classmethod
+    def of(cls, backend: str | BackendSpec = "onnx", **options: Any) -> BackendSpec:
+        """A spec from a name (or a spec) and options; options that are None are left to the backend."""
+        if isinstance(backend, BackendSpec):
+            options = {**dict(backend.options), **options}
+            backend = backend.name
+        return cls(backend, tuple(sorted((k, v) for k, v in options.items() if v is not None)))
+
+
+def make_backend(spec: BackendSpec, bundle: Any) -> Any:
+    """The one backend factory: the runner ``spec`` names, for ``bundle``."""
+    return backend_class(spec.name).from_bundle(bundle, **dict(spec.options))
+
+
+class OnnxBackend(ProcessLocal):
     """onnxruntime session, created once per process (cached by file, size and mtime)."""
+
+    _process_local = ("_sess",)
 
     def __init__(
         self, path: str | Path, threads: int | None = None, providers: list[str] | None = None
@@ -62,8 +122,9 @@ class OnnxBackend:
         self.providers = providers or ["CPUExecutionProvider"]
         self._sess: Any = None
 
-    def __getstate__(self) -> dict[str, Any]:  # sessions never travel: each worker makes its own
-        return {**self.__dict__, "_sess": None}
+    @classmethod
+    def from_bundle(cls, bundle: Any, threads: int | None = None) -> OnnxBackend:
+        return cls(bundle.onnx_path, threads=threads)
 
     @property
     def session(self):
@@ -90,8 +151,10 @@ class OnnxBackend:
         return self.session.run(None, {k: inputs[k] for k in self.input_names})[0]
 
 
-class TorchBackend:
+class TorchBackend(ProcessLocal):
     """The bundle's ``model.pt`` in torch (CPU or GPU); needs the ``train`` extra."""
+
+    _process_local = ("_model",)
 
     def __init__(self, bundle: Any, device: str | None = None, dtype: str = "float32") -> None:
         if dtype not in ("float32", "float64"):
@@ -101,8 +164,9 @@ class TorchBackend:
         self.dtype = dtype
         self._model: Any = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_model": None}
+    @classmethod
+    def from_bundle(cls, bundle: Any, device: str | None = None, dtype: str = "float32") -> TorchBackend:
+        return cls(bundle, device=device, dtype=dtype)
 
     @property
     def model(self):

@@ -15,12 +15,25 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from ._errors import JetTaggerError
+
 if TYPE_CHECKING:
     from .config import InputGroup
 
 #: how a batch is padded: "dynamic" (its longest jet, within the group's min/max), "fixed" (the config's
 #: length, as weaver exports), or an exact length
 Padding = Literal["dynamic", "fixed"] | int
+
+
+def check_padding(value: str | int) -> Padding:
+    """The one check of a padding option (the CLI's text or the API's value)."""
+    if value in ("dynamic", "fixed"):
+        return value  # type: ignore[return-value]
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise JetTaggerError(f"--padding {value!r}: dynamic, fixed or a positive length")
 
 
 def dynamic_length(counts: np.ndarray, max_length: int | None) -> int:

@@ -252,25 +252,27 @@ def _add_evaluate(sub) -> None:
 
 
 def _add_backend(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=["onnx", "torch", "triton"], default="onnx", help="inference backend")
+    from .backends import BACKENDS
+
+    p.add_argument("--backend", choices=list(BACKENDS), default="onnx", help="inference backend")
     p.add_argument("--server", default=None, help="Triton server, grpc://host:8001 or http://host:8000")
     p.add_argument(
         "--served-model", default=None, help="model name on the Triton server (default: the bundle's name)"
     )
 
 
-def _backend(args: argparse.Namespace) -> dict:
-    """JetTagger's backend options from ``--backend``, ``--server``, ``--served-model``."""
-    if args.backend != "triton" and (args.server or args.served_model):
-        raise JetTaggerError("--server and --served-model go with --backend triton")
-    return {"backend": args.backend, "server": args.server, "served_model": args.served_model}
+def _backend(args: argparse.Namespace):
+    """The backend spec from ``--backend``, ``--server``, ``--served-model`` (checked here, once)."""
+    from .backends import BackendSpec
+
+    return BackendSpec.of(args.backend, server=args.server, served_model=args.served_model)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
     from .tagger import JetTagger
 
-    m = evaluate(JetTagger(args.model, **_backend(args)), args.input, args.output)
+    m = evaluate(JetTagger(args.model, backend=_backend(args)), args.input, args.output)
     print(f"{m['model']}: {m['n_jets']} jets, accuracy {_number(m['accuracy'], '.4f')}")
     _print_discriminants(m)
     return 0
@@ -308,6 +310,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .evaluation import predict_files
+    from .outputs import write_jet_table
     from .tagger import JetTagger
 
     out = Path(args.output)
@@ -316,25 +319,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     missing = [f for f in args.input if not Path(f).is_file()]
     if missing:
         raise JetTaggerError(f"--input: no such file {missing[0]}")
-    cols = predict_files(JetTagger(args.model, **_backend(args)), args.input, progress=True)
-    if out.suffix == ".root":
-        import numpy as np
-        import uproot
-
-        from .truth import TRUTH_CLASSES
-
-        if "truth" in cols:  # ROOT trees take numbers: the index into TRUTH_CLASSES
-            cols["truth_index"] = np.array(
-                [TRUTH_CLASSES.index(t) for t in cols.pop("truth")], dtype=np.int32
-            )
-        with uproot.recreate(out) as f:
-            f.mktree("Events", {k: v.dtype for k, v in cols.items()}).extend(cols)
-    elif out.suffix == ".parquet":
-        import awkward as ak
-
-        ak.to_parquet(ak.zip(cols), out)
-    else:
-        raise JetTaggerError(f"--output must end in .root or .parquet, got {out}")
+    cols = predict_files(JetTagger(args.model, backend=_backend(args)), args.input, progress=True)
+    write_jet_table(cols, out)
     print(f"{out}: {len(next(iter(cols.values())))} jets")
     return 0
 
@@ -479,35 +465,25 @@ def _add_run(sub) -> None:
     p.set_defaults(func=_run_run)
 
 
-def _padding(text: str) -> str | int:
-    if text in ("dynamic", "fixed"):
-        return text
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    raise JetTaggerError(f"--padding {text!r}: dynamic, fixed or a positive length")
-
-
 def _run_run(args: argparse.Namespace) -> int:
     import json
 
     from . import models, plotting
     from .bundle import Bundle
     from .data import default_fileset
+    from .execution import run_fileset
+    from .fileset import load_fileset
+    from .outputs import write_outputs
     from .processor import Selection
-    from .run import load_fileset, run_fileset, write_outputs
 
-    padding = _padding(args.padding)
     selection = Selection(args.pt_min, args.pt_max, args.eta_max, args.msd_min, args.msd_max, args.jet_id)
+    backend = _backend(args)
     bundle = Bundle.load(models.resolve(args.model))
     fileset = load_fileset(args.fileset) if args.fileset else default_fileset()
-    if args.working_points:
-        from .workingpoints import read_thresholds
-
-        read_thresholds(args.working_points)  # a bad file fails here, before any work
     if args.label is not None:
         plotting.LABEL = args.label
     out = run_fileset(
-        bundle.path,
+        bundle,
         fileset,
         executor=args.executor,
         workers=args.workers,
@@ -516,17 +492,22 @@ def _run_run(args: argparse.Namespace) -> int:
         skip_bad_files=args.skip_bad_files,
         lumi=args.lumi,
         selection=selection,
-        padding=padding,
+        padding=args.padding,
         working_points=args.working_points,
         per_jet=args.per_jet,
-        **_backend(args),
+        backend=backend,
     )
     paths = write_outputs(out, args.output)
-    m = json.loads(paths["metrics"].read_text())
+    _print_run(json.loads(paths["metrics"].read_text()), out, paths, args.output)
+    return 0
+
+
+def _print_run(m: dict, out: dict, paths: dict, folder: str) -> None:
+    """The run's summary: speed, accuracy, discriminants, warnings, skipped files, outputs."""
     jets = sum(c["selected_jets"] for c in m["cutflow"].values())
     acc = f", accuracy {m['accuracy']:.3f}" if m["accuracy"] is not None else ""
     print(
-        f"{bundle.name} on {out['meta']['executor']}: {jets} jets in {m['seconds']:.1f} s "
+        f"{out['meta']['model']} on {out['meta']['executor']}: {jets} jets in {m['seconds']:.1f} s "
         f"({m['jets_per_second']:.0f} jets/s){acc}"
     )
     _print_discriminants(m)
@@ -537,8 +518,7 @@ def _run_run(args: argparse.Namespace) -> int:
             f"  skipped {s['file'] or s['dataset']}: {s['events'] if s['events'] is not None else 'unknown'} "
             f"events ({s['error']})"
         )
-    print(f"outputs in {args.output}/: " + ", ".join(p.name for p in paths.values()))
-    return 0
+    print(f"outputs in {folder}/: " + ", ".join(p.name for p in paths.values()))
 
 
 def _add_workingpoints(sub) -> None:

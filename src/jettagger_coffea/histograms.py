@@ -1,4 +1,5 @@
-"""Histogram builders: hist.Hist for eager chunks (coffea Runner), hist.dask.Hist for dask-awkward."""
+"""The processor's histograms: axes and builders, of the histogram class the chunk's arrays take
+(``hist.Hist`` for eager chunks, ``hist.dask.Hist`` for dask-awkward: :class:`.columnar.Ops`)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,9 @@ DISC_EDGES = np.unique(np.concatenate([np.linspace(0, 0.9, 91), 1 - np.logspace(
 DISC_AXIS = hist.axis.Variable(DISC_EDGES, name="score", label="Discriminant")
 
 
-def _hist(dask: bool, *axes) -> hist.Hist:
+def _hist(cls: type, *axes) -> hist.Hist:
     """Weight storage: sums of weights and of squared weights (variances), for simulation and data alike."""
-    if dask:
-        import hist.dask as hda
-
-        return hda.Hist(*axes, storage=hist.storage.Weight())
-    return hist.Hist(*axes, storage=hist.storage.Weight())
+    return cls(*axes, storage=hist.storage.Weight())
 
 
 def dataset_axis() -> hist.axis.StrCategory:
@@ -48,7 +45,8 @@ def make_histograms(
     discriminants: Sequence[str],
     working_points: Sequence[str],
     pt_bins: Sequence[float] = PT_BINS,
-    dask: bool = False,
+    *,
+    hist_class: type = hist.Hist,
     stored: Sequence[str] = (),
 ) -> dict[str, hist.Hist]:
     cls = hist.axis.StrCategory(list(classes), name="cls", label="Class")
@@ -60,7 +58,7 @@ def make_histograms(
         # event / jet counts as a histogram: scalar reductions do not work lazily with dask >= 2025.4
         # cutflow: raw counts (quantity "raw") and sums of event weights ("sumw") per step
         "counts": _hist(
-            dask,
+            hist_class,
             dataset_axis(),
             hist.axis.StrCategory([], growth=True, name="file"),
             hist.axis.StrCategory(list(CUTFLOW), name="step"),
@@ -68,33 +66,33 @@ def make_histograms(
             hist.axis.Regular(1, 0, 1, name="unit"),
         ),
         "jets": _hist(
-            dask,
+            hist_class,
             dataset_axis(),
             truth_axis(),
             hist.axis.StrCategory(["tagged", "no_constituents"], name="status"),
             pt_axis(pt_bins),
         ),
-        "scores": _hist(dask, dataset_axis(), truth_axis(), pt_axis(pt_bins), cls, SCORE_AXIS),
-        "discriminant": _hist(dask, dataset_axis(), truth_axis(), pt_axis(pt_bins), disc, DISC_AXIS),
+        "scores": _hist(hist_class, dataset_axis(), truth_axis(), pt_axis(pt_bins), cls, SCORE_AXIS),
+        "discriminant": _hist(hist_class, dataset_axis(), truth_axis(), pt_axis(pt_bins), disc, DISC_AXIS),
         "predicted": _hist(
-            dask,
+            hist_class,
             dataset_axis(),
             truth_axis(),
             hist.axis.IntCategory(
                 list(range(len(classes))), name="predicted", label="Predicted class (argmax)"
             ),
         ),
-        "msoftdrop": _hist(dask, dataset_axis(), truth_axis(), MSD_AXIS),
+        "msoftdrop": _hist(hist_class, dataset_axis(), truth_axis(), MSD_AXIS),
         # recomputed vs stored NanoAOD score, per discriminant the bundle names a stored branch for
         "stored": _hist(
-            dask,
+            hist_class,
             dataset_axis(),
             hist.axis.StrCategory(list(stored) or ["none"], name="disc"),
             hist.axis.Regular(50, 0, 1, name="recomputed", label="Recomputed score"),
             hist.axis.Regular(50, 0, 1, name="stored", label="Stored NanoAOD score"),
         ),
         "wp_pt": _hist(
-            dask,
+            hist_class,
             dataset_axis(),
             truth_axis(),
             disc,
@@ -103,5 +101,5 @@ def make_histograms(
             pt_axis(pt_bins),
             hist.axis.Variable(ABSETA_BINS, name="abseta", label="Jet |eta|"),
         ),
-        "wp_msd": _hist(dask, dataset_axis(), truth_axis(), disc, wps, passed, MSD_AXIS),
+        "wp_msd": _hist(hist_class, dataset_axis(), truth_axis(), disc, wps, passed, MSD_AXIS),
     }

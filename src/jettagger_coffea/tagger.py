@@ -5,6 +5,7 @@ virtual or dask-awkward) and on JetClass records. Returns [events][jets][classes
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,13 +13,13 @@ import awkward as ak
 import numpy as np
 
 from ._errors import JetTaggerError
-from .backends import MAX_PAIRS, MAX_SLOTS, OnnxBackend, TorchBackend, run_batched, tuned_budget
-from .batching import Padding
+from .backends import MAX_PAIRS, MAX_SLOTS, BackendSpec, make_backend, run_batched, tuned_budget
+from .batching import Padding, check_padding
 from .bundle import Bundle
+from .columnar import empty_jagged, map_chunks
 from .features import make_table, standardise
 from .metrics import discriminant
 from .sources import JETS, needed_branches
-from .triton import TritonBackend
 
 
 @dataclasses.dataclass
@@ -31,45 +32,30 @@ class TagResult:
     n_nonfinite: int
 
 
-def _is_dask(x: Any) -> bool:
-    return type(x).__module__.startswith("dask_awkward")
-
-
 class JetTagger:
     """A tagger bundle ready to run.
 
     >>> tagger = JetTagger("pfn")                              # doctest: +SKIP
     >>> scores = tagger(events)                                # [events][FatJet][classes]
     >>> fatjets = tagger.attach(events, jets=events.FatJet.pt > 300)  # FatJet.score_<class> fields
+
+    ``backend``: a name (onnx, torch, triton) or a :class:`~.backends.BackendSpec`; ``backend_options``
+    (``threads``, ``device``, ``dtype``, ``server``, ``served_model``) go to that backend.
     """
 
     def __init__(
         self,
         bundle: str | Path | Bundle,
-        backend: str = "onnx",
+        *,
+        backend: str | BackendSpec = "onnx",
         padding: Padding = "dynamic",
         max_slots: int | Literal["auto"] = "auto",
-        threads: int | None = None,
-        device: str | None = None,
-        dtype: str = "float32",
-        server: str | None = None,
-        served_model: str | None = None,
+        **backend_options: Any,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-        if backend == "onnx":
-            self.backend: Any = OnnxBackend(self.bundle.onnx_path, threads=threads)
-        elif backend == "torch":
-            self.backend = TorchBackend(self.bundle, device=device, dtype=dtype)
-        elif backend == "triton":
-            if not server:
-                raise JetTaggerError("the triton backend needs a server URL (--server grpc://host:8001)")
-            self.backend = TritonBackend(server, served_model or self.bundle.name, self.bundle)
-            self.backend.metadata()  # an unreachable server or a different model fails here, before any work
-        else:
-            raise JetTaggerError(f"unknown backend {backend!r} (onnx, torch or triton)")
-        if padding not in ("dynamic", "fixed") and not isinstance(padding, int):
-            raise JetTaggerError(f"padding must be 'dynamic', 'fixed' or an int, got {padding!r}")
-        self.padding = padding
+        self.padding = check_padding(padding)
+        self.spec = BackendSpec.of(backend, **backend_options)
+        self.backend = make_backend(self.spec, self.bundle)
         self.max_slots = max_slots
 
     @property
@@ -95,7 +81,7 @@ class JetTagger:
         max_pairs = MAX_PAIRS if self.bundle.pairwise else None
         budget = self.max_slots
         if budget == "auto":
-            key = (str(self.bundle.path), type(self.backend).__name__, getattr(self.backend, "threads", None))
+            key = (str(self.bundle.path), self.spec)
             budget = (
                 tuned_budget(key, self.backend, std, len(self.classes), self.bundle.min_length, max_pairs)
                 or MAX_SLOTS
@@ -120,13 +106,15 @@ class JetTagger:
                     "for a selection of events.FatJet), not a jet collection"
                 )
             return ak.Array(self.score_jets(events).scores)
-        if _is_dask(events):
-            import dask_awkward as dak
-
-            configure_dask()
-            args = (events,) if jets is None else (events, jets)
-            return dak.map_partitions(_score_partition, *args, tagger=self, label="jettagger-scores")
-        return _score_partition(events, jets, tagger=self)
+        args = (events,) if jets is None else (events, jets)
+        return map_chunks(
+            _score_chunk,
+            *args,
+            tagger=self,
+            touches=_score_columns,
+            empty=functools.partial(empty_jagged, len(self.classes)),
+            label="jettagger-scores",
+        )
 
     def attach(self, events: Any, jets: Any = None, prefix: str = "score_") -> Any:
         """``events.FatJet`` (``[jets]`` if given) with one ``<prefix><class>`` field per class and one
@@ -140,27 +128,18 @@ class JetTagger:
         return out
 
 
-def configure_dask() -> None:
-    """Keep dask-awkward's column projection but skip its layer-chain rewrite, which fails on coffea's
-    cross-referenced collections with dask >= 2025.4 ("Cannot fuse tasks with multiple outputs"). Set
-    globally: it must hold when the graph is computed."""
-    import dask
-
-    dask.config.set({"awkward.optimization.which": ["columns"]})
-
-
-def _score_partition(events: ak.Array, jets: ak.Array | None = None, *, tagger: JetTagger) -> ak.Array:
-    """One chunk: tag the (selected) FatJets, in [events][jets][classes]. On a typetracer it touches exactly
-    the branches the preset and config read, and returns the result's form."""
-    k = len(tagger.classes)
-    fatjets = events[JETS] if jets is None else events[JETS][jets]
-    counts = ak.num(fatjets, axis=1)
-    if ak.backend(events) == "typetracer":
-        for coll, field in needed_branches(tagger.config, tagger.bundle.preset):
-            if coll in ak.fields(events) and field in ak.fields(events[coll]):
-                ak.typetracer.touch_data(events[coll][field])
-        ak.typetracer.touch_data(counts)
-        empty = ak.unflatten(ak.Array(np.zeros((0, k), dtype=np.float32)), np.zeros(0, dtype=np.int64))
-        return ak.Array(empty.layout.to_typetracer(forget_length=True))
+def _score_chunk(events: ak.Array, jets: ak.Array | None = None, *, tagger: JetTagger) -> ak.Array:
+    """One chunk: the (selected) FatJets' scores in [events][jets][classes]."""
+    counts = ak.num(events[JETS] if jets is None else events[JETS][jets], axis=1)
     result = tagger.score_jets(events, jets=jets)
     return ak.unflatten(ak.from_numpy(result.scores, regulararray=True), ak.to_numpy(counts))
+
+
+def _score_columns(events: ak.Array, jets: ak.Array | None = None, *, tagger: JetTagger) -> list[Any]:
+    """What a chunk reads: exactly the branches the preset and config name, and the jet counts."""
+    cols = [
+        events[coll][field]
+        for coll, field in needed_branches(tagger.config, tagger.bundle.preset)
+        if coll in ak.fields(events) and field in ak.fields(events[coll])
+    ]
+    return [*cols, ak.num(events[JETS] if jets is None else events[JETS][jets], axis=1)]

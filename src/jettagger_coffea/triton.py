@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import JetTaggerError
+from ._state import ProcessLocal
 
 #: jets per request: Triton refuses a batch above the model's max_batch_size, so larger ones are split
 MAX_BATCH = 1024
@@ -73,10 +74,12 @@ def _transient(err: Exception) -> bool:
     return any(t in text for t in TRANSIENT) or isinstance(err, (ConnectionError, TimeoutError))
 
 
-class TritonBackend:
+class TritonBackend(ProcessLocal):
     """Sends each padded batch to a Triton server (gRPC, or HTTP for ``http://`` URLs), split at the
     model's ``max_batch_size``; transient errors (server starting, overloaded, connection dropped) are
     retried with exponential back-off. The connection is made per process (never pickled)."""
+
+    _process_local = ("_client",)
 
     def __init__(
         self,
@@ -96,8 +99,17 @@ class TritonBackend:
         self._client: Any = None
         self._meta: dict[str, Any] | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None}
+    @classmethod
+    def from_bundle(
+        cls, bundle: Any, server: str | None = None, served_model: str | None = None
+    ) -> TritonBackend:
+        """The bundle's network on ``server``; an unreachable server or a model that does not match the
+        bundle fails here, before any work."""
+        if not server:
+            raise JetTaggerError("the triton backend needs a server URL (--server grpc://host:8001)")
+        backend = cls(server, served_model or bundle.name, bundle)
+        backend.metadata()
+        return backend
 
     @property
     def _http(self) -> bool:

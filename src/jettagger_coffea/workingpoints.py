@@ -50,7 +50,7 @@ def correction_set(bundle: Any, hists: dict[str, Any] | None = None) -> dict[str
     ``up`` / ``down`` the 68 % Wilson interval on effective counts) as a correctionlib CorrectionSet."""
     import correctionlib.schemav2 as cs
 
-    from .processor import effective_counts, wilson_interval
+    from .analysis import effective_counts, wilson_interval
 
     wps = bundle.working_points
     if not wps:

@@ -1,0 +1,202 @@
+"""What a run's filled histograms say: the cutflow, working-point efficiencies with binomial intervals on
+effective counts and adaptive binning, binned ROCs and the metrics document. One module for the
+statistics that plots, working points and metrics.json all read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ._errors import JetTaggerError
+from .metrics import background_classes, figures_from_roc, metrics_document, roc_from_hist
+from .truth import truth_of_class
+
+#: efficiency plots merge neighbouring bins until each holds this many (effective) jets
+MIN_JETS_PER_BIN = 20.0
+
+
+def cutflow(hists: dict[str, Any], scale: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
+    """Per dataset: each step's raw count (``<step>``) and normalised sum of weights (``<step>_sumw``)."""
+    out: dict[str, dict[str, float]] = {}
+    counts = hists["counts"]
+    for ds in counts.axes["dataset"]:
+        f = (scale or {}).get(ds, 1.0)
+        row: dict[str, float] = {}
+        for step in counts.axes["step"]:
+            sub = counts[{"dataset": ds, "step": step}]
+            row[step] = round(sub[{"quantity": "raw"}].sum(flow=True).value)
+            row[f"{step}_sumw"] = float(sub[{"quantity": "sumw"}].sum(flow=True).value) * f
+        out[ds] = row
+    return out
+
+
+def efficiency(
+    h: Any,
+    disc: str,
+    wp: str,
+    axis: str = "pt",
+    truth: str | Sequence[str] | None = None,
+    dataset: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(edges, passed, total, sum w^2 passed, sum w^2 total) of a working point vs ``axis`` from the
+    ``wp_pt`` / ``wp_msd`` histogram, summed over the given truth classes and datasets."""
+    sel: dict[str, Any] = {"disc": disc, "wp": wp}
+    if dataset is not None:
+        sel["dataset"] = dataset
+    sub = h[sel]
+    truths = [truth] if isinstance(truth, str) else list(truth or sub.axes["truth"])
+    parts = [sub[{"truth": t}].project("passed", axis) for t in truths if t in sub.axes["truth"]]
+    if not parts:
+        raise JetTaggerError(f"no truth class {truths} in the working-point histogram")
+    sub = sum(parts[1:], parts[0])
+    view = sub.view()
+    edges = sub.axes[axis].edges
+    passed, total = view["value"][1], view["value"].sum(axis=0)
+    return edges, passed, total, view["variance"][1], view["variance"].sum(axis=0)
+
+
+def merge_sparse_bins(
+    edges: np.ndarray,
+    passed: np.ndarray,
+    total: np.ndarray,
+    var_passed: np.ndarray,
+    var_total: np.ndarray,
+    min_jets: float = 20.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Binning that adapts to the statistics: neighbouring bins are merged, left to right, until each holds
+    at least ``min_jets`` effective jets (sum w)^2 / sum w^2; a short remainder joins the last bin."""
+    keep = [0]
+    acc_w = acc_w2 = 0.0
+    for i in range(len(total)):
+        acc_w, acc_w2 = acc_w + total[i], acc_w2 + var_total[i]
+        if acc_w2 > 0 and acc_w * acc_w / acc_w2 >= min_jets:
+            keep.append(i + 1)
+            acc_w = acc_w2 = 0.0
+    if keep[-1] != len(total):
+        if len(keep) > 1 and acc_w > 0:
+            keep[-1] = len(total)  # too few jets after the last full bin: widen it
+        else:
+            keep.append(len(total))
+    cuts = np.asarray(keep)
+    summed = [
+        np.add.reduceat(np.asarray(c, dtype=np.float64), cuts[:-1])
+        for c in (passed, total, var_passed, var_total)
+    ]
+    return (np.asarray(edges)[cuts], *summed)  # type: ignore[return-value]
+
+
+def wilson_interval(passed: np.ndarray, total: np.ndarray, z: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval (68 %) of pass / total; with weights use effective counts."""
+    passed, total = np.asarray(passed, dtype=float), np.asarray(total, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = passed / total
+        denom = 1 + z * z / total
+        centre = (p + z * z / (2 * total)) / denom
+        half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+        # the interval contains p also after rounding (p = 0 or 1 would otherwise poke out by 1e-17)
+        return np.clip(np.fmin(centre - half, p), 0, 1), np.clip(np.fmax(centre + half, p), 0, 1)
+
+
+def effective_counts(
+    passed: np.ndarray, total: np.ndarray, var_total: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted (passed, total) -> the unweighted counts with the same relative precision (Kish)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n_eff = np.where(var_total > 0, total**2 / var_total, 0.0)
+        scale = np.where(total > 0, n_eff / total, 0.0)
+    return passed * scale, total * scale
+
+
+def _truth_rows(h: Any, classes: Sequence[str]) -> list[int]:
+    """Positions on a histogram's truth axis of the truth classes behind these model classes."""
+    truths = list(h.axes["truth"])
+    wanted = {truth_of_class(c) for c in classes} - {None}
+    return [i for i, t in enumerate(truths) if t in wanted]
+
+
+def binned_roc(h: Any, name: str, d: dict[str, Any], classes: Sequence[str]):
+    """(eps_b, eps_s, n_signal, n_background) of one discriminant from the ``discriminant`` histogram."""
+    hd = h[{"disc": name}].project("truth", "score")
+    values = hd.values()
+    s_rows = _truth_rows(hd, d["signal"])
+    b_rows = [i for i in _truth_rows(hd, background_classes(classes, d)) if i not in s_rows]
+    if not s_rows or not b_rows:
+        return None
+    s, b = values[s_rows].sum(axis=0), values[b_rows].sum(axis=0)
+    if s.sum() <= 0 or b.sum() <= 0:
+        return None
+    eb, es = roc_from_hist(s, b)
+    return eb, es, float(s.sum()), float(b.sum())
+
+
+def metrics_from_hists(out: dict[str, Any]) -> dict[str, Any]:
+    """Binned front end of :func:`metrics.metrics_document`: ROCs from the run's discriminant histograms,
+    accuracy and confusion from its predicted-class histogram, plus the cutflow and timing."""
+    h = out["hists"]
+    meta = out["meta"]
+    classes = meta["classes"]
+    figures = {}
+    for name, d in meta["discriminants"].items():
+        roc = binned_roc(h["discriminant"], name, d, classes)
+        if roc is not None:
+            figures[name] = figures_from_roc(*roc)
+    hp = h["predicted"].project("truth", "predicted")
+    truths = list(hp.axes["truth"])
+    cm = np.zeros((len(classes), len(classes)))
+    for i, c in enumerate(classes):
+        t = truth_of_class(c)
+        if t == c and t in truths:  # the confusion matrix needs model classes that are truth classes
+            cm[i] = hp.values()[truths.index(t)]
+    jets = sum(c["selected_jets"] for c in out["cutflow"].values())
+    return metrics_document(
+        "binned",
+        meta["model"],
+        classes,
+        figures,
+        cm,
+        cutflow=out["cutflow"],
+        normalisation=out.get("normalisation", {}),
+        selection=meta.get("selection"),
+        skipped=out.get("skipped", []),
+        warnings=out.get("warnings", []),
+        seconds=meta["seconds"],
+        jets_per_second=jets / meta["seconds"] if meta["seconds"] else None,
+    )
+
+
+def roc_curves(out: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """Per discriminant with signal and background jets: (eps_b, eps_s, n_background)."""
+    h, meta = out["hists"], out["meta"]
+    curves = {}
+    for name, d in meta["discriminants"].items():
+        roc = binned_roc(h["discriminant"], name, d, meta["classes"])
+        if roc is not None:
+            curves[name] = (roc[0], roc[1], roc[3])
+    return curves
+
+
+def truth_groups(classes: Sequence[str], d: dict[str, Any]) -> dict[str, list[str]]:
+    """The truth classes behind a discriminant's signal and background model classes."""
+    sig = {t for t in map(truth_of_class, d["signal"]) if t is not None}
+    bkg = {t for t in map(truth_of_class, background_classes(classes, d)) if t is not None} - sig
+    return {"signal": sorted(sig), "background": sorted(bkg)}
+
+
+def efficiency_curves(
+    h: Any, name: str, wps: Sequence[str], truths: Sequence[str], axis: str
+) -> dict[str, dict[str, tuple]]:
+    """wp -> truth class -> (edges, passed, total, low, high) of one discriminant vs ``axis``: sparse bins
+    merged to :data:`MIN_JETS_PER_BIN` effective jets, 68 % Wilson intervals on effective counts."""
+    eff: dict[str, dict[str, tuple]] = {}
+    for wp in wps:
+        for t in truths:
+            counts = efficiency(h, name, wp, axis=axis, truth=t)
+            if counts[2].sum() <= 0:
+                continue
+            edges, p, n, _, vn = merge_sparse_bins(*counts, min_jets=MIN_JETS_PER_BIN)
+            pe, ne = effective_counts(p, n, vn)
+            lo, hi = wilson_interval(pe, ne)
+            eff.setdefault(wp, {})[t] = (edges, p, n, lo, hi)
+    return eff
