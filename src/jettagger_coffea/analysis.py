@@ -36,23 +36,25 @@ def efficiency(
     h: Any,
     disc: str,
     wp: str,
-    axis: str = "pt",
+    axis: str | tuple[str, ...] = "pt",
     truth: str | Sequence[str] | None = None,
     dataset: str | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(edges, passed, total, sum w^2 passed, sum w^2 total) of a working point vs ``axis`` from the
-    ``wp_pt`` / ``wp_msd`` histogram, summed over the given truth classes and datasets."""
+) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(edges, passed, total, sum w^2 passed, sum w^2 total) of a working point vs ``axis`` (or several
+    axes: edges is then a tuple, one per axis) from the ``wp_pt`` / ``wp_msd`` histogram, summed over the
+    given truth classes and datasets."""
+    axes = (axis,) if isinstance(axis, str) else tuple(axis)
     sel: dict[str, Any] = {"disc": disc, "wp": wp}
     if dataset is not None:
         sel["dataset"] = dataset
     sub = h[sel]
     truths = [truth] if isinstance(truth, str) else list(truth or sub.axes["truth"])
-    parts = [sub[{"truth": t}].project("passed", axis) for t in truths if t in sub.axes["truth"]]
+    parts = [sub[{"truth": t}].project("passed", *axes) for t in truths if t in sub.axes["truth"]]
     if not parts:
         raise JetTaggerError(f"no truth class {truths} in the working-point histogram")
     sub = sum(parts[1:], parts[0])
     view = sub.view()
-    edges = sub.axes[axis].edges
+    edges = sub.axes[axis].edges if isinstance(axis, str) else tuple(sub.axes[a].edges for a in axes)
     passed, total = view["value"][1], view["value"].sum(axis=0)
     return edges, passed, total, view["variance"][1], view["variance"].sum(axis=0)
 
@@ -97,6 +99,17 @@ def wilson_interval(passed: np.ndarray, total: np.ndarray, z: float = 1.0) -> tu
         half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
         # the interval contains p also after rounding (p = 0 or 1 would otherwise poke out by 1e-17)
         return np.clip(np.fmin(centre - half, p), 0, 1), np.clip(np.fmax(centre + half, p), 0, 1)
+
+
+def binomial_interval(
+    passed: np.ndarray, total: np.ndarray, var_total: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(efficiency, low, high) of weighted counts: pass / total with the 68 % Wilson interval on the
+    effective counts; NaN where no jet is."""
+    pe, ne = effective_counts(passed, total, var_total)
+    lo, hi = wilson_interval(pe, ne)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return passed / total, lo, hi
 
 
 def effective_counts(
@@ -196,7 +209,6 @@ def efficiency_curves(
             if counts[2].sum() <= 0:
                 continue
             edges, p, n, _, vn = merge_sparse_bins(*counts, min_jets=MIN_JETS_PER_BIN)
-            pe, ne = effective_counts(p, n, vn)
-            lo, hi = wilson_interval(pe, ne)
+            _, lo, hi = binomial_interval(p, n, vn)
             eff.setdefault(wp, {})[t] = (edges, p, n, lo, hi)
     return eff

@@ -11,14 +11,16 @@ import inspect
 import os
 import threading
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ._errors import JetTaggerError
 from ._state import ProcessLocal
 from .batching import Padding, batch_length, sorted_batches
-from .features import Standardised
+
+if TYPE_CHECKING:
+    from .features import Standardised
 
 #: at most this many particle slots (jets x padded length) in one dense batch: bounds memory
 MAX_SLOTS = 256 * 128

@@ -9,8 +9,6 @@ from collections.abc import Sequence
 
 from ._errors import JetTaggerError
 
-EXECUTOR_CHOICES = ("iterative", "futures", "dask", "dask-awkward")
-
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate jets with Pythia 8 + FastJet and write ROOT files")
@@ -423,9 +421,8 @@ def _add_run(sub) -> None:
     )
     p.add_argument(
         "--executor",
-        choices=["auto", *EXECUTOR_CHOICES],
         default="auto",
-        help="auto: iterative for small jobs (<= 20000 events), dask otherwise",
+        help="iterative, futures, dask, dask-awkward, or auto: iterative for small jobs, dask otherwise",
     )
     p.add_argument("--workers", type=_positive(int), default=2, help="dask / futures worker processes")
     p.add_argument("--scheduler", default=None, help="address of an external dask scheduler")
