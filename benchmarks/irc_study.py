@@ -28,7 +28,9 @@ def table(models: list[str], max_particles: int, workdir: Path, truncated: bool 
     ]
     for model in models:
         figures = [
-            irc_figures(model, sources, workdir, max_particles, b, d, truncated=truncated)
+            irc_figures(
+                model, sources, workdir, max_particles=max_particles, backend=b, dtype=d, truncated=truncated
+            )
             for b, d in BACKENDS
         ]
         for case in figures[0]:

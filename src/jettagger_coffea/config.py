@@ -77,82 +77,13 @@ class DataConfig:
     # -- construction -------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, opts: Mapping[str, Any], source: str = "<dict>") -> DataConfig:
+        """Validate and type a parsed config; every error names ``source`` and the offending section."""
         opts = copy.deepcopy(dict(opts))
         pre = opts.get("preprocess") or {}
         method = str(pre.get("method", "manual")).lower()
-        auto = method.startswith("auto")
-        params = pre.get("params") or {}
-        new_vars = {
-            str(k): Expression(translate_legacy(str(v)), where=f"{source}: new_variables.{k}")
-            for k, v in (opts.get("new_variables") or {}).items()
-            if str(k) != str(v)
-        }
-        if not opts.get("inputs"):
-            raise JetTaggerError(f"{source}: no `inputs` section")
-        groups = {}
-        for gname, g in opts["inputs"].items():
-            if not isinstance(g, Mapping) or "vars" not in g:
-                raise JetTaggerError(f"{source}: input group {gname!r} has no `vars`")
-            pad_mode = str(g.get("pad_mode", "constant")).lower()
-            if pad_mode not in PAD_MODES:
-                raise JetTaggerError(f"{source}: input group {gname!r}: unknown pad_mode {pad_mode!r}")
-            if gname.endswith("_mask") and pad_mode != "constant":
-                raise JetTaggerError(f"{source}: mask input {gname!r} must use pad_mode: constant")
-            length = g.get("length")
-            if length is not None and (not isinstance(length, int) or length <= 0):
-                raise JetTaggerError(f"{source}: input group {gname!r}: length must be a positive int")
-            min_length = g.get("min_length", 1)
-            if (
-                not isinstance(min_length, int)
-                or min_length < 1
-                or (length is not None and min_length > length)
-            ):
-                raise JetTaggerError(
-                    f"{source}: input group {gname!r}: min_length must be an int in 1..length"
-                )
-            if not g["vars"]:
-                raise JetTaggerError(f"{source}: input group {gname!r} has no variables")
-            vs = []
-            for v in g["vars"]:
-                v = list(v) if isinstance(v, (list, tuple)) else [v]
-                name = str(v[0])
-                if name in params:  # a resolved (auto) config carries explicit params
-                    p = params[name]
-                    vs.append(
-                        VarSpec(
-                            name,
-                            p.get("center"),
-                            float(p.get("scale", 1)),
-                            float(p.get("min", -5)),
-                            float(p.get("max", 5)),
-                            float(p.get("pad_value", 0)),
-                        )
-                    )
-                    continue
-
-                def get(i, default, v=v):
-                    return v[i] if len(v) > i else default
-
-                center = get(1, "auto" if auto else None)
-                if center is not None and center != "auto":
-                    center = float(center)
-                vs.append(
-                    VarSpec(
-                        name, center, float(get(2, 1)), float(get(3, -5)), float(get(4, 5)), float(get(5, 0))
-                    )
-                )
-            groups[str(gname)] = InputGroup(str(gname), length, pad_mode, tuple(vs), min_length)
-        labels = opts.get("labels") or {}
-        ltype = str(labels.get("type", "simple"))
-        lvalue: list[str] | dict[str, Expression]
-        if ltype == "simple":
-            lvalue = [str(x) for x in labels.get("value") or []]
-        elif ltype == "custom":
-            lvalue = {
-                str(k): Expression(v, where=f"{source}: labels.{k}") for k, v in labels["value"].items()
-            }
-        else:
-            raise JetTaggerError(f"{source}: unknown labels type {ltype!r} (simple or custom)")
+        new_vars = _new_variables(opts.get("new_variables") or {}, source)
+        groups = _input_groups(opts.get("inputs"), source, method.startswith("auto"), pre.get("params") or {})
+        ltype, lvalue = _labels(opts.get("labels") or {}, source)
         sel = opts.get("selection")
         observers = tuple(opts.get("observers") or ()) or tuple(opts.get("monitor_variables") or ())
         return cls(
@@ -196,54 +127,11 @@ class DataConfig:
         except (OSError, json.JSONDecodeError) as err:
             raise JetTaggerError(f"cannot read preprocess.json {path}: {err}") from None
         try:
-            inputs = {}
-            for gname in j["input_names"]:
-                g = j[gname]
-                vars_ = []
-                for vname in g["var_names"]:
-                    info = g["var_infos"][vname]
-                    lo, hi = float(info["lower_bound"]), float(info["upper_bound"])
-                    identity = lo <= -1e31 and hi >= 1e31 and float(info["norm_factor"]) == 1.0
-                    vars_.append(
-                        [
-                            vname,
-                            None if identity else float(info["median"]),
-                            float(info["norm_factor"]),
-                            lo,
-                            hi,
-                            float(info.get("pad", 0)),
-                        ]
-                    )
-                pad_mode = base.inputs[gname].pad_mode if base and gname in base.inputs else "constant"
-                if "var_length" in g:
-                    length, min_length = int(g["var_length"]), 1
-                elif "max_length" in g:
-                    length, min_length = int(g["max_length"]), int(g.get("min_length", 1))
-                else:
-                    raise KeyError(f"{gname}.var_length (or min_length / max_length)")
-                inputs[gname] = {
-                    "length": length,
-                    "min_length": max(1, min_length),
-                    "pad_mode": pad_mode,
-                    "vars": vars_,
-                }
+            inputs = {gname: _preprocess_group(gname, j[gname], base) for gname in j["input_names"]}
             output_names = list(j["output_names"])
         except (KeyError, TypeError, ValueError) as err:
             raise JetTaggerError(f"{path}: malformed preprocess.json ({type(err).__name__}: {err})") from None
-        all_vars = [v[0] for g in inputs.values() for v in g["vars"]]  # type: ignore[attr-defined]
-        if base is not None:
-            new_vars = {k: e.source for k, e in base.new_variables.items()}
-            observers = list(base.observers)
-        else:
-            jetclass = any(v.startswith("part_") for v in all_vars)
-            new_vars = dict(JETCLASS_NEW_VARIABLES) if jetclass else {}
-            observers = []
-        for name in all_vars:  # a mask without a formula: ones on the other variables of its collection
-            stem = name.removesuffix("_mask")
-            if name.endswith("_mask") and name not in new_vars:
-                sibling = next((v for v in all_vars if v.startswith(f"{stem}_") and v != name), None)
-                if sibling is not None:
-                    new_vars[name] = f"ak.ones_like({sibling})"
+        new_vars, observers = _preprocess_formulas([v[0] for g in inputs.values() for v in g["vars"]], base)
         opts = {
             "inputs": inputs,
             "new_variables": new_vars,
@@ -350,3 +238,129 @@ class DataConfig:
                 },
             }
         return j
+
+
+# -- the steps of DataConfig.from_dict ---------------------------------------------------------------------
+def _new_variables(formulas: Mapping[str, Any], source: str) -> dict[str, Expression]:
+    """Parsed (and so checked) at load; ``name: name`` is weaver's way to say "read the branch" and is no
+    formula."""
+    return {
+        str(k): Expression(translate_legacy(str(v)), where=f"{source}: new_variables.{k}")
+        for k, v in formulas.items()
+        if str(k) != str(v)
+    }
+
+
+def _input_groups(
+    inputs: Mapping[str, Any] | None, source: str, auto: bool, params: Mapping[str, Any]
+) -> dict[str, InputGroup]:
+    if not inputs:
+        raise JetTaggerError(f"{source}: no `inputs` section")
+    return {str(gname): _input_group(gname, g, source, auto, params) for gname, g in inputs.items()}
+
+
+def _input_group(gname: str, g: Any, source: str, auto: bool, params: Mapping[str, Any]) -> InputGroup:
+    """One ``inputs`` entry, refused here (not at padding time) when its padding or lengths make no sense."""
+    if not isinstance(g, Mapping) or "vars" not in g:
+        raise JetTaggerError(f"{source}: input group {gname!r} has no `vars`")
+    pad_mode = str(g.get("pad_mode", "constant")).lower()
+    if pad_mode not in PAD_MODES:
+        raise JetTaggerError(f"{source}: input group {gname!r}: unknown pad_mode {pad_mode!r}")
+    if gname.endswith("_mask") and pad_mode != "constant":
+        raise JetTaggerError(f"{source}: mask input {gname!r} must use pad_mode: constant")
+    length = g.get("length")
+    if length is not None and (not isinstance(length, int) or length <= 0):
+        raise JetTaggerError(f"{source}: input group {gname!r}: length must be a positive int")
+    min_length = g.get("min_length", 1)
+    if not isinstance(min_length, int) or min_length < 1 or (length is not None and min_length > length):
+        raise JetTaggerError(f"{source}: input group {gname!r}: min_length must be an int in 1..length")
+    if not g["vars"]:
+        raise JetTaggerError(f"{source}: input group {gname!r} has no variables")
+    vs = tuple(_var_spec(v, auto, params) for v in g["vars"])
+    return InputGroup(str(gname), length, pad_mode, vs, min_length)
+
+
+def _var_spec(v: Any, auto: bool, params: Mapping[str, Any]) -> VarSpec:
+    """``name`` or ``[name, center, scale, min, max, pad_value]`` (weaver's positional form); a resolved
+    (auto) config carries the variable's explicit ``params`` instead."""
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    name = str(v[0])
+    if name in params:
+        p = params[name]
+        return VarSpec(
+            name,
+            p.get("center"),
+            float(p.get("scale", 1)),
+            float(p.get("min", -5)),
+            float(p.get("max", 5)),
+            float(p.get("pad_value", 0)),
+        )
+
+    def get(i, default):
+        return v[i] if len(v) > i else default
+
+    center = get(1, "auto" if auto else None)
+    if center is not None and center != "auto":
+        center = float(center)
+    return VarSpec(name, center, float(get(2, 1)), float(get(3, -5)), float(get(4, 5)), float(get(5, 0)))
+
+
+def _labels(labels: Mapping[str, Any], source: str) -> tuple[str, list[str] | dict[str, Expression]]:
+    """``simple``: the one-hot label branches; ``custom``: a formula per class."""
+    ltype = str(labels.get("type", "simple"))
+    lvalue: list[str] | dict[str, Expression]
+    if ltype == "simple":
+        lvalue = [str(x) for x in labels.get("value") or []]
+    elif ltype == "custom":
+        lvalue = {str(k): Expression(v, where=f"{source}: labels.{k}") for k, v in labels["value"].items()}
+    else:
+        raise JetTaggerError(f"{source}: unknown labels type {ltype!r} (simple or custom)")
+    return ltype, lvalue
+
+
+# -- the steps of DataConfig.from_preprocess_json ----------------------------------------------------------
+def _preprocess_group(gname: str, g: Mapping[str, Any], base: DataConfig | None) -> dict[str, Any]:
+    """One input group of a ``preprocess.json`` as a YAML ``inputs`` entry (pad_mode from ``base``)."""
+    vars_ = [_preprocess_var(vname, g["var_infos"][vname]) for vname in g["var_names"]]
+    pad_mode = base.inputs[gname].pad_mode if base and gname in base.inputs else "constant"
+    if "var_length" in g:
+        length, min_length = int(g["var_length"]), 1
+    elif "max_length" in g:
+        length, min_length = int(g["max_length"]), int(g.get("min_length", 1))
+    else:
+        raise KeyError(f"{gname}.var_length (or min_length / max_length)")
+    return {"length": length, "min_length": max(1, min_length), "pad_mode": pad_mode, "vars": vars_}
+
+
+def _preprocess_var(vname: str, info: Mapping[str, Any]) -> list[Any]:
+    """``[name, center, scale, min, max, pad]``; infinite bounds with scale 1 mean "no transform" (center
+    None)."""
+    lo, hi = float(info["lower_bound"]), float(info["upper_bound"])
+    identity = lo <= -1e31 and hi >= 1e31 and float(info["norm_factor"]) == 1.0
+    return [
+        vname,
+        None if identity else float(info["median"]),
+        float(info["norm_factor"]),
+        lo,
+        hi,
+        float(info.get("pad", 0)),
+    ]
+
+
+def _preprocess_formulas(all_vars: list[str], base: DataConfig | None) -> tuple[dict[str, str], list[str]]:
+    """The ``new_variables`` and observers a ``preprocess.json`` lacks: ``base``'s, else JetClass's formulas
+    for JetClass names; a mask still without a formula is ones on another variable of its collection."""
+    if base is not None:
+        new_vars = {k: e.source for k, e in base.new_variables.items()}
+        observers = list(base.observers)
+    else:
+        jetclass = any(v.startswith("part_") for v in all_vars)
+        new_vars = dict(JETCLASS_NEW_VARIABLES) if jetclass else {}
+        observers = []
+    for name in all_vars:
+        stem = name.removesuffix("_mask")
+        if name.endswith("_mask") and name not in new_vars:
+            sibling = next((v for v in all_vars if v.startswith(f"{stem}_") and v != name), None)
+            if sibling is not None:
+                new_vars[name] = f"ak.ones_like({sibling})"
+    return new_vars, observers

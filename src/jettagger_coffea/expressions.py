@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import awkward as ak
@@ -169,63 +169,68 @@ class Expression:
         return JetTaggerError(f"{self.where}: refused expression {self.source!r}: {what} is not allowed")
 
     def _check(self, node: ast.AST) -> None:
+        """Walk the tree once, at load: refuse what is not whitelisted and collect the names it reads."""
         if isinstance(node, ast.Constant):
             if not isinstance(node.value, (int, float, bool, str, type(None))):
                 raise self._refuse(f"constant {node.value!r}")
         elif isinstance(node, ast.Name):
-            if node.id.startswith("_") and node.id not in {"_label_"}:
-                raise self._refuse(f"name {node.id!r}")
-            if node.id in _MODULES:
-                raise self._refuse(f"bare module {node.id!r}")
-            if node.id not in {"True", "False", "None"}:
-                self.names.add(node.id)
+            self._check_name(node)
         elif isinstance(node, ast.Attribute):
             self._module_attr(node, constant=True)
-        elif isinstance(node, ast.BinOp):
+        elif isinstance(node, ast.Call):
+            self._check_call(node)
+        else:
+            for child in self._operands(node):
+                self._check(child)
+
+    def _check_name(self, node: ast.Name) -> None:
+        if node.id.startswith("_") and node.id not in {"_label_"}:
+            raise self._refuse(f"name {node.id!r}")
+        if node.id in _MODULES:
+            raise self._refuse(f"bare module {node.id!r}")
+        if node.id not in {"True", "False", "None"}:
+            self.names.add(node.id)
+
+    def _check_call(self, node: ast.Call) -> None:
+        """Only ``module.function(...)`` of a whitelisted function, with plain (not unpacked) arguments."""
+        if not isinstance(node.func, ast.Attribute):
+            raise self._refuse("calling anything but np./ak./math. functions")
+        self._module_attr(node.func, constant=False)
+        for a in node.args:
+            if isinstance(a, ast.Starred):
+                raise self._refuse("*args")
+            self._check(a)
+        for kw in node.keywords:
+            if kw.arg is None:
+                raise self._refuse("**kwargs")
+            self._check(kw.value)
+
+    def _operands(self, node: ast.AST) -> Sequence[ast.AST]:
+        """The sub-expressions of an operator or container node, once its operator is allowed; any other
+        node type is refused."""
+        if isinstance(node, ast.BinOp):
             if type(node.op) not in _BINOPS:
                 raise self._refuse(f"operator {type(node.op).__name__}")
-            self._check(node.left)
-            self._check(node.right)
-        elif isinstance(node, ast.UnaryOp):
+            return (node.left, node.right)
+        if isinstance(node, ast.UnaryOp):
             if type(node.op) not in _UNARY:
                 raise self._refuse(f"operator {type(node.op).__name__}")
-            self._check(node.operand)
-        elif isinstance(node, ast.BoolOp):
-            for v in node.values:
-                self._check(v)
-        elif isinstance(node, ast.Compare):
+            return (node.operand,)
+        if isinstance(node, ast.BoolOp):
+            return node.values
+        if isinstance(node, ast.Compare):
             if any(type(op) not in _COMPARE for op in node.ops):
                 raise self._refuse("this comparison")
-            self._check(node.left)
-            for c in node.comparators:
-                self._check(c)
-        elif isinstance(node, ast.IfExp):
-            for c in (node.test, node.body, node.orelse):
-                self._check(c)
-        elif isinstance(node, ast.Call):
-            if not isinstance(node.func, ast.Attribute):
-                raise self._refuse("calling anything but np./ak./math. functions")
-            self._module_attr(node.func, constant=False)
-            for a in node.args:
-                if isinstance(a, ast.Starred):
-                    raise self._refuse("*args")
-                self._check(a)
-            for kw in node.keywords:
-                if kw.arg is None:
-                    raise self._refuse("**kwargs")
-                self._check(kw.value)
-        elif isinstance(node, (ast.Tuple, ast.List)):
-            for e in node.elts:
-                self._check(e)
-        elif isinstance(node, ast.Subscript):
-            self._check(node.value)
-            self._check(node.slice)
-        elif isinstance(node, ast.Slice):
-            for part in (node.lower, node.upper, node.step):
-                if part is not None:
-                    self._check(part)
-        else:
-            raise self._refuse(type(node).__name__)
+            return (node.left, *node.comparators)
+        if isinstance(node, ast.IfExp):
+            return (node.test, node.body, node.orelse)
+        if isinstance(node, (ast.Tuple, ast.List)):
+            return node.elts
+        if isinstance(node, ast.Subscript):
+            return (node.value, node.slice)
+        if isinstance(node, ast.Slice):
+            return [part for part in (node.lower, node.upper, node.step) if part is not None]
+        raise self._refuse(type(node).__name__)
 
     def _module_attr(self, node: ast.Attribute, constant: bool) -> None:
         if not isinstance(node.value, ast.Name) or node.value.id not in _MODULES:

@@ -42,15 +42,15 @@ def _legend_outside(ax: Any, **kw: Any) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=11, frameon=False, **kw)
 
 
-def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str = "") -> Path:
+def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *, title: str = "") -> Path:
     """``curves``: name -> (is_signal, discriminant) per jet; drawn as :func:`roc_from_counts_plot`."""
     counts = {
         name: (*roc_curve(y, d)[:2], int((~np.asarray(y, bool)).sum())) for name, (y, d) in curves.items()
     }
-    return roc_from_counts_plot(counts, path, title)
+    return roc_from_counts_plot(counts, path, title=title)
 
 
-def roc_from_counts_plot(curves: Mapping[str, tuple], path: Path, title: str = "") -> Path:
+def roc_from_counts_plot(curves: Mapping[str, tuple], path: Path, *, title: str = "") -> Path:
     """``curves``: name -> (eps_b, eps_s[, n_background]). The AUC is in the legend; 1/eps_b cannot exceed
     the number of background jets, drawn as a dotted floor per curve."""
     _style()
@@ -107,7 +107,7 @@ def score_plot(
     return _save(fig, path)
 
 
-def confusion_plot(cm: np.ndarray, classes: Sequence[str], path: Path, title: str = "") -> Path:
+def confusion_plot(cm: np.ndarray, classes: Sequence[str], path: Path, *, title: str = "") -> Path:
     _style()
     fig, ax = plt.subplots(figsize=(8, 7))
     im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
@@ -133,52 +133,19 @@ def confusion_plot(cm: np.ndarray, classes: Sequence[str], path: Path, title: st
 
 
 def efficiency_plot(
-    curves: Mapping[str, Mapping[str, tuple]], path: Path, xlabel: str, title: str = ""
+    curves: Mapping[str, Mapping[str, tuple]], path: Path, xlabel: str, *, title: str = ""
 ) -> Path:
     """``curves``: working point -> truth class -> (edges, passed, total, low, high) with a binomial
     interval [low, high]. One panel per working point (shared axes), one colour per truth class; empty bins
     (no jets) are left out, bins where no jet passed are drawn as 68 % upper limits (arrows)."""
     _style()
-    ncols = min(3, len(curves))
-    nrows = -(-len(curves) // ncols)
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(4.2 * ncols + 2.2, 3.6 * nrows + 0.6), sharex=True, sharey=True, squeeze=False
-    )
+    fig, axes = _panel_grid(len(curves))
     truths = sorted({t for per_wp in curves.values() for t in per_wp})
     floor = 1.0
     for ax, (wp, per_wp) in zip(axes.flat, curves.items()):
         for t, (edges, passed, total, low, high) in per_wp.items():
             colour = COLOURS[truths.index(t) % len(COLOURS)]
-            centres, half = 0.5 * (edges[1:] + edges[:-1]), np.diff(edges) / 2
-            with np.errstate(invalid="ignore", divide="ignore"):
-                eff = passed / total
-            zero = (total > 0) & (passed <= 0)
-            ok = (total > 0) & ~zero
-            if ok.any():
-                floor = min(floor, float(np.min(low[ok][low[ok] > 0], initial=1.0)))
-                ax.errorbar(
-                    centres[ok],
-                    eff[ok],
-                    xerr=half[ok],
-                    yerr=[eff[ok] - low[ok], high[ok] - eff[ok]],
-                    fmt="o",
-                    color=colour,
-                    markersize=4,
-                    capsize=2,
-                    label=t,
-                )
-            if zero.any():
-                floor = min(floor, float(np.min(high[zero])) / 3)
-                ax.errorbar(
-                    centres[zero],
-                    high[zero],
-                    xerr=half[zero],
-                    yerr=0.4 * high[zero],
-                    uplims=True,
-                    fmt="none",
-                    color=colour,
-                    capsize=2,
-                )
+            floor = min(floor, _draw_efficiency(ax, edges, passed, total, low, high, colour=colour, label=t))
         ax.set_title(wp, fontsize=13)
         ax.set_yscale("log")
         ax.tick_params(labelsize=11)
@@ -189,6 +156,72 @@ def efficiency_plot(
         ax.set_xlabel(xlabel, fontsize=13)
     for ax in axes[:, 0]:
         ax.set_ylabel("Efficiency", fontsize=13)
+    _truth_legend(fig, axes)
+    fig.suptitle(f"{title}   (arrows: 68 % upper limit where no jet passed)   {LABEL}", fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1.0 - 2.2 / fig.get_figwidth(), 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _panel_grid(n: int) -> tuple[Any, np.ndarray]:
+    """Up to three panels a row, shared axes, room on the right for the legend."""
+    ncols = min(3, n)
+    nrows = -(-n // ncols)
+    return plt.subplots(
+        nrows, ncols, figsize=(4.2 * ncols + 2.2, 3.6 * nrows + 0.6), sharex=True, sharey=True, squeeze=False
+    )
+
+
+def _draw_efficiency(
+    ax: Any,
+    edges: np.ndarray,
+    passed: np.ndarray,
+    total: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    *,
+    colour: str,
+    label: str,
+) -> float:
+    """One truth class's efficiency in one panel; returns the lowest value drawn (at most 1), for the
+    shared y range."""
+    centres, half = 0.5 * (edges[1:] + edges[:-1]), np.diff(edges) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eff = passed / total
+    zero = (total > 0) & (passed <= 0)
+    ok = (total > 0) & ~zero
+    lowest = 1.0
+    if ok.any():
+        lowest = min(lowest, float(np.min(low[ok][low[ok] > 0], initial=1.0)))
+        ax.errorbar(
+            centres[ok],
+            eff[ok],
+            xerr=half[ok],
+            yerr=[eff[ok] - low[ok], high[ok] - eff[ok]],
+            fmt="o",
+            color=colour,
+            markersize=4,
+            capsize=2,
+            label=label,
+        )
+    if zero.any():
+        lowest = min(lowest, float(np.min(high[zero])) / 3)
+        ax.errorbar(
+            centres[zero],
+            high[zero],
+            xerr=half[zero],
+            yerr=0.4 * high[zero],
+            uplims=True,
+            fmt="none",
+            color=colour,
+            capsize=2,
+        )
+    return lowest
+
+
+def _truth_legend(fig: Any, axes: np.ndarray) -> None:
+    """One legend for all panels (a truth class drawn in several panels is listed once)."""
     handles = {h.get_label(): h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]}
     fig.legend(
         list(handles.values()),
@@ -200,11 +233,6 @@ def efficiency_plot(
         title="truth",
         title_fontsize=12,
     )
-    fig.suptitle(f"{title}   (arrows: 68 % upper limit where no jet passed)   {LABEL}", fontsize=12)
-    fig.tight_layout(rect=(0, 0, 1.0 - 2.2 / fig.get_figwidth(), 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def mass_plot(per_truth: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path) -> Path:
@@ -258,6 +286,7 @@ def after_lr_decay(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
 def learning_curve_plot(
     curves: Mapping[str, Sequence[Mapping[str, Any]]],
     path: Path,
+    *,
     discriminants: Sequence[str] = ("TvsQCD", "HbbvsQCD"),
     title: str = "",
 ) -> Path:
@@ -275,20 +304,41 @@ def learning_curve_plot(
         decayed = after_lr_decay(rows)
         for ax, panel in zip(axes[0], panels):
             if panel == "accuracy":
-                y = np.array([r["accuracy"] for r in rows])
-                err = np.sqrt(y * (1 - y) / np.array([max(r["n_jets"], 1) for r in rows]))
+                y, err = _accuracy(rows)
             else:
-                r50 = [r["discriminants"][panel]["rej50"] for r in rows]  # None: no background jet passed
-                nb = np.array([r["discriminants"][panel]["n_background"] for r in rows])
-                none = np.array([x is None for x in r50])
-                y = np.array([np.nan if x is None else x for x in r50], dtype=float)
-                err = rejection_error(y, nb)
+                y, err, nb, none = _rejection(rows, panel)
                 ax.plot(n[none], nb[none], "^", color=colour, ms=8, mfc="none")  # a lower limit: R50 > n_b
                 any_limit |= bool(none.any())
             flat = ~decayed
             ax.errorbar(n[flat], y[flat], yerr=err[flat], fmt="o-", color=colour, ms=4, capsize=2, label=name)
             ax.errorbar(n[decayed], y[decayed], yerr=err[decayed], fmt="*", color=colour, ms=11, capsize=2)
-    for ax, panel in zip(axes[0], panels):
+    _learning_curve_axes(axes[0], panels)
+    limits = "\nopen triangles: lower limits\n(no background jet passed)" if any_limit else ""
+    _legend_outside(axes[0, -1], title=f"stars: after LR decay{limits}", title_fontsize=11)
+    _corner(axes[0, -1], title)
+    return _save(fig, path)
+
+
+def _accuracy(rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy per row and its binomial error."""
+    y = np.array([r["accuracy"] for r in rows])
+    return y, np.sqrt(y * (1 - y) / np.array([max(r["n_jets"], 1) for r in rows]))
+
+
+def _rejection(
+    rows: Sequence[Mapping[str, Any]], panel: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """R50 of discriminant ``panel`` per row (NaN where no background jet passed: ``none``), its error and
+    the number of background jets (the lower limit there)."""
+    r50 = [r["discriminants"][panel]["rej50"] for r in rows]  # None: no background jet passed
+    nb = np.array([r["discriminants"][panel]["n_background"] for r in rows])
+    none = np.array([x is None for x in r50])
+    y = np.array([np.nan if x is None else x for x in r50], dtype=float)
+    return y, rejection_error(y, nb), nb, none
+
+
+def _learning_curve_axes(axes: Sequence[Any], panels: Sequence[str]) -> None:
+    for ax, panel in zip(axes, panels):
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(mpl.ticker.NullFormatter())
         ax.set_xlabel("Distinct training jets", fontsize=13)
@@ -298,7 +348,3 @@ def learning_curve_plot(
             ax.set_yscale("log")
             ax.set_ylabel(f"{panel}: 1/$\\varepsilon_b$ at $\\varepsilon_s$ = 50 %", fontsize=13)
         ax.tick_params(which="both", labelsize=11)
-    limits = "\nopen triangles: lower limits\n(no background jet passed)" if any_limit else ""
-    _legend_outside(axes[0, -1], title=f"stars: after LR decay{limits}", title_fontsize=11)
-    _corner(axes[0, -1], title)
-    return _save(fig, path)

@@ -20,7 +20,7 @@ def wp_name(kind: str, value: float) -> str:
 
 
 def derive(
-    disc_signal: np.ndarray, disc_background: np.ndarray, mistags=MISTAGS, efficiencies=EFFICIENCIES
+    disc_signal: np.ndarray, disc_background: np.ndarray, *, mistags=MISTAGS, efficiencies=EFFICIENCIES
 ) -> dict[str, float]:
     """``{name: threshold}``; a jet passes when ``discriminant > threshold``."""
     s = np.asarray(disc_signal, dtype=np.float64)
@@ -50,15 +50,28 @@ def correction_set(bundle: Any, hists: dict[str, Any] | None = None) -> dict[str
     ``up`` / ``down`` the 68 % Wilson interval on effective counts) as a correctionlib CorrectionSet."""
     import correctionlib.schemav2 as cs
 
-    from .analysis import effective_counts, wilson_interval
-
     wps = bundle.working_points
     if not wps:
         raise JetTaggerError(f"tagger bundle {bundle.path}: no working points in its model card")
-    thresholds = cs.Correction(
+    corrections = [_thresholds(bundle.name, wps)]
+    if hists is not None:
+        corrections += _efficiency_maps(bundle.name, wps, hists["wp_pt"])
+    cset = cs.CorrectionSet(
+        schema_version=2,
+        description=f"jettagger-coffea working points of {bundle.name}",
+        corrections=corrections,
+    )
+    return json.loads(cset.model_dump_json(exclude_unset=True))
+
+
+def _thresholds(name: str, wps: dict[str, dict[str, float]]) -> Any:
+    """The ``working_points`` correction: (discriminant, wp) -> threshold."""
+    import correctionlib.schemav2 as cs
+
+    return cs.Correction(
         name=WP_CORRECTION,
         version=1,
-        description=f"{bundle.name}: jet passes if discriminant > threshold",
+        description=f"{name}: jet passes if discriminant > threshold",
         inputs=[
             cs.Variable(name="discriminant", type="string", description="e.g. WvsQCD"),
             cs.Variable(name="wp", type="string", description="e.g. mistag1%"),
@@ -80,69 +93,64 @@ def correction_set(bundle: Any, hists: dict[str, Any] | None = None) -> dict[str
             ],
         ),
     )
-    corrections = [thresholds]
-    if hists is not None:
-        h = hists["wp_pt"]
-        for d in h.axes["disc"]:
-            for w in h.axes["wp"]:
-                per_truth = []
-                edges_pt = edges_eta = None
-                for t in h.axes["truth"]:
-                    sub = h[{"disc": d, "wp": w, "truth": t}].project("passed", "pt", "abseta")
-                    view = sub.view()
-                    p, n, vn = view["value"][1], view["value"].sum(axis=0), view["variance"].sum(axis=0)
-                    if n.sum() <= 0:
-                        continue
-                    edges_pt, edges_eta = sub.axes["pt"].edges, sub.axes["abseta"].edges
-                    pe, ne = effective_counts(p, n, vn)
-                    lo, hi = wilson_interval(pe, ne)
-                    with np.errstate(invalid="ignore", divide="ignore"):
-                        eff = p / n
-                    systs = []
-                    for name, values in (("nominal", eff), ("up", hi), ("down", lo)):
-                        systs.append(
-                            cs.CategoryItem(
-                                key=name,
-                                value=cs.MultiBinning(
-                                    nodetype="multibinning",
-                                    inputs=["pt", "abseta"],
-                                    edges=[list(map(float, edges_pt)), list(map(float, edges_eta))],
-                                    content=_binning_content(values),
-                                    flow="clamp",
-                                ),
-                            )
-                        )
-                    per_truth.append(
-                        cs.CategoryItem(
-                            key=str(t),
-                            value=cs.Category(nodetype="category", input="systematic", content=systs),
-                        )
-                    )
-                if not per_truth:
-                    continue
-                corrections.append(
-                    cs.Correction(
-                        name=f"{d}_{w}_efficiency",
-                        version=1,
-                        description=f"{bundle.name}: efficiency of {d} > {wps.get(d, {}).get(w)} ({w}) "
-                        "per truth "
-                        "class; bins without jets read 0",
-                        inputs=[
-                            cs.Variable(name="truth", type="string", description="QCD, Wqq, Zqq, Tbqq, Hbb"),
-                            cs.Variable(name="pt", type="real", description="FatJet pT [GeV]"),
-                            cs.Variable(name="abseta", type="real", description="FatJet |eta|"),
-                            cs.Variable(name="systematic", type="string", description="nominal, up, down"),
-                        ],
-                        output=cs.Variable(name="efficiency", type="real"),
-                        data=cs.Category(nodetype="category", input="truth", content=per_truth),
-                    )
+
+
+def _efficiency_maps(name: str, wps: dict[str, dict[str, float]], h: Any) -> list[Any]:
+    """One ``<disc>_<wp>_efficiency`` correction per discriminant and working point of the ``wp_pt``
+    histogram ``h``, over the truth classes it has jets of (none: no correction)."""
+    import correctionlib.schemav2 as cs
+
+    corrections = []
+    for d in h.axes["disc"]:
+        for w in h.axes["wp"]:
+            per_truth = [item for t in h.axes["truth"] if (item := _truth_efficiency(h, d, w, t)) is not None]
+            if not per_truth:
+                continue
+            corrections.append(
+                cs.Correction(
+                    name=f"{d}_{w}_efficiency",
+                    version=1,
+                    description=f"{name}: efficiency of {d} > {wps.get(d, {}).get(w)} ({w}) "
+                    "per truth class; bins without jets read 0",
+                    inputs=[
+                        cs.Variable(name="truth", type="string", description="QCD, Wqq, Zqq, Tbqq, Hbb"),
+                        cs.Variable(name="pt", type="real", description="FatJet pT [GeV]"),
+                        cs.Variable(name="abseta", type="real", description="FatJet |eta|"),
+                        cs.Variable(name="systematic", type="string", description="nominal, up, down"),
+                    ],
+                    output=cs.Variable(name="efficiency", type="real"),
+                    data=cs.Category(nodetype="category", input="truth", content=per_truth),
                 )
-    cset = cs.CorrectionSet(
-        schema_version=2,
-        description=f"jettagger-coffea working points of {bundle.name}",
-        corrections=corrections,
+            )
+    return corrections
+
+
+def _truth_efficiency(h: Any, d: str, w: str, t: str) -> Any:
+    """Truth class ``t``'s efficiency map (systematic -> pT x |eta| binning), None without jets of it."""
+    import correctionlib.schemav2 as cs
+
+    from .analysis import binomial_interval, efficiency
+
+    (edges_pt, edges_eta), p, n, _, vn = efficiency(h, d, w, axis=("pt", "abseta"), truth=t)
+    if n.sum() <= 0:
+        return None
+    eff, lo, hi = binomial_interval(p, n, vn)
+    systs = [
+        cs.CategoryItem(
+            key=name,
+            value=cs.MultiBinning(
+                nodetype="multibinning",
+                inputs=["pt", "abseta"],
+                edges=[list(map(float, edges_pt)), list(map(float, edges_eta))],
+                content=_binning_content(values),
+                flow="clamp",
+            ),
+        )
+        for name, values in (("nominal", eff), ("up", hi), ("down", lo))
+    ]
+    return cs.CategoryItem(
+        key=str(t), value=cs.Category(nodetype="category", input="systematic", content=systs)
     )
-    return json.loads(cset.model_dump_json(exclude_unset=True))
 
 
 def write_correction_set(path: str | Path, bundle: Any, hists: dict[str, Any] | None = None) -> Path:

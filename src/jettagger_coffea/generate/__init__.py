@@ -5,7 +5,7 @@ Needs the ``generate`` extra (pythia8mc, fastjet); the rest of the package never
 
 from __future__ import annotations
 
-from .run import generate
+from .pipeline import generate
 from .settings import PROCESSES, GenerationSettings
 
 __all__ = ["PROCESSES", "GenerationSettings", "generate"]

@@ -13,6 +13,7 @@ import types
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import awkward as ak
 import numpy as np
@@ -78,112 +79,43 @@ def _masses(p4: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(m2, 0.0))
 
 
-def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet], list]]) -> None:
-    """PFNano-like ``Events`` in CMS conventions: FatJet, FatJetPFCands (jet by jet) and PFCands (the jets'
-    constituents). Lengths in cm; d0/dz and their errors, trkChi2 and lostInnerHits are -1 for candidates
-    without a track (neutrals), as CMS writes them; no pileup, so PUPPI weights are 1. No FatJetSVs / SV
-    tables (the generator reconstructs no secondary vertices)."""
-    fj: dict[str, list] = {
-        k: []
-        for k in (
-            "pt",
-            "eta",
-            "phi",
-            "mass",
-            "msoftdrop",
-            "nConstituents",
-            "tau1",
-            "tau2",
-            "tau3",
-            "tau4",
-            "truthLabel",
-        )
-    }
-    link: dict[str, list] = {"jetIdx": [], "pFCandsIdx": []}
-    pf: dict[str, list] = {
-        k: []
-        for k in (
-            "pt",
-            "eta",
-            "phi",
-            "mass",
-            "pdgId",
-            "charge",
-            "d0",
-            "d0Err",
-            "dz",
-            "dzErr",
-            "puppiWeight",
-            "puppiWeightNoLep",
-            "trkChi2",
-            "lostInnerHits",
-            "pvAssocQuality",
-            "trkQuality",
-        )
-    }
-    gen: dict[str, list] = {
-        k: [] for k in ("pdgId", "pt", "eta", "phi", "mass", "genPartIdxMother", "statusFlags")
-    }
-    for _, _, jets, record in events:
-        for k in gen:
-            gen[k].append([])
-        for pdg, gp4, mother, flags in record:
-            gp4 = np.asarray(gp4, dtype=np.float64)
-            gpt, geta, gphi = (float(x) for x in pt_eta_phi(gp4))
-            gmass = float(np.sqrt(max(gp4[3] ** 2 - gp4[0] ** 2 - gp4[1] ** 2 - gp4[2] ** 2, 0.0)))
-            for k, v in (
-                ("pdgId", pdg),
-                ("pt", gpt),
-                ("eta", geta),
-                ("phi", gphi),
-                ("mass", gmass),
-                ("genPartIdxMother", mother),
-                ("statusFlags", flags),
-            ):
-                gen[k][-1].append(v)
-        ev_fj: dict[str, list] = {k: [] for k in fj}
-        ev_link: dict[str, list] = {k: [] for k in link}
-        ev_pf: dict[str, list] = {k: [] for k in pf}
-        offset = 0
-        for ij, jet in enumerate(jets):
-            pt, eta, phi = pt_eta_phi(jet.p4)
-            for k, v in zip(
-                ("pt", "eta", "phi", "mass", "msoftdrop"), (pt, eta, phi, _masses(jet.p4), jet.msoftdrop)
-            ):
-                ev_fj[k].append(float(v))  # type: ignore[arg-type]
-            for n in range(4):
-                ev_fj[f"tau{n + 1}"].append(float(jet.tau[n]))
-            n = len(jet.c_p4)
-            ev_fj["nConstituents"].append(n)
-            ev_fj["truthLabel"].append(JETCLASS_LABELS.index(jet.label))
-            ev_link["jetIdx"].extend([ij] * n)
-            ev_link["pFCandsIdx"].extend(range(offset, offset + n))
-            offset += n
-            cpt, ceta, cphi = pt_eta_phi(jet.c_p4)
-            ev_pf["pt"].append(cpt)
-            ev_pf["eta"].append(ceta)
-            ev_pf["phi"].append(cphi)
-            ev_pf["mass"].append(jet.c_mass)
-            ev_pf["pdgId"].append(jet.c_pdg)
-            ev_pf["charge"].append(jet.c_charge)
-            track = np.asarray(jet.c_charge) != 0
-            for k, v in (("d0", jet.c_d0), ("d0Err", jet.c_d0err), ("dz", jet.c_dz), ("dzErr", jet.c_dzerr)):
-                ev_pf[k].append(np.where(track, np.asarray(v) / 10, -1.0))  # mm -> cm; CMS's no-track -1
-            ones = np.ones(n)
-            ev_pf["puppiWeight"].append(ones)
-            ev_pf["puppiWeightNoLep"].append(ones)
-            ev_pf["trkChi2"].append(np.where(track, 1.0, -1.0))
-            ev_pf["lostInnerHits"].append(np.where(track, 0, -1))
-            ev_pf["pvAssocQuality"].append(np.full(n, 7))  # UsedInFitTight
-            ev_pf["trkQuality"].append(np.where(track, 5, 0))  # loose | highPurity
-        for k in fj:
-            fj[k].append(ev_fj[k])
-        for k in link:
-            link[k].append(ev_link[k])
-        for k in pf:
-            pf[k].append(np.concatenate(ev_pf[k]) if ev_pf[k] else np.zeros(0))
-
-    int_fields = {
+#: PFNano collections' fields, in the order they are written
+FATJET_FIELDS = (
+    "pt",
+    "eta",
+    "phi",
+    "mass",
+    "msoftdrop",
+    "nConstituents",
+    "tau1",
+    "tau2",
+    "tau3",
+    "tau4",
+    "truthLabel",
+)
+FATJET_PFCANDS_FIELDS = ("jetIdx", "pFCandsIdx")
+PFCANDS_FIELDS = (
+    "pt",
+    "eta",
+    "phi",
+    "mass",
+    "pdgId",
+    "charge",
+    "d0",
+    "d0Err",
+    "dz",
+    "dzErr",
+    "puppiWeight",
+    "puppiWeightNoLep",
+    "trkChi2",
+    "lostInnerHits",
+    "pvAssocQuality",
+    "trkQuality",
+)
+GENPART_FIELDS = ("pdgId", "pt", "eta", "phi", "mass", "genPartIdxMother", "statusFlags")
+#: fields written as int32 (in any collection); all others are float32
+_INT_FIELDS = frozenset(
+    {
         "nConstituents",
         "truthLabel",
         "jetIdx",
@@ -196,90 +128,183 @@ def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet], list]]) ->
         "genPartIdxMother",
         "statusFlags",
     }
+)
 
-    def jag(d):  # typed even when every event is empty (an untyped empty list would be written as float)
-        def column(k, per_event):
-            counts = np.array([len(x) for x in per_event], dtype=np.int64)
-            flat = (
-                np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in per_event])
-                if len(per_event)
-                else np.zeros(0)
-            )
-            return ak.unflatten(flat.astype(np.int32 if k in int_fields else np.float32), counts)
 
-        return ak.zip({k: column(k, v) for k, v in d.items()})
-
+def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet], list]]) -> None:
+    """PFNano-like ``Events`` in CMS conventions: FatJet, FatJetPFCands (jet by jet) and PFCands (the jets'
+    constituents). Lengths in cm; d0/dz and their errors, trkChi2 and lostInnerHits are -1 for candidates
+    without a track (neutrals), as CMS writes them; no pileup, so PUPPI weights are 1. No FatJetSVs / SV
+    tables (the generator reconstructs no secondary vertices)."""
     data = {
         "run": np.ones(len(events), dtype=np.uint32),
         "luminosityBlock": np.array([e[1] + 1 for e in events], dtype=np.uint32),
         "event": np.array([e[0] for e in events], dtype=np.uint64),
         "genWeight": np.ones(len(events), dtype=np.float32),
-        "FatJet": jag(fj),
-        "FatJetPFCands": jag(link),
-        "PFCands": jag(pf),
-        "GenPart": jag(gen),
+        "FatJet": _jagged([_fatjet_columns(e[2]) for e in events], FATJET_FIELDS),
+        "FatJetPFCands": _jagged([_fatjet_pfcands_columns(e[2]) for e in events], FATJET_PFCANDS_FIELDS),
+        "PFCands": _jagged([_pfcands_columns(e[2]) for e in events], PFCANDS_FIELDS),
+        "GenPart": _jagged([_genpart_columns(e[3]) for e in events], GENPART_FIELDS),
     }
     _write_tree(path, "Events", data)
+
+
+def _fatjet_columns(jets: list[Jet]) -> dict[str, list]:
+    """One event's FatJet fields, one entry per jet."""
+    columns: dict[str, list] = {k: [] for k in FATJET_FIELDS}
+    for jet in jets:
+        pt, eta, phi = pt_eta_phi(jet.p4)
+        for k, v in zip(
+            ("pt", "eta", "phi", "mass", "msoftdrop"), (pt, eta, phi, _masses(jet.p4), jet.msoftdrop)
+        ):
+            columns[k].append(float(v))  # type: ignore[arg-type]
+        for n in range(4):
+            columns[f"tau{n + 1}"].append(float(jet.tau[n]))
+        columns["nConstituents"].append(len(jet.c_p4))
+        columns["truthLabel"].append(JETCLASS_LABELS.index(jet.label))
+    return columns
+
+
+def _fatjet_pfcands_columns(jets: list[Jet]) -> dict[str, list]:
+    """One event's jet -> candidate links: an event's PFCands are its jets' constituents, jet after jet."""
+    counts = [len(jet.c_p4) for jet in jets]
+    return {
+        "jetIdx": [ij for ij, n in enumerate(counts) for _ in range(n)],
+        "pFCandsIdx": list(range(sum(counts))),
+    }
+
+
+def _pfcands_columns(jets: list[Jet]) -> dict[str, np.ndarray]:
+    """One event's PFCands fields: the constituents of all its jets, concatenated."""
+    per_jet = [_jet_pfcands(jet) for jet in jets]
+    return {k: np.concatenate([c[k] for c in per_jet]) if per_jet else np.zeros(0) for k in PFCANDS_FIELDS}
+
+
+def _jet_pfcands(jet: Jet) -> dict[str, np.ndarray]:
+    """A jet's constituents as PF candidates; the track fields hold CMS's -1 (0 for the quality bits) where
+    there is no track."""
+    n = len(jet.c_p4)
+    cpt, ceta, cphi = pt_eta_phi(jet.c_p4)
+    track = np.asarray(jet.c_charge) != 0
+    ones = np.ones(n)
+    return {
+        "pt": cpt,
+        "eta": ceta,
+        "phi": cphi,
+        "mass": jet.c_mass,
+        "pdgId": jet.c_pdg,
+        "charge": jet.c_charge,
+        **{  # mm -> cm
+            k: np.where(track, np.asarray(v) / 10, -1.0)
+            for k, v in (("d0", jet.c_d0), ("d0Err", jet.c_d0err), ("dz", jet.c_dz), ("dzErr", jet.c_dzerr))
+        },
+        "puppiWeight": ones,
+        "puppiWeightNoLep": ones,
+        "trkChi2": np.where(track, 1.0, -1.0),
+        "lostInnerHits": np.where(track, 0, -1),
+        "pvAssocQuality": np.full(n, 7),  # UsedInFitTight
+        "trkQuality": np.where(track, 5, 0),  # loose | highPurity
+    }
+
+
+def _genpart_columns(record: list) -> dict[str, list]:
+    """One event's GenPart fields from its generator record of (pdg id, four-momentum, mother, flags)."""
+    columns: dict[str, list] = {k: [] for k in GENPART_FIELDS}
+    for pdg, gp4, mother, flags in record:
+        gp4 = np.asarray(gp4, dtype=np.float64)
+        gpt, geta, gphi = (float(x) for x in pt_eta_phi(gp4))
+        gmass = float(np.sqrt(max(gp4[3] ** 2 - gp4[0] ** 2 - gp4[1] ** 2 - gp4[2] ** 2, 0.0)))
+        for k, v in zip(GENPART_FIELDS, (pdg, gpt, geta, gphi, gmass, mother, flags)):
+            columns[k].append(v)
+    return columns
+
+
+def _jagged(per_event: list[dict[str, Any]], fields: tuple[str, ...]) -> ak.Array:
+    """One collection as a jagged record array (one list per event), each field int32 or float32."""
+    return ak.zip({k: _jagged_column(k, [columns[k] for columns in per_event]) for k in fields})
+
+
+def _jagged_column(field: str, per_event: list) -> ak.Array:
+    """Typed even when every event is empty (an untyped empty list would be written as float)."""
+    counts = np.array([len(x) for x in per_event], dtype=np.int64)
+    flat = (
+        np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in per_event])
+        if len(per_event)
+        else np.zeros(0)
+    )
+    return ak.unflatten(flat.astype(np.int32 if field in _INT_FIELDS else np.float32), counts)
+
+
+#: JetClass branches: ``part_<field>`` (jagged) and ``jet_<field>`` (one per jet)
+JETCLASS_PART_FIELDS = (
+    "px",
+    "py",
+    "pz",
+    "energy",
+    "deta",
+    "dphi",
+    "charge",
+    "isChargedHadron",
+    "isNeutralHadron",
+    "isPhoton",
+    "isElectron",
+    "isMuon",
+    "d0val",
+    "d0err",
+    "dzval",
+    "dzerr",
+)
+JETCLASS_JET_FIELDS = ("pt", "eta", "phi", "energy", "nparticles", "sdmass", "tau1", "tau2", "tau3", "tau4")
 
 
 def write_jetclass(path: Path, events: list[tuple[int, int, list[Jet], list]]) -> None:
     """JetClass layout: one jet per entry, particles pT-descending, all ten one-hot label branches."""
     jets = [j for e in events for j in e[2]]
-    part: dict[str, list] = {
-        k: []
-        for k in (
-            "px",
-            "py",
-            "pz",
-            "energy",
-            "deta",
-            "dphi",
-            "charge",
-            "isChargedHadron",
-            "isNeutralHadron",
-            "isPhoton",
-            "isElectron",
-            "isMuon",
-            "d0val",
-            "d0err",
-            "dzval",
-            "dzerr",
-        )
-    }
-    jet_cols: dict[str, list] = {
-        k: [] for k in ("pt", "eta", "phi", "energy", "nparticles", "sdmass", "tau1", "tau2", "tau3", "tau4")
-    }
-    for jet in jets:
-        jpt, jeta, jphi = pt_eta_phi(jet.p4)
-        _, ceta, cphi = pt_eta_phi(jet.c_p4)
-        apdg = np.abs(jet.c_pdg)
-        cols = {
-            "px": jet.c_p4[:, 0],
-            "py": jet.c_p4[:, 1],
-            "pz": jet.c_p4[:, 2],
-            "energy": jet.c_p4[:, 3],
-            "deta": (ceta - jeta) * np.sign(jeta),
-            "dphi": delta_phi(cphi, jphi),
-            "charge": jet.c_charge,
-            "isChargedHadron": apdg == 211,
-            "isNeutralHadron": apdg == 130,
-            "isPhoton": apdg == 22,
-            "isElectron": apdg == 11,
-            "isMuon": apdg == 13,
-            "d0val": jet.c_d0,
-            "d0err": jet.c_d0err,
-            "dzval": jet.c_dz,
-            "dzerr": jet.c_dzerr,
-        }
-        for k, v in cols.items():
-            part[k].append(np.asarray(v, dtype=np.float64))
-        for k, v in zip(jet_cols, (jpt, jeta, jphi, jet.p4[3], len(jet.c_p4), jet.msoftdrop, *jet.tau)):
-            jet_cols[k].append(float(v))
+    particles = [_jetclass_particles(jet) for jet in jets]
+    rows = [_jetclass_jet(jet) for jet in jets]
     data: dict = {
-        "part": ak.zip({k: ak.values_astype(ak.Array(v), np.float32) for k, v in part.items()}),
+        "part": ak.zip(
+            {
+                k: ak.values_astype(ak.Array([p[k] for p in particles]), np.float32)
+                for k in JETCLASS_PART_FIELDS
+            }
+        ),
     }
-    for k, v in jet_cols.items():
-        data[f"jet_{k}"] = np.asarray(v, dtype=np.float32)
+    for i, k in enumerate(JETCLASS_JET_FIELDS):
+        data[f"jet_{k}"] = np.asarray([r[i] for r in rows], dtype=np.float32)
     for lab in JETCLASS_LABELS:
         data[f"label_{lab}"] = np.array([j.label == lab for j in jets], dtype=bool)
     _write_tree(path, "tree", data)
+
+
+def _jetclass_particles(jet: Jet) -> dict[str, np.ndarray]:
+    """A jet's particles in JetClass's fields: deta multiplied by the sign of the jet's eta (JetClass's
+    convention), the particle-type flags from the PF id."""
+    _, jeta, jphi = pt_eta_phi(jet.p4)
+    _, ceta, cphi = pt_eta_phi(jet.c_p4)
+    apdg = np.abs(jet.c_pdg)
+    cols = {
+        "px": jet.c_p4[:, 0],
+        "py": jet.c_p4[:, 1],
+        "pz": jet.c_p4[:, 2],
+        "energy": jet.c_p4[:, 3],
+        "deta": (ceta - jeta) * np.sign(jeta),
+        "dphi": delta_phi(cphi, jphi),
+        "charge": jet.c_charge,
+        "isChargedHadron": apdg == 211,
+        "isNeutralHadron": apdg == 130,
+        "isPhoton": apdg == 22,
+        "isElectron": apdg == 11,
+        "isMuon": apdg == 13,
+        "d0val": jet.c_d0,
+        "d0err": jet.c_d0err,
+        "dzval": jet.c_dz,
+        "dzerr": jet.c_dzerr,
+    }
+    return {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
+
+
+def _jetclass_jet(jet: Jet) -> tuple[float, ...]:
+    """A jet's ``jet_*`` values, in :data:`JETCLASS_JET_FIELDS` order."""
+    jpt, jeta, jphi = pt_eta_phi(jet.p4)
+    return tuple(float(v) for v in (jpt, jeta, jphi, jet.p4[3], len(jet.c_p4), jet.msoftdrop, *jet.tau))

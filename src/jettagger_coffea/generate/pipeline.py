@@ -51,17 +51,30 @@ def _run_block(args: tuple[GenerationSettings, int, int]):
 def generate(
     settings: GenerationSettings,
     output_dir: str | Path,
+    *,
     formats: tuple[str, ...] = FORMATS,
     jobs: int = 1,
     progress: bool = True,
 ) -> dict[str, Path]:
-    """Generate ``settings.njets`` selected jets and write them in ``formats``; returns the paths."""
-    from .writers import write_jetclass, write_nanoaod
+    """Generate ``settings.njets`` selected jets and write them in ``formats``; returns the paths.
 
+    Input is checked (formats, a writable folder) before any event is generated, so that a bad call fails
+    in a second rather than after the generation."""
+    _check_formats(formats)
+    output_dir = _writable_dir(Path(output_dir))
+    events = _generate_events(settings, jobs, progress)
+    return _write_formats(events, settings.process, output_dir, formats)
+
+
+def _check_formats(formats: tuple[str, ...]) -> None:
     for fmt in formats:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    output_dir = Path(output_dir)
+
+
+def _writable_dir(output_dir: Path) -> Path:
+    """Create ``output_dir`` and prove it writable with a probe file (mkdir alone succeeds on a read-only
+    mount that already has the folder)."""
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe = output_dir / ".jettagger-write-test"
@@ -69,12 +82,22 @@ def generate(
         probe.unlink()
     except OSError as err:
         raise OSError(f"output directory {output_dir} is not writable: {err.strerror}") from err
+    return output_dir
 
+
+def _block_tasks(settings: GenerationSettings) -> list[tuple[GenerationSettings, int, int]]:
+    """One task per seeded block of ``block_size`` jets (the last one shorter): the blocks, not the
+    workers, fix the seeds."""
     nblocks = -(-settings.njets // settings.block_size)
-    tasks = [
+    return [
         (settings, b, min(settings.block_size, settings.njets - b * settings.block_size))
         for b in range(nblocks)
     ]
+
+
+def _generate_events(settings: GenerationSettings, jobs: int, progress: bool) -> list:
+    """All blocks' events in block order, whether run in this process or ``jobs`` worker processes."""
+    tasks = _block_tasks(settings)
     start = time.perf_counter()
     events = []
     bar = tqdm(total=settings.njets, desc=f"generate {settings.process}", unit="jet", disable=not progress)
@@ -97,11 +120,16 @@ def generate(
         elapsed,
         settings.njets / elapsed,
     )
+    return events
+
+
+def _write_formats(events: list, process: str, output_dir: Path, formats: tuple[str, ...]) -> dict[str, Path]:
+    from .writers import write_jetclass, write_nanoaod
 
     writers = {"nanoaod": write_nanoaod, "jetclass": write_jetclass}
     paths = {}
     for fmt in formats:
-        path = output_dir / f"{settings.process}_{fmt}.root"
+        path = output_dir / f"{process}_{fmt}.root"
         writers[fmt](path, events)
         paths[fmt] = path
     return paths
