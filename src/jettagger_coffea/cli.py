@@ -317,7 +317,12 @@ def _run_predict(args: argparse.Namespace) -> int:
     missing = [f for f in args.input if not Path(f).is_file()]
     if missing:
         raise JetTaggerError(f"--input: no such file {missing[0]}")
-    cols = predict_files(JetTagger(args.model, backend=_backend(args)), args.input, progress=True)
+    sources: dict[str, int] = {}
+    cols = predict_files(
+        JetTagger(args.model, backend=_backend(args)), args.input, progress=True, sources=sources
+    )
+    for source, n in sources.items():
+        print(f"source preset {source}: {n} file{'s' * (n != 1)}")
     write_jet_table(cols, out)
     print(f"{out}: {len(next(iter(cols.values())))} jets")
     return 0
@@ -507,6 +512,8 @@ def _print_run(m: dict, out: dict, paths: dict, folder: str) -> None:
         f"{out['meta']['model']} on {out['meta']['executor']}: {jets} jets in {m['seconds']:.1f} s "
         f"({m['jets_per_second']:.0f} jets/s){acc}"
     )
+    for source, n in out["meta"]["sources"].items():
+        print(f"  source preset {source}: {n} file{'s' * (n != 1)}")
     _print_discriminants(m)
     for w in m["warnings"]:
         print(f"  warning: {w}")

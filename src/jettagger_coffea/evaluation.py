@@ -20,16 +20,25 @@ from .truth import fatjet_truth
 
 
 def predict_files(
-    tagger: JetTagger, files: Sequence[str | Path], with_labels: bool = True, progress: bool = False
+    tagger: JetTagger,
+    files: Sequence[str | Path],
+    *,
+    with_labels: bool = True,
+    progress: bool = False,
+    sources: dict[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """One row per jet, in file order: ``score_<class>``, ``label`` (when the files carry labels), the
     observers, ``file_index``, ``entry`` (event index in the file) and ``jet_index`` (position in the event's
-    FatJet collection); for NanoAOD also ``run``, ``luminosityBlock``, ``event``, ``genWeight`` and ``truth``
+    FatJet collection); with ``sources``, the source preset of each NanoAOD file is counted there; for
+    NanoAOD also ``run``, ``luminosityBlock``, ``event``, ``genWeight`` and ``truth``
     (from GenPart, see :mod:`truth`)."""
     opened = [open_jets(p) for p in files]  # unreadable files and missing branches fail before any work
     for data in opened:
         if isinstance(data, Events):
-            check_events(data, tagger.config, tagger.bundle.preset)
+            preset = check_events(data, tagger.config, tagger.bundle.preset)
+            if sources is not None:  # the source preset each file is read with, counted
+                name = f"{preset.name} ({preset.layout})"
+                sources[name] = sources.get(name, 0) + 1
     cols: dict[str, list] = {}
     for i, (path, data) in enumerate(zip(files, tqdm(opened, desc="predict", disable=not progress))):
         table = make_table(data, tagger.config, tagger.bundle.preset, where=str(path))  # one read per branch

@@ -87,7 +87,16 @@ def run_fileset(
     )
     expected = {ds: spec.pop("events") for ds, spec in fileset.items()}
     runs_sumw = {ds: spec.pop("sumw") for ds, spec in fileset.items()}
+    sources = [
+        f"{p.name} ({p.layout})" for spec in fileset.values() for p in spec.pop("sources").values() if p
+    ]
     plan = plan.resolved(sum(sum(f.values()) for f in expected.values()))
+    rntuples = [p for spec in fileset.values() for p in spec.pop("rntuple")]
+    if rntuples and plan.executor == "dask-awkward":  # uproot.dask: RNTuple fields have no titles for docs
+        raise JetTaggerError(
+            f"{rntuples[0]} is an RNTuple, which the dask-awkward executor cannot read with this coffea and "
+            "uproot: use --executor iterative, futures or dask"
+        )
     for spec in fileset.values():
         spec.pop("metadata", None)
     if not fileset:
@@ -107,6 +116,7 @@ def run_fileset(
         "working_points": proc.wps,
         "selection": dataclasses.asdict(proc.selection),
         "lumi": lumi,
+        "sources": {name: sources.count(name) for name in dict.fromkeys(sources)},
     }
     return out
 
@@ -146,7 +156,11 @@ def _apply_to_fileset(proc: TaggerProcessor, fileset: dict[str, Any], plan: Exec
     from coffea.dataset_tools import apply_to_fileset, preprocess
 
     configure_dask()  # preprocess's own graph needs it too
-    available, _ = preprocess(fileset, step_size=plan.chunksize, skip_bad_files=plan.skip_bad_files)
+    # no saved form: coffea builds it with uproot.dask, which takes TTrees only (RNTuples fail there);
+    # apply_to_fileset reads each file's form itself
+    available, _ = preprocess(
+        fileset, step_size=plan.chunksize, skip_bad_files=plan.skip_bad_files, save_form=False
+    )
     graph = apply_to_fileset(proc, available, schemaclass=PFNanoSchema)
     if plan.progress:
         from distributed import progress as dprogress

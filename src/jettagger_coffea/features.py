@@ -14,7 +14,17 @@ import numpy as np
 from ._errors import JetTaggerError
 from .batching import Padding, pad, padded_length
 from .config import DataConfig, InputGroup, VarSpec
-from .sources import JETS, Events, Preset, Table, guess_preset, load_preset, nano_columns, record_columns
+from .sources import (
+    JETS,
+    Events,
+    Preset,
+    Table,
+    guess_preset,
+    is_tree,
+    load_preset,
+    nano_columns,
+    record_columns,
+)
 
 
 @dataclasses.dataclass
@@ -38,12 +48,11 @@ class Features:
 
 
 def is_nanoaod(data: Any) -> bool:
-    """NanoAOD events (coffea NanoEvents, an awkward record of collections, an uproot ``Events`` tree)."""
-    import uproot
-
+    """NanoAOD events (coffea NanoEvents, an awkward record of collections, an uproot ``Events`` TTree or
+    RNTuple)."""
     if isinstance(data, Events):
         return True
-    if isinstance(data, uproot.TTree):
+    if is_tree(data):
         return "nFatJet" in data or data.name == "Events"
     return isinstance(data, ak.Array) and JETS in ak.fields(data)
 

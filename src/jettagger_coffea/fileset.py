@@ -53,7 +53,8 @@ def preflight(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Open every file once: unreadable ones are skipped (and recorded with their error and, where the
     header still says, their event count) or, without skipping, named in the error. ``check(tree, path)``
-    refuses a readable file that lacks what the model reads (a user error: never skipped)."""
+    refuses a readable file that lacks what the model reads (a user error: never skipped) and returns the
+    source preset the file is read with (recorded per file, ``sources``)."""
     import uproot
 
     good: dict[str, Any] = {}
@@ -64,9 +65,10 @@ def preflight(
             try:
                 with uproot.open(path) as f:
                     n = f[tree].num_entries
-                    f[tree]["nFatJet"].array(entry_stop=1)  # the header alone can look fine
-                    if check is not None:
-                        check(f[tree], path)
+                    rntuple = type(f[tree]).__name__.endswith("RNTuple")
+                    preset = check(f[tree], path) if check is not None else None
+                    jets = getattr(preset, "jets", "FatJet")
+                    f[tree][f"n{jets}"].array(entry_stop=1)  # the header alone can look fine
                     runs = f.get("Runs")
                     sumw = (
                         float(runs["genEventSumw"].array(library="np").sum())
@@ -90,8 +92,19 @@ def preflight(
                 )
                 continue
             entry = good.setdefault(
-                ds, {"files": {}, "metadata": spec.get("metadata", {}), "events": {}, "sumw": {}}
+                ds,
+                {
+                    "files": {},
+                    "metadata": spec.get("metadata", {}),
+                    "events": {},
+                    "sumw": {},
+                    "sources": {},
+                    "rntuple": [],
+                },
             )
+            entry["sources"][path] = preset
+            if rntuple:
+                entry["rntuple"].append(path)
             entry["files"][path] = tree
             entry["events"][path] = n
             entry["sumw"][path] = sumw

@@ -59,6 +59,15 @@ class Preset:
     variables: dict[str, Expression]
     description: str = ""
     jets: str = JETS
+    #: presets of one family compute the same names from different layouts (PFNano, NanoAOD v15; AK8 or
+    #: AK4 jets); the layout of a file picks the member (:func:`preset_for`)
+    family: str = ""
+    #: variable -> what this layout lacks to compute it (a model that needs one is refused, naming it)
+    unavailable: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.family:
+            object.__setattr__(self, "family", self.name)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> Preset:
@@ -85,6 +94,7 @@ class Preset:
                 for k, v in (d.get("variables") or {}).items()
             }
             particles = str(d.get("particles", next(iter(colls))))
+            unavailable = {str(k): str(v) for k, v in (d.get("unavailable") or {}).items()}
         except (KeyError, TypeError, AttributeError, StopIteration) as err:
             raise JetTaggerError(f"{where}: malformed source preset ({type(err).__name__}: {err})") from None
         if particles not in colls:
@@ -98,6 +108,8 @@ class Preset:
             variables,
             str(d.get("description", "")),
             str(d.get("jets", JETS)),
+            str(d.get("family") or d.get("name", where)),
+            unavailable,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,7 +128,7 @@ class Preset:
                 )
                 if v is not None
             }
-        return {
+        out = {
             "name": self.name,
             "description": self.description,
             "jets": self.jets,
@@ -124,6 +136,17 @@ class Preset:
             "particles": self.particles,
             "variables": {k: e.source for k, e in self.variables.items()},
         }
+        if self.family != self.name:
+            out["family"] = self.family
+        if self.unavailable:
+            out["unavailable"] = dict(self.unavailable)
+        return out
+
+    @property
+    def layout(self) -> str:
+        """The tables it reads, e.g. ``FatJet, FatJetPFCands -> PFCands``."""
+        links = [f"{c.link} -> {c.target}" if c.target else c.link for c in self.collections.values()]
+        return ", ".join([self.jets, *links])
 
     def collection_of(self, name: str, extra: Mapping[str, Expression] | None = None) -> str | None:
         """The collection a variable is computed from (None for per-jet quantities)."""
@@ -146,7 +169,7 @@ class Preset:
         return walk(name)
 
 
-PRESETS = ("jetclass", "cms-pfnano")
+PRESETS = ("jetclass", "jetclass-v15", "cms-pfnano")
 
 
 @cache
@@ -171,12 +194,40 @@ def load_preset(spec: str | Path | Mapping[str, Any] | Preset) -> Preset:
     return Preset.from_dict(yaml.safe_load(path.read_text()), str(path))
 
 
+def preset_for(preset: Preset, has: Callable[[str], bool], jets: str | None = None) -> Preset:
+    """The member of ``preset``'s family for a file whose collections ``has`` tells (and, with ``jets``, for
+    that jet collection): ``preset`` itself where the file has its jets and particle link table, else the
+    one built-in member that fits. Where none fits, ``preset`` (the errors then name what is missing)."""
+    members = [preset, *(p for p in map(_builtin, PRESETS) if p.family == preset.family and p != preset)]
+    if jets is not None:
+        members = [p for p in members if p.jets == jets]
+        if not members:
+            raise JetTaggerError(f"--jets {jets}: no source preset of family {preset.family!r} reads {jets}")
+    fits = [p for p in members if has(p.jets) and has(p.collections[p.particles].link)]
+    if fits and (fits[0] is preset or len(fits) == 1):
+        return fits[0]
+    if len(fits) > 1:
+        raise JetTaggerError(
+            f"the file fits several source presets ({', '.join(p.name for p in fits)}): "
+            "choose one with --source"
+        )
+    return members[0]
+
+
 def guess_preset(names: Any) -> str:
     """``cms-pfnano`` for models whose inputs are CMS names (``pfcand_*``, ``sv_*``), else ``jetclass``."""
     return "cms-pfnano" if any(str(n).startswith(("pfcand_", "sv_")) for n in names) else "jetclass"
 
 
 # -- raw access to NanoAOD collections --------------------------------------------------------------------
+def is_tree(x: Any) -> bool:
+    """An uproot TTree or RNTuple: NanoAOD is moving to RNTuple, and both are read field by field."""
+    import uproot
+    from uproot.behaviors.RNTuple import RNTuple
+
+    return isinstance(x, (uproot.TTree, RNTuple))
+
+
 class Events:
     """Per-event jagged branches ``<collection>_<field>`` of a NanoAOD chunk: coffea NanoEvents, an awkward
     record array or an uproot ``Events`` tree (read lazily, one branch at a time)."""
@@ -184,10 +235,8 @@ class Events:
     def __init__(
         self, events: Any, where: str, entry_start: int | None = None, entry_stop: int | None = None
     ):
-        import uproot
-
         self.where = where
-        self._tree = events if isinstance(events, uproot.TTree) else None
+        self._tree = events if is_tree(events) else None
         self._events: Any = None if self._tree is not None else events
         self._range = (entry_start, entry_stop)
         self._cache: dict[tuple[str, str], Any] = {}
@@ -357,6 +406,7 @@ def nano_columns(events: Any, preset: Preset, where: str, jets: Any = None) -> t
     """Column getter for the FatJets of a NanoAOD chunk (all of them, or those where the [event][jet]
     boolean ``jets`` is true), plus (event, jet index) of each jet in file order."""
     ev = events if isinstance(events, Events) else Events(events, where)
+    preset = preset_for(preset, ev.has)
     if not ev.has(preset.jets):
         raise JetTaggerError(f"{where}: no {preset.jets} collection in this NanoAOD")
     n_jets = ev.counts(preset.jets)
@@ -419,10 +469,13 @@ def needed_branches(config: Any, preset: Preset) -> set[tuple[str, str]]:
     return out
 
 
-def check_events(ev: Events, config: Any, preset: Preset) -> None:
-    """Fail before any work on a NanoAOD that lacks a collection or branch the config reads."""
+def check_events(ev: Events, config: Any, preset: Preset) -> Preset:
+    """Fail before any work on a NanoAOD that lacks a collection or branch the config reads, or whose
+    layout cannot make one of its inputs. Returns the member of the preset's family the file is read with."""
+    preset = preset_for(preset, ev.has)
     if not ev.has(preset.jets):
         raise JetTaggerError(f"{ev.where}: no {preset.jets} collection in this NanoAOD")
+    _check_sources(ev.where, config, preset)
     needed = needed_branches(config, preset)
     for c in preset.collections.values():
         if any(coll == c.link for coll, _ in needed) and not ev.has(c.link):
@@ -441,13 +494,39 @@ def check_events(ev: Events, config: Any, preset: Preset) -> None:
     for coll, f in sorted(needed):
         if coll == preset.jets and f not in ev.fields(coll):
             raise JetTaggerError(f"{ev.where}: missing branch {coll}_{f}")
+    return preset
+
+
+def _check_sources(where: str, config: Any, preset: Preset) -> None:
+    """Every input variable has a source in this layout: a config or preset expression, or a raw column
+    (``fj_*``, ``<collection>_*``). Those that have none are named together, with what the layout lacks."""
+    missing: list[str] = []
+    todo = [v for g in config.inputs.values() for v in g.var_names]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        expr = config.new_variables.get(name) or preset.variables.get(name)
+        if expr is not None:
+            todo.extend(sorted(expr.names))
+        elif name.partition("_")[0] not in ("fj", *preset.collections) or name in preset.unavailable:
+            missing.append(name)
+    if missing:
+        why = sorted({preset.unavailable[m] for m in missing if m in preset.unavailable})
+        raise JetTaggerError(
+            f"{where}: the model's inputs {', '.join(missing)} cannot be made from this file's "
+            f"{preset.layout} (preset {preset.name}"
+            + (f": no {', '.join(why)} in this layout" if why else "")
+            + ")"
+        )
 
 
 def record_columns(arrays: Any, where: str) -> Getter:
-    """Column getter for JetClass-layout records (awkward record array, dict of arrays or uproot TTree)."""
-    import uproot
-
-    if isinstance(arrays, uproot.TTree):
+    """Column getter for JetClass-layout records (awkward record array, dict of arrays, uproot TTree or
+    RNTuple)."""
+    if is_tree(arrays):
         tree = arrays
         keys = set(tree.keys())
 

@@ -19,7 +19,7 @@ from .bundle import Bundle
 from .columnar import empty_jagged, map_chunks
 from .features import make_table, standardise
 from .metrics import discriminant
-from .sources import JETS, needed_branches
+from .sources import JETS, needed_branches, preset_for
 
 
 @dataclasses.dataclass
@@ -136,10 +136,12 @@ def _score_chunk(events: ak.Array, jets: ak.Array | None = None, *, tagger: JetT
 
 
 def _score_columns(events: ak.Array, jets: ak.Array | None = None, *, tagger: JetTagger) -> list[Any]:
-    """What a chunk reads: exactly the branches the preset and config name, and the jet counts."""
+    """What a chunk reads: exactly the branches the preset (the member of its family the file's layout
+    takes) and config name, and the jet counts."""
+    preset = preset_for(tagger.bundle.preset, lambda coll: coll in ak.fields(events))
     cols = [
         events[coll][field]
-        for coll, field in needed_branches(tagger.config, tagger.bundle.preset)
+        for coll, field in needed_branches(tagger.config, preset)
         if coll in ak.fields(events) and field in ak.fields(events[coll])
     ]
     return [*cols, ak.num(events[JETS] if jets is None else events[JETS][jets], axis=1)]
