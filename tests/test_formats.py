@@ -132,8 +132,8 @@ def test_rntuple_with_dask_awkward_is_refused_up_front(cms_ak8, tmp_path):
     r = run_cli("run", "--model", cms_ak8, "--fileset", fileset, "--executor", "dask-awkward", "-o", out)
     assert r.returncode == 2
     expected = (
-        f"jettagger run: error: {shared_file(NANO / 'pfnano_rntuple.root')} is an RNTuple, which the dask-awkward "
-        "executor cannot read with this coffea and uproot: use --executor iterative, futures or dask"
+        f"jettagger run: error: {shared_file(NANO / 'pfnano_rntuple.root')} is an RNTuple, which the "
+        "dask-awkward executor cannot read with this coffea and uproot: use --executor iterative, futures or dask"
     )
     assert r.stderr.strip().splitlines() == [expected]
     assert not out.exists()
