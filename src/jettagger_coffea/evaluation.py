@@ -16,7 +16,7 @@ from .features import make_table
 from .metrics import background_classes, discriminant, summary
 from .sources import Events, check_events
 from .tagger import JetTagger
-from .truth import fatjet_truth
+from .truth import jet_truth
 
 
 def predict_files(
@@ -35,13 +35,13 @@ def predict_files(
     opened = [open_jets(p) for p in files]  # unreadable files and missing branches fail before any work
     for data in opened:
         if isinstance(data, Events):
-            preset = check_events(data, tagger.config, tagger.bundle.preset)
+            preset = check_events(data, tagger.config, tagger.preset)
             if sources is not None:  # the source preset each file is read with, counted
                 name = f"{preset.name} ({preset.layout})"
                 sources[name] = sources.get(name, 0) + 1
     cols: dict[str, list] = {}
     for i, (path, data) in enumerate(zip(files, tqdm(opened, desc="predict", disable=not progress))):
-        table = make_table(data, tagger.config, tagger.bundle.preset, where=str(path))  # one read per branch
+        table = make_table(data, tagger.config, tagger.preset, where=str(path))  # one read per branch
         res = tagger.score_jets(data, where=str(path), table=table)
         row: dict[str, np.ndarray] = {}
         if table.ids is None:  # one jet per entry
@@ -54,7 +54,8 @@ def predict_files(
             for b in ("run", "luminosityBlock", "event", "genWeight"):
                 if b in data.scalars:
                     row[b] = np.asarray(data.scalar(b))[table.ids[:, 0]]
-            row["truth"] = fatjet_truth(data).astype(str)  # from GenPart; "data" without it
+            preset = tagger.preset  # truth from GenPart (or AK4 flavours); "data" without it
+            row["truth"] = jet_truth(data, scheme=preset.truth, collection=tagger.jets).astype(str)
         row |= {f"score_{c}": res.scores[:, k] for k, c in enumerate(tagger.classes)}
         if with_labels:
             try:

@@ -81,7 +81,7 @@ def run_fileset(
     fileset = check_fileset(fileset)
     metadata = {ds: spec.get("metadata", {}) for ds, spec in fileset.items()}
     proc = TaggerProcessor(bundle, datasets=metadata, **processor_options)
-    config, preset = proc.tagger.config, proc.tagger.bundle.preset
+    config, preset = proc.tagger.config, proc.tagger.preset
     fileset, skipped = preflight(
         fileset, skip_bad_files, check=lambda tree, path: check_events(Events(tree, path), config, preset)
     )

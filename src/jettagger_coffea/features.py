@@ -15,7 +15,7 @@ from ._errors import JetTaggerError
 from .batching import Padding, pad, padded_length
 from .config import DataConfig, InputGroup, VarSpec
 from .sources import (
-    JETS,
+    JET_COLLECTIONS,
     Events,
     Preset,
     Table,
@@ -53,8 +53,8 @@ def is_nanoaod(data: Any) -> bool:
     if isinstance(data, Events):
         return True
     if is_tree(data):
-        return "nFatJet" in data or data.name == "Events"
-    return isinstance(data, ak.Array) and JETS in ak.fields(data)
+        return any(f"n{j}" in data for j in JET_COLLECTIONS) or data.name == "Events"
+    return isinstance(data, ak.Array) and any(j in ak.fields(data) for j in JET_COLLECTIONS)
 
 
 def make_table(

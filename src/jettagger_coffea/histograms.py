@@ -28,8 +28,8 @@ def dataset_axis() -> hist.axis.StrCategory:
     return hist.axis.StrCategory([], growth=True, name="dataset", label="Dataset")
 
 
-def truth_axis() -> hist.axis.StrCategory:
-    return hist.axis.StrCategory(list(TRUTH_CLASSES), name="truth", label="Truth (generator record)")
+def truth_axis(classes: Sequence[str] = TRUTH_CLASSES) -> hist.axis.StrCategory:
+    return hist.axis.StrCategory(list(classes), name="truth", label="Truth (generator record)")
 
 
 def pt_axis(bins: Sequence[float] = PT_BINS) -> hist.axis.Variable:
@@ -48,7 +48,13 @@ def make_histograms(
     *,
     hist_class: type = hist.Hist,
     stored: Sequence[str] = (),
+    truth_classes: Sequence[str] = TRUTH_CLASSES,
+    mass_label: str = MSD_AXIS.label,
 ) -> dict[str, hist.Hist]:
+    """The processor's histograms (weighted), per dataset and truth class; ``mass_label`` names the jet
+    mass the ``msoftdrop`` / ``wp_msd`` histograms hold (AK4 jets have no soft-drop mass: their mass)."""
+    msd = hist.axis.Regular(50, 0, 250, name="msd", label=mass_label)
+    truth = truth_axis(truth_classes)
     cls = hist.axis.StrCategory(list(classes), name="cls", label="Class")
     disc = hist.axis.StrCategory(list(discriminants) or ["none"], name="disc", label="Discriminant")
     wps = hist.axis.StrCategory(list(working_points) or ["none"], name="wp", label="Working point")
@@ -68,21 +74,21 @@ def make_histograms(
         "jets": _hist(
             hist_class,
             dataset_axis(),
-            truth_axis(),
+            truth,
             hist.axis.StrCategory(["tagged", "no_constituents"], name="status"),
             pt_axis(pt_bins),
         ),
-        "scores": _hist(hist_class, dataset_axis(), truth_axis(), pt_axis(pt_bins), cls, SCORE_AXIS),
-        "discriminant": _hist(hist_class, dataset_axis(), truth_axis(), pt_axis(pt_bins), disc, DISC_AXIS),
+        "scores": _hist(hist_class, dataset_axis(), truth, pt_axis(pt_bins), cls, SCORE_AXIS),
+        "discriminant": _hist(hist_class, dataset_axis(), truth, pt_axis(pt_bins), disc, DISC_AXIS),
         "predicted": _hist(
             hist_class,
             dataset_axis(),
-            truth_axis(),
+            truth,
             hist.axis.IntCategory(
                 list(range(len(classes))), name="predicted", label="Predicted class (argmax)"
             ),
         ),
-        "msoftdrop": _hist(hist_class, dataset_axis(), truth_axis(), MSD_AXIS),
+        "msoftdrop": _hist(hist_class, dataset_axis(), truth, msd),
         # recomputed vs stored NanoAOD score, per discriminant the bundle names a stored branch for
         "stored": _hist(
             hist_class,
@@ -94,12 +100,12 @@ def make_histograms(
         "wp_pt": _hist(
             hist_class,
             dataset_axis(),
-            truth_axis(),
+            truth,
             disc,
             wps,
             passed,
             pt_axis(pt_bins),
             hist.axis.Variable(ABSETA_BINS, name="abseta", label="Jet |eta|"),
         ),
-        "wp_msd": _hist(hist_class, dataset_axis(), truth_axis(), disc, wps, passed, MSD_AXIS),
+        "wp_msd": _hist(hist_class, dataset_axis(), truth, disc, wps, passed, msd),
     }

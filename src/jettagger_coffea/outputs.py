@@ -78,19 +78,17 @@ def _plots(out: dict[str, Any], metrics: dict[str, Any], folder: Path) -> dict[s
 
 
 def write_jet_table(cols: dict[str, np.ndarray], path: str | Path) -> Path:
-    """One row per jet as a ROOT TTree (``Events``; truth as ``truth_index`` into TRUTH_CLASSES, since
+    """One row per jet as a ROOT TTree (``Events``; truth as ``truth_index`` into ``truth.ALL_TRUTH``, since
     trees take numbers) or a parquet file, chosen by the suffix."""
     path = Path(path)
     if path.suffix == ".root":
         import uproot
 
-        from .truth import TRUTH_CLASSES
+        from .truth import ALL_TRUTH
 
         cols = dict(cols)
         if "truth" in cols:
-            cols["truth_index"] = np.array(
-                [TRUTH_CLASSES.index(t) for t in cols.pop("truth")], dtype=np.int32
-            )
+            cols["truth_index"] = np.array([ALL_TRUTH.index(t) for t in cols.pop("truth")], dtype=np.int32)
         with uproot.recreate(path) as f:
             f.mktree("Events", {k: v.dtype for k, v in cols.items()}).extend(cols)
     elif path.suffix == ".parquet":

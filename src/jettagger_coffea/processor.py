@@ -23,7 +23,7 @@ from .bundle import Bundle
 from .columnar import Ops, empty_jagged, map_chunks, ops_for
 from .histograms import PT_BINS, make_histograms
 from .tagger import JetTagger
-from .truth import TRUTH_CLASSES, fatjet_truth
+from .truth import jet_truth, truth_classes
 from .workingpoints import read_thresholds
 
 #: FatJet_jetId bits (NanoAOD): 1 loose (2016), 2 tight, 4 tight with lepton veto
@@ -112,6 +112,7 @@ class TaggerProcessor(processor.ProcessorABC):
             if d in self.tagger.bundle.discriminants
         }
         self.per_jet = per_jet
+        self.truth_classes = truth_classes(self.tagger.preset.truth)
 
     def is_mc(self, events: Any, dataset: str) -> bool:
         meta = self.datasets.get(dataset, {})
@@ -121,17 +122,19 @@ class TaggerProcessor(processor.ProcessorABC):
         ops = ops_for(events)
         dataset = events.metadata.get("dataset", "unknown")
         mc = self.is_mc(events, dataset)
-        mask = self.selection.mask(events.FatJet)
-        jets = events.FatJet[mask]
+        collection = events[self.tagger.jets]  # FatJet, or Jet for AK4 taggers
+        mask = self.selection.mask(collection)
+        jets = collection[mask]
         scores = self.tagger(events, mask)
-        w_event = events.genWeight if mc else ops.num(events.FatJet, axis=1) * 0 + 1.0
+        w_event = events.genWeight if mc else ops.num(collection, axis=1) * 0 + 1.0
+        mass = "msoftdrop" if "msoftdrop" in ak.fields(collection) else "mass"
         chunk = _Chunk(
             dataset=dataset,
-            truth=ops.flat(_truth(events, mask, self.radius, mc)),
+            truth=ops.flat(self._truth(events, mask, mc)),
             scores=ops.flat(scores),
             pt=ops.flat(jets.pt),
             abseta=ops.flat(abs(jets.eta)),
-            msd=ops.flat(jets.msoftdrop),
+            msd=ops.flat(jets[mass]),
             weight=ops.flat(ak.broadcast_arrays(w_event, jets.pt)[0]),
         )
         wp_names = sorted({w for d in self.wps.values() for w in d})
@@ -142,8 +145,10 @@ class TaggerProcessor(processor.ProcessorABC):
             self.pt_bins,
             hist_class=ops.Hist,
             stored=list(self.stored),
+            truth_classes=self.truth_classes,
+            mass_label="Soft-drop mass [GeV]" if mass == "msoftdrop" else "Jet mass [GeV]",
         )
-        for t_index, t in enumerate(TRUTH_CLASSES):  # one fill per truth class: scalar string categories
+        for t_index, t in enumerate(self.truth_classes):  # one fill per truth class: scalar string categories
             self._fill_truth(hists, chunk, t_index, t, ops)
         self._fill_stored(
             hists, chunk, {d: ops.flat(jets[b]) for d, b in self.stored.items() if b in ak.fields(jets)}
@@ -158,12 +163,12 @@ class TaggerProcessor(processor.ProcessorABC):
             w_event,
             (
                 ("events", 1),
-                ("fatjets", ops.num(events.FatJet, axis=1)),
+                ("fatjets", ops.num(collection, axis=1)),
                 ("selected_jets", n_selected),
                 ("tagged_jets", n_tagged),
                 ("no_constituent_jets", n_selected - n_tagged),
             ),
-            half=ops.num(events.FatJet, axis=1) * 0 + 0.5,  # one entry per event in the single "unit" bin
+            half=ops.num(collection, axis=1) * 0 + 0.5,  # one entry per event in the single "unit" bin
         )
         out: dict[str, Any] = {"hists": hists}
         if self.per_jet:
@@ -220,13 +225,29 @@ class TaggerProcessor(processor.ProcessorABC):
         for b in ("run", "luminosityBlock", "event"):
             if b in ak.fields(events):
                 cols[b] = ak.to_numpy(events[b])[event_of[keep]]
-        cols["truth"] = np.asarray(TRUTH_CLASSES)[c.truth]
+        cols["truth"] = np.asarray(self.truth_classes)[c.truth]
         cols["weight"] = np.asarray(c.weight, dtype=np.float64)
         for i, cls in enumerate(self.tagger.classes):
             cols[f"score_{cls}"] = c.scores[:, i]
         for d in self.tagger.bundle.discriminants:
             cols[f"disc_{d}"] = np.asarray(self.tagger.discriminant(c.scores, d))
         return {k: [v] for k, v in cols.items()}
+
+    def _truth(self, events: Any, mask: Any, mc: bool) -> Any:
+        """[event][selected jet] index into the truth classes (``data`` for data)."""
+        if not mc:
+            return mask[mask] * 0 + self.truth_classes.index("data")
+        return map_chunks(
+            _truth_chunk,
+            events,
+            mask,
+            scheme=self.tagger.preset.truth,
+            collection=self.tagger.jets,
+            radius=self.radius,
+            touches=_truth_columns,
+            empty=empty_jagged,
+            label="jettagger-truth",
+        )
 
     def postprocess(self, accumulator: Any) -> Any:
         return accumulator
@@ -261,36 +282,24 @@ def _fill_counts(h: Any, dataset: str, fname: str, w_event: Any, steps: Any, hal
         h.fill(dataset=dataset, file=fname, step=step, quantity="sumw", unit=half, weight=w_event * n)
 
 
-def _truth(events: Any, mask: Any, radius: float, mc: bool) -> Any:
-    """[event][selected jet] index into TRUTH_CLASSES (``data`` for data)."""
-    if not mc:
-        return mask[mask] * 0 + TRUTH_CLASSES.index("data")
-    return map_chunks(
-        _truth_chunk,
-        events,
-        mask,
-        radius=radius,
-        touches=_truth_columns,
-        empty=empty_jagged,
-        label="jettagger-truth",
-    )
+def _truth_chunk(events: Any, mask: Any, *, scheme: str, collection: str, radius: float) -> ak.Array:
+    names = jet_truth(events, scheme=scheme, collection=collection, radius=radius, jets=mask)
+    classes = truth_classes(scheme)
+    index = np.array([classes.index(n) for n in names], dtype=np.int64)
+    return ak.unflatten(index, ak.to_numpy(ak.num(events[collection][mask], axis=1)))
 
 
-def _truth_chunk(events: Any, mask: Any, *, radius: float) -> ak.Array:
-    names = fatjet_truth(events, radius, jets=mask)
-    index = np.array([TRUTH_CLASSES.index(n) for n in names], dtype=np.int64)
-    return ak.unflatten(index, ak.to_numpy(ak.num(events.FatJet[mask], axis=1)))
-
-
-def _truth_columns(events: Any, mask: Any, **_: Any) -> list[Any]:
-    """What truth matching reads: GenPart's record and the FatJets' four-vectors."""
+def _truth_columns(events: Any, mask: Any, *, collection: str, **_: Any) -> list[Any]:
+    """What truth reads: GenPart's record, the jets' four-vectors and flavours."""
     gen = [
         events.GenPart[f]
         for f in ("pdgId", "genPartIdxMother", "statusFlags", "pt", "eta", "phi", "mass")
         if "GenPart" in ak.fields(events) and f in ak.fields(events.GenPart)
     ]
-    return [
-        *gen,
-        *(events.FatJet[f] for f in ("pt", "eta", "phi", "mass")),
-        ak.num(events.FatJet[mask], axis=1),
+    jets = events[collection]
+    own = [
+        jets[f]
+        for f in ("pt", "eta", "phi", "mass", "hadronFlavour", "partonFlavour")
+        if f in ak.fields(jets)
     ]
+    return [*gen, *own, ak.num(jets[mask], axis=1)]

@@ -32,6 +32,8 @@ from .expressions import Expression
 
 Getter = Callable[[str], Any]
 JETS = "FatJet"
+#: the jet collections a NanoAOD source preset reads (AK8 and AK4)
+JET_COLLECTIONS = ("FatJet", "Jet")
 
 
 # -- presets ------------------------------------------------------------------------------------------
@@ -64,6 +66,9 @@ class Preset:
     family: str = ""
     #: variable -> what this layout lacks to compute it (a model that needs one is refused, naming it)
     unavailable: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: how the jets' truth is read from the generator record (:mod:`.truth`): ``resonance`` (boosted W, Z,
+    #: top, H and their decay quarks inside the jet) or ``flavour`` (AK4: hadron and parton flavour)
+    truth: str = "resonance"
 
     def __post_init__(self) -> None:
         if not self.family:
@@ -95,6 +100,9 @@ class Preset:
             }
             particles = str(d.get("particles", next(iter(colls))))
             unavailable = {str(k): str(v) for k, v in (d.get("unavailable") or {}).items()}
+            truth = str(d.get("truth", "resonance"))
+            if truth not in ("resonance", "flavour"):
+                raise JetTaggerError(f"{where}: truth must be resonance or flavour, not {truth!r}")
         except (KeyError, TypeError, AttributeError, StopIteration) as err:
             raise JetTaggerError(f"{where}: malformed source preset ({type(err).__name__}: {err})") from None
         if particles not in colls:
@@ -110,6 +118,7 @@ class Preset:
             str(d.get("jets", JETS)),
             str(d.get("family") or d.get("name", where)),
             unavailable,
+            truth,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,6 +149,8 @@ class Preset:
             out["family"] = self.family
         if self.unavailable:
             out["unavailable"] = dict(self.unavailable)
+        if self.truth != "resonance":
+            out["truth"] = self.truth
         return out
 
     @property
@@ -169,7 +180,7 @@ class Preset:
         return walk(name)
 
 
-PRESETS = ("jetclass", "jetclass-v15", "cms-pfnano")
+PRESETS = ("jetclass", "jetclass-v15", "cms-pfnano", "cms-pfnano-ak4")
 
 
 @cache
@@ -195,14 +206,15 @@ def load_preset(spec: str | Path | Mapping[str, Any] | Preset) -> Preset:
 
 
 def preset_for(preset: Preset, has: Callable[[str], bool], jets: str | None = None) -> Preset:
-    """The member of ``preset``'s family for a file whose collections ``has`` tells (and, with ``jets``, for
-    that jet collection): ``preset`` itself where the file has its jets and particle link table, else the
-    one built-in member that fits. Where none fits, ``preset`` (the errors then name what is missing)."""
-    members = [preset, *(p for p in map(_builtin, PRESETS) if p.family == preset.family and p != preset)]
-    if jets is not None:
-        members = [p for p in members if p.jets == jets]
-        if not members:
-            raise JetTaggerError(f"--jets {jets}: no source preset of family {preset.family!r} reads {jets}")
+    """The member of ``preset``'s family for a file whose collections ``has`` tells, reading the same jet
+    collection (or, with ``jets``, that one): ``preset`` itself where the file has its jets and particle
+    link table, else the one built-in member that fits. Where none fits, the first candidate (the errors
+    then name what is missing)."""
+    jets = jets or preset.jets
+    family = [p for p in map(_builtin, PRESETS) if p.family == preset.family and p != preset]
+    members = [p for p in [preset, *family] if p.jets == jets]
+    if not members:
+        raise JetTaggerError(f"--jets {jets}: no source preset of family {preset.family!r} reads {jets}")
     fits = [p for p in members if has(p.jets) and has(p.collections[p.particles].link)]
     if fits and (fits[0] is preset or len(fits) == 1):
         return fits[0]

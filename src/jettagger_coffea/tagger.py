@@ -19,7 +19,7 @@ from .bundle import Bundle
 from .columnar import empty_jagged, map_chunks
 from .features import make_table, standardise
 from .metrics import discriminant
-from .sources import JETS, needed_branches, preset_for
+from .sources import needed_branches, preset_for
 
 
 @dataclasses.dataclass
@@ -40,7 +40,9 @@ class JetTagger:
     >>> fatjets = tagger.attach(events, jets=events.FatJet.pt > 300)  # FatJet.score_<class> fields
 
     ``backend``: a name (onnx, torch, triton) or a :class:`~.backends.BackendSpec`; ``backend_options``
-    (``threads``, ``device``, ``dtype``, ``server``, ``served_model``) go to that backend.
+    (``threads``, ``device``, ``dtype``, ``server``, ``served_model``) go to that backend. ``jets``: the
+    jet collection to tag (default: the bundle's source preset's, e.g. ``FatJet``; ``Jet`` for AK4), read
+    through the member of the preset's family that reads it.
     """
 
     def __init__(
@@ -50,9 +52,11 @@ class JetTagger:
         backend: str | BackendSpec = "onnx",
         padding: Padding = "dynamic",
         max_slots: int | Literal["auto"] = "auto",
+        jets: str | None = None,
         **backend_options: Any,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        self.preset = preset_for(self.bundle.preset, lambda _: True, jets) if jets else self.bundle.preset
         self.padding = check_padding(padding)
         self.spec = BackendSpec.of(backend, **backend_options)
         self.backend = make_backend(self.spec, self.bundle)
@@ -63,6 +67,11 @@ class JetTagger:
         return self.bundle.config
 
     @property
+    def jets(self) -> str:
+        """The jet collection tagged (``FatJet``, ``Jet``)."""
+        return self.preset.jets
+
+    @property
     def classes(self) -> list[str]:
         return self.bundle.classes
 
@@ -71,7 +80,7 @@ class JetTagger:
         """Scores of the FatJets of NanoAOD events (all, or where the [event][jet] mask ``jets`` is true), in
         file order, or of JetClass records / a TTree. Pass ``table`` (from :func:`make_table`) to share
         already-read columns with other uses."""
-        table = table if table is not None else make_table(data, self.config, self.bundle.preset, where, jets)
+        table = table if table is not None else make_table(data, self.config, self.preset, where, jets)
         std = standardise(table, self.config, self.bundle.primary)
         return TagResult(self.run_model(std), len(std), int((std.counts == 0).sum()), std.n_nonfinite)
 
@@ -99,11 +108,11 @@ class JetTagger:
         """[events][jets][classes] scores of ``events.FatJet`` (or of ``events.FatJet[jets]`` for an
         [event][jet] boolean mask), on eager, virtual or dask-awkward NanoEvents; for flat JetClass records,
         [jets][classes]."""
-        if JETS not in ak.fields(events):
+        if self.jets not in ak.fields(events):
             if hasattr(events, "_events") or (events.ndim > 1):
                 raise JetTaggerError(
-                    "JetTagger takes NanoAOD events (tagger(events), or tagger(events, jets=mask) "
-                    "for a selection of events.FatJet), not a jet collection"
+                    f"JetTagger takes NanoAOD events (tagger(events), or tagger(events, jets=mask) "
+                    f"for a selection of events.{self.jets}), not a jet collection"
                 )
             return ak.Array(self.score_jets(events).scores)
         args = (events,) if jets is None else (events, jets)
@@ -120,7 +129,7 @@ class JetTagger:
         """``events.FatJet`` (``[jets]`` if given) with one ``<prefix><class>`` field per class and one
         ``<prefix><discriminant>`` per discriminant."""
         scores = self(events, jets)
-        out = events[JETS] if jets is None else events[JETS][jets]
+        out = events[self.jets] if jets is None else events[self.jets][jets]
         for i, c in enumerate(self.classes):
             out = ak.with_field(out, scores[..., i], f"{prefix}{c}")
         for name in self.bundle.discriminants:
@@ -130,7 +139,7 @@ class JetTagger:
 
 def _score_chunk(events: ak.Array, jets: ak.Array | None = None, *, tagger: JetTagger) -> ak.Array:
     """One chunk: the (selected) FatJets' scores in [events][jets][classes]."""
-    counts = ak.num(events[JETS] if jets is None else events[JETS][jets], axis=1)
+    counts = ak.num(events[tagger.jets] if jets is None else events[tagger.jets][jets], axis=1)
     result = tagger.score_jets(events, jets=jets)
     return ak.unflatten(ak.from_numpy(result.scores, regulararray=True), ak.to_numpy(counts))
 
@@ -138,10 +147,10 @@ def _score_chunk(events: ak.Array, jets: ak.Array | None = None, *, tagger: JetT
 def _score_columns(events: ak.Array, jets: ak.Array | None = None, *, tagger: JetTagger) -> list[Any]:
     """What a chunk reads: exactly the branches the preset (the member of its family the file's layout
     takes) and config name, and the jet counts."""
-    preset = preset_for(tagger.bundle.preset, lambda coll: coll in ak.fields(events))
+    preset = preset_for(tagger.preset, lambda coll: coll in ak.fields(events))
     cols = [
         events[coll][field]
         for coll, field in needed_branches(tagger.config, preset)
         if coll in ak.fields(events) and field in ak.fields(events[coll])
     ]
-    return [*cols, ak.num(events[JETS] if jets is None else events[JETS][jets], axis=1)]
+    return [*cols, ak.num(events[tagger.jets] if jets is None else events[tagger.jets][jets], axis=1)]

@@ -7,6 +7,10 @@ else ``QCD`` (rapidity-azimuth distances, as FastJet measures them). Resonances 
 (statusFlags bit 13) of |pdgId| 6, 24, 23, 25; a decay quark is a quark whose mother is that copy (for a top,
 also the quarks of the W it decays to, followed through the W's copies). Events without ``GenPart`` (data)
 are labelled ``data``.
+
+AK4 jets (source presets with ``truth: flavour``) take CMS's flavour definition instead: ``b`` / ``c`` for a
+jet with hadronFlavour 5 / 4 (ghost-associated B / C hadrons), else ``g`` for partonFlavour 21, ``uds`` for
+|partonFlavour| 1-3, ``undef`` where no parton was matched (pile-up and unmatched jets).
 """
 
 from __future__ import annotations
@@ -21,6 +25,19 @@ from ._errors import JetTaggerError
 LAST_COPY = 1 << 13
 #: the truth classes, in the order the processor's truth axis lists them
 TRUTH_CLASSES = ("QCD", "Wqq", "Zqq", "Tbqq", "Hbb", "data")
+#: AK4 jets' truth classes (the flavour scheme)
+FLAVOUR_CLASSES = ("b", "c", "uds", "g", "undef", "data")
+#: every truth label, for columns that store an index (``truth_index`` of ``predict``'s ROOT output)
+ALL_TRUTH = (*TRUTH_CLASSES, *FLAVOUR_CLASSES[:-1])
+#: CMS ParticleNet-AK4 classes -> flavour truth
+_AK4 = {"b": "b", "bb": "b", "c": "c", "cc": "c", "uds": "uds", "g": "g"}
+
+
+def truth_classes(scheme: str) -> tuple[str, ...]:
+    """The truth classes of a scheme: ``resonance`` (AK8) or ``flavour`` (AK4)."""
+    return FLAVOUR_CLASSES if scheme == "flavour" else TRUTH_CLASSES
+
+
 _RULES = ((6, "Tbqq", 3), (24, "Wqq", 2), (23, "Zqq", 2), (25, "Hbb", 2))
 
 
@@ -65,12 +82,53 @@ def _resonances(pdg: np.ndarray, mother: np.ndarray, flags: np.ndarray) -> list[
     return out
 
 
-def fatjet_truth(events: Any, radius: float = 0.8, jets: Any = None) -> np.ndarray:
+def jet_truth(
+    events: Any,
+    *,
+    scheme: str = "resonance",
+    collection: str = "FatJet",
+    radius: float = 0.8,
+    jets: Any = None,
+) -> np.ndarray:
+    """Truth class name per jet of ``collection`` (flat, file order; of ``events[collection][jets]`` if a
+    mask is given), by the preset's scheme."""
+    if scheme == "flavour":
+        return flavour_truth(events, collection, jets)
+    return fatjet_truth(events, radius, jets, collection=collection)
+
+
+def flavour_truth(events: Any, collection: str = "Jet", jets: Any = None) -> np.ndarray:
+    """CMS's AK4 flavour: b, c (hadronFlavour), g, uds (partonFlavour), undef; ``data`` without GenPart."""
+    from .sources import Events
+
+    ev = events if isinstance(events, Events) else Events(events, "truth")
+    n_jets = ev.counts(collection)
+    rows = np.arange(int(n_jets.sum())) if jets is None else np.flatnonzero(_flat(ak.Array(jets)))
+    if not ev.has("GenPart") or "hadronFlavour" not in ev.fields(collection):
+        return np.full(len(rows), "data", dtype=object)
+    for f in ("hadronFlavour", "partonFlavour"):
+        if f not in ev.fields(collection):
+            raise JetTaggerError(
+                f"{ev.where}: missing branch {collection}_{f} (needed for the flavour truth)"
+            )
+    hadron = _flat(ev.get(collection, "hadronFlavour"))[rows]
+    parton = np.abs(_flat(ev.get(collection, "partonFlavour")))[rows]
+    labels = np.full(len(rows), "undef", dtype=object)
+    labels[(parton >= 1) & (parton <= 3)] = "uds"
+    labels[parton == 21] = "g"
+    labels[hadron == 4] = "c"
+    labels[hadron == 5] = "b"
+    return labels
+
+
+def fatjet_truth(
+    events: Any, radius: float = 0.8, jets: Any = None, collection: str = "FatJet"
+) -> np.ndarray:
     """Truth class name per FatJet (flat, file order; of ``events.FatJet[jets]`` if a mask is given)."""
     from .sources import Events
 
     ev = events if isinstance(events, Events) else Events(events, "truth")
-    n_jets = ev.counts("FatJet")
+    n_jets = ev.counts(collection)
     jet_rows = np.arange(int(n_jets.sum())) if jets is None else np.flatnonzero(_flat(ak.Array(jets)))
     if not ev.has("GenPart"):
         return np.full(len(jet_rows), "data", dtype=object)
@@ -84,7 +142,7 @@ def fatjet_truth(events: Any, radius: float = 0.8, jets: Any = None) -> np.ndarr
     n_gen = ev.counts("GenPart")
     goff = np.r_[0, np.cumsum(n_gen)]
     grap = _rapidity(g["pt"], g["eta"], g["mass"])
-    jpt, jeta, jphi, jmass = (_flat(ev.get("FatJet", f)) for f in ("pt", "eta", "phi", "mass"))
+    jpt, jeta, jphi, jmass = (_flat(ev.get(collection, f)) for f in ("pt", "eta", "phi", "mass"))
     jrap = _rapidity(jpt, jeta, jmass)
     joff = np.r_[0, np.cumsum(n_jets)]
     labels = np.full(int(n_jets.sum()), "QCD", dtype=object)
@@ -108,9 +166,12 @@ def fatjet_truth(events: Any, radius: float = 0.8, jets: Any = None) -> np.ndarr
 
 def truth_of_class(name: str) -> str | None:
     """The truth class a model class belongs to: JetClass names as they are, CMS ParticleNet names by
-    their group (``Top_*`` -> Tbqq, ``W_*`` -> Wqq, ``Z_*`` -> Zqq, ``H_bb`` -> Hbb, ``QCD_*`` -> QCD)."""
+    their group (``Top_*`` -> Tbqq, ``W_*`` -> Wqq, ``Z_*`` -> Zqq, ``H_bb`` -> Hbb, ``QCD_*`` -> QCD), CMS
+    ParticleNet-AK4's by flavour (b, bb -> b; c, cc -> c; uds; g; undef and pu have none)."""
     if name in TRUTH_CLASSES:
         return name
+    if name in _AK4:
+        return _AK4[name]
     for prefix, truth in (("Top", "Tbqq"), ("W_", "Wqq"), ("Z_", "Zqq"), ("H_bb", "Hbb"), ("QCD", "QCD")):
         if name.startswith(prefix):
             return truth
