@@ -133,7 +133,76 @@ def test_rntuple_with_dask_awkward_is_refused_up_front(cms_ak8, tmp_path):
     assert r.returncode == 2
     expected = (
         f"jettagger run: error: {shared_file(NANO / 'pfnano_rntuple.root')} is an RNTuple, which the "
-        "dask-awkward executor cannot read with this coffea and uproot: use --executor iterative, futures or dask"
+        "dask-awkward executor cannot read with this coffea and uproot: "
+        "use --executor iterative, futures or dask"
     )
     assert r.stderr.strip().splitlines() == [expected]
     assert not out.exists()
+
+
+AK4 = SHARED / "reference" / "cms" / "ParticleNetAK4_CHS_V00"
+AK4_CLASSES = ("b", "bb", "c", "cc", "uds", "g", "undef", "pu")
+
+
+@pytest.fixture(scope="module")
+def cms_ak4(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cms") / "pn-ak4"
+    onnx, pre = shared_file(AK4 / "model.onnx"), shared_file(AK4 / "preprocess.json")
+    r = run_cli("import-weaver", "--onnx", onnx, "--preprocess", pre, "--source", "cms-pfnano-ak4", "-o", out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_cms_ak4_on_pfnano_ak4_jets(cms_ak4, tmp_path):
+    """CMS ParticleNet-AK4 on PFNano's AK4 jets (Jet + JetPFCands + JetSVs): one row per Jet, summing to 1;
+    PFNano stores no ParticleNet-AK4 scores, so the discriminants are held against DeepJet's: the same
+    ordering of jets in every one (QvsG against 1 - btagDeepFlavQG, which NanoAOD defines as g vs uds)."""
+    import uproot
+    from scipy.stats import spearmanr
+
+    pfnano = shared_file(NANO / "pfnano.root")
+    out = tmp_path / "ak4.parquet"
+    r = run_cli("predict", "--model", cms_ak4, "--input", pfnano, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "source preset cms-pfnano-ak4 (Jet, JetPFCands -> PFCands, JetSVs -> SV)" in r.stdout
+    cols = ak.from_parquet(out)
+    assert len(cols) == 64
+    s = np.stack([np.asarray(cols[f"score_{c}"]) for c in AK4_CLASSES], axis=1)
+    np.testing.assert_allclose(s.sum(axis=1), 1, atol=1e-5)
+    with uproot.open(pfnano) as f:
+        deepjet = {
+            k: ak.to_numpy(ak.flatten(f["Events"][f"Jet_btagDeepFlav{k}"].array()))
+            for k in ("B", "CvL", "QG")
+        }
+        flavour = ak.to_numpy(ak.flatten(f["Events"]["Jet_hadronFlavour"].array()))
+    b, c, uds, g = s[:, 0] + s[:, 1], s[:, 2] + s[:, 3], s[:, 4], s[:, 5]
+    assert spearmanr(b / (b + c + uds + g), deepjet["B"]).correlation > 0.4
+    assert spearmanr(c / (c + uds + g), deepjet["CvL"]).correlation > 0.4
+    assert spearmanr(uds / (uds + g), 1 - deepjet["QG"]).correlation > 0.7
+    truth = np.asarray(cols["truth"])
+    np.testing.assert_array_equal(truth == "c", flavour == 4)  # CMS's hadron flavour
+    assert set(truth) <= {"b", "c", "uds", "g", "undef"}
+
+
+def test_run_tags_ak4_jets_by_flavour(cms_ak4):
+    """The main job on AK4 jets: the Jet collection selected and histogrammed with flavour truth."""
+    fs = {"qcd": {"files": {str(shared_file(NANO / "pfnano.root")): "Events"}}}
+    from jettagger_coffea.processor import Selection
+
+    out = run_fileset(
+        cms_ak4,
+        fs,
+        executor="iterative",
+        chunksize=5,
+        progress=False,
+        selection=Selection(pt_min=15, eta_max=2.5),
+    )
+    flow = out["cutflow"]["qcd"]
+    assert flow["fatjets"] == 64 and flow["tagged_jets"] == flow["selected_jets"] > 30
+    jets = out["hists"]["jets"]
+    assert list(jets.axes["truth"]) == ["b", "c", "uds", "g", "undef", "data"]
+    assert (
+        jets[{"truth": "g"}].sum().value > 0
+        and jets[{"truth": "QCD"} if False else {"truth": "uds"}].sum().value > 0
+    )
+    assert out["hists"]["msoftdrop"].axes["msd"].label == "Jet mass [GeV]"

@@ -252,6 +252,9 @@ def _add_evaluate(sub) -> None:
 def _add_backend(p: argparse.ArgumentParser) -> None:
     from .backends import BACKENDS
 
+    p.add_argument(
+        "--jets", default=None, help="jet collection to tag: FatJet (AK8), Jet (AK4); default: the bundle's"
+    )
     p.add_argument("--backend", choices=list(BACKENDS), default="onnx", help="inference backend")
     p.add_argument("--server", default=None, help="Triton server, grpc://host:8001 or http://host:8000")
     p.add_argument(
@@ -270,7 +273,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
     from .tagger import JetTagger
 
-    m = evaluate(JetTagger(args.model, backend=_backend(args)), args.input, args.output)
+    m = evaluate(JetTagger(args.model, backend=_backend(args), jets=args.jets), args.input, args.output)
     print(f"{m['model']}: {m['n_jets']} jets, accuracy {_number(m['accuracy'], '.4f')}")
     _print_discriminants(m)
     return 0
@@ -319,7 +322,10 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise JetTaggerError(f"--input: no such file {missing[0]}")
     sources: dict[str, int] = {}
     cols = predict_files(
-        JetTagger(args.model, backend=_backend(args)), args.input, progress=True, sources=sources
+        JetTagger(args.model, backend=_backend(args), jets=args.jets),
+        args.input,
+        progress=True,
+        sources=sources,
     )
     for source, n in sources.items():
         print(f"source preset {source}: {n} file{'s' * (n != 1)}")
@@ -498,6 +504,7 @@ def _run_run(args: argparse.Namespace) -> int:
         working_points=args.working_points,
         per_jet=args.per_jet,
         backend=backend,
+        jets=args.jets,
     )
     paths = write_outputs(out, args.output)
     _print_run(json.loads(paths["metrics"].read_text()), out, paths, args.output)

@@ -79,7 +79,8 @@ class TaggerProcessor(processor.ProcessorABC):
     ``datasets``: coffea fileset metadata per dataset (``is_mc``; ``xsec`` is applied after the job, see
     :func:`execution.normalise`). ``working_points``: a correctionlib file written by ``jettagger
     workingpoints`` whose thresholds replace the bundle's. ``backend``: a name or a
-    :class:`~.backends.BackendSpec`, handed to :class:`JetTagger` as it is.
+    :class:`~.backends.BackendSpec`, handed to :class:`JetTagger` as it is; ``jets``: the jet collection
+    (default: the bundle's).
     """
 
     def __init__(
