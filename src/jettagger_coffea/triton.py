@@ -20,6 +20,8 @@ MAX_BATCH = 1024
 #: model-config parameter holding the sha256 of model.onnx: the client checks the server runs the bundle's
 #: network, not a stale copy of the same name
 HASH_KEY = "jettagger_onnx_sha256"
+#: the model file of a repository's version folder
+MODEL_FILE = "model.onnx"
 #: gRPC / HTTP status texts tritonclient reports for a server that is starting, overloaded or unreachable
 TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "503", "502", "504")
 _DTYPES = {"tensor(float)": ("TYPE_FP32", "FP32"), "tensor(double)": ("TYPE_FP64", "FP64")}
@@ -155,8 +157,9 @@ class TritonBackend(ProcessLocal):
         raise AssertionError  # pragma: no cover
 
     def metadata(self) -> dict[str, Any]:
-        """Inputs (name -> dims), max batch size and ONNX hash of the served model; checked against the
-        bundle the first time."""
+        """Inputs (name -> dims), output width, max batch size and the model file's hashes (ours, or the
+        checksum agent's MD5 of CMS's repositories) of the served model; checked against the bundle the
+        first time."""
         if self._meta is None:
             cfg = self._call("reading the model config", self.client.get_model_config, self.model)
             if not self._http:
@@ -164,10 +167,23 @@ class TritonBackend(ProcessLocal):
 
                 cfg = MessageToDict(cfg.config, preserving_proto_field_name=True)
             params = cfg.get("parameters") or {}
+            outputs = cfg.get("output") or [{}]
+            agents = (cfg.get("model_repository_agents") or {}).get("agents") or []
+            md5 = next(
+                (
+                    p.get(f"MD5:1/{MODEL_FILE}")
+                    for a in agents
+                    if a.get("name") == "checksum"
+                    for p in [a.get("parameters") or {}]
+                ),
+                None,
+            )
             meta = {
                 "inputs": {i["name"]: [int(d) for d in i.get("dims", [])] for i in cfg.get("input", [])},
+                "outputs": [int(d) for d in outputs[0].get("dims", [])],
                 "max_batch_size": int(cfg.get("max_batch_size", 0)) or MAX_BATCH,
                 "hash": (params.get(HASH_KEY) or {}).get("string_value"),
+                "md5": md5,
             }
             if self.bundle is not None:
                 self._check(meta)
@@ -188,10 +204,24 @@ class TritonBackend(ProcessLocal):
                     f"{self.where}: input {k!r} has dims {dims}, bundle {self.bundle.path} gives "
                     f"{shapes[k][1]} variables"
                 )
-        if meta["hash"] and meta["hash"] != sha256(self.bundle.onnx_path):
+        n_out = meta["outputs"][-1] if meta["outputs"] else None
+        if n_out is not None and n_out > 0 and n_out != len(self.bundle.classes):
+            raise JetTaggerError(
+                f"{self.where}: returns {n_out} outputs, bundle {self.bundle.path} has "
+                f"{len(self.bundle.classes)} classes"
+            )
+        local = Path(self.bundle.onnx_path)
+        if not local.is_file():  # a client-only bundle: the server's model is the model
+            return
+        if meta["hash"] and meta["hash"] != sha256(local):
             raise JetTaggerError(
                 f"{self.where}: serves a different model.onnx than bundle {self.bundle.path} "
                 "(re-export the repository with `jettagger export --triton`)"
+            )
+        if meta["md5"] and meta["md5"] != hashlib.md5(local.read_bytes()).hexdigest():  # the agent's choice
+            raise JetTaggerError(
+                f"{self.where}: its checksum (MD5 of 1/{MODEL_FILE}) differs from bundle "
+                f"{self.bundle.path}'s {MODEL_FILE}"
             )
 
     @property

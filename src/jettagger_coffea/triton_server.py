@@ -1,6 +1,13 @@
-"""A local Triton server for a repository written by ``jettagger export --triton``, for development and
-tests on machines without a facility's server: PyTriton (``pip install nvidia-pytriton``, which ships a
-``tritonserver`` with the Python backend only) serving each model's ONNX through onnxruntime.
+"""A local Triton server for a repository of onnxruntime models (written by ``jettagger export --triton``,
+or CMS's own, as cms-data ships them for SONIC), for development and tests on machines without a
+facility's server: PyTriton (``pip install nvidia-pytriton``, which ships a ``tritonserver`` with the
+Python backend only) serving each model's ONNX through onnxruntime.
+
+What a repository's config.pbtxt says is honoured where it matters here: ``max_batch_size``, inputs and
+the first output, ``dynamic_batching { preferred_batch_size }``, ``parameters``, and the ``checksum``
+repository agent (each ``MD5:<file>`` is verified before the model is served; a mismatch refuses to
+start). ``label_filename`` is passed on unread (the client checks the class count against the output's
+dims); ``optimization`` and other platform options are onnxruntime's defaults here.
 
 Standalone on purpose: PyTriton needs numpy < 2, so it lives in its own environment (``make triton``
 creates ``.venv-triton``) and this file imports nothing of jettagger_coffea::
@@ -56,13 +63,30 @@ def _keep_parameters(params: dict[str, dict[str, str]]) -> None:
     Model._get_triton_model_config = with_parameters
 
 
+def _verify_checksums(folder: Path, cfg) -> None:
+    """The checksum agent's ``MD5:<relative path>`` entries, checked as Triton's agent would."""
+    import hashlib
+
+    for agent in cfg.model_repository_agents.agents:
+        if agent.name != "checksum":
+            continue
+        for key, want in agent.parameters.items():
+            algo, _, rel = key.partition(":")
+            if algo.upper() != "MD5":
+                raise SystemExit(f"{folder}: checksum agent: unsupported {algo}")
+            got = hashlib.md5((folder / rel).read_bytes()).hexdigest()
+            if got != want:
+                raise SystemExit(f"{folder}: checksum agent: {rel} has MD5 {got}, config.pbtxt says {want}")
+
+
 def _bind(triton, folder: Path, threads: int) -> str:
     import numpy as np
     import onnxruntime as ort
     from pytriton.decorators import batch
-    from pytriton.model_config import ModelConfig, Tensor
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 
     cfg = _config(folder / "config.pbtxt")
+    _verify_checksums(folder, cfg)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -83,7 +107,12 @@ def _bind(triton, folder: Path, threads: int) -> str:
         infer_func=infer,
         inputs=tensors(cfg.input),
         outputs=tensors(cfg.output),
-        config=ModelConfig(max_batch_size=cfg.max_batch_size),
+        config=ModelConfig(
+            max_batch_size=cfg.max_batch_size,
+            batcher=DynamicBatcher(
+                preferred_batch_size=list(cfg.dynamic_batching.preferred_batch_size) or None
+            ),
+        ),
         strict=False,
     )
     return cfg.name
