@@ -194,17 +194,8 @@ def train(
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
     config = _config(config_path, train_files)
-    kept = ("seed", "batch_size", "val_fraction", "max_train_jets", "max_val_jets")
-    inputs = {  # what a resumed run must share with the run it continues, or its batches are other jets
-        "network": network,
-        "train_files": [str(f) for f in train_files],
-        "val_files": [str(f) for f in val_files],
-        **{k: getattr(s, k) for k in kept},
-    }
-    state = None  # read once, checked before the jets are read; tensors land on their devices when loaded
-    if resume and (output / "last.pt").exists():
-        state = torch.load(output / "last.pt", map_location="cpu", weights_only=False)  # our own file
-        _check_resume(output, inputs, state)
+    inputs = _run_inputs(network, train_files, val_files, s)
+    state = _last_state(output, inputs) if resume else None
     config.dump_yaml(output / "data_config.yaml")
     train_set, val_set = _datasets(config, train_files, val_files, s, rng)
     inputs["n_train"] = len(train_set)
@@ -268,6 +259,30 @@ def _summary(
         "parameters": sum(p.numel() for p in run.model.parameters()),
         **({"init": str(init)} if init is not None else {}),
     }
+
+
+def _run_inputs(
+    network: str, train_files: Sequence[str | Path], val_files: Sequence[str | Path], s: TrainSettings
+) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues, or its batches are other jets (``n_train``
+    is added once the jets are read)."""
+    kept = ("seed", "batch_size", "val_fraction", "max_train_jets", "max_val_jets")
+    return {
+        "network": network,
+        "train_files": [str(f) for f in train_files],
+        "val_files": [str(f) for f in val_files],
+        **{k: getattr(s, k) for k in kept},
+    }
+
+
+def _last_state(output: Path, inputs: dict[str, Any]) -> dict[str, Any] | None:
+    """The last.pt a resumed run goes on from (None: none yet), read once and checked before the jets are
+    read; its tensors land on their devices when loaded."""
+    if not (output / "last.pt").exists():
+        return None
+    state = torch.load(output / "last.pt", map_location="cpu", weights_only=False)  # our own file
+    _check_resume(output, inputs, state)
+    return state
 
 
 def _check_resume(output: Path, inputs: dict[str, Any], state: dict[str, Any]) -> None:

@@ -37,15 +37,7 @@ def import_weaver(
     _check_files(data_config=data_config, checkpoint=checkpoint, onnx=onnx, preprocess=preprocess)
     if source is not None:
         load_preset(source)  # unknown names fail here, before anything is written
-    card: dict = {
-        "name": name or out.name,
-        "discriminants": discriminants or {},
-        "provenance": {"imported_from": "weaver" if data_config else "cmssw"},
-    }
-    if data_config is not None:
-        card["provenance"]["data_config"] = str(data_config)
-    if source:
-        card["source"] = source
+    card = _card(name or out.name, discriminants or {}, data_config, source)
     if checkpoint:
         if not network:
             raise JetTaggerError("import-weaver: --checkpoint needs --network")
@@ -58,6 +50,20 @@ def import_weaver(
             "import-weaver: give --checkpoint (with --network) or --onnx (with --preprocess)"
         )
     return out
+
+
+def _card(name: str, discriminants: dict, data_config: str | Path | None, source: str | None) -> dict:
+    """The card's name, discriminants, provenance and source; the import adds what it knows of the model."""
+    card: dict = {
+        "name": name,
+        "discriminants": discriminants,
+        "provenance": {"imported_from": "weaver" if data_config else "cmssw"},
+    }
+    if data_config is not None:
+        card["provenance"]["data_config"] = str(data_config)
+    if source:
+        card["source"] = source
+    return card
 
 
 def _check_files(**files: str | Path | None) -> None:
