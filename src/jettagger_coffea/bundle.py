@@ -18,6 +18,7 @@ import yaml
 from ._errors import JetTaggerError
 from .config import DataConfig
 from .inputs import InputSpec, card_inputs, default_source, infer_inputs, read_inputs
+from .metrics import unknown_classes
 from .sources import Preset, load_preset
 
 MODEL, CONFIG, PREPROCESS, CARD, STATE = (
@@ -135,7 +136,7 @@ class Bundle:
                 f"{config.class_names} ({path / CONFIG})"
             )
         for dname, d in (card.get("discriminants") or {}).items():
-            unknown = [c for c in [*d.get("signal", []), *d.get("background", [])] if c not in classes]
+            unknown = unknown_classes(classes, d)
             if unknown or not d.get("signal"):
                 raise JetTaggerError(f"{path / CARD}: discriminant {dname!r} names unknown classes {unknown}")
         preset = load_preset(card.get("source") or default_source(config))
