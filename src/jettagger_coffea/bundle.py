@@ -1,6 +1,8 @@
 """Tagger bundle: a folder with ``model.onnx`` (optionally ``model.pt``), the weaver data config,
 ``preprocess.json`` and ``tagger.yaml`` (name, network, classes, discriminants, provenance, metrics,
-working points). Everything is validated when the bundle is loaded, naming the file at fault."""
+working points). Everything is validated when the bundle is loaded, naming the file at fault. Here too: the
+shipped bundles (``models/``, :func:`resolve`) and the one writer (:func:`write_bundle`), which takes an
+ONNX file already exported (torch networks: :func:`jettagger_coffea.nn.export.save_model`)."""
 
 from __future__ import annotations
 
