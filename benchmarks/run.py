@@ -22,8 +22,8 @@ import awkward as ak
 import numpy as np
 from _timing import best_of, single_thread_workers  # benchmarks/ is on sys.path when a script here runs
 
-from jettagger_coffea import models
 from jettagger_coffea.backends import TorchBackend
+from jettagger_coffea.bundle import resolve
 from jettagger_coffea.data import PROCESSES, default_fileset, sample_path
 from jettagger_coffea.execution import run_fileset
 from jettagger_coffea.features import make_table, standardise
@@ -285,7 +285,7 @@ def main() -> None:
     counts = ak.to_numpy(ak.num(pf, axis=1))
     res["multiplicity"] = {"mean": float(counts.mean()), "max": int(counts.max())}
     for name in args.models:
-        path = models.resolve(name)
+        path = resolve(name)
         bundle = JetTagger(path).bundle
         r: dict = {"bundle": str(path), "network": bundle.card.get("network")}
         r["parameters"] = bundle.card.get("provenance", {}).get("parameters")

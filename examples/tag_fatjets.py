@@ -10,13 +10,13 @@ import hist
 import numpy as np
 from coffea.nanoevents import NanoEventsFactory
 
-from jettagger_coffea import models
+from jettagger_coffea.bundle import resolve
 from jettagger_coffea.data import sample_path
 from jettagger_coffea.nanoevents import PFNanoSchema
 from jettagger_coffea.tagger import JetTagger
 
 # 1. the tagger: a bundle folder (or a shipped name); the ONNX session is made once per process
-tagger = JetTagger(models.resolve())  # the default shipped model
+tagger = JetTagger(resolve())  # the default shipped model
 print("classes:", tagger.classes, "discriminants:", list(tagger.bundle.discriminants))
 
 # 2. events: eager / virtual (coffea Runner) or dask (apply_to_fileset) all work the same way

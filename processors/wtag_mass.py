@@ -14,8 +14,8 @@ import awkward as ak
 import hist
 from coffea import processor
 
-from jettagger_coffea import models
 from jettagger_coffea._errors import JetTaggerError
+from jettagger_coffea.bundle import resolve
 from jettagger_coffea.data import default_fileset
 from jettagger_coffea.nanoevents import PFNanoSchema
 from jettagger_coffea.tagger import JetTagger
@@ -23,7 +23,7 @@ from jettagger_coffea.tagger import JetTagger
 
 class WTagMass(processor.ProcessorABC):
     def __init__(self, bundle=None, discriminant: str = "WvsQCD", wp: str = "mistag1%") -> None:
-        self.tagger = JetTagger(models.resolve(bundle))
+        self.tagger = JetTagger(resolve(bundle))
         self.discriminant = discriminant
         wps = self.tagger.bundle.working_points.get(discriminant, {})
         if wp not in wps:

@@ -170,7 +170,8 @@ def test_pickle_checkpoint_refused(tmp_path):
             return (os.system, (f"touch {marker}",))
 
     torch.save({"model": Evil()}, tmp_path / "evil.pt")
-    model = build("pfn", ["pf_features", "pf_mask"], {"pf_features": 7, "pf_mask": 1}, 4)
+    roles = {"pf_features": "features", "pf_mask": "mask"}
+    model = build("pfn", ["pf_features", "pf_mask"], {"pf_features": 7, "pf_mask": 1}, 4, roles=roles)
     with pytest.raises(JetTaggerError, match=r"evil\.pt"):
         load_state(model, tmp_path / "evil.pt")
     assert not marker.exists()

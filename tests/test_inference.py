@@ -306,10 +306,10 @@ def test_run_cli_bad_model(tmp_path):
 @pytest.mark.slow
 def test_run_cli_default(tmp_path):
     """The README's main job: no arguments -> default shipped model, bundled samples."""
-    from jettagger_coffea import models
+    from jettagger_coffea.bundle import resolve
 
     try:
-        models.resolve(None)
+        resolve(None)
     except JetTaggerError:
         pytest.skip("no shipped default model")
     env = {k: v for k, v in os.environ.items() if k != "JETTAGGER_MODEL"}

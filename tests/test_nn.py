@@ -19,6 +19,7 @@ from .conftest import PN_KIN_WEIGHTS, shared_file
 
 NAMES = ["pf_points", "pf_features", "pf_vectors", "pf_mask"]
 DIMS = {"pf_points": 2, "pf_features": 7, "pf_vectors": 4, "pf_mask": 1}
+ROLES = {"pf_points": "points", "pf_features": "features", "pf_vectors": "vectors", "pf_mask": "mask"}
 SMALL = {  # small widths keep the suite fast; the structure is the real one
     "particlenet": {},
     "particlenet-lite": {},
@@ -38,7 +39,7 @@ SMALL = {  # small widths keep the suite fast; the structure is the real one
 
 def _model(name, dtype=torch.float32, seed=0):
     torch.manual_seed(seed)
-    m = build(name, NAMES, DIMS, 4, **SMALL[name]).eval().to(dtype)
+    m = build(name, NAMES, DIMS, 4, roles=ROLES, **SMALL[name]).eval().to(dtype)
     for mod in m.modules():  # non-trivial batch-norm statistics
         if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
             mod.running_mean.normal_(0, 0.2)
@@ -59,7 +60,8 @@ def test_particlenet_kin_matches_weaver(jetclass_config, tbqq_jetclass):
     weights = shared_file(PN_KIN_WEIGHTS)
     cfg = DataConfig.from_yaml(jetclass_config("kin"))
     f = featurize(uproot.open(tbqq_jetclass)["tree"], cfg)
-    ours = build("particlenet", list(cfg.input_names), {k: v.shape[1] for k, v in f.inputs.items()}, 10)
+    dims = {k: v.shape[1] for k, v in f.inputs.items()}
+    ours = build("particlenet", list(cfg.input_names), dims, 10, roles=ROLES)
     load_state(ours, weights)
     ours.eval()
     ref = weaver_pn.ParticleNet(
@@ -92,7 +94,9 @@ def test_part_state_dict_from_weaver(pre_activation, jets):
         if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
             mod.running_mean.normal_(0, 0.2)
             mod.running_var.uniform_(0.5, 2.0)
-    ours = build("part", NAMES, DIMS, 4, use_pre_activation_pair=pre_activation, num_layers=3).eval()
+    ours = build(
+        "part", NAMES, DIMS, 4, roles=ROLES, use_pre_activation_pair=pre_activation, num_layers=3
+    ).eval()
     ours.load_state_dict({f"mod.{k}": v for k, v in ref.state_dict().items()}, strict=True)
     x, _ = jets
     with torch.no_grad():
@@ -179,7 +183,7 @@ def split_inputs(x, eps=1e-6):
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-6), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("name", ["part-irc", "efn"])
 def test_irc_safe_models(name, dtype, tol):
-    m = build(name, NAMES, DIMS, 4).eval().to(dtype)  # full default size
+    m = build(name, NAMES, DIMS, 4, roles=ROLES).eval().to(dtype)  # full default size
     x = [t.to(dtype) for t in example_inputs(m, DIMS, n=8, length=60, seed=5)]
     other = split_inputs(x)
     with torch.no_grad():
@@ -210,7 +214,9 @@ def test_onnx_export_equals_torch(name, tmp_path):
 
 
 def test_parameter_counts():
-    counts = {n: sum(p.numel() for p in build(n, NAMES, DIMS, 10).parameters()) for n in NETWORKS}
+    counts = {
+        n: sum(p.numel() for p in build(n, NAMES, DIMS, 10, roles=ROLES).parameters()) for n in NETWORKS
+    }
     assert 360_000 < counts["particlenet"] < 380_000  # seed table: 370k
     assert 2_100_000 < counts["part"] < 2_200_000  # seed table: 2.14M
     assert counts["part-plain"] < counts["part"]
@@ -219,7 +225,7 @@ def test_parameter_counts():
 
 def test_irc_part_with_energy_free_features():
     """IRC-safe ParT fed charge/PID/IP-like features: still IRC safe when split halves share them."""
-    m = build("part-irc", NAMES, DIMS, 4, token_features=[5, 6], num_layers=2).eval().double()
+    m = build("part-irc", NAMES, DIMS, 4, roles=ROLES, token_features=[5, 6], num_layers=2).eval().double()
     x = [t.double() for t in example_inputs(m, DIMS, n=4, length=40, seed=7)]
     vv, mm = split_and_soften(x[2], x[3], eps=1e-9)
 
@@ -246,6 +252,7 @@ def test_irc_part_energy_scale(energy_bias):
             NAMES,
             DIMS,
             4,
+            roles=ROLES,
             energy_bias=energy_bias,
             num_layers=1,
             num_cls_layers=1,
@@ -266,7 +273,7 @@ def test_irc_part_energy_scale(energy_bias):
     change = torch.max(torch.abs(ref - scaled))
     assert (change > 1e-3) if energy_bias == "energy" else (change <= 1e-6)
     with pytest.raises(ValueError, match="energy_bias"):
-        build("part-irc", NAMES, DIMS, 4, energy_bias="pt")
+        build("part-irc", NAMES, DIMS, 4, roles=ROLES, energy_bias="pt")
 
 
 def test_irc_part_with_jet_kinematics():
@@ -277,6 +284,7 @@ def test_irc_part_with_jet_kinematics():
             NAMES,
             DIMS,
             4,
+            roles=ROLES,
             jet_kinematics=True,
             num_layers=2,
             embed_dims=(16, 16),
@@ -299,9 +307,10 @@ def test_particlenet_with_secondary_vertices(tmp_path):
     from jettagger_coffea._errors import JetTaggerError
 
     names = ["pf_points", "pf_features", "pf_mask", "sv_points", "sv_features", "sv_mask"]
+    roles = {n: n.removeprefix("pf_") for n in names}
     dims = {"pf_points": 2, "pf_features": 25, "pf_mask": 1, "sv_points": 2, "sv_features": 11, "sv_mask": 1}
     torch.manual_seed(1)
-    m = build("particlenet-lite", names, dims, 5).eval()
+    m = build("particlenet-lite", names, dims, 5, roles=roles).eval()
     assert m.roles == ["points", "features", "mask", "sv_points", "sv_features", "sv_mask"]
     g = torch.Generator().manual_seed(2)
     n, p, s = 3, 20, 4
@@ -316,13 +325,19 @@ def test_particlenet_with_secondary_vertices(tmp_path):
         no_sv = m(*pf, *[x * 0 for x in sv])
         assert (no_sv - ref).abs().max() > 1e-4  # the SVs are used
     with pytest.raises(JetTaggerError, match=r"unknown option\(s\) \['kk'\]"):
-        build("particlenet-lite", names, dims, 5, kk=3)
+        build("particlenet-lite", names, dims, 5, roles=roles, kk=3)
     with pytest.raises(JetTaggerError, match="takes no secondary-vertex inputs"):
         build(
             "pfn",
             ["pf_features", "pf_mask", "sv_features", "sv_mask"],
             {"pf_features": 7, "pf_mask": 1, "sv_features": 11, "sv_mask": 1},
             5,
+            roles={
+                "pf_features": "features",
+                "pf_mask": "mask",
+                "sv_features": "sv_features",
+                "sv_mask": "sv_mask",
+            },
         )
     path = export_onnx(m, dims, tmp_path / "m.onnx")
     import onnxruntime as ort

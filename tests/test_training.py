@@ -17,7 +17,7 @@ from jettagger_coffea.data import sample_path
 from jettagger_coffea.evaluation import evaluate, predict_files
 from jettagger_coffea.metrics import auc, confusion_matrix, rejection, roc_curve
 from jettagger_coffea.tagger import JetTagger
-from jettagger_coffea.training import export, load_trained, lr_factor, predict, train
+from jettagger_coffea.training import export, load_trained, lr_factor, torch_scores, train
 
 
 def train_cli(*args: str) -> list[str]:
@@ -68,7 +68,7 @@ def test_toy_is_learnt(toy):
     from jettagger_coffea.datasets import load_jets
 
     f = load_jets(files, config)
-    p = predict(model, f)
+    p = torch_scores(model, f)
     assert auc(f.labels == 1, p[:, 1]) > 0.85  # 0.88 after 4 short epochs; an untrained model gives 0.5
     log = [json.loads(line) for line in (work / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1, 2, 3]
@@ -82,7 +82,7 @@ def test_checkpoint_reload_and_resume(toy, tmp_path):
     from jettagger_coffea.datasets import load_jets
 
     f = load_jets(files[:1], config)
-    np.testing.assert_array_equal(predict(a, f), predict(b, f))
+    np.testing.assert_array_equal(torch_scores(a, f), torch_scores(b, f))
     # resume: two epochs, stop, then resume to four == four in one go (same seed, same batches)
     kw = {
         "epochs": 4,
@@ -194,7 +194,7 @@ def test_learning_curve_is_the_first_pass_on_distinct_jets(toy, tmp_path):
     assert rows[-1]["discriminants"]["TvsQCD"]["auc"] > rows[0]["discriminants"]["TvsQCD"]["auc"] + 0.1
     model, config, _ = load_trained(out, which=0)
     val = load_jets(files, config)
-    p = predict(model, val)
+    p = torch_scores(model, val)
     top = rows[-1]["discriminants"]["TvsQCD"]
     assert top["auc"] == pytest.approx(auc(val.labels == 1, p[:, 1]), abs=1e-6)
     assert rows[-1]["accuracy"] == pytest.approx(float(np.mean(p.argmax(1) == val.labels)), abs=1e-9)
@@ -225,10 +225,10 @@ def test_export_onnx_equals_torch_and_evaluate_equals_sklearn(toy, tmp_path):
     from jettagger_coffea.datasets import load_jets
 
     f = load_jets(files, config)
-    torch_scores = predict(model, f)
+    scores = torch_scores(model, f)
     cols = predict_files(JetTagger(bundle), files)
     onnx_scores = np.stack([cols["score_QCD"], cols["score_Tbqq"]], axis=1)
-    np.testing.assert_allclose(onnx_scores, torch_scores, atol=1e-5)
+    np.testing.assert_allclose(onnx_scores, scores, atol=1e-5)
     m = evaluate(JetTagger(bundle), files, tmp_path / "eval")
     y = cols["label"].astype(int)
     d = onnx_scores[:, 1] / onnx_scores.sum(1)

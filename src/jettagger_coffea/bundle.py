@@ -1,12 +1,17 @@
 """Tagger bundle: a folder with ``model.onnx`` (optionally ``model.pt``), the weaver data config,
 ``preprocess.json`` and ``tagger.yaml`` (name, network, classes, discriminants, provenance, metrics,
-working points). Everything is validated when the bundle is loaded, naming the file at fault."""
+working points). Everything is validated when the bundle is loaded, naming the file at fault. Here too: the
+shipped bundles (``models/``, :func:`resolve`) and the one writer (:func:`write_bundle`), which takes an
+ONNX file already exported (torch networks: :func:`jettagger_coffea.nn.export.save_model`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import os
+import shutil
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +19,9 @@ import yaml
 
 from ._errors import JetTaggerError
 from .config import DataConfig
-from .sources import Preset, guess_preset, load_preset
+from .inputs import InputSpec, card_inputs, default_source, infer_inputs, read_inputs
+from .metrics import unknown_classes
+from .sources import Preset, load_preset
 
 MODEL, CONFIG, PREPROCESS, CARD, STATE = (
     "model.onnx",
@@ -23,50 +30,43 @@ MODEL, CONFIG, PREPROCESS, CARD, STATE = (
     "tagger.yaml",
     "model.pt",
 )
-#: networks whose attention carries (N, C, P, P) pair features
-PAIRWISE_NETWORKS = ("part", "part-irc")
 
 
-#: what a network argument is: the particle collection's points / features / vectors / mask, or those of
-#: the secondary-vertex collection (``sv_*``, as weaver's ParticleNet / ParT taggers take them)
-ROLES = ("points", "features", "vectors", "mask", "sv_points", "sv_features", "sv_mask")
+# -- shipped bundles -----------------------------------------------------------------------------------
+def models_dir() -> Path:
+    """The shipped bundles: ``models/`` of the repository, installed as ``jettagger_coffea/models``."""
+    installed = Path(str(files("jettagger_coffea") / "models"))
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parents[2] / "models"  # editable checkout
 
 
-def role_of(group: str) -> str | None:
-    """The role a group name suggests: its kind (points / features / vectors / mask), ``sv_`` for a group
-    of secondary vertices. Bundles declare roles; this is the default where none is declared."""
-    kind = next((r for r in ROLES[:4] if r in group.lower()), None)
-    if kind is not None and group.lower().startswith("sv") and kind != "vectors":
-        return f"sv_{kind}"
-    return kind
+def available() -> list[str]:
+    """The names of the shipped bundles."""
+    d = models_dir()
+    return sorted(p.name for p in d.iterdir() if (p / CARD).is_file()) if d.is_dir() else []
 
 
-@dataclasses.dataclass(frozen=True)
-class InputSpec:
-    """One model input: a data-config group of one collection, in one role."""
-
-    group: str
-    collection: str
-    role: str
-
-
-def infer_inputs(config: DataConfig, preset: Preset) -> dict[str, InputSpec]:
-    """The input spec of a config whose bundle does not declare one (written into bundles on export):
-    the collection is traced from the group's variables through the preset; the role is the group name's
-    kind (points / features / vectors / mask), ``sv_`` for a secondary-vertex collection."""
-    out = {}
-    for g in config.inputs.values():
-        coll = preset.collection_of(g.vars[0].name, config.new_variables) or preset.particles
-        role = role_of(g.name)
-        if role is None:
-            raise JetTaggerError(
-                f"{config.source}: cannot tell the role of input {g.name!r}: declare it in "
-                f"tagger.yaml `inputs` (roles: {', '.join(ROLES)})"
-            )
-        out[g.name] = InputSpec(g.name, coll, role)
-    return out
+def resolve(name_or_path: str | None = None) -> Path:
+    """A bundle path from a folder path, a shipped bundle name, or None (``$JETTAGGER_MODEL``, else the
+    default bundle named in ``models/DEFAULT``)."""
+    name_or_path = name_or_path or os.environ.get("JETTAGGER_MODEL") or None
+    if name_or_path and Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    d = models_dir()
+    default = d / "DEFAULT"
+    name = name_or_path or (default.read_text().strip() if default.is_file() else None)
+    if name and (d / name / CARD).is_file():
+        return d / name
+    if name_or_path and Path(name_or_path).exists():
+        raise JetTaggerError(f"tagger bundle {name_or_path} is not a folder")
+    raise JetTaggerError(
+        f"no tagger bundle {name_or_path or '(default)'}: neither a folder nor a shipped name "
+        f"({', '.join(available()) or 'none'})"
+    )
 
 
+# -- loading -------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Bundle:
     path: Path
@@ -96,9 +96,10 @@ class Bundle:
 
     @property
     def pairwise(self) -> bool:
-        """Whether the network builds (N, C, P, P) pair tensors (their memory bounds the batch size). An
-        imported ONNX of unknown architecture counts as pairwise: smaller batches, bounded memory."""
-        return self.card.get("network") in (*PAIRWISE_NETWORKS, "onnx", None)
+        """Whether the network builds (N, C, P, P) pair tensors (their memory bounds the batch size): the
+        card's ``pairwise``, written on export from the network class. A card without it (an imported ONNX
+        of unknown architecture) counts as pairwise: smaller batches, bounded memory."""
+        return bool(self.card.get("pairwise", True))
 
     @property
     def min_length(self) -> int:
@@ -114,9 +115,7 @@ class Bundle:
 
     @classmethod
     def load(cls, path: str | Path | None = None, check_model: bool = True) -> Bundle:
-        """A bundle folder, a shipped bundle's name, or None for the default (see :func:`models.resolve`)."""
-        from .models import resolve
-
+        """A bundle folder, a shipped bundle's name, or None for the default (see :func:`resolve`)."""
         path = resolve(None if path is None else str(path))
         for f in (MODEL, CONFIG, CARD):
             if not (path / f).is_file():
@@ -127,6 +126,8 @@ class Bundle:
             raise JetTaggerError(f"{path / CARD}: invalid YAML: {err}") from None
         if not isinstance(card, dict) or "classes" not in card:
             raise JetTaggerError(f"{path / CARD}: needs at least `classes`")
+        if not isinstance(card.get("pairwise", True), bool):
+            raise JetTaggerError(f"{path / CARD}: pairwise must be true or false, not {card['pairwise']!r}")
         config = DataConfig.from_yaml(path / CONFIG)
         if (path / PREPROCESS).is_file():
             _check_preprocess(path / PREPROCESS, config)
@@ -137,12 +138,11 @@ class Bundle:
                 f"{config.class_names} ({path / CONFIG})"
             )
         for dname, d in (card.get("discriminants") or {}).items():
-            unknown = [c for c in [*d.get("signal", []), *d.get("background", [])] if c not in classes]
+            unknown = unknown_classes(classes, d)
             if unknown or not d.get("signal"):
                 raise JetTaggerError(f"{path / CARD}: discriminant {dname!r} names unknown classes {unknown}")
-        names = [v for g in config.inputs.values() for v in g.var_names]
-        preset = load_preset(card.get("source") or guess_preset(names))
-        bundle = cls(path, card, config, preset, _input_spec(card, config, preset, path))
+        preset = load_preset(card.get("source") or default_source(config))
+        bundle = cls(path, card, config, preset, read_inputs(card, config, preset, str(path / CARD)))
         if check_model:
             bundle.check_model()
         return bundle
@@ -176,33 +176,6 @@ class Bundle:
             )
 
 
-def _input_spec(card: dict[str, Any], config: DataConfig, preset: Preset, path: Path) -> dict[str, InputSpec]:
-    declared = card.get("inputs")
-    if not isinstance(declared, dict) or not all(isinstance(v, dict) for v in declared.values()):
-        return infer_inputs(config, preset)  # older cards: shapes only
-    out = {}
-    for g in config.inputs:
-        d = declared.get(g)
-        if d is None:
-            raise JetTaggerError(f"{path / CARD}: inputs: no entry for data-config group {g!r}")
-        role, coll = str(d.get("role")), str(d.get("collection", preset.particles))
-        if role not in ROLES:
-            raise JetTaggerError(f"{path / CARD}: inputs.{g}.role {role!r} is not one of {', '.join(ROLES)}")
-        out[g] = InputSpec(g, coll, role)
-    unknown = sorted(set(declared) - set(config.inputs))
-    if unknown:
-        raise JetTaggerError(f"{path / CARD}: inputs {unknown} are not groups of {config.source}")
-    return out
-
-
-def card_inputs(config: DataConfig, inputs: dict[str, InputSpec]) -> dict[str, Any]:
-    """The ``inputs`` section of a model card: shape, collection and role of each group."""
-    return {
-        g: {"shape": list(config.input_shapes[g]), "collection": s.collection, "role": s.role}
-        for g, s in inputs.items()
-    }
-
-
 def _check_preprocess(path: Path, config: DataConfig) -> None:
     """A preprocess.json that disagrees with the data config (tampered or stale) is refused."""
     try:
@@ -226,29 +199,42 @@ def _check_preprocess(path: Path, config: DataConfig) -> None:
                     )
 
 
+# -- writing -------------------------------------------------------------------------------------------
 def write_bundle(
-    path: str | Path, model: Any, config: DataConfig, card: dict[str, Any], input_dims: dict[str, int]
+    path: str | Path,
+    *,
+    onnx: str | Path | bytes,
+    config: DataConfig,
+    card: dict[str, Any],
+    state: str | Path | None = None,
+    min_length: int | None = None,
+    pairwise: bool | None = None,
 ) -> Bundle:
-    """Export a torch :class:`~jettagger_coffea.nn.Tagger` as a bundle (ONNX + configs + model card)."""
-    import torch
-
-    from .nn.export import export_onnx
-
+    """The one bundle writer: ``onnx`` (an exported file or its bytes) as model.onnx, ``state`` (torch
+    weights, optional) as model.pt, the data config, preprocess.json and tagger.yaml. The card gets the
+    config's classes (where the card already lists them, in that place), then the network's ``min_length``
+    and ``pairwise`` where given, and its source preset and input spec made explicit. Returns the bundle,
+    loaded and validated."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    export_onnx(model, input_dims, path / MODEL)
-    torch.save(model.state_dict(), path / STATE)
+    if isinstance(onnx, bytes):
+        (path / MODEL).write_bytes(onnx)
+    else:
+        shutil.copyfile(onnx, path / MODEL)
+    if state is not None:
+        shutil.copyfile(state, path / STATE)
     config.dump_yaml(path / CONFIG)
     (path / PREPROCESS).write_text(json.dumps(config.preprocess_json(), indent=2))
-    card = {**card, "classes": config.class_names, "min_length": int(model.min_length)}
-    write_card(path, card, config)
+    card = {**card, "classes": config.class_names}
+    traits = {"min_length": min_length, "pairwise": pairwise}
+    card |= {k: v for k, v in traits.items() if v is not None}
+    _write_card(path, card, config)
     return Bundle.load(path)
 
 
-def write_card(path: Path, card: dict[str, Any], config: DataConfig) -> None:
+def _write_card(path: Path, card: dict[str, Any], config: DataConfig) -> None:
     """``tagger.yaml`` with the source preset and the input spec made explicit."""
-    names = [v for g in config.inputs.values() for v in g.var_names]
-    source = card.get("source") or guess_preset(names)
+    source = card.get("source") or default_source(config)
     preset = load_preset(source)
     inputs = infer_inputs(config, preset) if not isinstance(card.get("inputs"), dict) else None
     card = {**card, "source": source}

@@ -102,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a network on a weaver data config (weaver-like)")
     p.add_argument("--data-config", required=True, help="weaver data config YAML")
-    p.add_argument(
-        "--network", required=True, help="particlenet, particlenet-lite, part, part-plain, part-irc, pfn, efn"
-    )
+    from .nn import NETWORKS  # the registry: no torch
+
+    p.add_argument("--network", required=True, help=", ".join(NETWORKS))
     p.add_argument("--network-options", default="{}", help="JSON dict of constructor options")
     p.add_argument("--train", nargs="+", required=True, help="training files (JetClass or PFNano)")
     p.add_argument("--val", nargs="*", default=[], help="validation files (default: 20 %% of --train)")
@@ -342,7 +342,9 @@ def _add_import(sub) -> None:
         help="the weaver data config YAML (not needed with --onnx and a CMSSW-style --preprocess)",
     )
     p.add_argument("--output", "-o", required=True, help="bundle folder to write")
-    p.add_argument("--network", help="network name, with --checkpoint")
+    from .nn import NETWORKS  # the registry: no torch
+
+    p.add_argument("--network", help=f"network name, with --checkpoint ({', '.join(NETWORKS)})")
     p.add_argument("--network-options", default="{}", help="JSON dict (e.g. use_pre_activation_pair)")
     p.add_argument("--checkpoint", help="weaver state_dict (loaded weights-only)")
     p.add_argument("--onnx", help="weaver-exported or CMSSW model.onnx (with --preprocess)")
@@ -476,7 +478,7 @@ def _add_run(sub) -> None:
 def _run_run(args: argparse.Namespace) -> int:
     import json
 
-    from . import models, plotting
+    from . import plotting
     from .bundle import Bundle
     from .data import default_fileset
     from .execution import run_fileset
@@ -486,7 +488,7 @@ def _run_run(args: argparse.Namespace) -> int:
 
     selection = Selection(args.pt_min, args.pt_max, args.eta_max, args.msd_min, args.msd_max, args.jet_id)
     backend = _backend(args)
-    bundle = Bundle.load(models.resolve(args.model))
+    bundle = Bundle.load(args.model)  # a folder, a shipped name, or the default
     fileset = load_fileset(args.fileset) if args.fileset else default_fileset()
     if args.label is not None:
         plotting.LABEL = args.label

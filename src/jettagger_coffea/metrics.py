@@ -66,9 +66,27 @@ def discriminant(scores: Any, classes: Sequence[str], definition: Mapping[str, S
         return s / (s + b)
 
 
+# -- which jets a discriminant separates: the one rule (metrics, working points, training's curves) --------
+def unknown_classes(classes: Sequence[str], definition: Mapping[str, Sequence[str]]) -> list[str]:
+    """The classes a discriminant names that a model does not have (none: the model can compute it)."""
+    named = [*(definition.get("signal") or []), *(definition.get("background") or [])]
+    return [c for c in named if c not in classes]
+
+
 def background_classes(classes: Sequence[str], definition: Mapping[str, Sequence[str]]) -> list[str]:
     """The classes a discriminant is tested against: its background, or every other class."""
     return list(definition.get("background") or [c for c in classes if c not in definition["signal"]])
+
+
+def signal_background(
+    labels: np.ndarray, classes: Sequence[str], definition: Mapping[str, Sequence[str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the signal jets (true class among the signal classes) and of the background jets (among
+    :func:`background_classes`, never a signal jet) of a discriminant."""
+    idx = {c: i for i, c in enumerate(classes)}
+    is_sig = np.isin(labels, [idx[c] for c in definition["signal"]])
+    is_bkg = np.isin(labels, [idx[c] for c in background_classes(classes, definition)]) & ~is_sig
+    return is_sig, is_bkg
 
 
 #: Version of the metrics.json layout that ``evaluate`` (per jet) and ``run`` (binned) both write.
@@ -116,10 +134,8 @@ def summary(
 ) -> dict:
     """Per-jet front end: the seeds' table (accuracy, one-vs-rest AUC, 1/eps_b per discriminant)."""
     figures = {}
-    idx = {c: i for i, c in enumerate(classes)}
     for name, d in (discriminants or {}).items():
-        is_sig = np.isin(labels, [idx[c] for c in d["signal"]])
-        is_bkg = np.isin(labels, [idx[c] for c in background_classes(classes, d)]) & ~is_sig
+        is_sig, is_bkg = signal_background(labels, classes, d)
         keep = is_sig | is_bkg
         if not (is_sig.any() and is_bkg.any()):
             continue

@@ -9,11 +9,12 @@ import json
 import logging
 import math
 import signal
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,7 +25,11 @@ from .batching import batch_length, shuffled_batches, sorted_batches
 from .config import DataConfig
 from .datasets import load_jets
 from .features import Standardised
-from .nn import build, load_state
+from .inputs import default_inputs
+from .nn import build_for, load_state
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +120,9 @@ def sorted_tensor_batches(
 
 
 @torch.no_grad()
-def predict(model, jets: Standardised, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
-    """Scores of every jet in input order (NaN for jets without particles, which never reach the model)."""
+def torch_scores(model, jets: Standardised, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
+    """The torch model's scores of standardised jets, in input order (NaN for jets without particles, which
+    never reach the model); :func:`jettagger_coffea.evaluation.predict_files` scores files with a bundle."""
     model.eval()
     out = np.full((len(jets), len(jets.config.class_names)), np.nan, dtype=np.float32)
     for idx, xs, _ in sorted_tensor_batches(model, jets, batch_size, device):
@@ -167,8 +173,8 @@ def train(
     network: str,
     train_files: Sequence[str | Path],
     output: str | Path,
-    settings: TrainSettings | None = None,
     *,
+    settings: TrainSettings | None = None,
     val_files: Sequence[str | Path] = (),
     network_options: dict | None = None,
     resume: bool = False,
@@ -179,11 +185,7 @@ def train(
     """Train ``network`` on ``train_files``; returns the summary (also in ``output/summary.json``).
 
     ``overrides`` are :class:`TrainSettings` fields (``epochs=4``, ``lr=3e-3``, ...)."""
-    try:
-        s = dataclasses.replace(settings or TrainSettings(), **overrides)
-    except TypeError:
-        allowed = ", ".join(f.name for f in dataclasses.fields(TrainSettings))
-        raise JetTaggerError(f"unknown training option in {sorted(overrides)}; allowed: {allowed}") from None
+    s = _settings(settings, overrides)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     device = s.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -191,106 +193,96 @@ def train(
         torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
+    config = _config(config_path, train_files)
+    inputs = _run_inputs(network, train_files, val_files, s)
+    state = _last_state(output, inputs) if resume else None
+    config.dump_yaml(output / "data_config.yaml")
+    train_set, val_set = _datasets(config, train_files, val_files, s, rng)
+    inputs["n_train"] = len(train_set)
+    if state is not None:
+        _check_resume(output, inputs, state)
+    model = build_for(network, config, default_inputs(config), **(network_options or {}))
+    if init is not None:  # warm start: weights of an earlier run of the same network (strict)
+        load_state(model, init)
+    run = _Run.start(model.to(device), s, device, len(train_set), output, inputs, progress)
+    start_epoch, partial = run.restore(state)
+    curve = None  # the first pass only: a resumed run keeps the curve it has
+    if s.curve_points and start_epoch == 0:
+        done = partial["jets"] if partial else 0
+        curve = _Curve(output / "curve.jsonl", val_set, s, len(train_set), device, done)
+    row = run.passes(train_set, val_set, start_epoch, partial, curve)
+    summary = _summary(run, config, network_options or {}, init, row, len(val_set))
+    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _settings(settings: TrainSettings | None, overrides: dict[str, Any]) -> TrainSettings:
+    try:
+        return dataclasses.replace(settings or TrainSettings(), **overrides)
+    except TypeError:
+        allowed = ", ".join(f.name for f in dataclasses.fields(TrainSettings))
+        raise JetTaggerError(f"unknown training option in {sorted(overrides)}; allowed: {allowed}") from None
+
+
+def _config(config_path: str | Path, train_files: Sequence[str | Path]) -> DataConfig:
+    """The data config, its ``auto`` bounds resolved on the first training file."""
     config = DataConfig.from_yaml(config_path)
     if config.needs_auto:
         from .datasets import open_jets
         from .features import make_table
 
         config = config.resolve_auto(make_table(open_jets(train_files[0]), config))
-    kept = ("seed", "batch_size", "val_fraction", "max_train_jets", "max_val_jets")
-    inputs = {  # what a resumed run must share with the run it continues, or its batches are other jets
-        "network": network,
-        "train_files": [str(f) for f in train_files],
-        "val_files": [str(f) for f in val_files],
-        **{k: getattr(s, k) for k in kept},
-    }
-    state = None  # read once, checked before the jets are read; tensors land on their devices when loaded
-    if resume and (output / "last.pt").exists():
-        state = torch.load(output / "last.pt", map_location="cpu", weights_only=False)  # our own file
-        _check_resume(output, inputs, state)
-    config.dump_yaml(output / "data_config.yaml")
-    train_set, val_set = _datasets(config, train_files, val_files, s, rng)
-    inputs["n_train"] = len(train_set)
-    if state is not None:
-        _check_resume(output, inputs, state)
+    return config
 
-    dims = {g.name: len(g.vars) for g in config.inputs.values()}
-    model = build(network, list(config.input_names), dims, len(config.class_names), **(network_options or {}))
-    if init is not None:  # warm start: weights of an earlier run of the same network (strict)
-        load_state(model, init)
-    model.to(device)
-    opt = make_optimizer(model.parameters(), s.optimizer, s.lr, s.weight_decay)
-    steps_per_epoch = math.ceil(len(train_set) / s.batch_size)
-    plan = [steps_per_epoch * s.epochs]  # total steps; shortened to fit ``max_minutes`` once steps are timed
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt.inner if isinstance(opt, Lookahead) else opt, lambda step: lr_factor(step, plan[0])
-    )
-    scaler = torch.amp.GradScaler(enabled=device == "cuda")
-    parts: dict[str, Any] = {"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler}
-    start_epoch, best, history, partial = 0, math.inf, [], None
-    if state is not None:
-        for name, part in parts.items():
-            if name in state:
-                part.load_state_dict(state[name])
-        best, history, partial = state["best"], state["history"], state.get("partial")
-        start_epoch = state["epoch"] + (partial is None)  # a pass left in the middle goes on from there
-        plan[0] = state.get("plan", plan[0])
-        if "torch_rng" in state:
-            torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-    clock = _Clock(s.max_minutes, plan)
-    curve = None  # the first pass only: a resumed run keeps the curve it has
-    if s.curve_points and start_epoch == 0:
-        done = partial["jets"] if partial else 0
-        curve = _Curve(output / "curve.jsonl", val_set, s, len(train_set), device, done)
 
-    def save_partial(epoch: int, counts: dict[str, Any]) -> None:
-        _save_last(output, parts, history, best, epoch, plan[0], inputs, partial=counts)
-
-    stop, row = _Stop(s.stop_after_jets, s.checkpoint_minutes), {}
-    with stop:
-        for epoch in range(start_epoch, s.epochs):
-            desc = f"{network} epoch {epoch}"
-            probe = curve if epoch == 0 else None
-            row = _epoch(
-                model, opt, sched, scaler, train_set, s, epoch, device, clock, desc, progress, probe,
-                partial if epoch == start_epoch else None, stop, save_partial,
-            )  # fmt: skip
-            if row.get("interrupted"):
-                log.info("stopped in epoch %d after %d jets: resume with --resume", epoch, row["jets"])
-                break
-            vl, va = evaluate_loss(model, val_set, 2 * s.batch_size, device)
-            row |= {"val_loss": vl, "val_acc": va, "lr": sched.get_last_lr()[0], "seconds": clock.elapsed()}
-            history.append(row)
-            log.info("epoch %d: %s", epoch, row)
-            best = _checkpoint(output, parts, history, best, plan[0], inputs)
-            if clock.over():
-                log.info("time budget of %.1f min reached after epoch %d", s.max_minutes, epoch)
-                break
-            if s.stop_after is not None and epoch + 1 >= s.stop_after:  # split a long run across job slots
-                break
-    summary = {
-        "network": network,
-        "network_options": network_options or {},
+def _summary(
+    run: _Run, config: DataConfig, network_options: dict, init: str | Path | None, row: dict, n_val: int
+) -> dict[str, Any]:
+    """summary.json: the epochs run and the best one, the settings, the jets and the network."""
+    s, history, inputs = run.s, run.history, run.inputs
+    return {
+        "network": inputs["network"],
+        "network_options": network_options,
         "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"] if history else None,
         "history": history,
         **({"interrupted": {"epoch": row["epoch"], "jets": row["jets"]}} if row.get("interrupted") else {}),
-        "n_train": len(train_set),
-        "n_val": len(val_set),
+        "n_train": inputs["n_train"],
+        "n_val": n_val,
         "seed": s.seed,
         "optimizer": s.optimizer,
         "lr": s.lr,
         "batch_size": s.batch_size,
         "settings": dataclasses.asdict(s),
-        "input_dims": dims,
-        "train_files": [str(p) for p in train_files],
-        "val_files": [str(p) for p in val_files],
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "input_dims": {g.name: len(g.vars) for g in config.inputs.values()},
+        "train_files": inputs["train_files"],
+        "val_files": inputs["val_files"],
+        "parameters": sum(p.numel() for p in run.model.parameters()),
         **({"init": str(init)} if init is not None else {}),
     }
-    (output / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+
+
+def _run_inputs(
+    network: str, train_files: Sequence[str | Path], val_files: Sequence[str | Path], s: TrainSettings
+) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues, or its batches are other jets (``n_train``
+    is added once the jets are read)."""
+    kept = ("seed", "batch_size", "val_fraction", "max_train_jets", "max_val_jets")
+    return {
+        "network": network,
+        "train_files": [str(f) for f in train_files],
+        "val_files": [str(f) for f in val_files],
+        **{k: getattr(s, k) for k in kept},
+    }
+
+
+def _last_state(output: Path, inputs: dict[str, Any]) -> dict[str, Any] | None:
+    """The last.pt a resumed run goes on from (None: none yet), read once and checked before the jets are
+    read; its tensors land on their devices when loaded."""
+    if not (output / "last.pt").exists():
+        return None
+    state = torch.load(output / "last.pt", map_location="cpu", weights_only=False)  # our own file
+    _check_resume(output, inputs, state)
+    return state
 
 
 def _check_resume(output: Path, inputs: dict[str, Any], state: dict[str, Any]) -> None:
@@ -351,7 +343,7 @@ class _Curve:
 
         assert self.val_set.labels is not None
         classes = self.val_set.config.class_names
-        scores = predict(model, self.val_set, self.batch, self.device)
+        scores = torch_scores(model, self.val_set, self.batch, self.device)
         doc = summary(self.val_set.labels.astype(int), scores, classes, usable_discriminants(classes))
         row = {"jets": jets, "lr": lr, "n_jets": doc["n_jets"], "accuracy": doc["accuracy"]}
         row["auc_macro"] = doc["auc_macro"]
@@ -390,71 +382,183 @@ class _Clock:
         self.marks.append((step, now))
 
 
-def _epoch(
-    model,
-    opt: torch.optim.Optimizer,
-    sched: torch.optim.lr_scheduler.LambdaLR,
-    scaler: torch.amp.GradScaler,
-    train_set: Standardised,
-    s: TrainSettings,
-    epoch: int,
-    device: str,
-    clock: _Clock,
-    desc: str,
-    progress: bool,
-    probe: _Curve | None = None,
-    partial: dict[str, Any] | None = None,
-    stop: _Stop | None = None,
-    save: Callable[[int, dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """One pass over the shuffled training batches (seeded by (seed, epoch): resumable exactly, also from
-    ``partial``, a pass left after some batches); ``probe`` records the learning curve as it goes; ``stop``
-    says when to leave mid-pass, ``save`` writes that resumable checkpoint."""
-    model.train()
-    p = partial or {"batches": 0, "loss": 0.0, "correct": 0, "jets": 0}
-    k, tl, tc, tn = p["batches"], p["loss"], p["correct"], p["jets"]
-    ep_rng = np.random.default_rng([s.seed, epoch])
-    bar = tqdm(
-        shuffled_batches(len(train_set), s.batch_size, ep_rng, train_set.counts),
-        total=math.ceil(len(train_set) / s.batch_size),
-        desc=desc,
-        disable=not progress,
-        leave=False,
-    )
-    for i, idx in enumerate(bar):
-        q = float(ep_rng.uniform(0.9, 1.0)) if s.trim else None  # drawn for skipped batches too
-        if i < k:
-            continue
-        batch = train_set.take(idx)
-        xs = to_tensors(batch, model.input_names, model.min_length, quantile=q, device=device)
+@dataclasses.dataclass
+class _Run:
+    """A training run in progress: what a pass needs (model, optimiser, LR schedule, AMP scaler, settings,
+    device, wall-time clock) and what its checkpoints hold (history, best validation loss, ``inputs``)."""
+
+    model: Any
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    s: TrainSettings
+    device: str
+    plan: list[int]  #: the LR schedule's length in steps (re-planned by the clock to fit ``max_minutes``)
+    clock: _Clock
+    output: Path
+    inputs: dict[str, Any]  #: what a resumed run must share with this one (see :func:`_check_resume`)
+    progress: bool
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    best: float = math.inf
+    stop: _Stop | None = None  #: when to leave a pass in the middle (set while :meth:`passes` runs)
+
+    @classmethod
+    def start(
+        cls, model, s: TrainSettings, device: str, n_train: int, output: Path, inputs: dict, progress: bool
+    ) -> _Run:
+        """The optimiser, the LR schedule planned over all epochs (shortened to fit ``max_minutes`` once
+        steps are timed) and AMP's loss scaler."""
+        opt = make_optimizer(model.parameters(), s.optimizer, s.lr, s.weight_decay)
+        plan = [math.ceil(n_train / s.batch_size) * s.epochs]
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt.inner if isinstance(opt, Lookahead) else opt, lambda step: lr_factor(step, plan[0])
+        )
+        scaler = torch.amp.GradScaler(enabled=device == "cuda")
+        clock = _Clock(s.max_minutes, plan)
+        return cls(model, opt, sched, scaler, s, device, plan, clock, output, inputs, progress)
+
+    @property
+    def parts(self) -> dict[str, Any]:
+        return {"model": self.model, "optimizer": self.opt, "scheduler": self.sched, "scaler": self.scaler}
+
+    def restore(self, state: dict[str, Any] | None) -> tuple[int, dict[str, Any] | None]:
+        """Go on from a last.pt (None: from the start); the epoch to start in and, for a pass left in the
+        middle, its counts."""
+        if state is None:
+            return 0, None
+        for name, part in self.parts.items():
+            if name in state:
+                part.load_state_dict(state[name])
+        self.best, self.history, partial = state["best"], state["history"], state.get("partial")
+        self.plan[0] = state.get("plan", self.plan[0])
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return state["epoch"] + (partial is None), partial  # a pass left in the middle goes on from there
+
+    def passes(
+        self,
+        train_set: Standardised,
+        val_set: Standardised,
+        start_epoch: int,
+        partial: dict[str, Any] | None,
+        curve: _Curve | None,
+    ) -> dict[str, Any]:
+        """The epochs from ``start_epoch``, each validated and checkpointed, until the settings, the time
+        budget or a stop (jets, signal) end them; the last pass's row."""
+        s, row = self.s, {}
+        self.stop = _Stop(s.stop_after_jets, s.checkpoint_minutes)
+        with self.stop:
+            for epoch in range(start_epoch, s.epochs):
+                probe = curve if epoch == 0 else None
+                row = self.epoch(train_set, epoch, probe, partial if epoch == start_epoch else None)
+                if row.get("interrupted"):
+                    log.info("stopped in epoch %d after %d jets: resume with --resume", epoch, row["jets"])
+                    break
+                vl, va = evaluate_loss(self.model, val_set, 2 * s.batch_size, self.device)
+                lr = self.sched.get_last_lr()[0]
+                row |= {"val_loss": vl, "val_acc": va, "lr": lr, "seconds": self.clock.elapsed()}
+                self.history.append(row)
+                log.info("epoch %d: %s", epoch, row)
+                self.checkpoint()
+                if self.clock.over():
+                    log.info("time budget of %.1f min reached after epoch %d", s.max_minutes, epoch)
+                    break
+                if (
+                    s.stop_after is not None and epoch + 1 >= s.stop_after
+                ):  # split a long run across job slots
+                    break
+        return row
+
+    def epoch(
+        self,
+        train_set: Standardised,
+        epoch: int,
+        probe: _Curve | None = None,
+        partial: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """One pass over the shuffled training batches (seeded by (seed, epoch): resumable exactly, also from
+        ``partial``, a pass left after some batches); ``probe`` records the learning curve as it goes;
+        :attr:`stop` says when to leave mid-pass, with a resumable checkpoint."""
+        self.model.train()
+        p = partial or {"batches": 0, "loss": 0.0, "correct": 0, "jets": 0}
+        k, tl, tc, tn = p["batches"], p["loss"], p["correct"], p["jets"]
+        ep_rng = np.random.default_rng([self.s.seed, epoch])
+        bar = tqdm(
+            shuffled_batches(len(train_set), self.s.batch_size, ep_rng, train_set.counts),
+            total=math.ceil(len(train_set) / self.s.batch_size),
+            desc=f"{self.inputs['network']} epoch {epoch}",
+            disable=not self.progress,
+            leave=False,
+        )
+        for i, idx in enumerate(bar):
+            q = float(ep_rng.uniform(0.9, 1.0)) if self.s.trim else None  # drawn for skipped batches too
+            if i < k:
+                continue
+            loss, correct = self.step(train_set.take(idx), q)
+            tl, tc, tn, k = tl + loss * len(idx), tc + correct, tn + len(idx), i + 1
+            bar.set_postfix(loss=f"{tl / tn:.4f}", acc=f"{tc / tn:.3f}")
+            self.clock.replan(self.sched.last_epoch)
+            over = self.clock.over()
+            if probe is not None:
+                probe(self.model, tn, float(self.sched.get_last_lr()[0]), last=over or tn == len(train_set))
+            if over:
+                break
+            if self.stop is not None and tn < len(train_set):
+                self.stop.count(len(idx))
+                if self.stop.now or self.stop.due():
+                    self.save_last(epoch, partial={"batches": k, "loss": tl, "correct": tc, "jets": tn})
+                    if self.stop.now:
+                        return {"epoch": epoch, "jets": tn, "interrupted": True}
+        return {"epoch": epoch, "train_loss": tl / tn, "train_acc": tc / tn, "jets": tn}
+
+    def step(self, batch: Standardised, quantile: float | None) -> tuple[float, int]:
+        """One optimiser step on a batch (``quantile``: weaver's random trimming); its mean loss and the
+        jets it called right."""
+        model, device = self.model, self.device
+        xs = to_tensors(batch, model.input_names, model.min_length, quantile=quantile, device=device)
         assert batch.labels is not None
         y = torch.from_numpy(batch.labels).long().to(device)
         with torch.autocast(device_type="cuda", enabled=device == "cuda"):
             out = logits(model, xs)
             loss = torch.nn.functional.cross_entropy(out, y)
-        opt.zero_grad()
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        tl += float(loss.detach()) * len(idx)
-        tc += int((out.argmax(1) == y).sum())
-        tn += len(idx)
-        k = i + 1
-        bar.set_postfix(loss=f"{tl / tn:.4f}", acc=f"{tc / tn:.3f}")
-        clock.replan(sched.last_epoch)
-        over = clock.over()
-        if probe is not None:
-            probe(model, tn, float(sched.get_last_lr()[0]), last=over or tn == len(train_set))
-        if over:
-            break
-        if stop is not None and save is not None and tn < len(train_set):
-            stop.count(len(idx))
-            if stop.now or stop.due():
-                save(epoch, {"batches": k, "loss": tl, "correct": tc, "jets": tn})
-                if stop.now:
-                    return {"epoch": epoch, "jets": tn, "interrupted": True}
-    return {"epoch": epoch, "train_loss": tl / tn, "train_acc": tc / tn, "jets": tn}
+        self.opt.zero_grad()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        return float(loss.detach()), int((out.argmax(1) == y).sum())
+
+    def checkpoint(self) -> None:
+        """Per-epoch weights, the best so far (by validation loss) and a resumable last.pt."""
+        epoch = self.history[-1]["epoch"]
+        torch.save(self.model.state_dict(), self.output / f"epoch-{epoch}_state.pt")
+        if self.history[-1]["val_loss"] < self.best:
+            self.best = self.history[-1]["val_loss"]
+            torch.save(self.model.state_dict(), self.output / "best_state.pt")
+        with (self.output / "log.jsonl").open("a") as fh:
+            fh.write(json.dumps(self.history[-1]) + "\n")
+        self.save_last(epoch)
+
+    def save_last(self, epoch: int, partial: dict[str, Any] | None = None) -> None:
+        """last.pt: everything a resumed run needs to go on exactly as this one would have: weights,
+        optimiser, schedule and its planned length, AMP's loss scale, torch's RNGs, and for a pass left in
+        the middle (``partial``) the batches done and the pass's running sums. Written to a temporary file
+        first: a kill never leaves half of one."""
+        state = {name: part.state_dict() for name, part in self.parts.items()}
+        state |= {
+            "epoch": epoch,
+            "best": self.best,
+            "history": self.history,
+            "plan": self.plan[0],
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "inputs": self.inputs,
+            "partial": partial,
+        }
+        torch.save(state, self.output / "last.pt.tmp")
+        (self.output / "last.pt.tmp").replace(self.output / "last.pt")
 
 
 class _Stop:
@@ -495,62 +599,12 @@ class _Stop:
         return True
 
 
-def _checkpoint(
-    output: Path, parts: dict[str, Any], history: list[dict], best: float, plan: int, inputs: dict
-) -> float:
-    """Per-epoch weights, the best so far (by validation loss) and a resumable last.pt; the new best."""
-    epoch, model = history[-1]["epoch"], parts["model"]
-    torch.save(model.state_dict(), output / f"epoch-{epoch}_state.pt")
-    if history[-1]["val_loss"] < best:
-        best = history[-1]["val_loss"]
-        torch.save(model.state_dict(), output / "best_state.pt")
-    with (output / "log.jsonl").open("a") as fh:
-        fh.write(json.dumps(history[-1]) + "\n")
-    _save_last(output, parts, history, best, epoch, plan, inputs)
-    return best
-
-
-def _save_last(
-    output: Path,
-    parts: dict[str, Any],
-    history: list[dict],
-    best: float,
-    epoch: int,
-    plan: int,
-    inputs: dict,
-    partial: dict | None = None,
-) -> None:
-    """last.pt: everything a resumed run needs to go on exactly as this one would have: weights, optimiser,
-    schedule and its planned length, AMP's loss scale, torch's RNGs, and for a pass left in the middle
-    (``partial``) the batches done and the pass's running sums. Written to a temporary file first: a kill
-    never leaves half of one."""
-    state = {name: part.state_dict() for name, part in parts.items()}
-    state |= {
-        "epoch": epoch,
-        "best": best,
-        "history": history,
-        "plan": plan,
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "inputs": inputs,
-        "partial": partial,
-    }
-    torch.save(state, output / "last.pt.tmp")
-    (output / "last.pt.tmp").replace(output / "last.pt")
-
-
 def load_trained(output: str | Path, which: str = "best"):
     """The model of a training folder (``best`` or an epoch number) and its data config."""
     output = Path(output)
     summary = json.loads((output / "summary.json").read_text())
     config = DataConfig.from_yaml(output / "data_config.yaml")
-    model = build(
-        summary["network"],
-        list(config.input_names),
-        summary["input_dims"],
-        len(config.class_names),
-        **summary["network_options"],
-    )
+    model = build_for(summary["network"], config, default_inputs(config), **summary["network_options"])
     name = "best_state.pt" if which == "best" else f"epoch-{which}_state.pt"
     model.load_state_dict(torch.load(output / name, map_location="cpu", weights_only=True))
     return model.eval(), config, summary
@@ -566,16 +620,17 @@ DEFAULT_DISCRIMINANTS = {
 
 def usable_discriminants(classes: Sequence[str], discriminants: dict | None = None) -> dict:
     """The discriminants (default: :data:`DEFAULT_DISCRIMINANTS`) whose classes the model has."""
+    from .metrics import unknown_classes
+
     return {
-        k: v
-        for k, v in (discriminants or DEFAULT_DISCRIMINANTS).items()
-        if all(c in classes for c in [*v["signal"], *v["background"]])
+        k: v for k, v in (discriminants or DEFAULT_DISCRIMINANTS).items() if not unknown_classes(classes, v)
     }
 
 
 def export(
     train_dir: str | Path,
     bundle_dir: str | Path,
+    *,
     name: str | None = None,
     reference_files: Sequence[str | Path] = (),
     discriminants: dict | None = None,
@@ -583,21 +638,36 @@ def export(
 ) -> Path:
     """A trained folder -> bundle (ONNX + configs + model card); working points derived on
     ``reference_files`` (fixed mistag 0.5/1/2.5/5 %, fixed efficiency 30/50 %) and their metrics stored."""
-    from .bundle import CARD, write_bundle
-    from .evaluation import predict_files
-    from .metrics import discriminant, summary
-    from .tagger import JetTagger
-    from .workingpoints import derive
+    from .bundle import write_bundle
+    from .nn.export import save_model
 
     model, config, s = load_trained(train_dir)
-    classes = config.class_names
-    discs = usable_discriminants(classes, discriminants)
+    discs = usable_discriminants(config.class_names, discriminants)
+    info = {**_card(s, name or Path(bundle_dir).name, discs), **(card or {})}
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx, state = save_model(model, s["input_dims"], tmp)
+        bundle = write_bundle(
+            bundle_dir,
+            onnx=onnx,
+            config=config,
+            card=info,
+            state=state,
+            min_length=model.min_length,
+            pairwise=model.pairwise,
+        )
+    if reference_files:
+        _add_working_points(bundle, reference_files, discs)
+    return Path(bundle_dir)
+
+
+def _card(s: dict[str, Any], name: str, discriminants: dict) -> dict[str, Any]:
+    """The model card of a training run (its summary ``s``): network, discriminants, provenance."""
     best = next(r for r in s["history"] if r["epoch"] == s["best_epoch"])
-    info = {
-        "name": name or Path(bundle_dir).name,
+    return {
+        "name": name,
         "network": s["network"],
         "network_options": s["network_options"],
-        "discriminants": discs,
+        "discriminants": discriminants,
         "provenance": {
             "train_files": s["train_files"],
             "n_train": s["n_train"],
@@ -613,27 +683,33 @@ def export(
             "batch_size": s["batch_size"],
             "parameters": s["parameters"],
         },
-        **(card or {}),
     }
-    bundle = write_bundle(bundle_dir, model, config, info, s["input_dims"])
-    if reference_files:
-        tagger = JetTagger(bundle)
-        cols = predict_files(tagger, reference_files)
-        scores = np.stack([cols[f"score_{c}"] for c in classes], axis=1)
-        labels = cols["label"].astype(int)
-        wps = {}
-        for dname, d in discs.items():
-            disc = discriminant(scores, classes, d)
-            sig = np.isin(labels, [classes.index(c) for c in d["signal"]])
-            bkg = np.isin(labels, [classes.index(c) for c in d["background"]])
-            wps[dname] = derive(disc[sig], disc[bkg])
-        full = yaml_load(Path(bundle_dir) / CARD)
-        full["working_points"] = wps
-        full["working_points_reference"] = [str(f) for f in reference_files]
-        full["metrics"] = _plain(summary(labels, scores, classes, discs))
-        full["metrics"]["files"] = [str(f) for f in reference_files]
-        yaml_dump(full, Path(bundle_dir) / CARD)
-    return Path(bundle_dir)
+
+
+def _add_working_points(bundle: Bundle, reference_files: Sequence[str | Path], discriminants: dict) -> None:
+    """Working points and metrics of the exported bundle (onnxruntime's scores of ``reference_files``),
+    added to its card."""
+    from .bundle import CARD
+    from .evaluation import predict_files
+    from .metrics import discriminant, signal_background, summary
+    from .tagger import JetTagger
+    from .workingpoints import derive
+
+    classes = bundle.classes
+    cols = predict_files(JetTagger(bundle), reference_files)
+    scores = np.stack([cols[f"score_{c}"] for c in classes], axis=1)
+    labels = cols["label"].astype(int)
+    wps = {}
+    for dname, d in discriminants.items():
+        disc = discriminant(scores, classes, d)
+        sig, bkg = signal_background(labels, classes, d)
+        wps[dname] = derive(disc[sig], disc[bkg])
+    full = yaml_load(bundle.path / CARD)
+    full["working_points"] = wps
+    full["working_points_reference"] = [str(f) for f in reference_files]
+    full["metrics"] = _plain(summary(labels, scores, classes, discriminants))
+    full["metrics"]["files"] = [str(f) for f in reference_files]
+    yaml_dump(full, bundle.path / CARD)
 
 
 def _plain(x):

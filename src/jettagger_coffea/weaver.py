@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import json
-import shutil
+import tempfile
 from pathlib import Path
 
 from ._errors import JetTaggerError
-from .bundle import CONFIG, MODEL, PREPROCESS, Bundle, write_card
+from .bundle import write_bundle
 from .config import DataConfig
 from .sources import load_preset
 
@@ -16,6 +15,7 @@ from .sources import load_preset
 def import_weaver(
     data_config: str | Path | None,
     output: str | Path,
+    *,
     network: str | None = None,
     checkpoint: str | Path | None = None,
     onnx: str | Path | None = None,
@@ -34,64 +34,92 @@ def import_weaver(
         raise JetTaggerError("import-weaver: give --data-config, or --onnx with --preprocess")
     config = DataConfig.from_yaml(data_config) if data_config is not None else None
     out = Path(output)
-    for f, what in (
-        (data_config, "--data-config"),
-        (checkpoint, "--checkpoint"),
-        (onnx, "--onnx"),
-        (preprocess, "--preprocess"),
-    ):
-        if f is not None and not Path(f).is_file():
-            raise JetTaggerError(f"import-weaver: {what} {f} does not exist")
+    _check_files(data_config=data_config, checkpoint=checkpoint, onnx=onnx, preprocess=preprocess)
     if source is not None:
         load_preset(source)  # unknown names fail here, before anything is written
+    card = _card(name or out.name, discriminants or {}, data_config, source)
+    if checkpoint:
+        if not network:
+            raise JetTaggerError("import-weaver: --checkpoint needs --network")
+        assert config is not None
+        _from_checkpoint(out, config, card, network, checkpoint, network_options or {})
+    elif onnx:
+        _from_onnx(out, config, card, onnx, preprocess, stored_prefix)
+    else:
+        raise JetTaggerError(
+            "import-weaver: give --checkpoint (with --network) or --onnx (with --preprocess)"
+        )
+    return out
+
+
+def _card(name: str, discriminants: dict, data_config: str | Path | None, source: str | None) -> dict:
+    """The card's name, discriminants, provenance and source; the import adds what it knows of the model."""
     card: dict = {
-        "name": name or out.name,
-        "discriminants": discriminants or {},
+        "name": name,
+        "discriminants": discriminants,
         "provenance": {"imported_from": "weaver" if data_config else "cmssw"},
     }
     if data_config is not None:
         card["provenance"]["data_config"] = str(data_config)
     if source:
         card["source"] = source
-    if checkpoint:
-        if not network:
-            raise JetTaggerError("import-weaver: --checkpoint needs --network")
-        from .bundle import write_bundle
-        from .nn import build, load_state
+    return card
 
-        assert config is not None
-        dims = {k: v[1] for k, v in config.input_shapes.items()}
-        model = build(
-            network, list(config.input_names), dims, len(config.class_names), **(network_options or {})
+
+def _check_files(**files: str | Path | None) -> None:
+    for option, f in files.items():
+        if f is not None and not Path(f).is_file():
+            raise JetTaggerError(f"import-weaver: --{option.replace('_', '-')} {f} does not exist")
+
+
+def _from_checkpoint(
+    out: Path, config: DataConfig, card: dict, network: str, checkpoint: str | Path, options: dict
+) -> None:
+    """A weaver state_dict loaded (weights only) into our network, exported as ONNX (+ model.pt)."""
+    from .inputs import default_inputs
+    from .nn import build_for, load_state
+    from .nn.export import save_model
+
+    model = build_for(network, config, default_inputs(config, card.get("source")), **options)
+    load_state(model, checkpoint)
+    card |= {"network": network, "network_options": options}
+    card["provenance"]["checkpoint"] = str(checkpoint)
+    dims = {k: v[1] for k, v in config.input_shapes.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx, state = save_model(model.eval(), dims, tmp)
+        write_bundle(
+            out,
+            onnx=onnx,
+            config=config,
+            card=card,
+            state=state,
+            min_length=model.min_length,
+            pairwise=model.pairwise,
         )
-        load_state(model, checkpoint)
-        card |= {"network": network, "network_options": network_options or {}}
-        card["provenance"]["checkpoint"] = str(checkpoint)
-        write_bundle(out, model.eval(), config, card, dims)
-    elif onnx:
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(onnx, out / MODEL)
-        if preprocess:
-            merged = DataConfig.from_preprocess_json(preprocess, base=config)
-            card["provenance"]["preprocess"] = str(preprocess)
-        else:
-            assert config is not None
-            merged = config
-        merged.dump_yaml(out / CONFIG)
-        (out / PREPROCESS).write_text(json.dumps(merged.preprocess_json(), indent=2))
-        card |= {"classes": merged.class_names, "network": "onnx"}
-        if not card["discriminants"]:
-            card["discriminants"] = nanoaod_discriminants(merged.class_names)
-        card["provenance"]["onnx"] = str(onnx)
-        if stored_prefix:
-            card["stored_scores"] = {d: f"{stored_prefix}_{d}" for d in card["discriminants"]}
-        write_card(out, card, merged)
+
+
+def _from_onnx(
+    out: Path,
+    config: DataConfig | None,
+    card: dict,
+    onnx: str | Path,
+    preprocess: str | Path | None,
+    stored_prefix: str | None,
+) -> None:
+    """An exported ONNX as it is, its inputs standardised as ``preprocess`` (over the data config) says."""
+    if preprocess:
+        merged = DataConfig.from_preprocess_json(preprocess, base=config)
+        card["provenance"]["preprocess"] = str(preprocess)
     else:
-        raise JetTaggerError(
-            "import-weaver: give --checkpoint (with --network) or --onnx (with --preprocess)"
-        )
-    Bundle.load(out)
-    return out
+        assert config is not None
+        merged = config
+    card |= {"classes": merged.class_names, "network": "onnx"}  # the writer keeps classes in this place
+    if not card["discriminants"]:
+        card["discriminants"] = nanoaod_discriminants(merged.class_names)
+    card["provenance"]["onnx"] = str(onnx)
+    if stored_prefix:
+        card["stored_scores"] = {d: f"{stored_prefix}_{d}" for d in card["discriminants"]}
+    write_bundle(out, onnx=onnx, config=merged, card=card)
 
 
 #: NanoAOD's names for the signal groups of CMS's ParticleNet-AK8 classes (``<group>_<decay>``)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import Tagger
+from ..bundle import MODEL, STATE
+from .model import Tagger
 
 
 def example_inputs(
@@ -60,6 +61,16 @@ def export_onnx(model: Tagger, input_dims: dict[str, int], path: str | Path, ops
         )
     path.write_bytes(buf.getvalue())
     return path
+
+
+def save_model(model: Tagger, input_dims: dict[str, int], folder: str | Path) -> tuple[Path, Path]:
+    """The files of a bundle that come from a torch model, in ``folder`` under the bundle's names: the ONNX
+    export and the weights (torch names the archive inside after the file: saved elsewhere, the bytes
+    differ). For :func:`jettagger_coffea.bundle.write_bundle`."""
+    folder = Path(folder)
+    onnx = export_onnx(model, input_dims, folder / MODEL)
+    torch.save(model.state_dict(), folder / STATE)
+    return onnx, folder / STATE
 
 
 def max_difference(

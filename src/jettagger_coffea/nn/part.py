@@ -5,6 +5,7 @@ pairwise features (ln kT, ln z, ln dR, ln m^2), then class-attention blocks with
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -155,6 +156,7 @@ def key_mask(mask: torch.Tensor) -> torch.Tensor:
 
 class ParticleTransformer(nn.Module):
     uses: tuple[str, ...] = ("features", "vectors", "mask")
+    pairwise: ClassVar[bool] = True  #: attention biased by (N, C, P, P) pair features
 
     def __init__(
         self,
@@ -227,6 +229,7 @@ class ParticleTransformerPlain(ParticleTransformer):
     """ParT without pair features: the attention sees only the particle tokens."""
 
     uses = ("features", "mask")
+    pairwise: ClassVar[bool] = False
 
     def __init__(self, input_dim: int, num_classes: int, **kwargs) -> None:
         kwargs["pair_input_dim"] = 0

@@ -40,6 +40,8 @@ to the class token: the mass then need not be rebuilt from energy-weighted angle
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -79,6 +81,7 @@ def jet_mass2(vectors: torch.Tensor, real: torch.Tensor, eps: float = 1e-8) -> t
 
 class ParticleTransformerIRC(ParticleTransformer):
     uses: tuple[str, ...] = ("vectors", "mask")
+    pairwise: ClassVar[bool] = True  #: attention biased by (N, 1, P, P) angular pair features
 
     def __init__(
         self,

@@ -4,6 +4,8 @@ Module names follow weaver-core so its checkpoints load strictly."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -11,7 +13,6 @@ PARTICLENET = {
     "conv_params": [(16, (64, 64, 64)), (16, (128, 128, 128)), (16, (256, 256, 256))],
     "fc_params": [(256, 0.1)],
 }
-PARTICLENET_LITE = {"conv_params": [(7, (32, 32, 32)), (7, (64, 64, 64))], "fc_params": [(128, 0.1)]}
 
 
 def knn(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -91,6 +92,7 @@ class ParticleNet(nn.Module):
     particles and SVs are each embedded to ``sv_embed`` channels, then form one point cloud."""
 
     uses: tuple[str, ...] = ("points", "features", "mask")
+    pairwise: ClassVar[bool] = False
 
     def __init__(
         self,

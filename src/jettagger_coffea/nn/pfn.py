@@ -3,6 +3,8 @@ features; the Energy Flow Network sums an embedding of the angles weighted by en
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -18,6 +20,7 @@ def _mlp(dims, conv: bool) -> nn.Sequential:
 
 class PFN(nn.Module):
     uses = ("features", "mask")
+    pairwise: ClassVar[bool] = False
 
     def __init__(
         self, input_dim: int, num_classes: int, phi_sizes=(100, 100, 256), f_sizes=(100, 100, 100)
@@ -33,6 +36,7 @@ class PFN(nn.Module):
 
 class EFN(nn.Module):
     uses = ("vectors", "mask")
+    pairwise: ClassVar[bool] = False
 
     def __init__(
         self, input_dim: int, num_classes: int, phi_sizes=(100, 100, 256), f_sizes=(100, 100, 100)

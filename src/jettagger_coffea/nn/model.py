@@ -1,0 +1,124 @@
+"""The model a bundle holds: a registered network wrapped as a :class:`Tagger` (data-config groups in, class
+probabilities out), built from its name and the roles of its inputs, and its weights loaded."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._errors import JetTaggerError
+from ..config import DataConfig
+from ..inputs import InputSpec
+from . import NETWORKS, network_class
+
+
+class Tagger(nn.Module):
+    """Inference wrapper: data-config groups in, class probabilities out.
+
+    Takes the groups positionally in data-config order (the ONNX input names), each in its role, pads to
+    the network's minimum length (k-NN needs k + 1 points; exported models rely on the runtime for it),
+    applies softmax, and returns NaN for jets without constituents.
+    """
+
+    def __init__(self, net: nn.Module, input_names: list[str], roles: list[str], min_length: int = 1) -> None:
+        super().__init__()
+        self.mod = net
+        self.input_names = list(input_names)
+        self.roles = list(roles)
+        if "mask" not in self.roles:
+            raise ValueError(f"no mask input among {self.input_names}")
+        self.min_length = int(min_length)
+
+    @property
+    def pairwise(self) -> bool:
+        """Whether the network builds (N, C, P, P) pair tensors (written into the bundle's card)."""
+        return bool(self.mod.pairwise)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        args = dict(zip(self.roles, inputs))
+        short = self.min_length - args["mask"].shape[-1]
+        if not torch.onnx.is_in_onnx_export() and short > 0:  # the runtime pads to min_length itself
+            args = {k: nn.functional.pad(x, (0, short)) for k, x in args.items()}
+        mask = args["mask"]
+        uses: tuple[str, ...] = self.mod.uses  # type: ignore[assignment]
+        logits = self.mod(**{k: v for k, v in args.items() if k in uses})
+        probs = torch.softmax(logits, dim=1)
+        empty = (mask.sum(dim=(1, 2)) == 0).unsqueeze(1)
+        return torch.where(empty, torch.full_like(probs, float("nan")), probs)
+
+
+def network_options(cls: type) -> set[str]:
+    """The options a network class takes (its and its bases' keyword parameters)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass) and klass is not nn.Module and klass is not object:
+            params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+            names |= {p.name for p in params if p.kind is p.KEYWORD_ONLY or p.default is not p.empty}
+    return names
+
+
+def build(
+    network: str,
+    input_names: list[str],
+    input_dims: dict[str, int],
+    num_classes: int,
+    *,
+    roles: Mapping[str, str],
+    **options: Any,
+) -> Tagger:
+    """A :class:`Tagger` around ``network`` fed by the data-config groups ``input_names`` in the given
+    ``roles`` (group -> role: the bundle's input spec, :mod:`jettagger_coffea.inputs`)."""
+    cls = network_class(network)
+    allowed = network_options(cls) - {"sv_input_dims"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise JetTaggerError(f"network {network!r}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
+    no_role = [n for n in input_names if n not in roles]
+    if no_role:
+        raise JetTaggerError(f"network {network!r}: no role given for input group(s) {no_role}")
+    opts = {**NETWORKS[network][1], **options}
+    role_list = [roles[n] for n in input_names]
+    by_role = dict(zip(role_list, input_names))
+    if "sv_features" in by_role:
+        if "sv_input_dims" not in network_options(cls):
+            raise JetTaggerError(
+                f"network {network!r} takes no secondary-vertex inputs ({by_role['sv_features']})"
+            )
+        opts["sv_input_dims"] = input_dims[by_role["sv_features"]]
+    in_dim = input_dims[by_role["features"]] if "features" in by_role else 0
+    net = cls(in_dim, num_classes, **opts)  # type: ignore[call-arg]
+    missing = [r for r in net.uses if r not in by_role]  # type: ignore[union-attr]
+    if missing:
+        raise JetTaggerError(
+            f"network {network!r} needs input groups for {missing}; the config has {input_names}"
+        )
+    return Tagger(net, input_names, role_list, min_length=getattr(net, "min_length", 1))
+
+
+def build_for(network: str, config: DataConfig, inputs: Mapping[str, InputSpec], **options: Any) -> Tagger:
+    """:func:`build` for the groups of a data config, in the roles of its input spec (a bundle's ``inputs``,
+    or :func:`~jettagger_coffea.inputs.default_inputs` for a config not yet in a bundle)."""
+    dims = {k: v[1] for k, v in config.input_shapes.items()}
+    roles = {g: s.role for g, s in inputs.items()}
+    return build(network, list(config.input_names), dims, len(config.class_names), roles=roles, **options)
+
+
+def load_state(model: Tagger, path: str | Path) -> None:
+    """Load a weaver (``mod.``-prefixed) or our own checkpoint strictly, never unpickling code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is the file's fault
+        raise JetTaggerError(f"cannot load checkpoint {path}: {type(err).__name__}: {err}") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not any(k.startswith("mod.") for k in state):
+        state = {f"mod.{k}": v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise JetTaggerError(f"checkpoint {path} does not fit this network: {err}") from None
