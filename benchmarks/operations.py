@@ -109,7 +109,7 @@ def main() -> None:
     from jettagger_coffea.backends import MAX_PAIRS, OnnxBackend, tuned_budget
     from jettagger_coffea.bundle import Bundle
     from jettagger_coffea.data import PROCESSES, sample_path
-    from jettagger_coffea.datasets import load_jets
+    from jettagger_coffea.jetfiles import load_jets
 
     torch.set_num_threads(args.threads)
     files = [sample_path(p_, "jetclass") for p_ in PROCESSES]

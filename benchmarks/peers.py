@@ -55,8 +55,8 @@ def jetclass_particlenet(tmp: Path, threads: int) -> dict:
 
     from jettagger_coffea.backends import OnnxBackend, TorchBackend
     from jettagger_coffea.data import PROCESSES, sample_path
-    from jettagger_coffea.datasets import load_jets
     from jettagger_coffea.evaluation import predict_files
+    from jettagger_coffea.jetfiles import load_jets
     from jettagger_coffea.tagger import JetTagger
 
     files = [sample_path(p, "jetclass") for p in PROCESSES]
@@ -117,9 +117,9 @@ def cms_particlenet_ak8(tmp: Path, threads: int) -> dict:
 
     from jettagger_coffea.backends import OnnxBackend
     from jettagger_coffea.bundle import Bundle
-    from jettagger_coffea.datasets import open_jets
     from jettagger_coffea.evaluation import predict_files
     from jettagger_coffea.features import make_table, standardise
+    from jettagger_coffea.jetfiles import open_jets
     from jettagger_coffea.tagger import JetTagger
     from jettagger_coffea.weaver import import_weaver
 

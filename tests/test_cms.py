@@ -11,7 +11,7 @@ import pytest
 import uproot
 
 from jettagger_coffea._errors import JetTaggerError
-from jettagger_coffea.config import DataConfig
+from jettagger_coffea.dataconfig import DataConfig
 
 from .conftest import SHARED, shared_file
 from .conftest import run_cli as cli

@@ -10,7 +10,7 @@ import pytest
 import uproot
 
 from jettagger_coffea._errors import JetTaggerError
-from jettagger_coffea.config import DataConfig
+from jettagger_coffea.dataconfig import DataConfig
 from jettagger_coffea.expressions import Expression
 from jettagger_coffea.features import featurize
 

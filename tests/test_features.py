@@ -11,7 +11,7 @@ import uproot
 
 from jettagger_coffea._errors import JetTaggerError
 from jettagger_coffea.batching import dynamic_length, pad
-from jettagger_coffea.config import DataConfig
+from jettagger_coffea.dataconfig import DataConfig
 from jettagger_coffea.features import featurize
 from jettagger_coffea.nanoevents import open_events
 

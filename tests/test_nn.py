@@ -10,7 +10,7 @@ import uproot
 
 torch = pytest.importorskip("torch")
 
-from jettagger_coffea.config import DataConfig
+from jettagger_coffea.dataconfig import DataConfig
 from jettagger_coffea.features import featurize
 from jettagger_coffea.nn import NETWORKS, build, load_state
 from jettagger_coffea.nn.export import example_inputs, export_onnx, max_difference

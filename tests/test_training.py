@@ -65,7 +65,7 @@ def test_toy_is_learnt(toy):
     losses = [r["train_loss"] for r in s["history"]]
     assert losses[-1] < 0.8 * losses[0]
     model, config, _ = load_trained(work / "run")
-    from jettagger_coffea.datasets import load_jets
+    from jettagger_coffea.jetfiles import load_jets
 
     f = load_jets(files, config)
     p = torch_scores(model, f)
@@ -79,7 +79,7 @@ def test_checkpoint_reload_and_resume(toy, tmp_path):
     work, files, _ = toy
     a, config, _ = load_trained(work / "run")
     b, _, _ = load_trained(work / "run")
-    from jettagger_coffea.datasets import load_jets
+    from jettagger_coffea.jetfiles import load_jets
 
     f = load_jets(files[:1], config)
     np.testing.assert_array_equal(torch_scores(a, f), torch_scores(b, f))
@@ -181,7 +181,7 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
 def test_learning_curve_is_the_first_pass_on_distinct_jets(toy, tmp_path):
     """curve.jsonl: validation metrics at log-spaced counts of distinct jets, in the first pass only; its last
     row is the epoch-0 model (the same numbers as predicting with that checkpoint)."""
-    from jettagger_coffea.datasets import load_jets
+    from jettagger_coffea.jetfiles import load_jets
 
     work, files, _ = toy
     opts = {"phi_sizes": [32, 32], "f_sizes": [32]}
@@ -222,7 +222,7 @@ def test_export_onnx_equals_torch_and_evaluate_equals_sklearn(toy, tmp_path):
         discriminants={"TvsQCD": {"signal": ["Tbqq"], "background": ["QCD"]}},
     )
     model, config, _ = load_trained(work / "run")
-    from jettagger_coffea.datasets import load_jets
+    from jettagger_coffea.jetfiles import load_jets
 
     f = load_jets(files, config)
     scores = torch_scores(model, f)

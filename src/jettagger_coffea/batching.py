@@ -18,7 +18,7 @@ import numpy as np
 from ._errors import JetTaggerError
 
 if TYPE_CHECKING:
-    from .config import InputGroup
+    from .dataconfig import InputGroup
 
 #: how a batch is padded: "dynamic" (its longest jet, within the group's min/max), "fixed" (the config's
 #: length, as weaver exports), or an exact length

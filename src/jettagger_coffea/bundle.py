@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ._errors import JetTaggerError
-from .config import DataConfig
+from .dataconfig import DataConfig
 from .inputs import InputSpec, card_inputs, default_source, infer_inputs, read_inputs
 from .metrics import unknown_classes
 from .sources import Preset, load_preset

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .datasets import open_jets
 from .features import labels as label_values
 from .features import make_table
+from .jetfiles import open_jets
 from .metrics import background_classes, discriminant, summary
 from .sources import Events, check_events
 from .tagger import JetTagger

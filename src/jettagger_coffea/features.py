@@ -13,7 +13,7 @@ import numpy as np
 
 from ._errors import JetTaggerError
 from .batching import Padding, pad, padded_length
-from .config import DataConfig, InputGroup, VarSpec
+from .dataconfig import DataConfig, InputGroup, VarSpec
 from .sources import (
     JET_COLLECTIONS,
     Events,

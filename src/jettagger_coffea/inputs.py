@@ -8,7 +8,7 @@ import dataclasses
 from typing import Any
 
 from ._errors import JetTaggerError
-from .config import DataConfig
+from .dataconfig import DataConfig
 from .sources import Preset, guess_preset, load_preset
 
 #: what a network argument is: the particle collection's points / features / vectors / mask, or those of

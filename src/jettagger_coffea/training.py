@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 
 from ._errors import JetTaggerError
 from .batching import batch_length, shuffled_batches, sorted_batches
-from .config import DataConfig
-from .datasets import load_jets
+from .dataconfig import DataConfig
 from .features import Standardised
 from .inputs import default_inputs
+from .jetfiles import load_jets
 from .nn import build_for, load_state
 
 if TYPE_CHECKING:
@@ -228,8 +228,8 @@ def _config(config_path: str | Path, train_files: Sequence[str | Path]) -> DataC
     """The data config, its ``auto`` bounds resolved on the first training file."""
     config = DataConfig.from_yaml(config_path)
     if config.needs_auto:
-        from .datasets import open_jets
         from .features import make_table
+        from .jetfiles import open_jets
 
         config = config.resolve_auto(make_table(open_jets(train_files[0]), config))
     return config

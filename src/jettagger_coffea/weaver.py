@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ._errors import JetTaggerError
 from .bundle import write_bundle
-from .config import DataConfig
+from .dataconfig import DataConfig
 from .sources import load_preset
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .._errors import JetTaggerError
-from ..config import DataConfig
+from ..dataconfig import DataConfig
 from ..inputs import InputSpec
 from . import NETWORKS, network_class
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ._errors import JetTaggerError
-from .config import DataConfig
+from .dataconfig import DataConfig
 from .features import Standardised, make_table, selection_mask, standardise
 from .features import labels as label_values
 from .sources import Events
