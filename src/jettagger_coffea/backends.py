@@ -98,12 +98,12 @@ class BackendSpec:
                 raise JetTaggerError(f"--{key.replace('_', '-')} {where} (backend {self.name!r})")
 
     @classmethod
-    def of(cls, backend: str | BackendSpec = "onnx", **options: Any) -> BackendSpec:
+    def of(cls, backend: str | BackendSpec | None = "onnx", **options: Any) -> BackendSpec:
         """A spec from a name (or a spec) and options; options that are None are left to the backend."""
         if isinstance(backend, BackendSpec):
             options = {**dict(backend.options), **options}
             backend = backend.name
-        return cls(backend, tuple(sorted((k, v) for k, v in options.items() if v is not None)))
+        return cls(backend or "onnx", tuple(sorted((k, v) for k, v in options.items() if v is not None)))
 
 
 def make_backend(spec: BackendSpec, bundle: Any) -> Any:
@@ -126,6 +126,11 @@ class OnnxBackend(ProcessLocal):
 
     @classmethod
     def from_bundle(cls, bundle: Any, threads: int | None = None) -> OnnxBackend:
+        if not Path(bundle.onnx_path).is_file():
+            raise JetTaggerError(
+                f"tagger bundle {bundle.path} has no model.onnx: a client-only bundle for Triton model "
+                f"{bundle.served_model!r}; run it with --backend triton --server URL"
+            )
         return cls(bundle.onnx_path, threads=threads)
 
     @property

@@ -113,11 +113,22 @@ class Bundle:
     def working_points(self) -> dict[str, Any]:
         return dict(self.card.get("working_points") or {})
 
+    @property
+    def served_model(self) -> str | None:
+        """The Triton model name of a client-only bundle (no local weights), from its card."""
+        served = self.card.get("served_model")
+        return str(served) if served else None
+
+    @property
+    def default_backend(self) -> str:
+        """onnx, or triton for a client-only bundle: the server's model is its network."""
+        return "triton" if self.served_model and not self.onnx_path.is_file() else "onnx"
+
     @classmethod
     def load(cls, path: str | Path | None = None, check_model: bool = True) -> Bundle:
         """A bundle folder, a shipped bundle's name, or None for the default (see :func:`resolve`)."""
         path = resolve(None if path is None else str(path))
-        for f in (MODEL, CONFIG, CARD):
+        for f in (CONFIG, CARD):
             if not (path / f).is_file():
                 raise JetTaggerError(f"tagger bundle {path}: missing {f}")
         try:
@@ -126,6 +137,9 @@ class Bundle:
             raise JetTaggerError(f"{path / CARD}: invalid YAML: {err}") from None
         if not isinstance(card, dict) or "classes" not in card:
             raise JetTaggerError(f"{path / CARD}: needs at least `classes`")
+        weights = (path / MODEL).is_file()
+        if not weights and not card.get("served_model"):  # only a client-only bundle has no model.onnx
+            raise JetTaggerError(f"tagger bundle {path}: missing {MODEL}")
         if not isinstance(card.get("pairwise", True), bool):
             raise JetTaggerError(f"{path / CARD}: pairwise must be true or false, not {card['pairwise']!r}")
         config = DataConfig.from_yaml(path / CONFIG)
@@ -143,7 +157,7 @@ class Bundle:
                 raise JetTaggerError(f"{path / CARD}: discriminant {dname!r} names unknown classes {unknown}")
         preset = load_preset(card.get("source") or default_source(config))
         bundle = cls(path, card, config, preset, read_inputs(card, config, preset, str(path / CARD)))
-        if check_model:
+        if check_model and weights:
             bundle.check_model()
         return bundle
 
@@ -203,14 +217,15 @@ def _check_preprocess(path: Path, config: DataConfig) -> None:
 def write_bundle(
     path: str | Path,
     *,
-    onnx: str | Path | bytes,
+    onnx: str | Path | bytes | None,
     config: DataConfig,
     card: dict[str, Any],
     state: str | Path | None = None,
     min_length: int | None = None,
     pairwise: bool | None = None,
 ) -> Bundle:
-    """The one bundle writer: ``onnx`` (an exported file or its bytes) as model.onnx, ``state`` (torch
+    """The one bundle writer: ``onnx`` (an exported file or its bytes; None for a client-only bundle,
+    whose card names its ``served_model``) as model.onnx, ``state`` (torch
     weights, optional) as model.pt, the data config, preprocess.json and tagger.yaml. The card gets the
     config's classes (where the card already lists them, in that place), then the network's ``min_length``
     and ``pairwise`` where given, and its source preset and input spec made explicit. Returns the bundle,
@@ -219,7 +234,7 @@ def write_bundle(
     path.mkdir(parents=True, exist_ok=True)
     if isinstance(onnx, bytes):
         (path / MODEL).write_bytes(onnx)
-    else:
+    elif onnx is not None:
         shutil.copyfile(onnx, path / MODEL)
     if state is not None:
         shutil.copyfile(state, path / STATE)

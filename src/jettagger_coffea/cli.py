@@ -255,7 +255,12 @@ def _add_backend(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--jets", default=None, help="jet collection to tag: FatJet (AK8), Jet (AK4); default: the bundle's"
     )
-    p.add_argument("--backend", choices=list(BACKENDS), default="onnx", help="inference backend")
+    p.add_argument(
+        "--backend",
+        choices=list(BACKENDS),
+        default=None,
+        help="inference backend (default: onnx; triton for a client-only bundle)",
+    )
     p.add_argument("--server", default=None, help="Triton server, grpc://host:8001 or http://host:8000")
     p.add_argument(
         "--served-model", default=None, help="model name on the Triton server (default: the bundle's name)"
@@ -263,10 +268,14 @@ def _add_backend(p: argparse.ArgumentParser) -> None:
 
 
 def _backend(args: argparse.Namespace):
-    """The backend spec from ``--backend``, ``--server``, ``--served-model`` (checked here, once)."""
+    """The backend spec from ``--backend``, ``--server``, ``--served-model`` (checked here, once): a server
+    means Triton; neither leaves the choice to the bundle (None: onnx, or triton for a client-only one)."""
     from .backends import BackendSpec
 
-    return BackendSpec.of(args.backend, server=args.server, served_model=args.served_model)
+    name = args.backend or ("triton" if args.server or args.served_model else None)
+    if name is None:
+        return None
+    return BackendSpec.of(name, server=args.server, served_model=args.served_model)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -348,6 +357,16 @@ def _add_import(sub) -> None:
     p.add_argument("--network-options", default="{}", help="JSON dict (e.g. use_pre_activation_pair)")
     p.add_argument("--checkpoint", help="weaver state_dict (loaded weights-only)")
     p.add_argument("--onnx", help="weaver-exported or CMSSW model.onnx (with --preprocess)")
+    p.add_argument(
+        "--served-model",
+        default=None,
+        help="without --onnx: a client-only bundle for this model on a Triton server (SONIC)",
+    )
+    p.add_argument(
+        "--jets",
+        default=None,
+        help="jet collection the model tags: FatJet (AK8), Jet (AK4); stored in the bundle",
+    )
     p.add_argument("--preprocess", help="preprocess.json (weaver: var_length; CMSSW: min/max_length)")
     p.add_argument(
         "--source",
@@ -401,6 +420,8 @@ def _run_import(args: argparse.Namespace) -> int:
         discriminants=discriminants,
         source=args.source,
         stored_prefix=args.stored_prefix,
+        served_model=args.served_model,
+        jets=args.jets,
     )
     print(path)
     return 0

@@ -89,7 +89,7 @@ class TaggerProcessor(processor.ProcessorABC):
         *,
         selection: Selection | None = None,
         pt_bins: Sequence[float] | None = None,
-        backend: str | BackendSpec = "onnx",
+        backend: str | BackendSpec | None = None,
         padding: Padding = "dynamic",
         radius: float = 0.8,
         datasets: dict[str, dict[str, Any]] | None = None,

@@ -39,7 +39,8 @@ class JetTagger:
     >>> scores = tagger(events)                                # [events][FatJet][classes]
     >>> fatjets = tagger.attach(events, jets=events.FatJet.pt > 300)  # FatJet.score_<class> fields
 
-    ``backend``: a name (onnx, torch, triton) or a :class:`~.backends.BackendSpec`; ``backend_options``
+    ``backend``: a name (onnx, torch, triton) or a :class:`~.backends.BackendSpec` (default: onnx, or triton
+    for a client-only bundle); ``backend_options``
     (``threads``, ``device``, ``dtype``, ``server``, ``served_model``) go to that backend. ``jets``: the
     jet collection to tag (default: the bundle's source preset's, e.g. ``FatJet``; ``Jet`` for AK4), read
     through the member of the preset's family that reads it.
@@ -49,7 +50,7 @@ class JetTagger:
         self,
         bundle: str | Path | Bundle,
         *,
-        backend: str | BackendSpec = "onnx",
+        backend: str | BackendSpec | None = None,
         padding: Padding = "dynamic",
         max_slots: int | Literal["auto"] = "auto",
         jets: str | None = None,
@@ -58,7 +59,7 @@ class JetTagger:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.preset = preset_for(self.bundle.preset, lambda _: True, jets) if jets else self.bundle.preset
         self.padding = check_padding(padding)
-        self.spec = BackendSpec.of(backend, **backend_options)
+        self.spec = BackendSpec.of(backend or self.bundle.default_backend, **backend_options)
         self.backend = make_backend(self.spec, self.bundle)
         self.max_slots = max_slots
 

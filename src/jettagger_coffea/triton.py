@@ -109,7 +109,7 @@ class TritonBackend(ProcessLocal):
         bundle fails here, before any work."""
         if not server:
             raise JetTaggerError("the triton backend needs a server URL (--server grpc://host:8001)")
-        backend = cls(server, served_model or bundle.name, bundle)
+        backend = cls(server, served_model or bundle.served_model or bundle.name, bundle)
         backend.metadata()
         return backend
 

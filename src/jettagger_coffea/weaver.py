@@ -25,25 +25,33 @@ def import_weaver(
     discriminants: dict | None = None,
     source: str | None = None,
     stored_prefix: str | None = None,
+    served_model: str | None = None,
+    jets: str | None = None,
 ) -> Path:
     """weaver or CMSSW artefacts -> a bundle. The CMSSW form (``model.onnx`` + ``preprocess.json``) needs no
-    data config; the source preset is chosen from the variable names unless ``source`` is given;
-    ``stored_prefix`` names the NanoAOD branches of the experiment's own scores for this model
-    (``FatJet_<prefix>_<discriminant>``)."""
-    if data_config is None and not (onnx and preprocess):
-        raise JetTaggerError("import-weaver: give --data-config, or --onnx with --preprocess")
+    data config; the source preset is chosen from the variable names unless ``source`` is given, and for
+    ``jets`` (e.g. ``Jet`` for AK4) the member of its family that reads them; ``stored_prefix`` names the
+    NanoAOD branches of the experiment's own scores for this model (``FatJet_<prefix>_<discriminant>``).
+    ``served_model`` without ``onnx``: a client-only bundle for that model on a Triton server (SONIC)."""
+    if data_config is None and not ((onnx or served_model) and preprocess):
+        raise JetTaggerError(
+            "import-weaver: give --data-config, or --onnx (or --served-model) with --preprocess"
+        )
     config = DataConfig.from_yaml(data_config) if data_config is not None else None
     out = Path(output)
     _check_files(data_config=data_config, checkpoint=checkpoint, onnx=onnx, preprocess=preprocess)
     if source is not None:
         load_preset(source)  # unknown names fail here, before anything is written
     card = _card(name or out.name, discriminants or {}, data_config, source)
+    card["jets"] = jets
+    if served_model:
+        card["served_model"] = served_model
     if checkpoint:
         if not network:
             raise JetTaggerError("import-weaver: --checkpoint needs --network")
         assert config is not None
         _from_checkpoint(out, config, card, network, checkpoint, network_options or {})
-    elif onnx:
+    elif onnx or served_model:
         _from_onnx(out, config, card, onnx, preprocess, stored_prefix)
     else:
         raise JetTaggerError(
@@ -80,6 +88,7 @@ def _from_checkpoint(
     from .nn import build_for, load_state
     from .nn.export import save_model
 
+    _choose_source(card, config)
     model = build_for(network, config, default_inputs(config, card.get("source")), **options)
     load_state(model, checkpoint)
     card |= {"network": network, "network_options": options}
@@ -98,11 +107,22 @@ def _from_checkpoint(
         )
 
 
+def _choose_source(card: dict, config: DataConfig) -> None:
+    """``--jets``: the card's source becomes the member of its preset's family that reads those jets."""
+    from .inputs import default_source
+    from .sources import preset_for
+
+    jets = card.pop("jets", None)
+    if jets:
+        family = load_preset(card.get("source") or default_source(config))
+        card["source"] = preset_for(family, lambda _: True, jets).name
+
+
 def _from_onnx(
     out: Path,
     config: DataConfig | None,
     card: dict,
-    onnx: str | Path,
+    onnx: str | Path | None,
     preprocess: str | Path | None,
     stored_prefix: str | None,
 ) -> None:
@@ -113,10 +133,12 @@ def _from_onnx(
     else:
         assert config is not None
         merged = config
+    _choose_source(card, merged)
     card |= {"classes": merged.class_names, "network": "onnx"}  # the writer keeps classes in this place
     if not card["discriminants"]:
         card["discriminants"] = nanoaod_discriminants(merged.class_names)
-    card["provenance"]["onnx"] = str(onnx)
+    if onnx is not None:
+        card["provenance"]["onnx"] = str(onnx)
     if stored_prefix:
         card["stored_scores"] = {d: f"{stored_prefix}_{d}" for d in card["discriminants"]}
     write_bundle(out, onnx=onnx, config=merged, card=card)
@@ -126,10 +148,22 @@ def _from_onnx(
 _NANO_SIGNALS = {"Top": "T", "W": "W", "Z": "Z", "H_bb": "Hbb", "H_cc": "Hcc", "H_qqqq": "H4q"}
 
 
+#: CMS's ParticleNet-AK4 discriminants (RecoBTag/ONNXRuntime pfParticleNetAK4DiscriminatorsJetTags):
+#: sum(signal) / sum(signal + background); undef and pu enter none of them
+AK4_DISCRIMINANTS = {
+    "BvsAll": {"signal": ["b", "bb"], "background": ["c", "cc", "uds", "g"]},
+    "CvsL": {"signal": ["c", "cc"], "background": ["uds", "g"]},
+    "CvsB": {"signal": ["c", "cc"], "background": ["b", "bb"]},
+    "QvsG": {"signal": ["uds"], "background": ["g"]},
+}
+
+
 def nanoaod_discriminants(classes: list[str]) -> dict[str, dict[str, list[str]]]:
-    """NanoAOD's discriminants for CMS-style classes: ``XvsQCD = sum X_* / (sum X_* + sum QCD_*)`` and
-    ``QCD = sum QCD_*`` (e.g. TvsQCD from Top_bcq + Top_bqq, as NanoAOD's ``FatJet_particleNet_TvsQCD``).
-    Nothing for other class lists."""
+    """CMS's discriminants for CMS-style classes: ``XvsQCD = sum X_* / (sum X_* + sum QCD_*)`` and
+    ``QCD = sum QCD_*`` (e.g. TvsQCD from Top_bcq + Top_bqq, as NanoAOD's ``FatJet_particleNet_TvsQCD``);
+    for ParticleNet-AK4's classes BvsAll, CvsL, CvsB, QvsG. Nothing for other class lists."""
+    if set(AK4_DISCRIMINANTS["BvsAll"]["signal"] + AK4_DISCRIMINANTS["BvsAll"]["background"]) <= set(classes):
+        return {k: {s: list(v) for s, v in d.items()} for k, d in AK4_DISCRIMINANTS.items()}
     qcd = [c for c in classes if c.startswith("QCD_")]
     if not qcd:
         return {}
