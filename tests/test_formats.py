@@ -148,7 +148,7 @@ AK4_CLASSES = ("b", "bb", "c", "cc", "uds", "g", "undef", "pu")
 def cms_ak4(tmp_path_factory):
     out = tmp_path_factory.mktemp("cms") / "pn-ak4"
     onnx, pre = shared_file(AK4 / "model.onnx"), shared_file(AK4 / "preprocess.json")
-    r = run_cli("import-weaver", "--onnx", onnx, "--preprocess", pre, "--source", "cms-pfnano-ak4", "-o", out)
+    r = run_cli("import-weaver", "--onnx", onnx, "--preprocess", pre, "--jets", "Jet", "-o", out)
     assert r.returncode == 0, r.stderr
     return out
 
@@ -160,6 +160,12 @@ def test_cms_ak4_on_pfnano_ak4_jets(cms_ak4, tmp_path):
     import uproot
     from scipy.stats import spearmanr
 
+    from jettagger_coffea.bundle import Bundle
+
+    bundle = Bundle.load(cms_ak4)  # --jets Jet: the member of the cms-pfnano family that reads Jet
+    assert bundle.preset.name == "cms-pfnano-ak4" and bundle.preset.jets == "Jet"
+    assert bundle.discriminants["BvsAll"] == {"signal": ["b", "bb"], "background": ["c", "cc", "uds", "g"]}
+    assert set(bundle.discriminants) == {"BvsAll", "CvsL", "CvsB", "QvsG"}
     pfnano = shared_file(NANO / "pfnano.root")
     out = tmp_path / "ak4.parquet"
     r = run_cli("predict", "--model", cms_ak4, "--input", pfnano, "-o", out)

@@ -104,21 +104,33 @@ def run_fileset(
     start = time.perf_counter()
     out = _execute(proc, fileset, plan)
     _account(out, metadata, runs_sumw, lumi, expected, skipped)
-    out["meta"] = {
+    out["meta"] = _meta(proc, plan, expected, lumi, sources, time.perf_counter() - start)
+    return out
+
+
+def _meta(
+    proc: TaggerProcessor,
+    plan: Execution,
+    expected: dict[str, dict[str, int]],
+    lumi: float | None,
+    sources: list[str],
+    seconds: float,
+) -> dict[str, Any]:
+    """What ran: model, classes, executor, selection, working points, source presets, time."""
+    return {
         "events_in_readable_files": {ds: sum(f.values()) for ds, f in expected.items()},
         "model": proc.tagger.bundle.name,
         "classes": proc.tagger.classes,
         "executor": plan.executor,
         "workers": plan.workers,
         "chunksize": plan.chunksize,
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
         "discriminants": proc.tagger.bundle.discriminants,
         "working_points": proc.wps,
         "selection": dataclasses.asdict(proc.selection),
         "lumi": lumi,
         "sources": {name: sources.count(name) for name in dict.fromkeys(sources)},
     }
-    return out
 
 
 def _cluster(plan: Execution) -> tuple[Any, Any]:

@@ -55,26 +55,13 @@ def preflight(
     header still says, their event count) or, without skipping, named in the error. ``check(tree, path)``
     refuses a readable file that lacks what the model reads (a user error: never skipped) and returns the
     source preset the file is read with (recorded per file, ``sources``)."""
-    import uproot
-
     good: dict[str, Any] = {}
     skipped: list[dict[str, Any]] = []
     for ds, spec in fileset.items():
         for path, tree in spec["files"].items():
             tree = tree if isinstance(tree, str) else tree.get("object_path", "Events")
             try:
-                with uproot.open(path) as f:
-                    n = f[tree].num_entries
-                    rntuple = type(f[tree]).__name__.endswith("RNTuple")
-                    preset = check(f[tree], path) if check is not None else None
-                    jets = getattr(preset, "jets", "FatJet")
-                    f[tree][f"n{jets}"].array(entry_stop=1)  # the header alone can look fine
-                    runs = f.get("Runs")
-                    sumw = (
-                        float(runs["genEventSumw"].array(library="np").sum())
-                        if runs is not None and "genEventSumw" in runs
-                        else None
-                    )
+                n, preset, sumw, rntuple = _open_one(path, tree, check)
             except JetTaggerError:
                 raise
             except Exception as err:  # noqa: BLE001 - any failure to read makes the file bad
@@ -109,6 +96,25 @@ def preflight(
             entry["events"][path] = n
             entry["sumw"][path] = sumw
     return good, skipped
+
+
+def _open_one(path: str, tree: str, check: Any) -> tuple[int, Any, float | None, bool]:
+    """(events, source preset, Runs' sum of genEventSumw or None, is an RNTuple) of one file."""
+    import uproot
+
+    with uproot.open(path) as f:
+        n = f[tree].num_entries
+        rntuple = type(f[tree]).__name__.endswith("RNTuple")
+        preset = check(f[tree], path) if check is not None else None
+        jets = getattr(preset, "jets", "FatJet")
+        f[tree][f"n{jets}"].array(entry_stop=1)  # the header alone can look fine
+        runs = f.get("Runs")
+        sumw = (
+            float(runs["genEventSumw"].array(library="np").sum())
+            if runs is not None and "genEventSumw" in runs
+            else None
+        )
+    return n, preset, sumw, rntuple
 
 
 def _events_from_header(path: str, tree: str) -> int | None:

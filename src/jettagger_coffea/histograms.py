@@ -52,7 +52,8 @@ def make_histograms(
     mass_label: str = MSD_AXIS.label,
 ) -> dict[str, hist.Hist]:
     """The processor's histograms (weighted), per dataset and truth class; ``mass_label`` names the jet
-    mass the ``msoftdrop`` / ``wp_msd`` histograms hold (AK4 jets have no soft-drop mass: their mass)."""
+    mass the ``msoftdrop`` / ``wp_msd`` histograms hold (AK4 jets have no soft-drop mass: their mass).
+    Longer than most functions on purpose: one literal, every histogram's axes read top to bottom."""
     msd = hist.axis.Regular(50, 0, 250, name="msd", label=mass_label)
     truth = truth_axis(truth_classes)
     cls = hist.axis.StrCategory(list(classes), name="cls", label="Class")
