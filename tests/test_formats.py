@@ -212,3 +212,21 @@ def test_run_tags_ak4_jets_by_flavour(cms_ak4):
         and jets[{"truth": "QCD"} if False else {"truth": "uds"}].sum().value > 0
     )
     assert out["hists"]["msoftdrop"].axes["msd"].label == "Jet mass [GeV]"
+
+
+def test_cli_run_on_ak4_jets(cms_ak4, tmp_path):
+    """`jettagger run --jets Jet`: CMS's AK4 discriminants on the console and in metrics.json, the jet mass
+    (not a soft-drop mass) on the mass plot's axis."""
+    fileset = tmp_path / "fs.json"
+    fileset.write_text(json.dumps({"qcd": [str(shared_file(NANO / "pfnano.root"))]}))
+    out = tmp_path / "out"
+    r = run_cli("run", "--model", cms_ak4, "--fileset", fileset, "--pt-min", "15", "--jets", "Jet", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "QvsG: AUC" in r.stdout and "source preset cms-pfnano-ak4" in r.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cutflow"]["qcd"]["fatjets"] == 64
+    assert 0.5 < metrics["discriminants"]["QvsG"]["auc"] < 1
+    import pickle
+
+    with (out / "hists.pkl").open("rb") as f:
+        assert pickle.load(f)["hists"]["msoftdrop"].axes["msd"].label == "Jet mass [GeV]"

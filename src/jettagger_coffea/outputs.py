@@ -53,7 +53,7 @@ def _plots(out: dict[str, Any], metrics: dict[str, Any], folder: Path) -> dict[s
     for name, wps in meta["working_points"].items():
         groups = truth_groups(meta["classes"], meta["discriminants"][name])
         truths = [*groups["signal"], *groups["background"]]
-        for axis, xlabel in (("pt", r"Jet $p_T$ [GeV]"), ("msd", "Soft-drop mass [GeV]")):
+        for axis, xlabel in (("pt", r"Jet $p_T$ [GeV]"), ("msd", h["wp_msd"].axes["msd"].label)):
             eff = efficiency_curves(h[f"wp_{axis}"], name, list(wps), truths, axis)
             if eff:
                 paths[f"eff_{axis}_{name}"] = plotting.efficiency_plot(
@@ -66,7 +66,7 @@ def _plots(out: dict[str, Any], metrics: dict[str, Any], folder: Path) -> dict[s
         for i, t in enumerate(hm.axes["truth"])
         if view["value"][i].sum() > 0
     }
-    paths["msoftdrop"] = plotting.mass_plot(per_truth, folder / "msoftdrop.png")
+    paths["msoftdrop"] = plotting.mass_plot(per_truth, folder / "msoftdrop.png", xlabel=hm.axes["msd"].label)
     hs = h["stored"]
     for name in hs.axes["disc"]:
         sub = hs[{"disc": name}].project("recomputed", "stored")

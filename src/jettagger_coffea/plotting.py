@@ -235,7 +235,12 @@ def _truth_legend(fig: Any, axes: np.ndarray) -> None:
     )
 
 
-def mass_plot(per_truth: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path) -> Path:
+def mass_plot(
+    per_truth: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    path: Path,
+    *,
+    xlabel: str = "Soft-drop mass [GeV]",
+) -> Path:
     """``per_truth``: truth class -> (edges, sum of weights, sum of weights squared) per bin."""
     _style()
     fig, ax = plt.subplots(figsize=(9, 6))
@@ -252,7 +257,7 @@ def mass_plot(per_truth: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
             color=COLOURS[i % len(COLOURS)],
             label=f"{t} ({total:.4g} jets)",
         )
-    ax.set_xlabel("Soft-drop mass [GeV]")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("1/N dN/dm [1/GeV]")
     _legend_outside(ax)
     _corner(ax)

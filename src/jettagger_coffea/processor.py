@@ -95,9 +95,10 @@ class TaggerProcessor(processor.ProcessorABC):
         datasets: dict[str, dict[str, Any]] | None = None,
         working_points: str | Path | None = None,
         per_jet: bool = False,
+        jets: str | None = None,
     ) -> None:
         self.tagger = JetTagger(
-            bundle if bundle is not None else Bundle.load(), backend=backend, padding=padding
+            bundle if bundle is not None else Bundle.load(), backend=backend, padding=padding, jets=jets
         )
         self.selection = selection or Selection()
         self.pt_bins = tuple(pt_bins) if pt_bins is not None else pt_bins_for(self.selection)
