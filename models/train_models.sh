@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Trains and exports the shipped bundles on this 2-core CPU machine.
-#   pfn, particlenet-lite: several passes within a wall-time budget (cheap per jet: passes pay off).
+#   pfn, pfn-kinpid (the 13 kinpid inputs of NanoAOD v15), particlenet-lite: several passes within a wall-time
+#   budget (cheap per jet: passes pay off).
 #   part, part-irc, particlenet (full size): ONLY=curves, every network one pass over the same 200k distinct
 #   jets (shards 0..CURVE_SHARDS-1) with a learning curve; each exported from it once its run has finished
 #   (ParT ~1 h, IRC-safe ParT ~1.2 h, ParticleNet ~2.7 h on one core here: stopped runs resume exactly).
@@ -31,8 +32,8 @@ SMALL_PART='{"num_layers": 3, "embed_dims": [64, 128, 64], "pair_embed_dims": [3
 IRC_PART='{"num_layers": 3, "embed_dims": [64, 128, 64], "pair_embed_dims": [32, 32], "num_heads": 4, "num_cls_layers": 1, "token_features": [5, 6, 7, 8, 9, 10, 11, 12, 13, 14], "energy_bias": "energy", "jet_kinematics": true}'
 NJ=${NJETS:-1000000}
 
-train() {  # name network options minutes
-  $J train --data-config $CFG/jetclass5_full.yaml --network "$2" --network-options "$3" --train $TRAIN \
+train() {  # name network options minutes [data config, default jetclass5_full]
+  $J train --data-config "$CFG/${5:-jetclass5_full}.yaml" --network "$2" --network-options "$3" --train $TRAIN \
     --output "$OUT/$1" --epochs 30 --max-minutes "$4" --max-train-jets "$NJ" --batch-size 128 --lr 2e-3 --threads 2 \
     ${INIT:+--init "$INIT"}
   $J export "$OUT/$1" --output "models/$1" --name "$1" --reference $TEST --card "$DATA_CARD"
@@ -48,8 +49,10 @@ curve() {  # name network options jets: one pass, validation metrics at 8 log-sp
     --batch-size 128 --lr 2e-3 --threads 1 --resume
 }
 
-ONLY=${ONLY:-"pfn particlenet-lite curves r10"}
+ONLY=${ONLY:-"pfn pfn-kinpid particlenet-lite curves r10"}
 case " $ONLY " in *" pfn "*) train pfn pfn '{}' "${MIN_PFN:-8}";; esac
+# the kinpid inputs (no impact parameters): what standard NanoAOD v15 provides
+case " $ONLY " in *" pfn-kinpid "*) train pfn-kinpid pfn '{}' "${MIN_PFN:-8}" jetclass5_kinpid;; esac
 case " $ONLY " in *" particlenet-lite "*) train particlenet-lite particlenet-lite '{}' "${MIN_PNL:-18}";; esac
 case " $ONLY " in *" curves "*)  # two runs at a time, one thread each (as fast in all as one at a time)
   CJ=${CURVE_JETS:-200000}
