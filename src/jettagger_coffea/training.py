@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -638,23 +637,12 @@ def export(
 ) -> Path:
     """A trained folder -> bundle (ONNX + configs + model card); working points derived on
     ``reference_files`` (fixed mistag 0.5/1/2.5/5 %, fixed efficiency 30/50 %) and their metrics stored."""
-    from .bundle import write_bundle
-    from .nn.export import save_model
+    from .nn.export import write_torch_bundle
 
     model, config, s = load_trained(train_dir)
     discs = usable_discriminants(config.class_names, discriminants)
     info = {**_card(s, name or Path(bundle_dir).name, discs), **(card or {})}
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx, state = save_model(model, s["input_dims"], tmp)
-        bundle = write_bundle(
-            bundle_dir,
-            onnx=onnx,
-            config=config,
-            card=info,
-            state=state,
-            min_length=model.min_length,
-            pairwise=model.pairwise,
-        )
+    bundle = write_torch_bundle(bundle_dir, model, s["input_dims"], config=config, card=info)
     if reference_files:
         _add_working_points(bundle, reference_files, discs)
     return Path(bundle_dir)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from ._errors import JetTaggerError
@@ -86,25 +85,16 @@ def _from_checkpoint(
     """A weaver state_dict loaded (weights only) into our network, exported as ONNX (+ model.pt)."""
     from .inputs import default_inputs
     from .nn import build_for, load_state
-    from .nn.export import save_model
+    from .nn.export import write_torch_bundle
 
     _choose_source(card, config)
     model = build_for(network, config, default_inputs(config, card.get("source")), **options)
     load_state(model, checkpoint)
     card |= {"network": network, "network_options": options}
     card["provenance"]["checkpoint"] = str(checkpoint)
-    dims = {k: v[1] for k, v in config.input_shapes.items()}
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx, state = save_model(model.eval(), dims, tmp)
-        write_bundle(
-            out,
-            onnx=onnx,
-            config=config,
-            card=card,
-            state=state,
-            min_length=model.min_length,
-            pairwise=model.pairwise,
-        )
+    write_torch_bundle(
+        out, model, {k: v[1] for k, v in config.input_shapes.items()}, config=config, card=card
+    )
 
 
 def _choose_source(card: dict, config: DataConfig) -> None:

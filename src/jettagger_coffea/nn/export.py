@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,6 +73,26 @@ def save_model(model: Tagger, input_dims: dict[str, int], folder: str | Path) ->
     onnx = export_onnx(model, input_dims, folder / MODEL)
     torch.save(model.state_dict(), folder / STATE)
     return onnx, folder / STATE
+
+
+def write_torch_bundle(
+    path: str | Path, model: Tagger, input_dims: dict[str, int], *, config: Any, card: dict[str, Any]
+) -> Any:
+    """A torch model as a bundle: :func:`save_model` into a temporary folder, then the one bundle writer
+    with the network's traits (``min_length``, ``pairwise``). Returns the loaded bundle."""
+    from ..bundle import write_bundle
+
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx, state = save_model(model.eval(), input_dims, tmp)
+        return write_bundle(
+            path,
+            onnx=onnx,
+            config=config,
+            card=card,
+            state=state,
+            min_length=model.min_length,
+            pairwise=model.pairwise,
+        )
 
 
 def max_difference(
