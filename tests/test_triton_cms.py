@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import awkward as ak
@@ -20,7 +19,7 @@ from jettagger_coffea import JetTagger
 from jettagger_coffea._errors import JetTaggerError
 from jettagger_coffea.bundle import Bundle
 from jettagger_coffea.evaluation import predict_files
-from jettagger_coffea.triton import start_local_server
+from jettagger_coffea.triton import local_server
 
 from .conftest import SHARED, run_cli, shared_file
 
@@ -40,15 +39,8 @@ def cms_server(tmp_path_factory):
     repo = shared_file(CMS / "triton")
     if not PYTHON.is_file():
         pytest.skip(f"no Triton server environment at {PYTHON} (make triton, or set JETTAGGER_TRITON_PYTHON)")
-    proc, grpc, _ = start_local_server(repo, PYTHON, tmp_path_factory.mktemp("triton-log") / "server.log")
-    try:
+    with local_server(repo, PYTHON, tmp_path_factory.mktemp("triton-log") / "server.log") as (grpc, _):
         yield grpc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")

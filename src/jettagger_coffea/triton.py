@@ -4,9 +4,11 @@ padding and batching stay on the client, exactly as with onnxruntime; only ``Inf
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -296,3 +298,21 @@ def start_local_server(
             raise JetTaggerError(f"local Triton server ({log}) did not start: {log.read_text()[-1500:]}")
         time.sleep(0.5)
     return proc, f"grpc://127.0.0.1:{grpc}", f"http://127.0.0.1:{http}"
+
+
+@contextlib.contextmanager
+def local_server(
+    repository: str | Path, python: str | Path, log: str | Path, threads: int = 1
+) -> Iterator[tuple[str, str]]:
+    """:func:`start_local_server` for a ``with`` block: (grpc URL, http URL), the server stopped after."""
+    import subprocess
+
+    proc, grpc, http = start_local_server(repository, python, log, threads=threads)
+    try:
+        yield grpc, http
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
