@@ -74,14 +74,18 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 class _DefaultsFormatter(argparse.HelpFormatter):
     """``(default: X)`` after a help text that does not already say its default, and only for a default
-    that means something (not None, False or a suppressed one): argparse's own formatter says it twice."""
+    that means something (not None, False, an empty list or a suppressed one): argparse's own formatter
+    says it twice."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
         if (
             "default" in text
-            or default in (None, False, argparse.SUPPRESS)
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+            or (isinstance(default, (list, tuple)) and not default)
             or action.option_strings == []
             or isinstance(action, (argparse._HelpAction, argparse._VersionAction))
         ):
