@@ -130,7 +130,8 @@ def _truth_rows(h: Any, classes: Sequence[str]) -> list[int]:
 
 
 def binned_roc(h: Any, name: str, d: dict[str, Any], classes: Sequence[str]):
-    """(eps_b, eps_s, n_signal, n_background) of one discriminant from the ``discriminant`` histogram."""
+    """(eps_b, eps_s, n_signal, n_background, effective n_background) of one discriminant from the
+    ``discriminant`` histogram (effective: (sum w)^2 / sum w^2, what binomial errors are counted in)."""
     hd = h[{"disc": name}].project("truth", "score")
     values = hd.values()
     s_rows = _truth_rows(hd, d["signal"])
@@ -141,7 +142,10 @@ def binned_roc(h: Any, name: str, d: dict[str, Any], classes: Sequence[str]):
     if s.sum() <= 0 or b.sum() <= 0:
         return None
     eb, es = roc_from_hist(s, b)
-    return eb, es, float(s.sum()), float(b.sum())
+    variances = hd.variances()
+    b_var = float(variances[b_rows].sum()) if variances is not None else float(b.sum())
+    n_eff = float(b.sum()) ** 2 / b_var if b_var > 0 else float(b.sum())
+    return eb, es, float(s.sum()), float(b.sum()), n_eff
 
 
 def metrics_from_hists(out: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +167,7 @@ def metrics_from_hists(out: dict[str, Any]) -> dict[str, Any]:
         if t == c and t in truths:  # the confusion matrix needs model classes that are truth classes
             cm[i] = hp.values()[truths.index(t)]
     jets = sum(c["selected_jets"] for c in out["cutflow"].values())
+    warnings = [*out.get("warnings", []), *efficiency_warnings(out)]
     return metrics_document(
         "binned",
         meta["model"],
@@ -173,7 +178,7 @@ def metrics_from_hists(out: dict[str, Any]) -> dict[str, Any]:
         normalisation=out.get("normalisation", {}),
         selection=meta.get("selection"),
         skipped=out.get("skipped", []),
-        warnings=out.get("warnings", []),
+        warnings=warnings,
         seconds=meta["seconds"],
         jets_per_second=jets / meta["seconds"] if meta["seconds"] else None,
     )
@@ -200,8 +205,9 @@ def truth_groups(classes: Sequence[str], d: dict[str, Any]) -> dict[str, list[st
 def efficiency_curves(
     h: Any, name: str, wps: Sequence[str], truths: Sequence[str], axis: str
 ) -> dict[str, dict[str, tuple]]:
-    """wp -> truth class -> (edges, passed, total, low, high) of one discriminant vs ``axis``: sparse bins
-    merged to :data:`MIN_JETS_PER_BIN` effective jets, 68 % Wilson intervals on effective counts."""
+    """wp -> truth class -> (edges, passed, total, low, high, span) of one discriminant vs ``axis``: sparse
+    bins merged to :data:`MIN_JETS_PER_BIN` effective jets, 68 % Wilson intervals on effective counts, and
+    per merged bin the (low, high) range of its bins that hold jets (:func:`filled_spans`)."""
     eff: dict[str, dict[str, tuple]] = {}
     for wp in wps:
         for t in truths:
@@ -210,5 +216,48 @@ def efficiency_curves(
                 continue
             edges, p, n, _, vn = merge_sparse_bins(*counts, min_jets=MIN_JETS_PER_BIN)
             _, lo, hi = binomial_interval(p, n, vn)
-            eff.setdefault(wp, {})[t] = (edges, p, n, lo, hi)
+            eff.setdefault(wp, {})[t] = (edges, p, n, lo, hi, filled_spans(counts[0], counts[2], edges))
     return eff
+
+
+def filled_spans(edges: np.ndarray, total: np.ndarray, merged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) per bin of the ``merged`` binning: the range of the original bins (``edges``, jets
+    ``total``) inside it that hold jets, so that a bin merged from 300-600 GeV whose jets are all above
+    500 GeV is drawn over 500-600; a merged bin without jets keeps its own edges."""
+    edges, total, merged = np.asarray(edges), np.asarray(total), np.asarray(merged)
+    low, high = merged[:-1].astype(float), merged[1:].astype(float)
+    for k in range(len(merged) - 1):
+        inside = np.flatnonzero((edges[:-1] >= merged[k]) & (edges[1:] <= merged[k + 1]) & (total > 0))
+        if len(inside):
+            low[k], high[k] = edges[inside[0]], edges[inside[-1] + 1]
+    return low, high
+
+
+def signal_missing(out: dict[str, Any]) -> dict[str, list[str]]:
+    """Discriminant -> its signal truth classes, for the discriminants with working points whose signal
+    has no jets in the run while their background has: those efficiency panels would hold background only
+    (upper limits), so they are not drawn."""
+    h, meta = out["hists"]["wp_pt"], out["meta"]
+    truths = set(h.axes["truth"])
+
+    def jets(sub: Any, group: list[str]) -> float:
+        return float(sum(sub[{"truth": t}].sum(flow=True).value for t in group if t in truths))
+
+    missing = {}
+    for name in meta["working_points"]:
+        if name not in h.axes["disc"]:
+            continue
+        groups = truth_groups(meta["classes"], meta["discriminants"][name])
+        sub = h[{"disc": name}]
+        if jets(sub, groups["signal"]) <= 0 < jets(sub, groups["background"]):
+            missing[name] = groups["signal"]
+    return missing
+
+
+def efficiency_warnings(out: dict[str, Any]) -> list[str]:
+    """metrics.json warnings (the CLI prints them) for the efficiency plots that are not drawn."""
+    return [
+        f"{name}: no {'/'.join(signal) or 'signal'} jets in the run, so its efficiency plots "
+        f"(eff_pt_{name}, eff_msd_{name}) are not drawn"
+        for name, signal in signal_missing(out).items()
+    ]

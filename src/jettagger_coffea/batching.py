@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Literal
 
@@ -24,14 +25,40 @@ if TYPE_CHECKING:
 #: length, as weaver exports), or an exact length
 Padding = Literal["dynamic", "fixed"] | int
 
+#: the most particles (or vertices) a jet is padded to: a config's ``length`` and ``--padding N`` above it
+#: are refused at load, since a fixed padding of 10^9 slots is a process the kernel kills, not a run;
+#: ``$JETTAGGER_MAX_LENGTH`` raises (or lowers) it
+MAX_LENGTH = 4096
+MAX_LENGTH_ENV = "JETTAGGER_MAX_LENGTH"
+
+
+def length_cap() -> int:
+    """The length cap in force: :data:`MAX_LENGTH`, or ``$JETTAGGER_MAX_LENGTH`` where set."""
+    text = os.environ.get(MAX_LENGTH_ENV, "").strip()
+    if not text:
+        return MAX_LENGTH
+    if not text.isdigit() or int(text) < 1:
+        raise JetTaggerError(f"{MAX_LENGTH_ENV}={text!r}: expected a positive integer (particles per jet)")
+    return int(text)
+
+
+def above_cap(length: int) -> str | None:
+    """Why ``length`` is refused (above the cap, with the override), or None when it is within it."""
+    cap = length_cap()
+    if length <= cap:
+        return None
+    return f"{length} is above the cap of {cap} particles per jet (set {MAX_LENGTH_ENV} to raise it)"
+
 
 def check_padding(value: str | int) -> Padding:
-    """The one check of a padding option (the CLI's text or the API's value)."""
+    """The one check of a padding option (the CLI's text or the API's value); a length is capped."""
     if value in ("dynamic", "fixed"):
         return value  # type: ignore[return-value]
     if isinstance(value, str) and value.isdigit():
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        if (why := above_cap(value)) is not None:
+            raise JetTaggerError(f"--padding {why}")
         return value
     raise JetTaggerError(f"--padding {value!r}: dynamic, fixed or a positive length")
 

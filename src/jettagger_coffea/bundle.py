@@ -201,6 +201,18 @@ def _check_preprocess(path: Path, config: DataConfig) -> None:
         got = j.get(g)
         if not isinstance(got, dict) or got.get("var_names") != expected[g]["var_names"]:
             raise JetTaggerError(f"{path}: input {g!r} variables disagree with {config.source}")
+        group = config.inputs[g]  # lengths: weaver's var_length, CMSSW's max_length / min_length
+        for key, want in (("var_length", group.length), ("max_length", group.length)):
+            if key in got and got[key] != want:
+                raise JetTaggerError(
+                    f"{path}: {g}.{key} = {got[key]!r} disagrees with {config.source} (length {want})"
+                )
+        low = got.get("min_length", 1)
+        if not isinstance(low, int) or max(low, 1) != group.min_length:
+            raise JetTaggerError(
+                f"{path}: {g}.min_length = {low!r} disagrees with {config.source} "
+                f"(min_length {group.min_length})"
+            )
         for v, info in expected[g]["var_infos"].items():
             theirs = got.get("var_infos", {}).get(v, {})
             for key in ("median", "norm_factor", "lower_bound", "upper_bound", "pad"):

@@ -72,6 +72,27 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """``(default: X)`` after a help text that does not already say its default, and only for a default
+    that means something (not None, False, an empty list or a suppressed one): argparse's own formatter
+    says it twice."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+            or (isinstance(default, (list, tuple)) and not default)
+            or action.option_strings == []
+            or isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -89,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = sub.add_parser
 
     def add_parser(name: str, **kw):  # every subcommand: -v, and defaults shown in --help
-        kw.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kw.setdefault("formatter_class", _DefaultsFormatter)
         return add(name, parents=[common], **kw)
 
     sub.add_parser = add_parser  # type: ignore[method-assign]
@@ -441,10 +462,11 @@ def _positive(kind: type):
 
 
 def _add_run(sub) -> None:
+    from .batching import MAX_LENGTH, MAX_LENGTH_ENV
+
     p = sub.add_parser(
         "run",
         help="the main job: a tagger over a fileset -> hists, metrics, plots",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", default=None, help="bundle folder or shipped name (default: models/DEFAULT)")
     p.add_argument(
@@ -489,7 +511,11 @@ def _add_run(sub) -> None:
         action="store_true",
         help="also write jets.parquet: one row per selected jet (ids, truth, weight, scores, discriminants)",
     )
-    p.add_argument("--padding", default="dynamic", help="dynamic, fixed, or a length")
+    p.add_argument(
+        "--padding",
+        default="dynamic",
+        help=f"dynamic, fixed, or a length (at most {MAX_LENGTH}; ${MAX_LENGTH_ENV} sets the cap)",
+    )
     _add_backend(p)
     p.add_argument("--skip-bad-files", action="store_true", help="skip unreadable files and failing chunks")
     p.add_argument("--output", "-o", default="output", help="output folder")
@@ -559,7 +585,6 @@ def _add_workingpoints(sub) -> None:
     p = sub.add_parser(
         "workingpoints",
         help="a bundle's working points (and a run's efficiency maps) as correctionlib JSON",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", default=None, help="bundle folder or shipped name (default: models/DEFAULT)")
     p.add_argument("--hists", default=None, help="hists.pkl of a `jettagger run`: add efficiency maps")

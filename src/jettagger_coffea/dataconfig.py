@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from ._errors import JetTaggerError
+from .batching import above_cap
 from .expressions import Expression, translate_legacy
 
 PAD_MODES = ("constant", "wrap")
@@ -127,8 +128,10 @@ class DataConfig:
         except (OSError, json.JSONDecodeError) as err:
             raise JetTaggerError(f"cannot read preprocess.json {path}: {err}") from None
         try:
-            inputs = {gname: _preprocess_group(gname, j[gname], base) for gname in j["input_names"]}
+            inputs = {gname: _preprocess_group(path, gname, j[gname], base) for gname in j["input_names"]}
             output_names = list(j["output_names"])
+        except JetTaggerError:
+            raise
         except (KeyError, TypeError, ValueError) as err:
             raise JetTaggerError(f"{path}: malformed preprocess.json ({type(err).__name__}: {err})") from None
         new_vars, observers = _preprocess_formulas([v[0] for g in inputs.values() for v in g["vars"]], base)
@@ -269,8 +272,10 @@ def _input_group(gname: str, g: Any, source: str, auto: bool, params: Mapping[st
     if gname.endswith("_mask") and pad_mode != "constant":
         raise JetTaggerError(f"{source}: mask input {gname!r} must use pad_mode: constant")
     length = g.get("length")
-    if length is not None and (not isinstance(length, int) or length <= 0):
+    if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length <= 0):
         raise JetTaggerError(f"{source}: input group {gname!r}: length must be a positive int")
+    if length is not None and (why := above_cap(length)) is not None:
+        raise JetTaggerError(f"{source}: input group {gname!r}: length {why}")
     min_length = g.get("min_length", 1)
     if not isinstance(min_length, int) or min_length < 1 or (length is not None and min_length > length):
         raise JetTaggerError(f"{source}: input group {gname!r}: min_length must be an int in 1..length")
@@ -319,17 +324,37 @@ def _labels(labels: Mapping[str, Any], source: str) -> tuple[str, list[str] | di
 
 
 # -- the steps of DataConfig.from_preprocess_json ----------------------------------------------------------
-def _preprocess_group(gname: str, g: Mapping[str, Any], base: DataConfig | None) -> dict[str, Any]:
-    """One input group of a ``preprocess.json`` as a YAML ``inputs`` entry (pad_mode from ``base``)."""
+def _preprocess_group(
+    path: Path, gname: str, g: Mapping[str, Any], base: DataConfig | None
+) -> dict[str, Any]:
+    """One input group of a ``preprocess.json`` as a YAML ``inputs`` entry (pad_mode from ``base``). Its
+    lengths are refused naming the field when they are not integers, above the length cap, or a
+    ``min_length`` outside 0..max_length (CMSSW's 0 means no minimum: 1)."""
     vars_ = [_preprocess_var(vname, g["var_infos"][vname]) for vname in g["var_names"]]
     pad_mode = base.inputs[gname].pad_mode if base and gname in base.inputs else "constant"
     if "var_length" in g:
-        length, min_length = int(g["var_length"]), 1
+        length, min_length = _json_length(path, gname, "var_length", g["var_length"], 1), 1
     elif "max_length" in g:
-        length, min_length = int(g["max_length"]), int(g.get("min_length", 1))
+        length = _json_length(path, gname, "max_length", g["max_length"], 1)
+        min_length = _json_length(path, gname, "min_length", g.get("min_length", 1), 0)
+        if min_length > length:
+            raise JetTaggerError(
+                f"{path}: {gname}.min_length = {min_length} is above {gname}.max_length = {length}"
+            )
     else:
         raise KeyError(f"{gname}.var_length (or min_length / max_length)")
     return {"length": length, "min_length": max(1, min_length), "pad_mode": pad_mode, "vars": vars_}
+
+
+def _json_length(path: Path, gname: str, field: str, value: Any, lowest: int) -> int:
+    """A length of a ``preprocess.json``: an integer from ``lowest`` up to the length cap, else refused."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
+        raise JetTaggerError(f"{path}: {gname}.{field} = {value!r}: must be an integer >= {lowest}")
+    if (why := above_cap(value)) is not None:
+        raise JetTaggerError(f"{path}: {gname}.{field} = {why}")
+    return value
 
 
 def _preprocess_var(vname: str, info: Mapping[str, Any]) -> list[Any]:

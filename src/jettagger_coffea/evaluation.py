@@ -40,7 +40,8 @@ def predict_files(
                 name = f"{preset.name} ({preset.layout})"
                 sources[name] = sources.get(name, 0) + 1
     cols: dict[str, list] = {}
-    for i, (path, data) in enumerate(zip(files, tqdm(opened, desc="predict", disable=not progress))):
+    bar = tqdm(list(zip(files, opened)), desc="predict", disable=not progress)  # the bar, not zip, ends it
+    for i, (path, data) in enumerate(bar):
         table = make_table(data, tagger.config, tagger.preset, where=str(path))  # one read per branch
         res = tagger.score_jets(data, where=str(path), table=table)
         row: dict[str, np.ndarray] = {}

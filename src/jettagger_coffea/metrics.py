@@ -95,12 +95,59 @@ SCHEMA = "jettagger-metrics/1"
 REJECTION_POINTS = {"rej50": 0.5, "rej30": 0.3, "rej99": 0.99, "rej995": 0.995}
 
 
-def figures_from_roc(eps_b: np.ndarray, eps_s: np.ndarray, n_signal: float, n_background: float) -> dict:
+#: 1/eps_b is reported where at least this many (effective) background jets pass, else null with the
+#: reason: from k passing jets it is known to ~1/sqrt(k) (10: ~30 %), and R50 = 500 from 2 jets is noise
+MIN_BACKGROUND_PASSING = 10
+
+
+class Null:
+    """A value metrics.json writes as null, with ``reason`` in its ``null_reasons``."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Null({self.reason!r})"
+
+
+def figures_from_roc(
+    eps_b: np.ndarray,
+    eps_s: np.ndarray,
+    n_signal: float,
+    n_background: float,
+    n_background_effective: float | None = None,
+) -> dict:
     """The one summary of a discriminant, whether its ROC comes from jets or from histograms: AUC, 1/eps_b
-    at :data:`REJECTION_POINTS`, and the jets behind it (1/eps_b cannot be measured above n_background)."""
+    at :data:`REJECTION_POINTS` with its binomial error (``<point>_err``; null below
+    :data:`MIN_BACKGROUND_PASSING` passing background jets), and the jets behind it.
+    ``n_background_effective``: (sum w)^2 / sum w^2 of weighted background jets (default: n_background)."""
+    n_eff = float(n_background if n_background_effective is None else n_background_effective)
     out: dict[str, Any] = {"auc": float(np.trapezoid(eps_s, eps_b))}
-    out |= {key: rejection_from_roc(eps_b, eps_s, at) for key, at in REJECTION_POINTS.items()}
-    return out | {"n_signal": float(n_signal), "n_background": float(n_background)}
+    for key, at in REJECTION_POINTS.items():
+        out[key], out[f"{key}_err"] = rejection_point(eps_b, eps_s, at, n_eff)
+    return out | {
+        "n_signal": float(n_signal),
+        "n_background": float(n_background),
+        "n_background_effective": n_eff,
+    }
+
+
+def rejection_point(eps_b: np.ndarray, eps_s: np.ndarray, at: float, n_effective: float) -> tuple[Any, Any]:
+    """(1/eps_b, its binomial error) at signal efficiency ``at``, or the same :class:`Null` twice where
+    fewer than :data:`MIN_BACKGROUND_PASSING` background jets pass."""
+    e = float(np.interp(at, eps_s, eps_b))
+    passing = e * n_effective
+    if passing < MIN_BACKGROUND_PASSING:
+        bound = n_effective / MIN_BACKGROUND_PASSING
+        null = Null(
+            f"{passing:.3g} background jets pass at eps_s = {at:g}, fewer than {MIN_BACKGROUND_PASSING}: "
+            f"1/eps_b is not measured (it is above ~{bound:.4g})"
+        )
+        return null, null
+    rejection = 1.0 / e
+    return rejection, float(rejection_error(rejection, n_effective))
 
 
 def metrics_document(
@@ -167,8 +214,12 @@ def roc_from_hist(signal_counts: np.ndarray, background_counts: np.ndarray):
 
 
 def rejection_error(rejection: Any, n_background: Any) -> Any:
-    """Statistical error of 1/eps_b: Poisson on the background jets that pass, k = n_b / R (at least 1)."""
-    return rejection / np.sqrt(np.maximum(np.asarray(n_background) / rejection, 1))
+    """Binomial error of R = 1/eps_b from n_b (effective) background jets: sigma(eps_b) = sqrt(eps_b (1 -
+    eps_b) / n_b) propagated, R sqrt((1 - 1/R) / k) with k = n_b / R the jets that pass (at least 1)."""
+    rejection = np.asarray(rejection, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        k = np.maximum(np.asarray(n_background, dtype=np.float64) / rejection, 1)
+        return rejection * np.sqrt(np.maximum(1 - 1 / rejection, 0) / k)
 
 
 def rejection_from_roc(eps_b: np.ndarray, eps_s: np.ndarray, at: float) -> float:
@@ -185,6 +236,9 @@ def strict_json(obj: Any) -> Any:
             return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in x.items()}
         if isinstance(x, (list, tuple)):
             return [walk(v, f"{path}[{i}]") for i, v in enumerate(x)]
+        if isinstance(x, Null):
+            reasons[path] = x.reason
+            return None
         if isinstance(x, (float, np.floating)) and not np.isfinite(x):
             reasons[path] = (
                 "unbounded: no background jet is left at this signal efficiency"

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import JetTaggerError
-from .analysis import efficiency_curves, metrics_from_hists, roc_curves, truth_groups
+from .analysis import efficiency_curves, metrics_from_hists, roc_curves, signal_missing, truth_groups
 
 
 def write_outputs(out: dict[str, Any], folder: str | Path) -> dict[str, Path]:
@@ -35,14 +35,19 @@ def write_outputs(out: dict[str, Any], folder: str | Path) -> dict[str, Path]:
 
 
 def _plots(out: dict[str, Any], metrics: dict[str, Any], folder: Path) -> dict[str, Path]:
-    """ROC, confusion, working-point efficiencies vs pT and soft-drop mass, soft-drop mass, stored scores."""
+    """ROC, confusion, working-point efficiencies vs pT and soft-drop mass (not for a discriminant without
+    signal jets: metrics.json's warnings say so), soft-drop mass, stored scores."""
     from . import plotting
 
     h, meta = out["hists"], out["meta"]
     paths: dict[str, Path] = {}
+    no_signal = signal_missing(out)
     curves = roc_curves(out)
     if curves:
-        paths["roc"] = plotting.roc_from_counts_plot(curves, folder / "roc.png", title=meta["model"])
+        signals = {n: truth_groups(meta["classes"], meta["discriminants"][n])["signal"] for n in curves}
+        paths["roc"] = plotting.roc_from_counts_plot(
+            curves, folder / "roc.png", title=meta["model"], colours=plotting.signal_colours(signals)
+        )
     if metrics["accuracy"] is not None:
         paths["confusion"] = plotting.confusion_plot(
             np.asarray(metrics["confusion"]),
@@ -51,6 +56,8 @@ def _plots(out: dict[str, Any], metrics: dict[str, Any], folder: Path) -> dict[s
             title=f"{meta['model']}: accuracy {metrics['accuracy']:.3f}",
         )
     for name, wps in meta["working_points"].items():
+        if name in no_signal:
+            continue
         groups = truth_groups(meta["classes"], meta["discriminants"][name])
         truths = [*groups["signal"], *groups["background"]]
         for axis, xlabel in (("pt", r"Jet $p_T$ [GeV]"), ("msd", h["wp_msd"].axes["msd"].label)):
@@ -109,19 +116,29 @@ def _root_name(text: str) -> str:
 
 def _write_root(out: dict[str, Any], path: Path) -> None:
     """Filled 1-D projections (uproot writes TH1s) per dataset, truth class, class / discriminant / working
-    point, with ROOT-style titles."""
+    point, with ROOT-style titles. A working point's ``_pass_pt`` and ``_total_pt`` are written together
+    (where the total has jets; an empty pass is an efficiency of 0) or not at all."""
     import uproot
 
     h = out["hists"]
 
-    def put(f: Any, key: str, hh: Any, title: str) -> None:
-        if hh.values().sum() <= 0:  # only filled histograms
+    def put(f: Any, key: str, hh: Any, title: str, always: bool = False) -> None:
+        if hh.values().sum() <= 0 and not always:  # only filled histograms
             return
         hh = hh.copy()
         hh.label = title
         for ax in hh.axes:
             ax.label = ax.label.replace("$p_T$", "p_{T}").replace("$", "")
         f[_root_name(key)] = hh
+
+    def put_working_points(f: Any, sub: dict[str, str], d: str) -> None:
+        ds, t = sub["dataset"], sub["truth"]
+        for wp in h["wp_pt"].axes["wp"] if ds in h["wp_pt"].axes["dataset"] else ():
+            w = h["wp_pt"][{**sub, "disc": d, "wp": wp}].project("passed", "pt")
+            total = w.project("pt")
+            if total.values().sum() > 0:
+                put(f, f"{ds}_{d}_{wp}_{t}_pass_pt", w[{"passed": 1}], f"{ds} {t}: {d} {wp} passing", True)
+                put(f, f"{ds}_{d}_{wp}_{t}_total_pt", total, f"{ds} {t}: {d} {wp} all", True)
 
     with uproot.recreate(path) as f:
         for ds in h["msoftdrop"].axes["dataset"]:
@@ -144,7 +161,4 @@ def _write_root(out: dict[str, Any], path: Path) -> None:
                         h["discriminant"][{**sub, "disc": d}].project("score"),
                         f"{ds} {t}: {d}",
                     )
-                    for wp in h["wp_pt"].axes["wp"] if ds in h["wp_pt"].axes["dataset"] else ():
-                        w = h["wp_pt"][{**sub, "disc": d, "wp": wp}].project("passed", "pt")
-                        put(f, f"{ds}_{d}_{wp}_{t}_pass_pt", w[{"passed": 1}], f"{ds} {t}: {d} {wp} passing")
-                        put(f, f"{ds}_{d}_{wp}_{t}_total_pt", w.project("pt"), f"{ds} {t}: {d} {wp} all")
+                    put_working_points(f, sub, d)

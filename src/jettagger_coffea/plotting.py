@@ -15,12 +15,41 @@ import matplotlib.pyplot as plt
 import mplhep as hep
 import numpy as np
 
-from .metrics import discriminant, rejection_error, roc_curve
+from .metrics import MIN_BACKGROUND_PASSING, discriminant, rejection_error, roc_curve
 
 #: the text in the top-right corner of every figure; set it to what the data is (``--label``)
 LABEL = "Simulation"
-#: one colour per truth class (colour-blind-safe cycle)
+#: colours of curves that are not truth classes (discriminants, models): a colour-blind-safe cycle
 COLOURS = ("#3f90da", "#ffa90e", "#bd1f01", "#94a4a2", "#832db6", "#a96b59", "#e76300", "#b9ac70")
+#: one colour per truth class, the same in every plot (score, efficiency, mass): AK8 truth, AK4 flavours,
+#: and JetClass's other class names
+TRUTH_COLOURS = {
+    "QCD": "#3f90da",
+    "Tbqq": "#ffa90e",
+    "Wqq": "#bd1f01",
+    "Zqq": "#832db6",
+    "Hbb": "#3a923a",
+    "data": "#000000",
+    "b": "#e76300",
+    "c": "#a96b59",
+    "uds": "#94a4a2",
+    "g": "#b9ac70",
+    "undef": "#717581",
+    "Hcc": "#92dadd",
+    "Hgg": "#6f4e37",
+    "H4q": "#d67ab1",
+    "Hqql": "#1b7c7d",
+    "Tbl": "#8c8c00",
+}
+_OTHER_COLOURS = ("#5a5a5a", "#c49c94", "#7b4173", "#637939", "#bd9e39", "#ad494a", "#3182bd", "#e6550d")
+
+
+def colour_of(name: str) -> str:
+    """The colour of a truth class (or model class) by its name, fixed across plots; a name outside
+    :data:`TRUTH_COLOURS` gets one of a few others, chosen by a stable hash of the name."""
+    import zlib
+
+    return TRUTH_COLOURS.get(name) or _OTHER_COLOURS[zlib.crc32(name.encode()) % len(_OTHER_COLOURS)]
 
 
 def _style() -> None:
@@ -42,24 +71,44 @@ def _legend_outside(ax: Any, **kw: Any) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=11, frameon=False, **kw)
 
 
-def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *, title: str = "") -> Path:
+def roc_plot(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    path: Path,
+    *,
+    title: str = "",
+    colours: Mapping[str, str] | None = None,
+) -> Path:
     """``curves``: name -> (is_signal, discriminant) per jet; drawn as :func:`roc_from_counts_plot`."""
     counts = {
         name: (*roc_curve(y, d)[:2], int((~np.asarray(y, bool)).sum())) for name, (y, d) in curves.items()
     }
-    return roc_from_counts_plot(counts, path, title=title)
+    return roc_from_counts_plot(counts, path, title=title, colours=colours)
 
 
-def roc_from_counts_plot(curves: Mapping[str, tuple], path: Path, *, title: str = "") -> Path:
+def signal_colours(signals: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """Discriminant -> the colour of its signal truth class, where it has one and no earlier discriminant
+    took that colour (CvsL and CvsB share c: the second gets another colour)."""
+    out: dict[str, str] = {}
+    for name, truths in signals.items():
+        colour = TRUTH_COLOURS.get(truths[0]) if len(truths) == 1 else None
+        if colour is not None and colour not in out.values():
+            out[name] = colour
+    return out
+
+
+def roc_from_counts_plot(
+    curves: Mapping[str, tuple], path: Path, *, title: str = "", colours: Mapping[str, str] | None = None
+) -> Path:
     """``curves``: name -> (eps_b, eps_s[, n_background]). The AUC is in the legend; 1/eps_b cannot exceed
-    the number of background jets, drawn as a dotted floor per curve."""
+    the number of background jets, drawn as a dotted floor per curve. ``colours``: name -> colour (e.g.
+    its signal's truth colour); other curves take colours that are no truth class's."""
     _style()
     fig, ax = plt.subplots(figsize=(9, 6))
     for i, (name, c) in enumerate(curves.items()):
         eb, es = np.asarray(c[0]), np.asarray(c[1])
         auc = float(np.trapezoid(es, eb))
         ok = eb > 0
-        colour = COLOURS[i % len(COLOURS)]
+        colour = (colours or {}).get(name) or _OTHER_COLOURS[i % len(_OTHER_COLOURS)]
         ax.plot(es[ok], 1 / eb[ok], color=colour, label=f"{name} (AUC {auc:.3f})")
         if len(c) > 2 and c[2]:
             ax.axhline(
@@ -95,7 +144,7 @@ def score_plot(
                 bins,
                 yerr=np.sqrt(n) / n.sum() / np.diff(bins),
                 ax=ax,
-                color=COLOURS[i % len(COLOURS)],
+                color=colour_of(c),
                 label=f"true {c} ({int(sel.sum())} jets)",
             )
     ax.set_yscale("log")
@@ -108,10 +157,22 @@ def score_plot(
 
 
 def confusion_plot(cm: np.ndarray, classes: Sequence[str], path: Path, *, title: str = "") -> Path:
+    """Rows normalised to 1 per true class; a true class without jets (a row of zeros) is grey and marked
+    "no jets", not read as 0.00 of a row that sums to 1."""
     _style()
     fig, ax = plt.subplots(figsize=(8, 7))
-    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+    cm = np.asarray(cm, dtype=float)
+    empty = ~(cm.sum(axis=1) > 0)
+    cmap = mpl.colormaps["Blues"].with_extremes(bad="#d9d9d9")
+    im = ax.imshow(
+        np.ma.masked_array(cm, np.broadcast_to(empty[:, None], cm.shape)), cmap=cmap, vmin=0, vmax=1
+    )
     for i in range(len(classes)):
+        if empty[i]:
+            ax.text(
+                (len(classes) - 1) / 2, i, "no jets", ha="center", va="center", color="#555555", fontsize=12
+            )
+            continue
         for j in range(len(classes)):
             ax.text(
                 j,
@@ -135,17 +196,21 @@ def confusion_plot(cm: np.ndarray, classes: Sequence[str], path: Path, *, title:
 def efficiency_plot(
     curves: Mapping[str, Mapping[str, tuple]], path: Path, xlabel: str, *, title: str = ""
 ) -> Path:
-    """``curves``: working point -> truth class -> (edges, passed, total, low, high) with a binomial
-    interval [low, high]. One panel per working point (shared axes), one colour per truth class; empty bins
-    (no jets) are left out, bins where no jet passed are drawn as 68 % upper limits (arrows)."""
+    """``curves``: working point -> truth class -> (edges, passed, total, low, high[, span]) with a binomial
+    interval [low, high] and, per bin, the (low, high) range its jets are in (``analysis.filled_spans``:
+    a merged bin is drawn there, not over its empty part). One panel per working point (shared axes), one
+    colour per truth class (:func:`colour_of`); empty bins (no jets) are left out, bins where no jet passed
+    are drawn as 68 % upper limits (arrows)."""
     _style()
     fig, axes = _panel_grid(len(curves))
-    truths = sorted({t for per_wp in curves.values() for t in per_wp})
     floor = 1.0
     for ax, (wp, per_wp) in zip(axes.flat, curves.items()):
-        for t, (edges, passed, total, low, high) in per_wp.items():
-            colour = COLOURS[truths.index(t) % len(COLOURS)]
-            floor = min(floor, _draw_efficiency(ax, edges, passed, total, low, high, colour=colour, label=t))
+        for t, (edges, passed, total, low, high, *span) in per_wp.items():
+            extent = span[0] if span else (np.asarray(edges)[:-1], np.asarray(edges)[1:])
+            floor = min(
+                floor,
+                _draw_efficiency(ax, extent, passed, total, low, high, colour=colour_of(t), label=t),
+            )
         ax.set_title(wp, fontsize=13)
         ax.set_yscale("log")
         ax.tick_params(labelsize=11)
@@ -175,7 +240,7 @@ def _panel_grid(n: int) -> tuple[Any, np.ndarray]:
 
 def _draw_efficiency(
     ax: Any,
-    edges: np.ndarray,
+    extent: tuple[np.ndarray, np.ndarray],
     passed: np.ndarray,
     total: np.ndarray,
     low: np.ndarray,
@@ -184,9 +249,10 @@ def _draw_efficiency(
     colour: str,
     label: str,
 ) -> float:
-    """One truth class's efficiency in one panel; returns the lowest value drawn (at most 1), for the
-    shared y range."""
-    centres, half = 0.5 * (edges[1:] + edges[:-1]), np.diff(edges) / 2
+    """One truth class's efficiency in one panel, each bin drawn over its ``extent`` (low, high); returns
+    the lowest value drawn (at most 1), for the shared y range."""
+    x_lo, x_hi = (np.asarray(e, dtype=float) for e in extent)
+    centres, half = 0.5 * (x_lo + x_hi), 0.5 * (x_hi - x_lo)
     with np.errstate(invalid="ignore", divide="ignore"):
         eff = passed / total
     zero = (total > 0) & (passed <= 0)
@@ -244,7 +310,7 @@ def mass_plot(
     """``per_truth``: truth class -> (edges, sum of weights, sum of weights squared) per bin."""
     _style()
     fig, ax = plt.subplots(figsize=(9, 6))
-    for i, (t, (edges, w, w2)) in enumerate(per_truth.items()):
+    for t, (edges, w, w2) in per_truth.items():
         total = w.sum()
         if total <= 0:
             continue
@@ -254,7 +320,7 @@ def mass_plot(
             edges,
             yerr=np.sqrt(w2) / total / width,
             ax=ax,
-            color=COLOURS[i % len(COLOURS)],
+            color=colour_of(t),
             label=f"{t} ({total:.4g} jets)",
         )
     ax.set_xlabel(xlabel)
@@ -296,9 +362,9 @@ def learning_curve_plot(
     title: str = "",
 ) -> Path:
     """Learning curves (rows of ``curve.jsonl`` per model): accuracy and 1/eps_b at eps_s = 50 % of each
-    discriminant vs distinct training jets. Error bars are binomial (accuracy) and 1/sqrt(background jets
-    passing) (rejection); points after the learning-rate decay (a finished run's last) are stars; where no
-    background jet passed, an open triangle at the number of background jets marks the lower limit."""
+    discriminant vs distinct training jets. Error bars are binomial (accuracy and rejection); points after
+    the learning-rate decay (a finished run's last) are stars; where the rejection is null (too few
+    background jets passed), an open triangle marks its lower limit."""
     _style()
     panels = ["accuracy", *discriminants]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.4, 4.6), squeeze=False)
@@ -311,14 +377,14 @@ def learning_curve_plot(
             if panel == "accuracy":
                 y, err = _accuracy(rows)
             else:
-                y, err, nb, none = _rejection(rows, panel)
-                ax.plot(n[none], nb[none], "^", color=colour, ms=8, mfc="none")  # a lower limit: R50 > n_b
+                y, err, limit, none = _rejection(rows, panel)
+                ax.plot(n[none], limit[none], "^", color=colour, ms=8, mfc="none")  # a lower limit on R50
                 any_limit |= bool(none.any())
             flat = ~decayed
             ax.errorbar(n[flat], y[flat], yerr=err[flat], fmt="o-", color=colour, ms=4, capsize=2, label=name)
             ax.errorbar(n[decayed], y[decayed], yerr=err[decayed], fmt="*", color=colour, ms=11, capsize=2)
     _learning_curve_axes(axes[0], panels)
-    limits = "\nopen triangles: lower limits\n(no background jet passed)" if any_limit else ""
+    limits = "\nopen triangles: lower limits\n(too few background jets passed)" if any_limit else ""
     _legend_outside(axes[0, -1], title=f"stars: after LR decay{limits}", title_fontsize=11)
     _corner(axes[0, -1], title)
     return _save(fig, path)
@@ -333,13 +399,16 @@ def _accuracy(rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray
 def _rejection(
     rows: Sequence[Mapping[str, Any]], panel: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """R50 of discriminant ``panel`` per row (NaN where no background jet passed: ``none``), its error and
-    the number of background jets (the lower limit there)."""
-    r50 = [r["discriminants"][panel]["rej50"] for r in rows]  # None: no background jet passed
-    nb = np.array([r["discriminants"][panel]["n_background"] for r in rows])
+    """R50 of discriminant ``panel`` per row (NaN where it is null: ``none``), its binomial error and the
+    lower limit where it is null: n_background / MIN_BACKGROUND_PASSING for rows that carry ``rej50_err``
+    (null below that many passing jets), n_background for older rows (null when none passed)."""
+    figures = [r["discriminants"][panel] for r in rows]
+    r50 = [f["rej50"] for f in figures]
+    nb = np.array([f.get("n_background_effective", f["n_background"]) for f in figures], dtype=float)
+    limit = np.array([n / MIN_BACKGROUND_PASSING if "rej50_err" in f else n for f, n in zip(figures, nb)])
     none = np.array([x is None for x in r50])
     y = np.array([np.nan if x is None else x for x in r50], dtype=float)
-    return y, rejection_error(y, nb), nb, none
+    return y, rejection_error(y, nb), limit, none
 
 
 def _learning_curve_axes(axes: Sequence[Any], panels: Sequence[str]) -> None:

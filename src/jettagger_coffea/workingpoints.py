@@ -97,36 +97,46 @@ def _thresholds(name: str, wps: dict[str, dict[str, float]]) -> Any:
 
 def _efficiency_maps(name: str, wps: dict[str, dict[str, float]], h: Any) -> list[Any]:
     """One ``<disc>_<wp>_efficiency`` correction per discriminant and working point of the ``wp_pt``
-    histogram ``h``, over the truth classes it has jets of (none: no correction)."""
+    histogram ``h``, over the truth classes it has jets of (none: no correction). A truth class without
+    jets has no entry and no default: correctionlib raises for it, and the descriptions name the classes
+    there are (correctionlib's own message names only the value asked for)."""
     import correctionlib.schemav2 as cs
 
     corrections = []
     for d in h.axes["disc"]:
         for w in h.axes["wp"]:
-            per_truth = [item for t in h.axes["truth"] if (item := _truth_efficiency(h, d, w, t)) is not None]
-            if not per_truth:
+            maps = {t: m for t in h.axes["truth"] if (m := _truth_efficiency(h, d, w, t)) is not None}
+            if not maps:
                 continue
+            present = ", ".join(maps)
+            ranges = "; ".join(f"{t}: {m[1]}" for t, m in maps.items())
             corrections.append(
                 cs.Correction(
                     name=f"{d}_{w}_efficiency",
                     version=1,
-                    description=f"{name}: efficiency of {d} > {wps.get(d, {}).get(w)} ({w}) "
-                    "per truth class; bins without jets read 0",
+                    description=f"{name}: efficiency of {d} > {wps.get(d, {}).get(w)} ({w}) per truth class "
+                    f"({present}; any other is an error). Outside the range with jets an error ({ranges}); "
+                    "a bin without jets inside it has the nearest filled bin's value (same |eta| row)",
                     inputs=[
-                        cs.Variable(name="truth", type="string", description="QCD, Wqq, Zqq, Tbqq, Hbb"),
+                        cs.Variable(name="truth", type="string", description=f"one of {present}"),
                         cs.Variable(name="pt", type="real", description="FatJet pT [GeV]"),
                         cs.Variable(name="abseta", type="real", description="FatJet |eta|"),
                         cs.Variable(name="systematic", type="string", description="nominal, up, down"),
                     ],
                     output=cs.Variable(name="efficiency", type="real"),
-                    data=cs.Category(nodetype="category", input="truth", content=per_truth),
+                    data=cs.Category(
+                        nodetype="category", input="truth", content=[m[0] for m in maps.values()]
+                    ),
                 )
             )
     return corrections
 
 
-def _truth_efficiency(h: Any, d: str, w: str, t: str) -> Any:
-    """Truth class ``t``'s efficiency map (systematic -> pT x |eta| binning), None without jets of it."""
+def _truth_efficiency(h: Any, d: str, w: str, t: str) -> tuple[Any, str] | None:
+    """Truth class ``t``'s efficiency map (systematic -> pT x |eta| binning) and the range it covers, None
+    without jets of it. The map spans the pT and |eta| bins that hold jets, with ``flow: error`` beyond
+    (an efficiency where nothing was measured would be a guess, and a 0 a silent zero weight); an empty bin
+    inside takes the nearest filled bin's values (:func:`_fill_from_nearest`)."""
     import correctionlib.schemav2 as cs
 
     from .analysis import binomial_interval, efficiency
@@ -135,22 +145,38 @@ def _truth_efficiency(h: Any, d: str, w: str, t: str) -> Any:
     if n.sum() <= 0:
         return None
     eff, lo, hi = binomial_interval(p, n, vn)
+    filled = n > 0
+    i, j = np.flatnonzero(filled.any(axis=1)), np.flatnonzero(filled.any(axis=0))
+    cut = (slice(i[0], i[-1] + 1), slice(j[0], j[-1] + 1))
+    pt, eta = np.asarray(edges_pt)[i[0] : i[-1] + 2], np.asarray(edges_eta)[j[0] : j[-1] + 2]
     systs = [
         cs.CategoryItem(
             key=name,
             value=cs.MultiBinning(
                 nodetype="multibinning",
                 inputs=["pt", "abseta"],
-                edges=[list(map(float, edges_pt)), list(map(float, edges_eta))],
-                content=_binning_content(values),
-                flow="clamp",
+                edges=[list(map(float, pt)), list(map(float, eta))],
+                content=_binning_content(_fill_from_nearest(values[cut], filled[cut])),
+                flow="error",
             ),
         )
         for name, values in (("nominal", eff), ("up", hi), ("down", lo))
     ]
-    return cs.CategoryItem(
+    item = cs.CategoryItem(
         key=str(t), value=cs.Category(nodetype="category", input="systematic", content=systs)
     )
+    return item, f"pT {pt[0]:g}-{pt[-1]:g} GeV, |eta| {eta[0]:g}-{eta[-1]:g}"
+
+
+def _fill_from_nearest(values: np.ndarray, filled: np.ndarray) -> np.ndarray:
+    """Each bin without jets gets the value of the nearest bin with jets: in the same |eta| row (columns)
+    nearest in pT first, then the nearest row."""
+    out = np.array(values, dtype=np.float64)
+    where = np.argwhere(filled)
+    for a, b in np.argwhere(~filled):
+        k = np.lexsort((np.abs(where[:, 0] - a), np.abs(where[:, 1] - b)))[0]
+        out[a, b] = out[tuple(where[k])]
+    return out
 
 
 def write_correction_set(path: str | Path, bundle: Any, hists: dict[str, Any] | None = None) -> Path:
