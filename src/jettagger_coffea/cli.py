@@ -318,10 +318,18 @@ def _print_discriminants(m: dict) -> None:
     """One line per discriminant, the same for ``evaluate`` (per jet) and ``run`` (binned)."""
     for name, d in m["discriminants"].items():
         print(
-            f"  {name}: AUC {_number(d['auc'], '.4f')}  1/eps_b @50% {_number(d['rej50'], '.1f')}  "
-            f"@30% {_number(d['rej30'], '.1f')}  ({d['n_signal']:.0f} signal, {d['n_background']:.0f} "
+            f"  {name}: AUC {_number(d['auc'], '.4f')}  1/eps_b @50% {_rejection(d, 'rej50')}  "
+            f"@30% {_rejection(d, 'rej30')}  ({d['n_signal']:.0f} signal, {d['n_background']:.0f} "
             f"background jets, {m['method']})"
         )
+
+
+def _rejection(d: dict, key: str) -> str:
+    """1/eps_b with its binomial error, or n/a (metrics.json's null_reasons say why)."""
+    if d.get(key) is None:
+        return "n/a"
+    err = d.get(f"{key}_err")
+    return f"{d[key]:.1f}" + (f" +- {err:.1f}" if err is not None else "")
 
 
 def _add_predict(sub) -> None:

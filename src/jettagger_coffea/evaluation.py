@@ -13,10 +13,10 @@ from tqdm.auto import tqdm
 from .features import labels as label_values
 from .features import make_table
 from .jetfiles import open_jets
-from .metrics import background_classes, discriminant, summary
+from .metrics import discriminant, signal_background, summary
 from .sources import Events, check_events
 from .tagger import JetTagger
-from .truth import jet_truth
+from .truth import jet_truth, truth_of_class
 
 
 def predict_files(
@@ -92,17 +92,21 @@ def evaluate(
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
-        idx = {c: i for i, c in enumerate(classes)}
         curves = {}
         for name, d in discs.items():
-            sig = np.isin(labels, [idx[c] for c in d["signal"]])
-            bkg = np.isin(labels, [idx[c] for c in background_classes(classes, d)])
+            sig, bkg = signal_background(labels, classes, d)  # the one rule, as the metrics
             keep = sig | bkg
             if sig.any() and bkg.any():
                 curves[name] = (sig[keep], discriminant(scores, classes, d)[keep])
                 plotting.score_plot(scores, labels, classes, out / f"scores_{name}.png", d, name)
         if curves:
-            plotting.roc_plot(curves, out / "roc.png", title=title or tagger.bundle.name)
+            signals = {n: [t for t in map(truth_of_class, discs[n]["signal"]) if t] for n in curves}
+            plotting.roc_plot(
+                curves,
+                out / "roc.png",
+                title=title or tagger.bundle.name,
+                colours=plotting.signal_colours({n: sorted(set(t)) for n, t in signals.items()}),
+            )
         plotting.confusion_plot(
             np.asarray(metrics["confusion"]),
             classes,
