@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import JetTaggerError
+from .histograms import CUTFLOW, PROBLEM_STEPS
 from .metrics import background_classes, figures_from_roc, metrics_document, roc_from_hist
 from .truth import truth_of_class
 
@@ -18,7 +19,13 @@ MIN_JETS_PER_BIN = 20.0
 
 
 def cutflow(hists: dict[str, Any], scale: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
-    """Per dataset: each step's raw count (``<step>``) and normalised sum of weights (``<step>_sumw``)."""
+    """Per dataset: each step's raw count (``<step>``) and normalised sum of weights (``<step>_sumw``).
+
+    What went wrong is in the cutflow only where it happened, so that a clean dataset's cutflow lists the
+    jets alone: ``invalid_score_jets`` (jets with constituents whose model output is not finite), and the
+    counters of values and rows (raw counts only): ``nonfinite_inputs`` (input values NaN, +-inf or
+    beyond 1e32, replaced by 0) and ``invalid_link_rows_<link table>`` (link rows whose jet or target
+    index is out of range). Absent means zero."""
     out: dict[str, dict[str, float]] = {}
     counts = hists["counts"]
     for ds in counts.axes["dataset"]:
@@ -26,8 +33,12 @@ def cutflow(hists: dict[str, Any], scale: dict[str, float] | None = None) -> dic
         row: dict[str, float] = {}
         for step in counts.axes["step"]:
             sub = counts[{"dataset": ds, "step": step}]
-            row[step] = round(sub[{"quantity": "raw"}].sum(flow=True).value)
-            row[f"{step}_sumw"] = float(sub[{"quantity": "sumw"}].sum(flow=True).value) * f
+            raw = round(sub[{"quantity": "raw"}].sum(flow=True).value)
+            if raw == 0 and (step in PROBLEM_STEPS or step not in CUTFLOW):
+                continue
+            row[step] = raw
+            if step in CUTFLOW:
+                row[f"{step}_sumw"] = float(sub[{"quantity": "sumw"}].sum(flow=True).value) * f
         out[ds] = row
     return out
 

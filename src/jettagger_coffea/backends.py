@@ -6,6 +6,7 @@ process, reused across chunks; batches of similar multiplicity, padded dynamical
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import os
@@ -123,6 +124,8 @@ class OnnxBackend(ProcessLocal):
         self.threads = threads
         self.providers = providers or ["CPUExecutionProvider"]
         self._sess: Any = None
+        #: inputs whose particle axis the model fixes (see :func:`fixed_lengths`): batches pad to it
+        self.fixed_lengths: dict[str, int] = {}
 
     @classmethod
     def from_bundle(cls, bundle: Any, threads: int | None = None) -> OnnxBackend:
@@ -131,7 +134,10 @@ class OnnxBackend(ProcessLocal):
                 f"tagger bundle {bundle.path} has no model.onnx: a client-only bundle for Triton model "
                 f"{bundle.served_model!r}; run it with --backend triton --server URL"
             )
-        return cls(bundle.onnx_path, threads=threads)
+        backend = cls(bundle.onnx_path, threads=threads)
+        backend.fixed_lengths = fixed_lengths(backend.session.get_inputs(), bundle)
+        probe(backend, bundle)
+        return backend
 
     @property
     def session(self):
@@ -156,6 +162,60 @@ class OnnxBackend(ProcessLocal):
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run(None, {k: inputs[k] for k in self.input_names})[0]
+
+
+def fixed_lengths(inputs: list[Any], bundle: Any) -> dict[str, int]:
+    """The model inputs (onnxruntime ``NodeArg``) whose particle axis has a fixed length, checked when the
+    model is loaded. weaver exports both the batch axis N and the particle axis P dynamic; a model exported
+    without dynamic axes is refused or padded here, before any work, rather than failing in onnxruntime:
+
+    * a fixed **P equal to the data config's length** is what such a model was exported at (the length
+      weaver pads to in training): every batch is padded to it (``padding: fixed``), and the scores are
+      those of weaver's fixed padding;
+    * a fixed P of another length, or a fixed **N** (batches here hold as many jets of one multiplicity as
+      the slot budget allows), cannot be fed: refused with one line naming the input and its shape."""
+    fixed: dict[str, int] = {}
+    for inp in inputs:
+        group = bundle.config.inputs.get(inp.name)
+        if group is None or len(inp.shape) != 3:
+            continue  # not an input group: Bundle.check_model names it
+        n, _, p = inp.shape
+        where = f"model {bundle.onnx_path}: input {inp.name!r} has the fixed shape {list(inp.shape)}"
+        if isinstance(n, int):
+            raise JetTaggerError(
+                f"{where}: its batch axis N must be dynamic (export it with a dynamic N axis, as weaver does)"
+            )
+        if isinstance(p, int) and group.length is not None:
+            if p != group.length:
+                raise JetTaggerError(
+                    f"{where} but the data config pads {inp.name!r} to {group.length} particles"
+                )
+            fixed[inp.name] = p
+    return fixed
+
+
+#: jets in the batch :func:`probe` runs
+PROBE_JETS = 2
+
+
+def probe(backend: Any, bundle: Any) -> None:
+    """Run the model once on :data:`PROBE_JETS` full jets of zeros (masks 1) at the data config's lengths
+    and refuse it, before any work, where the output is not one row of scores per jet (a model that
+    returns one row per call would otherwise fail only in the first chunk, or be broadcast)."""
+    inputs = {}
+    for name, group in bundle.config.inputs.items():
+        fill = 1.0 if getattr(bundle.inputs.get(name), "role", None) == "mask" else 0.0
+        shape = (PROBE_JETS, len(group.vars), group.length or 1)
+        inputs[name] = np.full(shape, fill, dtype=np.float32)
+    model = f"{bundle.name} ({bundle.path})"
+    try:
+        got = np.asarray(backend.run(inputs))
+    except Exception as err:  # noqa: BLE001 - whatever the runtime says, the model is at fault
+        raise JetTaggerError(
+            f"model {model} fails on a batch of {PROBE_JETS} jets: {type(err).__name__}: {err}"
+        ) from None
+    if got.shape != (PROBE_JETS, len(bundle.classes)):
+        raise JetTaggerError(_bad_output(model, got.shape, PROBE_JETS, len(bundle.classes)))
 
 
 class TorchBackend(ProcessLocal):
@@ -226,9 +286,15 @@ def run_batched(
     min_length: int = 1,
     max_slots: int = MAX_SLOTS,
     max_pairs: int | None = None,
+    *,
+    model: str | None = None,
 ) -> np.ndarray:
     """Scores of every jet of ``std`` in input order; jets without particles get NaN and never reach the
-    model. Batches: :func:`batching.sorted_batches` (similar multiplicities, bounded in slots and pairs)."""
+    model. Batches: :func:`batching.sorted_batches` (similar multiplicities, bounded in slots and pairs).
+
+    Every batch's output must be one row of ``n_classes`` scores per jet, else the run is refused naming
+    ``model`` (never broadcast); a row with a non-finite score is made NaN as a whole (the caller tells it
+    from a jet without particles by its particle count: an invalid score)."""
     out = np.full((len(std), n_classes), np.nan, dtype=np.float32)
     length_of = batch_length(list(std.config.inputs.values()), padding, min_length)
     order, ranges = sorted_batches(std.counts, length_of, max_slots, max_pairs)
@@ -236,14 +302,42 @@ def run_batched(
         return out
     ordered = std.take(order)
     for start, stop in ranges:
-        out[order[start:stop]] = backend.run(
-            ordered.dense(start, stop, length=padding, min_length=min_length)
-        )
+        got = np.asarray(backend.run(ordered.dense(start, stop, length=padding, min_length=min_length)))
+        if got.shape != (stop - start, n_classes):
+            raise JetTaggerError(_bad_output(model or _name_of(backend), got.shape, stop - start, n_classes))
+        out[order[start:stop]] = got
+    out[~np.isfinite(out).all(axis=1)] = np.nan
     return out
 
 
+def _name_of(backend: Any) -> str:
+    """What names a model in an error: its file or bundle, else its backend's class."""
+    where = getattr(backend, "path", None) or getattr(getattr(backend, "bundle", None), "path", None)
+    return str(where) if where is not None else type(backend).__name__
+
+
+def _bad_output(model: str, shape: tuple[int, ...], n_jets: int, n_classes: int) -> str:
+    """``model X returned 1 row for 256 jets ...``: the one line of an output that is not a row per jet."""
+    if len(shape) == 2 and shape[1] == n_classes:
+        got = f"{shape[0]} row{'s' * (shape[0] != 1)}"
+    else:
+        got = f"an output of shape {tuple(shape)}"
+    return (
+        f"model {model} returned {got} for {n_jets} jets "
+        f"(expected ({n_jets}, {n_classes}): one row of {n_classes} scores per jet)"
+    )
+
+
 def tuned_budget(
-    key: tuple, backend: Backend, std: Standardised, n_classes: int, min_length: int, max_pairs: int | None
+    key: tuple,
+    backend: Backend,
+    std: Standardised,
+    n_classes: int,
+    min_length: int,
+    max_pairs: int | None,
+    *,
+    padding: Padding = "dynamic",
+    model: str | None = None,
 ) -> int | None:
     """The fastest of :data:`BUDGETS` for this model, measured once per process (``key``: model and
     threads) on up to :data:`TUNE_JETS` jets of ``std`` spread over its multiplicities; ``None`` while no
@@ -257,10 +351,11 @@ def tuned_budget(
         return None
     sample = std.take(np.sort(with_particles[:: len(with_particles) // TUNE_JETS][:TUNE_JETS]))
     seconds = {}
-    run_batched(backend, sample, n_classes, "dynamic", min_length, MAX_SLOTS, max_pairs)  # warm up
+    run = functools.partial(run_batched, backend, sample, n_classes, padding, min_length, model=model)
+    run(MAX_SLOTS, max_pairs)  # warm up
     for budget in BUDGETS:
         t = time.perf_counter()
-        run_batched(backend, sample, n_classes, "dynamic", min_length, budget, max_pairs)
+        run(budget, max_pairs)
         seconds[budget] = time.perf_counter() - t
     _BUDGETS[key] = min(seconds, key=seconds.__getitem__)
     return _BUDGETS[key]

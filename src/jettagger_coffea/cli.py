@@ -305,8 +305,27 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     m = evaluate(JetTagger(args.model, backend=_backend(args), jets=args.jets), args.input, args.output)
     print(f"{m['model']}: {m['n_jets']} jets, accuracy {_number(m['accuracy'], '.4f')}")
+    _print_problems("inputs", m["counts"])
     _print_discriminants(m)
     return 0
+
+
+def _print_problems(where: str, counts: dict) -> None:
+    """One line of what was counted rather than refused (nothing when nothing went wrong): jets with
+    invalid scores, input values replaced by 0, invalid link rows per table."""
+    parts = []
+    if counts.get("invalid_score_jets"):
+        parts.append(
+            f"{counts['invalid_score_jets']} jets with invalid scores (non-finite model output; "
+            "left out of the score histograms and metrics)"
+        )
+    if counts.get("nonfinite_inputs"):
+        parts.append(f"{counts['nonfinite_inputs']} input values NaN, inf or beyond 1e32 (replaced by 0)")
+    for key, n in counts.items():
+        if key.startswith("invalid_link_rows_") and n:
+            parts.append(f"{n} invalid {key[len('invalid_link_rows_') :]} rows (index out of range)")
+    if parts:
+        print(f"  {where}: " + "; ".join(parts))
 
 
 def _number(x: float | None, fmt: str) -> str:
@@ -359,14 +378,17 @@ def _run_predict(args: argparse.Namespace) -> int:
     if missing:
         raise JetTaggerError(f"--input: no such file {missing[0]}")
     sources: dict[str, int] = {}
+    counters: dict[str, int] = {}
     cols = predict_files(
         JetTagger(args.model, backend=_backend(args), jets=args.jets),
         args.input,
         progress=True,
         sources=sources,
+        counters=counters,
     )
     for source, n in sources.items():
         print(f"source preset {source}: {n} file{'s' * (n != 1)}")
+    _print_problems("inputs", counters)
     write_jet_table(cols, out)
     print(f"{out}: {len(next(iter(cols.values())))} jets")
     return 0
@@ -578,6 +600,8 @@ def _print_run(m: dict, out: dict, paths: dict, folder: str) -> None:
     )
     for source, n in out["meta"]["sources"].items():
         print(f"  source preset {source}: {n} file{'s' * (n != 1)}")
+    for ds, counts in m["cutflow"].items():
+        _print_problems(f"dataset {ds}", counts)
     _print_discriminants(m)
     for w in m["warnings"]:
         print(f"  warning: {w}")

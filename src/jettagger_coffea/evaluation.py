@@ -15,7 +15,7 @@ from .features import make_table
 from .jetfiles import open_jets
 from .metrics import discriminant, signal_background, summary
 from .sources import Events, check_events
-from .tagger import JetTagger
+from .tagger import INVALID_SCORE, JetTagger
 from .truth import jet_truth, truth_of_class
 
 
@@ -26,12 +26,17 @@ def predict_files(
     with_labels: bool = True,
     progress: bool = False,
     sources: dict[str, int] | None = None,
+    counters: dict[str, int] | None = None,
+    status: bool = False,
 ) -> dict[str, np.ndarray]:
     """One row per jet, in file order: ``score_<class>``, ``label`` (when the files carry labels), the
     observers, ``file_index``, ``entry`` (event index in the file) and ``jet_index`` (position in the event's
     FatJet collection); with ``sources``, the source preset of each NanoAOD file is counted there; for
     NanoAOD also ``run``, ``luminosityBlock``, ``event``, ``genWeight`` and ``truth``
-    (from GenPart, see :mod:`truth`)."""
+    (from GenPart, see :mod:`truth`). With ``counters``, the totals of :meth:`TagResult.counters` are added
+    there (jets, jets without constituents or with invalid scores, input values replaced, invalid link rows
+    per table); with ``status``, a ``status`` column (``tagger.TAGGED``, ``NO_CONSTITUENTS``,
+    ``INVALID_SCORE``)."""
     opened = [open_jets(p) for p in files]  # unreadable files and missing branches fail before any work
     for data in opened:
         if isinstance(data, Events):
@@ -44,20 +49,10 @@ def predict_files(
     for i, (path, data) in enumerate(bar):
         table = make_table(data, tagger.config, tagger.preset, where=str(path))  # one read per branch
         res = tagger.score_jets(data, where=str(path), table=table)
-        row: dict[str, np.ndarray] = {}
-        if table.ids is None:  # one jet per entry
-            row["entry"], row["jet_index"] = np.arange(len(res.scores)), np.zeros(len(res.scores), np.int32)
-        else:
-            row["entry"], row["jet_index"] = (
-                table.ids[:, 0].astype(np.int64),
-                table.ids[:, 1].astype(np.int32),
-            )
-            for b in ("run", "luminosityBlock", "event", "genWeight"):
-                if b in data.scalars:
-                    row[b] = np.asarray(data.scalar(b))[table.ids[:, 0]]
-            preset = tagger.preset  # truth from GenPart (or AK4 flavours); "data" without it
-            row["truth"] = jet_truth(data, scheme=preset.truth, collection=tagger.jets).astype(str)
+        row = _ids(tagger, table, data, len(res.scores))
         row |= {f"score_{c}": res.scores[:, k] for k, c in enumerate(tagger.classes)}
+        if status and res.status is not None:
+            row["status"] = res.status
         if with_labels:
             try:
                 row["label"] = label_values(table, tagger.config)
@@ -71,7 +66,23 @@ def predict_files(
         row["file_index"] = np.full(len(res.scores), i, dtype=np.int32)
         for k, v in row.items():
             cols.setdefault(k, []).append(v)
+        if counters is not None:
+            for k, n in res.counters().items():
+                counters[k] = counters.get(k, 0) + n
     return {k: np.concatenate(v) for k, v in cols.items() if len(v) == len(files)}  # columns every file has
+
+
+def _ids(tagger: JetTagger, table: Any, data: Any, n: int) -> dict[str, np.ndarray]:
+    """Where each jet comes from: entry and jet index, and for NanoAOD the event ids, genWeight and truth."""
+    if table.ids is None:  # one jet per entry
+        return {"entry": np.arange(n), "jet_index": np.zeros(n, np.int32)}
+    row = {"entry": table.ids[:, 0].astype(np.int64), "jet_index": table.ids[:, 1].astype(np.int32)}
+    for b in ("run", "luminosityBlock", "event", "genWeight"):
+        if b in data.scalars:
+            row[b] = np.asarray(data.scalar(b))[table.ids[:, 0]]
+    preset = tagger.preset  # truth from GenPart (or AK4 flavours); "data" without it
+    row["truth"] = jet_truth(data, scheme=preset.truth, collection=tagger.jets).astype(str)
+    return row
 
 
 def evaluate(
@@ -81,13 +92,16 @@ def evaluate(
     matrix; with ``output``: metrics.json and ROC / score / confusion PNGs."""
     from . import plotting
 
-    cols = predict_files(tagger, files)
+    counts: dict[str, int] = {}
+    cols = predict_files(tagger, files, counters=counts, status=True)
     classes = tagger.classes
-    scores = np.stack([cols[f"score_{c}"] for c in classes], axis=1)
-    labels = cols["label"].astype(int)
+    valid = cols["status"] != INVALID_SCORE  # jets with invalid scores: counted, kept out of the metrics
+    scores = np.stack([cols[f"score_{c}"][valid] for c in classes], axis=1)
+    labels = cols["label"][valid].astype(int)
     discs = tagger.bundle.discriminants
     metrics = summary(labels, scores, classes, discs, model=tagger.bundle.name)
     metrics["files"] = [str(f) for f in files]
+    metrics["counts"] = {k: n for k, n in counts.items() if n or k in ("jets", "no_constituent_jets")}
     if output is not None:
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
@@ -107,10 +121,11 @@ def evaluate(
                 title=title or tagger.bundle.name,
                 colours=plotting.signal_colours({n: sorted(set(t)) for n, t in signals.items()}),
             )
-        plotting.confusion_plot(
-            np.asarray(metrics["confusion"]),
-            classes,
-            out / "confusion.png",
-            title=f"{tagger.bundle.name}: accuracy {metrics['accuracy'] or float('nan'):.3f}",
-        )
+        if metrics["confusion"] is not None:  # None: no jet with scores
+            plotting.confusion_plot(
+                np.asarray(metrics["confusion"]),
+                classes,
+                out / "confusion.png",
+                title=f"{tagger.bundle.name}: accuracy {metrics['accuracy'] or float('nan'):.3f}",
+            )
     return metrics

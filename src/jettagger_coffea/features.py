@@ -1,11 +1,14 @@
 """Variables -> standardise / clip -> pad: the one featurization path of inference, training and export.
 
-Standardisation runs in float32 as weaver does, then NaN and +-inf become 0 (and are counted).
+Standardisation runs in float32 as weaver does, then NaN and +-inf become 0 (and are counted). Values whose
+magnitude before standardisation is above :data:`ABSURD` (1e32, CMSSW's ``catch_infs`` bound) are treated
+the same way and counted with them: one counter, ``nonfinite_inputs``, of input values replaced by 0.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import awkward as ak
@@ -47,6 +50,11 @@ class Features:
         return self.counts == 0
 
 
+#: an input value beyond this magnitude (before standardisation) is replaced by 0 and counted, as NaN and inf
+#: are: CMSSW's ``catch_infs`` bound (a finite 1e33 would otherwise reach the model as a clipped value)
+ABSURD = 1e32
+
+
 def is_nanoaod(data: Any) -> bool:
     """NanoAOD events (coffea NanoEvents, an awkward record of collections, an uproot ``Events`` TTree or
     RNTuple)."""
@@ -64,17 +72,18 @@ def make_table(
     mask ``jets``) through a source preset, or over JetClass records, a dict or an uproot TTree.
 
     For NanoAOD, ``table.ids`` holds (event, jet index) of each row."""
-    ids = None
+    ids, links = None, None
     if is_nanoaod(data):
         names = [v for g in config.inputs.values() for v in g.var_names]
         chosen = load_preset(preset if preset is not None else guess_preset(names))
-        base, ids = nano_columns(data, chosen, where, jets)
+        links, ids = nano_columns(data, chosen, where, jets)
+        base: Callable[[str], Any] = links
     else:
         if jets is not None:
             raise JetTaggerError(f"{where}: a jet selection needs NanoAOD events")
         base = record_columns(data, where)
     table = Table(base, config.new_variables, where)
-    table.ids = ids
+    table.ids, table.links = ids, links
     return table
 
 
@@ -106,9 +115,12 @@ def _flat(table: Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     return ak.to_numpy(ak.flatten(arr, axis=1)), ak.to_numpy(ak.num(arr, axis=1))
 
 
-def group_values(table: Table, group: InputGroup) -> tuple[list[np.ndarray], np.ndarray, int]:
-    """Standardised flat values of each variable of a group, their shared counts, non-finite count."""
-    values, counts, bad = [], None, 0
+def group_values(table: Table, group: InputGroup) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Standardised flat values of each variable of a group, their shared counts, and per jet the number
+    of values replaced by 0 (non-finite after standardisation, or beyond :data:`ABSURD` before it)."""
+    values: list[np.ndarray] = []
+    counts: np.ndarray | None = None
+    replaced = []  # per variable: which values were replaced
     for v in group.vars:
         flat, c = _flat(table, v.name)
         if counts is None:
@@ -119,12 +131,18 @@ def group_values(table: Table, group: InputGroup) -> tuple[list[np.ndarray], np.
                 f"with {group.vars[0].name!r}"
             )
         x = _standardise(flat, v)
-        finite = np.isfinite(x)
-        if not finite.all():
-            bad += int((~finite).sum())
-            x = np.where(finite, x, np.float32(0))
+        replace = ~np.isfinite(x)
+        if flat.dtype.kind == "f":
+            replace |= np.abs(flat) > ABSURD
+        if replace.any():
+            x = np.where(replace, np.float32(0), x)
+            replaced.append(replace)
         values.append(x)
     assert counts is not None
+    bad = np.zeros(len(counts), dtype=np.int64)
+    if replaced:
+        jet_of = np.repeat(np.arange(len(counts)), counts)
+        bad += np.bincount(jet_of, weights=np.sum(replaced, axis=0), minlength=len(counts)).astype(np.int64)
     return values, counts, bad
 
 
@@ -142,6 +160,8 @@ class Standardised:
     counts: np.ndarray  # real particles per jet
     n_nonfinite: int = 0
     labels: np.ndarray | None = None
+    #: per jet: input values replaced by 0 (non-finite, or beyond :data:`ABSURD`); sums to n_nonfinite
+    jet_nonfinite: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.counts)
@@ -158,7 +178,8 @@ class Standardised:
             idx = np.repeat(starts[order] - new_starts, c) + np.arange(int(c.sum()))
             groups[name] = ([v[idx] for v in values], c)
         labels = None if self.labels is None else self.labels[order]
-        return Standardised(self.config, groups, self.counts[order], self.n_nonfinite, labels)
+        bad = None if self.jet_nonfinite is None else self.jet_nonfinite[order]
+        return Standardised(self.config, groups, self.counts[order], self.n_nonfinite, labels, bad)
 
     @staticmethod
     def concatenate(parts: list[Standardised]) -> Standardised:
@@ -171,12 +192,14 @@ class Standardised:
             for name, (values, _) in first.groups.items()
         }
         labels = None if any(p.labels is None for p in parts) else np.concatenate([p.labels for p in parts])  # type: ignore[misc]
+        bad = [p.jet_nonfinite for p in parts]
         return Standardised(
             first.config,
             groups,
             np.concatenate([p.counts for p in parts]),
             sum(p.n_nonfinite for p in parts),
             labels,
+            None if any(b is None for b in bad) else np.concatenate(bad),  # type: ignore[arg-type]
         )
 
     def dense(
@@ -213,15 +236,16 @@ def standardise(table: Table, config: DataConfig, primary: str | None = None) ->
         raise JetTaggerError(
             f"{config.source}: preprocess: auto is not resolved; resolve it on training data"
         )
-    groups, nbad = {}, 0
+    groups, bad = {}, []
     for g in config.inputs.values():
-        values, counts, bad = group_values(table, g)
+        values, counts, group_bad = group_values(table, g)
         groups[g.name] = (values, counts)
-        nbad += bad
+        bad.append(group_bad)
     if primary is None:
         sized = [n for n, g in config.inputs.items() if g.length is not None] or list(groups)
         primary = max(sized, key=lambda n: int(groups[n][1].sum()))
-    return Standardised(config, groups, groups[primary][1], nbad)
+    jet_bad = np.asarray(np.sum(bad, axis=0, dtype=np.int64)) if bad else np.zeros(0, dtype=np.int64)
+    return Standardised(config, groups, groups[primary][1], int(jet_bad.sum()), jet_nonfinite=jet_bad)
 
 
 def featurize(

@@ -36,8 +36,19 @@ def pt_axis(bins: Sequence[float] = PT_BINS) -> hist.axis.Variable:
     return hist.axis.Variable(bins, name="pt", label=r"Jet $p_T$ [GeV]")
 
 
-#: cutflow steps
-CUTFLOW = ("events", "fatjets", "selected_jets", "tagged_jets", "no_constituent_jets")
+#: cutflow steps (raw counts and sums of weights); the selected jets are tagged, without constituents or with
+#: an invalid (non-finite) model output. The step axis grows: the tagger's counters of input values
+#: replaced (``nonfinite_inputs``) and of invalid link rows (``invalid_link_rows_<link table>``) are steps too
+CUTFLOW = (
+    "events",
+    "fatjets",
+    "selected_jets",
+    "tagged_jets",
+    "no_constituent_jets",
+    "invalid_score_jets",
+)
+#: steps that say something went wrong: in the cutflow of a dataset only where they are not zero
+PROBLEM_STEPS = ("invalid_score_jets",)
 
 
 def make_histograms(
@@ -68,7 +79,7 @@ def make_histograms(
             hist_class,
             dataset_axis(),
             hist.axis.StrCategory([], growth=True, name="file"),
-            hist.axis.StrCategory(list(CUTFLOW), name="step"),
+            hist.axis.StrCategory(list(CUTFLOW), growth=True, name="step"),
             hist.axis.StrCategory(["raw", "sumw"], name="quantity"),
             hist.axis.Regular(1, 0, 1, name="unit"),
         ),
@@ -76,7 +87,7 @@ def make_histograms(
             hist_class,
             dataset_axis(),
             truth,
-            hist.axis.StrCategory(["tagged", "no_constituents"], name="status"),
+            hist.axis.StrCategory(["tagged", "no_constituents", "invalid_score"], name="status"),
             pt_axis(pt_bins),
         ),
         "scores": _hist(hist_class, dataset_axis(), truth, pt_axis(pt_bins), cls, SCORE_AXIS),

@@ -22,7 +22,14 @@ from .batching import Padding
 from .bundle import Bundle
 from .columnar import Ops, empty_jagged, map_chunks, ops_for
 from .histograms import PT_BINS, make_histograms
-from .tagger import JetTagger
+from .tagger import (
+    INVALID_LINK_ROWS,
+    INVALID_SCORE,
+    NO_CONSTITUENTS,
+    NONFINITE_INPUTS,
+    TAGGED,
+    JetTagger,
+)
 from .truth import jet_truth, truth_classes
 from .workingpoints import read_thresholds
 
@@ -124,16 +131,17 @@ class TaggerProcessor(processor.ProcessorABC):
         ops = ops_for(events)
         dataset = events.metadata.get("dataset", "unknown")
         mc = self.is_mc(events, dataset)
-        collection = events[self.tagger.jets]  # FatJet, or Jet for AK4 taggers
+        collection = events[self.tagger.jets]  # FatJet, or Jet for AK4
         mask = self.selection.mask(collection)
         jets = collection[mask]
-        scores = self.tagger(events, mask)
+        tags = self.tagger.tag_events(events, mask)
         w_event = events.genWeight if mc else ops.num(collection, axis=1) * 0 + 1.0
         mass = "msoftdrop" if "msoftdrop" in ak.fields(collection) else "mass"
         chunk = _Chunk(
             dataset=dataset,
             truth=ops.flat(self._truth(events, mask, mc)),
-            scores=ops.flat(scores),
+            scores=ops.flat(tags.scores),
+            status=ops.flat(tags.status),
             pt=ops.flat(jets.pt),
             abseta=ops.flat(abs(jets.eta)),
             msd=ops.flat(jets[mass]),
@@ -156,20 +164,12 @@ class TaggerProcessor(processor.ProcessorABC):
             hists, chunk, {d: ops.flat(jets[b]) for d, b in self.stored.items() if b in ak.fields(jets)}
         )
         fname = str(events.metadata.get("filename", ALL_FILES))  # per file under the Runner
-        n_selected = ops.num(jets, axis=1)
-        n_tagged = ops.num(jets[np.isfinite(scores[..., 0])], axis=1)
         _fill_counts(
             hists["counts"],
             dataset,
             fname,
             w_event,
-            (
-                ("events", 1),
-                ("fatjets", ops.num(collection, axis=1)),
-                ("selected_jets", n_selected),
-                ("tagged_jets", n_tagged),
-                ("no_constituent_jets", n_selected - n_tagged),
-            ),
+            _steps(ops, collection, tags),
             half=ops.num(collection, axis=1) * 0 + 0.5,  # one entry per event in the single "unit" bin
         )
         out: dict[str, Any] = {"hists": hists}
@@ -181,11 +181,13 @@ class TaggerProcessor(processor.ProcessorABC):
     def _fill_truth(self, hists: dict[str, Any], c: _Chunk, t_index: int, t: str, ops: Ops) -> None:
         """Every histogram's fill for the jets of one truth class."""
         is_t = c.truth == t_index
-        ok, bad = is_t & c.tagged, is_t & ~c.tagged
+        ok = is_t & c.tagged
         w = c.weight[ok]
         fill = {"dataset": c.dataset, "truth": t}
         hists["jets"].fill(**fill, status="tagged", pt=c.pt[ok], weight=w)
-        hists["jets"].fill(**fill, status="no_constituents", pt=c.pt[bad], weight=c.weight[bad])
+        for status, code in (("no_constituents", NO_CONSTITUENTS), ("invalid_score", INVALID_SCORE)):
+            other = is_t & (c.status == code)
+            hists["jets"].fill(**fill, status=status, pt=c.pt[other], weight=c.weight[other])
         hists["msoftdrop"].fill(**fill, msd=c.msd[is_t], weight=c.weight[is_t])
         t_scores, t_pt = c.scores[ok], c.pt[ok]
         hists["predicted"].fill(**fill, predicted=ops.argmax(t_scores, axis=1), weight=w)
@@ -266,6 +268,7 @@ class _Chunk:
     dataset: str
     truth: Any
     scores: Any
+    status: Any  # per jet: tagger.TAGGED, NO_CONSTITUENTS or INVALID_SCORE
     pt: Any
     abseta: Any
     msd: Any
@@ -273,7 +276,25 @@ class _Chunk:
 
     @property
     def tagged(self) -> Any:
-        return np.isfinite(self.scores[:, 0])
+        """Jets with scores: every score, discriminant and working-point histogram holds only these."""
+        return self.status == TAGGED
+
+
+def _steps(ops: Ops, collection: Any, tags: Any) -> list[tuple[str, Any]]:
+    """The cutflow's steps of a chunk, per event: events, jets, the selected jets by what became of them
+    (scored, no constituents, invalid score) and the tagger's counters (input values replaced, invalid
+    link rows per table; counts of values and rows, not of jets)."""
+    status = tags.status
+    steps: list[tuple[str, Any]] = [
+        ("events", 1),
+        ("fatjets", ops.num(collection, axis=1)),
+        ("selected_jets", ops.num(status, axis=1)),
+        ("tagged_jets", ops.num(status[status == TAGGED], axis=1)),
+        ("no_constituent_jets", ops.num(status[status == NO_CONSTITUENTS], axis=1)),
+        ("invalid_score_jets", ops.num(status[status == INVALID_SCORE], axis=1)),
+    ]
+    counters = [f for f in ak.fields(tags) if f == NONFINITE_INPUTS or f.startswith(INVALID_LINK_ROWS)]
+    return steps + [(name, tags[name]) for name in counters]
 
 
 def _fill_counts(h: Any, dataset: str, fname: str, w_event: Any, steps: Any, half: Any) -> None:

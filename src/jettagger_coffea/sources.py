@@ -314,7 +314,14 @@ def _flat(x: ak.Array) -> np.ndarray:
 
 
 class _Linked:
-    """One collection's rows grouped by (selected) jet, then selected and ordered as its spec says."""
+    """One collection's rows grouped by (selected) jet, then selected and ordered as its spec says.
+
+    A link row is *invalid* when its jet index is outside the event's jets (the row belongs to no jet),
+    or its target index is outside the event's target rows, except ``-1`` in a link table that carries
+    its own values (``prefer: link``): CMS writes ``FatJetSVs_sVIdx = -1`` for an SV the SV table dropped.
+    Invalid rows are handled as before (a row of no jet is left out; a row whose target is missing takes
+    the link table's own values where it has the field) and counted per event in :attr:`invalid_rows`,
+    over every row of the chunk: a broken file says so whichever jets are selected."""
 
     def __init__(
         self, ev: Events, spec: CollectionSpec, jet_rows: np.ndarray, n_jets: np.ndarray, lookup: Getter
@@ -338,6 +345,7 @@ class _Linked:
         self.n_out = len(jet_rows)
         self._rows, self._pos = keep, pos[keep]
         self._target_rows: np.ndarray | None = None
+        invalid = ~valid
         if (
             spec.target
             and spec.target_index
@@ -345,15 +353,17 @@ class _Linked:
             and spec.target_index in ev.fields(spec.link)
         ):
             n_target = ev.counts(spec.target)
-            tidx = _flat(ev.get(spec.link, spec.target_index)).astype(np.int64)[keep]
-            tev = row_event[keep]
-            ok = (tidx >= 0) & (tidx < n_target[tev])
-            self._target_rows = np.where(ok, _offsets(n_target)[tev] + tidx, -1)
+            tidx = _flat(ev.get(spec.link, spec.target_index)).astype(np.int64)
+            ok = (tidx >= 0) & (tidx < n_target[row_event])
+            invalid |= ~ok & ~((tidx == -1) & (spec.prefer == "link"))
+            self._target_rows = np.where(ok, _offsets(n_target)[row_event] + tidx, -1)[keep]
         elif spec.target and spec.target_index and spec.target_index in ev.fields(spec.link):
             raise JetTaggerError(
                 f"{ev.where}: {spec.link}_{spec.target_index} points to a {spec.target} "
                 f"collection that the file does not have"
             )
+        #: per event of the chunk: link rows whose jet or target index is out of range
+        self.invalid_rows = np.bincount(row_event[invalid], minlength=len(n_link)).astype(np.int64)
         self._final: np.ndarray | None = None
         self._counts: np.ndarray | None = None
 
@@ -414,7 +424,22 @@ class _Linked:
         return ak.unflatten(self._raw_flat(field)[idx], counts)
 
 
-def nano_columns(events: Any, preset: Preset, where: str, jets: Any = None) -> tuple[Getter, np.ndarray]:
+class NanoColumns:
+    """The column getter of a NanoAOD chunk's jets (``columns(name)``), which also tells the invalid rows
+    of the link tables read so far (:meth:`invalid_link_rows`)."""
+
+    def __init__(self, get: Getter, linked: dict[str, _Linked], n_events: int) -> None:
+        self._get, self._linked, self.n_events = get, linked, n_events
+
+    def __call__(self, name: str) -> Any:
+        return self._get(name)
+
+    def invalid_link_rows(self) -> dict[str, np.ndarray]:
+        """Link table -> invalid rows per event (see :class:`_Linked`), for the tables read so far."""
+        return {lk.spec.link: lk.invalid_rows for lk in self._linked.values()}
+
+
+def nano_columns(events: Any, preset: Preset, where: str, jets: Any = None) -> tuple[NanoColumns, np.ndarray]:
     """Column getter for the FatJets of a NanoAOD chunk (all of them, or those where the [event][jet]
     boolean ``jets`` is true), plus (event, jet index) of each jet in file order."""
     ev = events if isinstance(events, Events) else Events(events, where)
@@ -451,7 +476,7 @@ def nano_columns(events: Any, preset: Preset, where: str, jets: Any = None) -> t
     def table_get(name: str) -> Any:
         return base[name]
 
-    return table_get, np.stack([event_of_jet, jet_index], axis=1)
+    return NanoColumns(table_get, linked, len(n_jets)), np.stack([event_of_jet, jet_index], axis=1)
 
 
 def needed_branches(config: Any, preset: Preset) -> set[tuple[str, str]]:
@@ -571,6 +596,7 @@ class Table(Mapping):
         self.where = where
         self._stack: list[str] = []
         self.ids: np.ndarray | None = None  # (event, jet index) per row, for NanoAOD sources
+        self.links: NanoColumns | None = None  # NanoAOD sources: what counts invalid link rows
 
     def __getitem__(self, name: str) -> Any:
         if name in self._cache:

@@ -1,6 +1,6 @@
 """``JetTagger`` = bundle + backend + features, callable on NanoAOD events (coffea NanoEvents, eager,
 virtual or dask-awkward) and on JetClass records. Returns [events][jets][classes] scores of the FatJets
-(NaN for jets without constituents)."""
+(NaN for jets without constituents, and for jets whose model output is not finite: invalid scores)."""
 
 from __future__ import annotations
 
@@ -21,15 +21,52 @@ from .features import make_table, standardise
 from .metrics import discriminant
 from .sources import needed_branches, preset_for
 
+#: what became of a jet (:attr:`TagResult.status`): scored; no constituents (never reaches the model); or
+#: constituents but a non-finite model output (an invalid score, kept out of every score histogram)
+TAGGED, NO_CONSTITUENTS, INVALID_SCORE = 0, 1, 2
+#: the per-event counters :meth:`JetTagger.tag_events` returns besides the scores
+NONFINITE_INPUTS, INVALID_LINK_ROWS = "nonfinite_inputs", "invalid_link_rows_"
+
 
 @dataclasses.dataclass
 class TagResult:
     """Scores of a flat list of jets and the counters a physicist wants to see."""
 
-    scores: np.ndarray  # (N, K), NaN rows for jets without constituents
+    scores: np.ndarray  # (N, K), NaN rows for jets without constituents and for invalid scores
     n_jets: int
     n_empty: int
-    n_nonfinite: int
+    n_nonfinite: int  # input values replaced by 0 (non-finite, or beyond features.ABSURD)
+    status: np.ndarray | None = None  # per jet: TAGGED, NO_CONSTITUENTS or INVALID_SCORE
+    jet_nonfinite: np.ndarray | None = None  # per jet: input values replaced by 0
+    event_of_jet: np.ndarray | None = None  # NanoAOD: the event (of the chunk) of each jet
+    #: NanoAOD: link table -> invalid rows per event of the chunk (the tables the model reads)
+    invalid_link_rows: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @property
+    def n_invalid(self) -> int:
+        """Jets with constituents whose model output is not finite."""
+        return 0 if self.status is None else int((self.status == INVALID_SCORE).sum())
+
+    def counters(self) -> dict[str, int]:
+        """The totals: jets, each status, input values replaced and invalid link rows per table."""
+        out = {
+            "jets": self.n_jets,
+            "no_constituent_jets": self.n_empty,
+            "invalid_score_jets": self.n_invalid,
+            NONFINITE_INPUTS: self.n_nonfinite,
+        }
+        return out | {INVALID_LINK_ROWS + k: int(v.sum()) for k, v in self.invalid_link_rows.items()}
+
+    def per_event(self, n_events: int, links: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The counters per event of a NanoAOD chunk (what the processor fills: counts survive dask only
+        as histogram fills), one ``invalid_link_rows_<table>`` per link table in ``links``."""
+        events = np.zeros(0, np.int64) if self.event_of_jet is None else self.event_of_jet
+        bad = np.zeros(len(events)) if self.jet_nonfinite is None else self.jet_nonfinite
+        out = {NONFINITE_INPUTS: np.bincount(events, weights=bad, minlength=n_events).astype(np.int64)}
+        for link in links:
+            rows = self.invalid_link_rows.get(link)
+            out[INVALID_LINK_ROWS + link] = np.zeros(n_events, np.int64) if rows is None else rows
+        return out
 
 
 class JetTagger:
@@ -61,6 +98,8 @@ class JetTagger:
         self.padding = check_padding(padding)
         self.spec = BackendSpec.of(backend or self.bundle.default_backend, **backend_options)
         self.backend = make_backend(self.spec, self.bundle)
+        if getattr(self.backend, "fixed_lengths", None):  # a model with a fixed particle axis: its length
+            self.padding = "fixed"
         self.max_slots = max_slots
 
     @property
@@ -83,21 +122,45 @@ class JetTagger:
         already-read columns with other uses."""
         table = table if table is not None else make_table(data, self.config, self.preset, where, jets)
         std = standardise(table, self.config, self.bundle.primary)
-        return TagResult(self.run_model(std), len(std), int((std.counts == 0).sum()), std.n_nonfinite)
+        scores = self.run_model(std)
+        status = np.where(std.counts == 0, NO_CONSTITUENTS, TAGGED).astype(np.int8)
+        status[(std.counts > 0) & ~np.isfinite(scores).all(axis=1)] = INVALID_SCORE
+        return TagResult(
+            scores,
+            len(std),
+            int((std.counts == 0).sum()),
+            std.n_nonfinite,
+            status=status,
+            jet_nonfinite=std.jet_nonfinite,
+            event_of_jet=None if table.ids is None else table.ids[:, 0].astype(np.int64),
+            invalid_link_rows={} if table.links is None else table.links.invalid_link_rows(),
+        )
 
     def run_model(self, std: Any) -> np.ndarray:
         """Scores of standardised jets, in batches bounded in particle slots (and pairs, for ParT). With
-        ``max_slots="auto"`` the budget is measured for this model once per process (:func:`tuned_budget`)."""
+        ``max_slots="auto"`` the budget is measured for this model once per process (:func:`tuned_budget`).
+        An output that is not one row per jet is refused naming the bundle; see :func:`run_batched`."""
         max_pairs = MAX_PAIRS if self.bundle.pairwise else None
+        model = f"{self.bundle.name} ({self.bundle.path})"
+        min_length = self.bundle.min_length
         budget = self.max_slots
         if budget == "auto":
             key = (str(self.bundle.path), self.spec)
             budget = (
-                tuned_budget(key, self.backend, std, len(self.classes), self.bundle.min_length, max_pairs)
+                tuned_budget(
+                    key,
+                    self.backend,
+                    std,
+                    len(self.classes),
+                    min_length,
+                    max_pairs,
+                    padding=self.padding,
+                    model=model,
+                )
                 or MAX_SLOTS
             )
         return run_batched(
-            self.backend, std, len(self.classes), self.padding, self.bundle.min_length, budget, max_pairs
+            self.backend, std, len(self.classes), self.padding, min_length, budget, max_pairs, model=model
         )
 
     def discriminant(self, scores: Any, name: str) -> Any:
@@ -116,13 +179,24 @@ class JetTagger:
                     f"for a selection of events.{self.jets}), not a jet collection"
                 )
             return ak.Array(self.score_jets(events).scores)
+        return self.tag_events(events, jets)["scores"]
+
+    def tag_events(self, events: Any, jets: Any = None) -> Any:
+        """Per event of NanoEvents (eager or dask-awkward): ``scores`` [jet][class], ``status`` [jet]
+        (:data:`TAGGED`, :data:`NO_CONSTITUENTS`, :data:`INVALID_SCORE`) and the counters
+        ``nonfinite_inputs`` and ``invalid_link_rows_<link table>`` (one per link table of the preset
+        member the events' layout takes): what the processor's fills take."""
+        links = tuple(
+            c.link for c in preset_for(self.preset, lambda c: c in ak.fields(events)).collections.values()
+        )
         args = (events,) if jets is None else (events, jets)
         return map_chunks(
-            _score_chunk,
+            _tag_chunk,
             *args,
             tagger=self,
+            links=links,
             touches=_score_columns,
-            empty=functools.partial(empty_jagged, len(self.classes)),
+            empty=functools.partial(_empty_tags, len(self.classes), links),
             label="jettagger-scores",
         )
 
@@ -138,14 +212,30 @@ class JetTagger:
         return out
 
 
-def _score_chunk(events: ak.Array, jets: ak.Array | None = None, *, tagger: JetTagger) -> ak.Array:
-    """One chunk: the (selected) FatJets' scores in [events][jets][classes]."""
-    counts = ak.num(events[tagger.jets] if jets is None else events[tagger.jets][jets], axis=1)
+def _tag_chunk(
+    events: ak.Array, jets: ak.Array | None = None, *, tagger: JetTagger, links: tuple[str, ...]
+) -> ak.Array:
+    """One chunk: per event, the (selected) jets' scores and status and the chunk's counters."""
+    counts = ak.to_numpy(ak.num(events[tagger.jets] if jets is None else events[tagger.jets][jets], axis=1))
     result = tagger.score_jets(events, jets=jets)
-    return ak.unflatten(ak.from_numpy(result.scores, regulararray=True), ak.to_numpy(counts))
+    assert result.status is not None
+    fields = {
+        "scores": ak.unflatten(ak.from_numpy(result.scores, regulararray=True), counts),
+        "status": ak.unflatten(result.status, counts),
+    }
+    return ak.zip(fields | result.per_event(len(counts), links), depth_limit=1)
 
 
-def _score_columns(events: ak.Array, jets: ak.Array | None = None, *, tagger: JetTagger) -> list[Any]:
+def _empty_tags(n_classes: int, links: tuple[str, ...]) -> ak.Array:
+    """The form of :func:`_tag_chunk`'s output (dask's typetracer pass)."""
+    counters = [NONFINITE_INPUTS, *(INVALID_LINK_ROWS + link for link in links)]
+    fields = {"scores": empty_jagged(n_classes), "status": empty_jagged(dtype=np.int8)}
+    return ak.zip(fields | {c: np.zeros(0, np.int64) for c in counters}, depth_limit=1)
+
+
+def _score_columns(
+    events: ak.Array, jets: ak.Array | None = None, *, tagger: JetTagger, **_: Any
+) -> list[Any]:
     """What a chunk reads: exactly the branches the preset (the member of its family the file's layout
     takes) and config name, and the jet counts."""
     preset = preset_for(tagger.preset, lambda coll: coll in ak.fields(events))
