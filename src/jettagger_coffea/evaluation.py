@@ -78,8 +78,6 @@ def evaluate(
 ) -> dict[str, Any]:
     """Accuracy, one-vs-rest AUC, 1/eps_b at 50 / 30 % (and 99 / 99.5 %) per discriminant, confusion
     matrix; with ``output``: metrics.json and ROC / score / confusion PNGs."""
-    from . import plotting
-
     cols = predict_files(tagger, files)
     classes = tagger.classes
     scores = np.stack([cols[f"score_{c}"] for c in classes], axis=1)
@@ -88,8 +86,25 @@ def evaluate(
     metrics = summary(labels, scores, classes, discs, model=tagger.bundle.name)
     metrics["files"] = [str(f) for f in files]
     if output is not None:
-        out = Path(output)
-        out.mkdir(parents=True, exist_ok=True)
+        _write(metrics, tagger, labels, scores, Path(output), title)
+    return metrics
+
+
+def _write(
+    metrics: dict[str, Any],
+    tagger: JetTagger,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    output: Path,
+    title: str,
+) -> None:
+    """metrics.json and ROC / score / confusion PNGs, written beside ``output`` and swapped into place
+    whole (:func:`.outputs.staged`)."""
+    from . import plotting
+    from .outputs import staged
+
+    classes, discs = tagger.classes, tagger.bundle.discriminants
+    with staged(output, folder=True) as out:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
         idx = {c: i for i, c in enumerate(classes)}
         curves = {}
@@ -108,4 +123,3 @@ def evaluate(
             out / "confusion.png",
             title=f"{tagger.bundle.name}: accuracy {metrics['accuracy'] or float('nan'):.3f}",
         )
-    return metrics
