@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -301,9 +302,11 @@ def _backend(args: argparse.Namespace):
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
+    from .outputs import claim_output
     from .tagger import JetTagger
 
-    m = evaluate(JetTagger(args.model, backend=_backend(args), jets=args.jets), args.input, args.output)
+    with claim_output(args.output, folder=True):  # checked and locked before any work
+        m = evaluate(JetTagger(args.model, backend=_backend(args), jets=args.jets), args.input, args.output)
     print(f"{m['model']}: {m['n_jets']} jets, accuracy {_number(m['accuracy'], '.4f')}")
     _print_problems("inputs", m["counts"])
     _print_discriminants(m)
@@ -368,7 +371,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .evaluation import predict_files
-    from .outputs import write_jet_table
+    from .outputs import claim_output, write_jet_table
     from .tagger import JetTagger
 
     out = Path(args.output)
@@ -379,17 +382,18 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise JetTaggerError(f"--input: no such file {missing[0]}")
     sources: dict[str, int] = {}
     counters: dict[str, int] = {}
-    cols = predict_files(
-        JetTagger(args.model, backend=_backend(args), jets=args.jets),
-        args.input,
-        progress=True,
-        sources=sources,
-        counters=counters,
-    )
-    for source, n in sources.items():
-        print(f"source preset {source}: {n} file{'s' * (n != 1)}")
-    _print_problems("inputs", counters)
-    write_jet_table(cols, out)
+    with claim_output(out, folder=False):  # checked and locked before any work
+        cols = predict_files(
+            JetTagger(args.model, backend=_backend(args), jets=args.jets),
+            args.input,
+            progress=True,
+            sources=sources,
+            counters=counters,
+        )
+        for source, n in sources.items():
+            print(f"source preset {source}: {n} file{'s' * (n != 1)}")
+        _print_problems("inputs", counters)
+        write_jet_table(cols, out)  # a temporary file beside it, renamed over it
     print(f"{out}: {len(next(iter(cols.values())))} jets")
     return 0
 
@@ -555,6 +559,16 @@ def _add_run(sub) -> None:
 def _run_run(args: argparse.Namespace) -> int:
     import json
 
+    from .outputs import claim_output
+
+    with claim_output(args.output, folder=True):  # checked and locked before any work
+        out, paths = _run_job(args)
+    _print_run(json.loads(paths["metrics"].read_text()), out, paths, args.output)
+    return 0
+
+
+def _run_job(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The run's job and its outputs (in ``args.output``, which the caller holds)."""
     from . import plotting
     from .bundle import Bundle
     from .data import default_fileset
@@ -585,9 +599,7 @@ def _run_run(args: argparse.Namespace) -> int:
         backend=backend,
         jets=args.jets,
     )
-    paths = write_outputs(out, args.output)
-    _print_run(json.loads(paths["metrics"].read_text()), out, paths, args.output)
-    return 0
+    return out, write_outputs(out, args.output)
 
 
 def _print_run(m: dict, out: dict, paths: dict, folder: str) -> None:
@@ -629,19 +641,23 @@ def _run_workingpoints(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .bundle import Bundle
+    from .outputs import staged
     from .workingpoints import write_correction_set
 
     if not str(args.output).endswith(".json"):
         raise JetTaggerError(f"--output must end in .json, got {args.output}")
-    hists = None
-    if args.hists:
-        try:
-            with Path(args.hists).open("rb") as f:
-                hists = pickle.load(f)["hists"]
-        except (OSError, pickle.UnpicklingError, KeyError, TypeError) as err:
-            raise JetTaggerError(f"--hists {args.hists}: not a `jettagger run` hists.pkl ({err})") from None
-    path = write_correction_set(args.output, Bundle.load(args.model), hists)
-    print(path)
+    with staged(args.output, folder=False) as tmp:  # checked and locked first; renamed over it whole
+        hists = None
+        if args.hists:
+            try:
+                with Path(args.hists).open("rb") as f:
+                    hists = pickle.load(f)["hists"]
+            except (OSError, pickle.UnpicklingError, KeyError, TypeError) as err:
+                raise JetTaggerError(
+                    f"--hists {args.hists}: not a `jettagger run` hists.pkl ({err})"
+                ) from None
+        write_correction_set(tmp, Bundle.load(args.model), hists)
+    print(args.output)
     return 0
 
 
@@ -656,21 +672,30 @@ _EXTRA_COMMANDS: list = [
 ]
 
 
+def _logging(verbose: bool) -> None:
+    """WARNING and above, or INFO with ``-v``, also from distributed, coffea and dask. distributed sets its
+    loggers' levels from dask's config when it is imported, in this process and in each worker process of
+    a LocalCluster: the environment variable reaches both."""
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose else "warning")
+    for name in ("distributed", "coffea", "dask"):
+        logging.getLogger(name).setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    verbose = getattr(args, "verbose", False)
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
-    )
-    for name in ("distributed", "coffea", "dask"):  # their INFO lines only with -v
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    _logging(getattr(args, "verbose", False))
     try:
         return int(args.func(args) or 0)
     except (JetTaggerError, ValueError, OSError, FileNotFoundError, KeyError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"jettagger {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: outputs are whole or absent (outputs.staged), so one line
+        print(f"jettagger {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -90,8 +90,6 @@ def evaluate(
 ) -> dict[str, Any]:
     """Accuracy, one-vs-rest AUC, 1/eps_b at 50 / 30 % (and 99 / 99.5 %) per discriminant, confusion
     matrix; with ``output``: metrics.json and ROC / score / confusion PNGs."""
-    from . import plotting
-
     counts: dict[str, int] = {}
     cols = predict_files(tagger, files, counters=counts, status=True)
     classes = tagger.classes
@@ -103,8 +101,25 @@ def evaluate(
     metrics["files"] = [str(f) for f in files]
     metrics["counts"] = {k: n for k, n in counts.items() if n or k in ("jets", "no_constituent_jets")}
     if output is not None:
-        out = Path(output)
-        out.mkdir(parents=True, exist_ok=True)
+        _write(metrics, tagger, labels, scores, Path(output), title)
+    return metrics
+
+
+def _write(
+    metrics: dict[str, Any],
+    tagger: JetTagger,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    output: Path,
+    title: str,
+) -> None:
+    """metrics.json and ROC / score / confusion PNGs, written beside ``output`` and swapped into place
+    whole (:func:`.outputs.staged`)."""
+    from . import plotting
+    from .outputs import staged
+
+    classes, discs = tagger.classes, tagger.bundle.discriminants
+    with staged(output, folder=True) as out:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
         curves = {}
         for name, d in discs.items():
@@ -128,4 +143,3 @@ def evaluate(
                 out / "confusion.png",
                 title=f"{tagger.bundle.name}: accuracy {metrics['accuracy'] or float('nan'):.3f}",
             )
-    return metrics

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -81,31 +83,69 @@ def run_fileset(
     fileset = check_fileset(fileset)
     metadata = {ds: spec.get("metadata", {}) for ds, spec in fileset.items()}
     proc = TaggerProcessor(bundle, datasets=metadata, **processor_options)
-    config, preset = proc.tagger.config, proc.tagger.preset
-    fileset, skipped = preflight(
-        fileset, skip_bad_files, check=lambda tree, path: check_events(Events(tree, path), config, preset)
-    )
-    expected = {ds: spec.pop("events") for ds, spec in fileset.items()}
-    runs_sumw = {ds: spec.pop("sumw") for ds, spec in fileset.items()}
-    sources = [
-        f"{p.name} ({p.layout})" for spec in fileset.values() for p in spec.pop("sources").values() if p
-    ]
-    plan = plan.resolved(sum(sum(f.values()) for f in expected.values()))
-    rntuples = [p for spec in fileset.values() for p in spec.pop("rntuple")]
-    if rntuples and plan.executor == "dask-awkward":  # uproot.dask: RNTuple fields have no titles for docs
+    files = CheckedFiles.of(fileset, proc, skip_bad_files)
+    plan = plan.resolved(sum(sum(f.values()) for f in files.expected.values()))
+    if files.rntuples and plan.executor == "dask-awkward":  # uproot.dask: RNTuple fields have no titles
         raise JetTaggerError(
-            f"{rntuples[0]} is an RNTuple, which the dask-awkward executor cannot read with this coffea and "
-            "uproot: use --executor iterative, futures or dask"
+            f"{files.rntuples[0]} is an RNTuple, which the dask-awkward executor cannot read with this "
+            "coffea and uproot: use --executor iterative, futures or dask"
         )
-    for spec in fileset.values():
-        spec.pop("metadata", None)
-    if not fileset:
-        raise JetTaggerError("no readable file in the fileset: " + "; ".join(s["file"] for s in skipped))
     start = time.perf_counter()
-    out = _execute(proc, fileset, plan)
-    _account(out, metadata, runs_sumw, lumi, expected, skipped)
-    out["meta"] = _meta(proc, plan, expected, lumi, sources, time.perf_counter() - start)
+    out = _execute(proc, files.to_run(), plan)
+    _account(out, metadata, files, lumi)
+    out["meta"] = _meta(proc, plan, files.expected, lumi, files.sources, time.perf_counter() - start)
     return out
+
+
+@dataclasses.dataclass
+class CheckedFiles:
+    """The fileset after :func:`.fileset.preflight`: per dataset the readable files and their events
+    (``expected``, files with 0 events included), Runs' genEventSumw per file, the source presets, the
+    RNTuples, the files skipped and the warnings (files listed twice)."""
+
+    trees: dict[str, dict[str, str]]
+    expected: dict[str, dict[str, int]]
+    runs_sumw: dict[str, dict[str, float | None]]
+    sources: list[str]
+    rntuples: list[str]
+    skipped: list[dict[str, Any]]
+    warnings: list[str]
+
+    @classmethod
+    def of(cls, fileset: dict[str, Any], proc: TaggerProcessor, skip_bad_files: bool) -> CheckedFiles:
+        config, preset = proc.tagger.config, proc.tagger.preset
+        good, skipped = preflight(
+            fileset, skip_bad_files, check=lambda tree, path: check_events(Events(tree, path), config, preset)
+        )
+        checked = cls(
+            trees={ds: spec["files"] for ds, spec in good.items()},
+            expected={ds: spec["events"] for ds, spec in good.items()},
+            runs_sumw={ds: spec["sumw"] for ds, spec in good.items()},
+            sources=[f"{p.name} ({p.layout})" for s in good.values() for p in s["sources"].values() if p],
+            rntuples=[p for spec in good.values() for p in spec["rntuple"]],
+            skipped=skipped,
+            warnings=[w for spec in good.values() for w in spec["duplicates"]],
+        )
+        if not good:
+            raise JetTaggerError("no readable file in the fileset: " + "; ".join(s["file"] for s in skipped))
+        if not checked.to_run():
+            raise JetTaggerError(
+                "no events to process: every readable file has 0 events ("
+                + ", ".join(p for files in checked.trees.values() for p in files)
+                + ")"
+            )
+        for w in checked.warnings:
+            log.warning(w)
+        return checked
+
+    def to_run(self) -> dict[str, dict[str, Any]]:
+        """What the executor reads: files with events (a file with 0 events has no chunk; it is counted
+        with 0 events by :func:`_account`)."""
+        run = {
+            ds: {p: t for p, t in files.items() if self.expected[ds][p] > 0}
+            for ds, files in self.trees.items()
+        }
+        return {ds: {"files": files} for ds, files in run.items() if files}
 
 
 def _meta(
@@ -139,9 +179,21 @@ def _cluster(plan: Execution) -> tuple[Any, Any]:
 
     if plan.scheduler:
         return Client(plan.scheduler), None
-    cluster = LocalCluster(
-        n_workers=plan.workers, threads_per_worker=1, processes=True, dashboard_address=None
-    )
+    # the workers are started ignoring SIGINT (inherited): Ctrl-C in a terminal reaches the whole process
+    # group, and only this process handles it (one line, the cluster closed in order)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        cluster = LocalCluster(  # no dashboard; its HTTP server on a free port (no "8787 in use" warning)
+            n_workers=plan.workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": ":0"},
+        )
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
     return Client(cluster), cluster
 
 
@@ -162,27 +214,44 @@ def _execute(proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution) ->
 
 
 def _apply_to_fileset(proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution, client: Any) -> Any:
-    """dask-awkward: coffea's preprocess and ``apply_to_fileset``, one graph computed on the cluster."""
-    import dask
+    """dask-awkward: coffea's preprocess and ``apply_to_fileset``, one graph computed on the cluster.
+
+    The graph is a dict of datasets, each a dict of dask-histogram and dask-awkward collections: they are
+    unpacked into one list of collections (each optimised by its own library) before ``client.compute``;
+    the dict itself would become one ``Delayed``, whose graph cull fails on dask-histogram's layers
+    (``KeyError: 'empty-histogram-...'``)."""
+    import inspect
+
     from coffea import processor
     from coffea.dataset_tools import apply_to_fileset, preprocess
+    from dask.base import unpack_collections
 
     configure_dask()  # preprocess's own graph needs it too
     # no saved form: coffea builds it with uproot.dask, which takes TTrees only (RNTuples fail there);
-    # apply_to_fileset reads each file's form itself
+    # apply_to_fileset reads each file's form itself. The dict-fileset preprocessing, without the banner
+    # newer coffea prints for dict filesets
+    legacy = (
+        {"preprocess_legacy_root": True}
+        if "preprocess_legacy_root" in inspect.signature(preprocess).parameters
+        else {}
+    )
     available, _ = preprocess(
-        fileset, step_size=plan.chunksize, skip_bad_files=plan.skip_bad_files, save_form=False
+        fileset, step_size=plan.chunksize, skip_bad_files=plan.skip_bad_files, save_form=False, **legacy
     )
     graph = apply_to_fileset(proc, available, schemaclass=PFNanoSchema)
+    collections, repack = unpack_collections(graph)
+    futures = client.compute(list(collections))
     if plan.progress:
         from distributed import progress as dprogress
 
-        futures = client.compute(graph)
         dprogress(futures)
-        per_ds = client.gather(futures)
-    else:
-        (per_ds,) = dask.compute(graph)
+    (per_ds,) = repack(client.gather(futures))
     return processor.accumulate(list(per_ds.values()))
+
+
+#: retries of a failing chunk: none (a deterministic failure fails, or with --skip-bad-files is skipped,
+#: once); a worker that dies is replaced by dask's scheduler (``distributed.scheduler.allowed-failures``)
+RETRIES = 0
 
 
 def _runner(proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution, client: Any) -> Any:
@@ -190,30 +259,24 @@ def _runner(proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution, cli
     from coffea import processor
 
     if plan.executor == "iterative":
-        ex: Any = processor.IterativeExecutor(status=plan.progress)
+        ex: Any = processor.IterativeExecutor(status=plan.progress, retries=RETRIES)
     elif plan.executor == "futures":
-        ex = processor.FuturesExecutor(workers=plan.workers, status=plan.progress)
+        ex = processor.FuturesExecutor(workers=plan.workers, status=plan.progress, retries=RETRIES)
     else:
-        ex = processor.DaskExecutor(client=client, status=plan.progress)
+        ex = processor.DaskExecutor(client=client, status=plan.progress, retries=RETRIES)
     # with skipping on, any failure of a chunk skips it; the accounting names the file
     skip = (Exception,) if plan.skip_bad_files else False
     runner = processor.Runner(ex, schema=PFNanoSchema, chunksize=plan.chunksize, skipbadfiles=skip)
     try:
         return runner(fileset, proc, treename="Events")
     except Exception as err:
-        raise JetTaggerError(f"processing failed: {err}") from err
+        raise JetTaggerError(f"processing failed: {' '.join(str(err).split())}") from err  # one line
 
 
-def _account(
-    out: dict[str, Any],
-    metadata: dict[str, Any],
-    runs_sumw: dict[str, Any],
-    lumi: float | None,
-    expected: dict[str, dict[str, int]],
-    skipped: list[dict[str, Any]],
-) -> None:
+def _account(out: dict[str, Any], metadata: dict[str, Any], files: CheckedFiles, lumi: float | None) -> None:
     """Normalisation, per-jet columns in file order, cutflow, warnings and every event not processed."""
-    out["normalisation"] = normalise(out["hists"], metadata, runs_sumw, lumi)
+    _count_every_file(out["hists"]["counts"], files.expected)
+    out["normalisation"] = normalise(out["hists"], metadata, files.runs_sumw, lumi)
     scale = {ds: n["factor"] for ds, n in out["normalisation"].items()}
     if "jets" in out:  # per-jet columns: chunks in file order, weights normalised like the histograms
         cols = {k: np.concatenate(v) for k, v in out["jets"].items()}
@@ -222,28 +285,53 @@ def _account(
         cols["weight"] = cols["weight"] * np.array([scale.get(d, 1.0) for d in cols["dataset"]])
         out["jets"] = cols
     out["cutflow"] = cutflow(out["hists"], scale)
-    out["warnings"] = [
-        f"dataset {ds!r}: the selection removed every jet ({c['fatjets']} FatJets in {c['events']} events)"
-        for ds, c in out["cutflow"].items()
-        if c["selected_jets"] == 0
+    empty = [
+        _no_jets(ds, c, files.expected[ds]) for ds, c in out["cutflow"].items() if c["selected_jets"] == 0
     ]
-    for w in out["warnings"]:
+    for w in empty:
         log.warning(w)
-    counts = out["hists"]["counts"]
-    per_file = {
-        f: round(counts[{"file": f, "step": "events", "quantity": "raw"}].sum(flow=True).value)
-        for f in counts.axes["file"]
-    }
+    out["warnings"] = [*files.warnings, *empty]
+    out["skipped"] = files.skipped + _not_processed(out["hists"]["counts"], out["cutflow"], files.expected)
+
+
+def _no_jets(ds: str, row: dict[str, float], events: dict[str, int]) -> str:
+    """The warning for a dataset without selected jets: no events in its files, none processed, or the
+    selection."""
+    if not sum(events.values()):
+        return f"dataset {ds!r}: no events (its {len(events)} readable file(s) hold 0 events)"
+    if not row["events"]:
+        return f"dataset {ds!r}: no events processed (its chunks failed, see skipped)"
+    jets = f"{row['fatjets']} FatJets in {row['events']} events"
+    return f"dataset {ds!r}: the selection removed every jet ({jets})"
+
+
+def _count_every_file(counts: Any, expected: dict[str, dict[str, int]]) -> None:
+    """Every readable file in the counts histogram, files with 0 events (never read) included, so that
+    the cutflow has a row for every dataset (zeros for one without events)."""
+    files = set(counts.axes["file"])
+    per_file = ALL_FILES not in files  # dask-awkward counts per dataset only
+    for ds, events in expected.items():
+        for path in events if per_file else [ALL_FILES]:
+            counts.fill(dataset=ds, file=path, step="events", quantity="raw", unit=0.5, weight=0.0)
+
+
+def _not_processed(
+    counts: Any, rows: dict[str, dict[str, float]], expected: dict[str, dict[str, int]]
+) -> list[dict[str, Any]]:
+    """Per file (per dataset under dask-awkward) the events of chunks that failed after the preflight and
+    were skipped by coffea."""
+    lost = []
     for ds, files in expected.items():
-        if ALL_FILES in per_file:  # dask-awkward: per dataset only
-            got, n = out["cutflow"].get(ds, {}).get("events", 0), sum(files.values())
+        if ALL_FILES in counts.axes["file"]:  # dask-awkward: per dataset only
+            got, n = rows[ds]["events"], sum(files.values())
             if got != n:
-                skipped.append({"dataset": ds, "file": None, "error": "chunks failed", "events": n - got})
+                lost.append({"dataset": ds, "file": None, "error": "chunks failed", "events": n - got})
             continue
         for path, n in files.items():
-            got = per_file.get(path, 0)
-            if got != n:  # chunks that failed after the preflight, skipped by coffea
-                skipped.append(
+            sel = {"dataset": ds, "file": path, "step": "events", "quantity": "raw"}
+            got = round(counts[sel].sum(flow=True).value)
+            if got != n:
+                lost.append(
                     {
                         "dataset": ds,
                         "file": path,
@@ -251,7 +339,7 @@ def _account(
                         "events": n - got,
                     }
                 )
-    out["skipped"] = skipped
+    return lost
 
 
 def normalise(

@@ -3,7 +3,9 @@ that an unreadable file or a missing branch is named up front."""
 
 from __future__ import annotations
 
+import filecmp
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,20 +50,33 @@ def check_fileset(raw: Any, where: str = "fileset") -> dict[str, Any]:
     return out
 
 
+def file_identity(path: str) -> str:
+    """What makes two spellings one file: a remote file's URL, a local file's resolved path (``x.root``,
+    ``./x.root``, ``../d/x.root`` and a symbolic link to it are one file)."""
+    return path if "://" in path else os.path.realpath(path)
+
+
 def preflight(
     fileset: dict[str, Any], skip_bad_files: bool, check: Any = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Open every file once: unreadable ones are skipped (and recorded with their error and, where the
     header still says, their event count) or, without skipping, named in the error. ``check(tree, path)``
     refuses a readable file that lacks what the model reads (a user error: never skipped) and returns the
-    source preset the file is read with (recorded per file, ``sources``)."""
+    source preset the file is read with (recorded per file, ``sources``).
+
+    One file is read once: spellings of one path (:func:`file_identity`), and copies (the same ROOT file
+    UUID, entries and bytes), are kept once per dataset (a warning each, ``duplicates``); one file in two
+    datasets is refused, naming both. Files with 0 events are kept (``events`` 0): they stay in the
+    accounting."""
+    located, duplicates = _one_spelling_per_file(fileset)
     good: dict[str, Any] = {}
     skipped: list[dict[str, Any]] = []
-    for ds, spec in fileset.items():
-        for path, tree in spec["files"].items():
-            tree = tree if isinstance(tree, str) else tree.get("object_path", "Events")
+    seen: dict[tuple[str, str, int], list[tuple[str, str]]] = {}  # (uuid, tree, entries) -> files
+    for ds, files in located.items():
+        entry = _entry(fileset[ds], duplicates[ds])
+        for path, tree in files.items():
             try:
-                n, preset, sumw, rntuple = _open_one(path, tree, check)
+                n, preset, sumw, rntuple, uuid = _open_one(path, tree, check)
             except JetTaggerError:
                 raise
             except Exception as err:  # noqa: BLE001 - any failure to read makes the file bad
@@ -78,28 +93,101 @@ def preflight(
                     }
                 )
                 continue
-            entry = good.setdefault(
-                ds,
-                {
-                    "files": {},
-                    "metadata": spec.get("metadata", {}),
-                    "events": {},
-                    "sumw": {},
-                    "sources": {},
-                    "rntuple": [],
-                },
-            )
+            if _copy_of(seen, (uuid, tree, n), ds, path, entry):
+                continue
             entry["sources"][path] = preset
             if rntuple:
                 entry["rntuple"].append(path)
             entry["files"][path] = tree
             entry["events"][path] = n
             entry["sumw"][path] = sumw
+        if entry["files"]:
+            good[ds] = entry
     return good, skipped
 
 
-def _open_one(path: str, tree: str, check: Any) -> tuple[int, Any, float | None, bool]:
-    """(events, source preset, Runs' sum of genEventSumw or None, is an RNTuple) of one file."""
+def _entry(spec: dict[str, Any], duplicates: list[str]) -> dict[str, Any]:
+    return {
+        "files": {},
+        "metadata": spec.get("metadata", {}),
+        "events": {},
+        "sumw": {},
+        "sources": {},
+        "rntuple": [],
+        "duplicates": duplicates,
+    }
+
+
+def _one_spelling_per_file(
+    fileset: dict[str, Any],
+) -> tuple[dict[str, dict[str, str]], dict[str, list[str]]]:
+    """Per dataset ``{path: tree}`` with each file once (its first spelling) and a warning per file
+    listed more than once; a file in two datasets is an error naming both (before any file is opened)."""
+    owner: dict[tuple[str, str], tuple[str, str]] = {}  # (identity, tree) -> (dataset, first spelling)
+    located: dict[str, dict[str, str]] = {}
+    duplicates: dict[str, list[str]] = {}
+    for ds, spec in fileset.items():
+        spellings: dict[tuple[str, str], list[str]] = {}
+        for path, tree in spec["files"].items():
+            tree = tree if isinstance(tree, str) else tree.get("object_path", "Events")
+            key = (file_identity(str(path)), tree)
+            first = owner.setdefault(key, (ds, str(path)))
+            if first[0] != ds:
+                raise JetTaggerError(
+                    f"{path} is in datasets {first[0]!r} (as {first[1]}) and {ds!r}: a file belongs to "
+                    "one dataset"
+                )
+            spellings.setdefault(key, []).append(str(path))
+        located[ds] = {names[0]: key[1] for key, names in spellings.items()}
+        duplicates[ds] = [
+            f"dataset {ds!r}: {names[0]} is listed {len(names)} times ({', '.join(names)}): read once"
+            for names in spellings.values()
+            if len(names) > 1
+        ]
+    return located, duplicates
+
+
+def _copy_of(
+    seen: dict[tuple[str, str, int], list[tuple[str, str]]],
+    key: tuple[str | None, str, int],
+    ds: str,
+    path: str,
+    entry: dict[str, Any],
+) -> bool:
+    """Whether ``path`` is a copy of a file already read: the same ROOT file UUID, tree and entries and,
+    for two local files, the same bytes (a file patched in place keeps its UUID). In the same dataset
+    it is left out with a warning; in another dataset it is refused."""
+    uuid = key[0]
+    if uuid is None:
+        return False
+    earlier = seen.setdefault((uuid, key[1], key[2]), [])
+    first = next((f for f in earlier if _same_bytes(f[1], path)), None)
+    if first is None:
+        earlier.append((ds, path))
+        return False
+    if first[0] != ds:
+        raise JetTaggerError(
+            f"{path} (dataset {ds!r}) and {first[1]} (dataset {first[0]!r}) are one file (ROOT file UUID "
+            f"{uuid}, {key[2]} events): a file belongs to one dataset"
+        )
+    entry["duplicates"].append(
+        f"dataset {ds!r}: {path} is a copy of {first[1]} (the same ROOT file UUID, {key[2]} events): "
+        "read once"
+    )
+    return True
+
+
+def _same_bytes(a: str, b: str) -> bool:
+    """Two files with one UUID: byte by byte where both are local (rare: only on a UUID match); remote
+    ones are taken to be copies (one file at two sites)."""
+    if "://" in a or "://" in b:
+        return True
+    return filecmp.cmp(a, b, shallow=False)
+
+
+def _open_one(path: str, tree: str, check: Any) -> tuple[int, Any, float | None, bool, str | None]:
+    """(events, source preset, Runs' sum of genEventSumw or None, is an RNTuple, ROOT file UUID) of one
+    file."""
     import uproot
 
     with uproot.open(path) as f:
@@ -114,7 +202,8 @@ def _open_one(path: str, tree: str, check: Any) -> tuple[int, Any, float | None,
             if runs is not None and "genEventSumw" in runs
             else None
         )
-    return n, preset, sumw, rntuple
+        uuid = getattr(f.file, "uuid", None)
+    return n, preset, sumw, rntuple, None if uuid is None else str(uuid)
 
 
 def _events_from_header(path: str, tree: str) -> int | None:

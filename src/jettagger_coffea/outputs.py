@@ -1,10 +1,24 @@
 """What a run leaves on disk: hists.pkl (hist objects), hists.root (filled 1-D projections), metrics.json,
-the per-jet table and PNG plots; and the per-jet table of ``jettagger predict``."""
+the per-jet table and PNG plots; and the per-jet table of ``jettagger predict``.
+
+Outputs are whole or absent: a folder is written as a temporary folder beside it and swapped into place
+in one rename, a file as a temporary file renamed over it, so that a kill at any moment leaves the
+previous complete output or the new complete one. An output location is claimed before any work
+(:func:`claim_output`): checked (a folder is not a file, the parent can be written) and locked against a
+second run with a lock file beside it holding the owner's PID (taken over when that process is gone).
+A folder is replaced whole, so one holding files a run does not write is refused rather than lost."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import glob
 import json
+import os
 import pickle
+import re
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,25 +27,186 @@ import numpy as np
 from ._errors import JetTaggerError
 from .analysis import efficiency_curves, metrics_from_hists, roc_curves, signal_missing, truth_groups
 
+#: files ``run`` and ``evaluate`` write (and ``*.png``): a folder holding anything else is not replaced
+OUTPUT_FILES = frozenset({"hists.pkl", "hists.root", "metrics.json", "jets.parquet"})
+#: output locations this process holds, with their lock files' descriptors (claims nest:
+#: ``write_outputs`` inside the CLI's claim)
+_HELD: dict[Path, int] = {}
+
 
 def write_outputs(out: dict[str, Any], folder: str | Path) -> dict[str, Path]:
     """hists.pkl (hist objects), hists.root (1-D projections), metrics.json, jets.parquet (with
-    ``--per-jet``), PNG plots."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "pickle": folder / "hists.pkl",
-        "root": folder / "hists.root",
-        "metrics": folder / "metrics.json",
-    }
-    with paths["pickle"].open("wb") as f:
-        pickle.dump({k: v for k, v in out.items() if k != "jets"}, f)
-    _write_root(out, paths["root"])
-    metrics = metrics_from_hists(out)
-    paths["metrics"].write_text(json.dumps(metrics, indent=2, allow_nan=False))
-    if "jets" in out:
-        paths["jets"] = write_jet_table(out["jets"], folder / "jets.parquet")
-    return {**paths, **_plots(out, metrics, folder)}
+    ``--per-jet``), PNG plots; written beside ``folder`` and swapped into place whole. Returns the
+    paths in ``folder``."""
+    final = Path(folder)
+    with staged(final, folder=True) as tmp:
+        paths = {
+            "pickle": tmp / "hists.pkl",
+            "root": tmp / "hists.root",
+            "metrics": tmp / "metrics.json",
+        }
+        with paths["pickle"].open("wb") as f:
+            pickle.dump({k: v for k, v in out.items() if k != "jets"}, f)
+        _write_root(out, paths["root"])
+        metrics = metrics_from_hists(out)
+        paths["metrics"].write_text(json.dumps(metrics, indent=2, allow_nan=False))
+        if "jets" in out:
+            paths["jets"] = _write_table(out["jets"], tmp / "jets.parquet")
+        paths |= _plots(out, metrics, tmp)
+    return {k: final / p.name for k, p in paths.items()}
+
+
+def _lock_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.jettagger-lock"
+
+
+def _partial(target: Path) -> Path:
+    """The temporary folder or file beside ``target`` (a file keeps its suffix: writers choose by it)."""
+    return target.parent / f".{target.stem}.partial-{os.getpid()}{target.suffix}"
+
+
+def _check_location(target: Path, *, folder: bool) -> None:
+    """One line before any work: a folder that is a file (or a file that is a folder), a folder holding
+    files a run does not write, the current folder."""
+    if folder:
+        if target.exists() and not target.is_dir():
+            raise JetTaggerError(f"-o {target}: exists and is not a folder")
+        if target.is_dir():
+            if Path.cwd().resolve().is_relative_to(target):
+                raise JetTaggerError(f"-o {target}: holds the current folder; name a folder for the outputs")
+            foreign = sorted(
+                p.name for p in target.iterdir() if p.name not in OUTPUT_FILES and not p.name.endswith(".png")
+            )
+            if foreign:
+                raise JetTaggerError(
+                    f"-o {target}: holds files jettagger does not write ({', '.join(foreign[:3])}"
+                    f"{', ...' if len(foreign) > 3 else ''}); outputs replace the whole folder: use a new "
+                    "or empty one"
+                )
+    elif target.is_dir():
+        raise JetTaggerError(f"-o {target}: is a folder, not a file")
+    above = next(p for p in target.parents if p.exists())
+    if not above.is_dir():
+        raise JetTaggerError(f"-o {target}: {above} is a file, not a folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise JetTaggerError(f"-o {target}: cannot create {target.parent} ({err.strerror})") from None
+
+
+def _take_lock(target: Path) -> int:
+    """The lock beside ``target``: a file holding the owner's PID, locked with ``flock`` (the system
+    releases it when the owner dies, however it dies), so a lock left by a killed run is taken over, and
+    the killed run's leftovers cleared. Returns the lock file's descriptor."""
+    import fcntl
+
+    lock = _lock_path(target)
+    for _ in range(5):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise JetTaggerError(f"-o {target}: cannot write in {target.parent} ({err.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise JetTaggerError(
+                f"-o {target}: in use by another jettagger (pid {holder}, lock file {lock})"
+            ) from None
+        try:
+            same = lock.stat().st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # the previous owner removed the file between our open and our lock
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _recover(target)
+        return fd
+    raise JetTaggerError(f"-o {target}: in use by another jettagger (lock file {lock})")
+
+
+def _recover(target: Path) -> None:
+    """Leftovers of a run that was killed (the lock is ours now, so nobody else writes them): its partial
+    outputs are removed; where it died between the two renames of the fallback swap, its previous output
+    is put back."""
+    partial = re.compile(rf"\.{re.escape(target.stem)}\.partial-\d+{re.escape(target.suffix)}")
+    for p in target.parent.iterdir():
+        if partial.fullmatch(p.name):
+            _remove(p)
+    previous = sorted(target.parent.glob(f".{glob.escape(target.name)}.previous-*"))
+    if previous and not target.exists():
+        previous[0].rename(target)
+    for p in previous:
+        _remove(p)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def claim_output(target: str | Path, *, folder: bool) -> Iterator[Path]:
+    """Hold an output location for a job: checked and locked on entry (one line naming what is wrong,
+    before any work), released on exit. Nested claims of one location by one process are one claim."""
+    path = Path(target).resolve()  # a link to a folder: that folder, replaced in its own parent
+    if path in _HELD:
+        yield path
+        return
+    _check_location(path, folder=folder)
+    _HELD[path] = _take_lock(path)
+    try:
+        yield path
+    finally:
+        _lock_path(path).unlink(missing_ok=True)
+        os.close(_HELD.pop(path))
+
+
+@contextlib.contextmanager
+def staged(target: str | Path, *, folder: bool) -> Iterator[Path]:
+    """A temporary folder (or file path) beside ``target`` to write into; moved into place in one rename
+    when the block ends without an error, removed otherwise (an error, Ctrl-C)."""
+    with claim_output(target, folder=folder) as path:
+        tmp = _partial(path)
+        _remove(tmp)
+        if folder:
+            tmp.mkdir()
+        try:
+            yield tmp
+            _commit(tmp, path, folder=folder)
+        finally:
+            _remove(tmp)
+
+
+def _commit(tmp: Path, target: Path, *, folder: bool) -> None:
+    """``tmp`` in place of ``target``: a file by rename; a folder by an atomic exchange (Linux renameat2)
+    where the system has one, else two renames (a kill between them is repaired by :func:`_recover`). The
+    previous folder, now at ``tmp``, is removed by the caller."""
+    if not folder or not target.exists():
+        tmp.replace(target)
+        return
+    if _exchange(tmp, target):
+        return
+    previous = target.parent / f".{target.name}.previous-{os.getpid()}"
+    target.rename(previous)
+    tmp.rename(target)
+    _remove(previous)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (``renameat2(RENAME_EXCHANGE)``); False where not supported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def _plots(out: dict[str, Any], metrics: dict[str, Any], folder: Path) -> dict[str, Path]:
@@ -85,9 +260,19 @@ def _plots(out: dict[str, Any], metrics: dict[str, Any], folder: Path) -> dict[s
 
 
 def write_jet_table(cols: dict[str, np.ndarray], path: str | Path) -> Path:
+    """One row per jet as a ROOT TTree (``Events``) or a parquet file, chosen by the suffix; written
+    beside ``path`` and renamed over it whole."""
+    path = Path(path)
+    if path.suffix not in (".root", ".parquet"):
+        raise JetTaggerError(f"--output must end in .root or .parquet, got {path}")
+    with staged(path, folder=False) as tmp:
+        _write_table(cols, tmp)
+    return path
+
+
+def _write_table(cols: dict[str, np.ndarray], path: Path) -> Path:
     """One row per jet as a ROOT TTree (``Events``; truth as ``truth_index`` into ``truth.ALL_TRUTH``, since
     trees take numbers) or a parquet file, chosen by the suffix."""
-    path = Path(path)
     if path.suffix == ".root":
         import uproot
 
