@@ -12,6 +12,12 @@ from pathlib import Path
 
 import pytest
 
+# One compute thread per process (torch, onnxruntime, BLAS; subprocesses inherit it), unless set: on 2 cores
+# a second intra-op thread doubled the CPU time of ParT in torch for no gain in wall time, and while worker
+# processes, a Triton server or other jobs share the cores it doubled the wall time too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("JETTAGGER_THREADS", "1")
+
 from jettagger_coffea.data import sample_path
 
 SHARED = Path(os.environ.get("JETTAGGER_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
