@@ -12,6 +12,12 @@ from pathlib import Path
 
 import pytest
 
+# One compute thread per process (torch, onnxruntime, BLAS; subprocesses inherit it), unless set: on 2 cores
+# a second intra-op thread doubled the CPU time of ParT in torch for no gain in wall time, and while worker
+# processes, a Triton server or other jobs share the cores it doubled the wall time too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("JETTAGGER_THREADS", "1")
+
 from jettagger_coffea.data import sample_path
 
 SHARED = Path(os.environ.get("JETTAGGER_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
@@ -25,20 +31,33 @@ def shared_file(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _release_memory():
-    """After each test module: no cached inference session and no free heap left behind. A cached
-    onnxruntime session keeps its arena at the largest batch it ever ran, and glibc keeps the heap that
-    torch's freed buffers left; without this the process grows by every module's peak (5.7 GB by the
-    networks' tests) instead of staying at about the largest one."""
+def _trim_heap() -> None:
+    """Give the heap's free pages back to the system (glibc only; elsewhere nothing to do)."""
+    libc = ctypes.util.find_library("c")
+    if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):
+        ctypes.CDLL(libc).malloc_trim(0)
+
+
+@pytest.fixture(autouse=True)
+def _release_sessions():
+    """After each test: no cached inference session and no free heap left behind. A cached onnxruntime
+    session keeps its arena at the largest batch it ever ran (0.4 GB for ParticleNet), and glibc keeps the
+    heap that torch's freed buffers left; without this the process grows by every test's peak (5.7 GB by
+    the networks' tests) instead of staying near the largest one. Sessions are a per-process cache: the next
+    test makes its own (milliseconds)."""
     yield
     from jettagger_coffea import backends
 
-    getattr(backends, "_SESSIONS", {}).clear()  # sessions are a per-process cache: made again when needed
+    getattr(backends, "_SESSIONS", {}).clear()
+    _trim_heap()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_garbage():
+    """After each module, what only the cycle collector frees (0.2 s a run: per module, not per test)."""
+    yield
     gc.collect()
-    libc = ctypes.util.find_library("c")
-    if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):  # glibc
-        ctypes.CDLL(libc).malloc_trim(0)
+    _trim_heap()
 
 
 @pytest.fixture(scope="session")
