@@ -20,8 +20,8 @@ from jettagger_coffea.triton import (
     HASH_KEY,
     TritonBackend,
     free_port,
+    local_server,
     sha256,
-    start_local_server,
     write_repository,
 )
 
@@ -54,17 +54,8 @@ def server(repository, tmp_path_factory):
         pytest.skip(f"no Triton server environment at {PYTHON} (make triton, or set JETTAGGER_TRITON_PYTHON)")
     if subprocess.run([PYTHON, "-c", "import pytriton"], capture_output=True, check=False).returncode:
         pytest.skip(f"{PYTHON} has no nvidia-pytriton")
-    proc, grpc, http = start_local_server(
-        repository, PYTHON, tmp_path_factory.mktemp("triton-log") / "server.log"
-    )
-    try:
-        yield grpc, http
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with local_server(repository, PYTHON, tmp_path_factory.mktemp("triton-log") / "server.log") as urls:
+        yield urls
 
 
 @pytest.fixture(scope="module")
