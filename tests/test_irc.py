@@ -107,9 +107,9 @@ def test_plain_part_is_not(files, predicted):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_torch_backend(files, dtype):
     pytest.importorskip("torch")
-    # a fixed slot budget, the smallest: "auto" would first time every budget on 512 jets (more work than
-    # the test's own, and 2.2 GB), and ParT in torch on one thread is fastest in small batches (their pair
-    # tensors are reused, not page-faulted anew); batch composition changes no score
+    # a fixed slot budget, the smallest: "auto" would first time every budget on 512 jets (16 s, more than
+    # the test's own 12 s), and ParT in torch on one thread is fastest in small batches (their pair tensors
+    # are reused, not page-faulted anew); batch composition changes no score
     tagger = JetTagger("part-irc", backend="torch", dtype=dtype, max_slots=1024)
     worst = 0.0
     for p in ("tbqq", "qcd"):
