@@ -17,7 +17,7 @@ Then :class:`Table` evaluates the data config's ``new_variables`` on top, lazily
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -479,21 +479,37 @@ def nano_columns(events: Any, preset: Preset, where: str, jets: Any = None) -> t
     return NanoColumns(table_get, linked, len(n_jets)), np.stack([event_of_jet, jet_index], axis=1)
 
 
-def needed_branches(config: Any, preset: Preset) -> set[tuple[str, str]]:
-    """(collection, field) of every NanoAOD branch the config's inputs read through the preset: what a
-    typetracer pass touches, found by following the same expressions the table evaluates."""
-    out: set[tuple[str, str]] = set()
-    todo = [v for g in config.inputs.values() for v in g.var_names]
-    seen: set[str] = set()
+def raw_columns(names: Iterable[str], config: Any, preset: Preset) -> list[str]:
+    """The raw columns (``fj_*``, ``<collection>_*``, or names with no source at all) that ``names`` are
+    computed from, following the config's and the preset's expressions as the table evaluates them, and the
+    selection and ordering of every collection they read; in the order first met."""
+    out: list[str] = []
+    todo, seen = list(names), set()
     while todo:
-        name = todo.pop()
+        name = todo.pop(0)
         if name in seen:
             continue
         seen.add(name)
         expr = config.new_variables.get(name) or preset.variables.get(name)
         if expr is not None:
-            todo.extend(expr.names)
+            todo.extend(sorted(expr.names))
             continue
+        out.append(name)
+        c = preset.collections.get(name.partition("_")[0])
+        if c is not None:
+            todo.extend(n for e in (c.select, c.order) if e is not None for n in sorted(e.names))
+    return out
+
+
+def _input_names(config: Any) -> list[str]:
+    return [v for g in config.inputs.values() for v in g.var_names]
+
+
+def needed_branches(config: Any, preset: Preset) -> set[tuple[str, str]]:
+    """(collection, field) of every NanoAOD branch the config's inputs read through the preset: what a
+    typetracer pass touches (:func:`raw_columns`)."""
+    out: set[tuple[str, str]] = set()
+    for name in raw_columns(_input_names(config), config, preset):
         prefix, _, field = name.partition("_")
         if prefix == "fj":
             out.add((preset.jets, field))
@@ -502,7 +518,6 @@ def needed_branches(config: Any, preset: Preset) -> set[tuple[str, str]]:
             out |= {(c.link, field), (c.link, c.jet_index), (preset.jets, "pt")}
             if c.target and c.target_index:
                 out |= {(c.target, field), (c.link, c.target_index)}
-            todo.extend(n for e in (c.select, c.order) if e is not None for n in e.names)
     return out
 
 
@@ -537,19 +552,11 @@ def check_events(ev: Events, config: Any, preset: Preset) -> Preset:
 def _check_sources(where: str, config: Any, preset: Preset) -> None:
     """Every input variable has a source in this layout: a config or preset expression, or a raw column
     (``fj_*``, ``<collection>_*``). Those that have none are named together, with what the layout lacks."""
-    missing: list[str] = []
-    todo = [v for g in config.inputs.values() for v in g.var_names]
-    seen: set[str] = set()
-    while todo:
-        name = todo.pop(0)
-        if name in seen:
-            continue
-        seen.add(name)
-        expr = config.new_variables.get(name) or preset.variables.get(name)
-        if expr is not None:
-            todo.extend(sorted(expr.names))
-        elif name.partition("_")[0] not in ("fj", *preset.collections) or name in preset.unavailable:
-            missing.append(name)
+    missing = [
+        n
+        for n in raw_columns(_input_names(config), config, preset)
+        if n.partition("_")[0] not in ("fj", *preset.collections) or n in preset.unavailable
+    ]
     if missing:
         why = sorted({preset.unavailable[m] for m in missing if m in preset.unavailable})
         raise JetTaggerError(
