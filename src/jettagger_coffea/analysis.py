@@ -192,6 +192,8 @@ def metrics_from_hists(out: dict[str, Any]) -> dict[str, Any]:
         warnings=warnings,
         seconds=meta["seconds"],
         jets_per_second=jets / meta["seconds"] if meta["seconds"] else None,
+        executor=meta.get("executor"),
+        shipping=meta.get("shipping"),
     )
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import io
 import os
 import threading
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 from ._errors import JetTaggerError
 from ._state import ProcessLocal
 from .batching import Padding, batch_length, sorted_batches
+from .shipping import ModelBytes
 
 if TYPE_CHECKING:
     from .features import Standardised
@@ -38,6 +40,20 @@ TUNE_JETS = 512
 _SESSIONS: dict[tuple, Any] = {}
 _BUDGETS: dict[tuple, int] = {}
 _LOCK = threading.Lock()
+#: this process: jets each model (by sha256) has scored, for where-did-it-run checks (:func:`jets_run`)
+_JETS_RUN: dict[str, int] = {}
+
+
+def jets_run() -> dict[str, int]:
+    """This process: jets scored per model (sha256 of its file) — on a dask worker, what ran there."""
+    with _LOCK:
+        return dict(_JETS_RUN)
+
+
+def count_jets(backend: Any, n: int) -> None:
+    with _LOCK:
+        for m in getattr(backend, "payloads", ()):
+            _JETS_RUN[m.digest] = _JETS_RUN.get(m.digest, 0) + n
 
 
 def default_threads() -> int:
@@ -113,19 +129,26 @@ def make_backend(spec: BackendSpec, bundle: Any) -> Any:
 
 
 class OnnxBackend(ProcessLocal):
-    """onnxruntime session, created once per process (cached by file, size and mtime)."""
+    """onnxruntime session on the model's bytes (:class:`~.shipping.ModelBytes`, which travel with a pickled
+    tagger), created once per process and cached by the bytes' sha256."""
 
     _process_local = ("_sess",)
 
     def __init__(
         self, path: str | Path, threads: int | None = None, providers: list[str] | None = None
     ) -> None:
-        self.path = Path(path)
+        self.model = ModelBytes.read(path)
+        self.path = str(path)  # names the model in errors; never read on a worker
         self.threads = threads
         self.providers = providers or ["CPUExecutionProvider"]
         self._sess: Any = None
         #: inputs whose particle axis the model fixes (see :func:`fixed_lengths`): batches pad to it
         self.fixed_lengths: dict[str, int] = {}
+
+    @property
+    def payloads(self) -> tuple[ModelBytes, ...]:
+        """The files a worker needs (see :func:`.shipping.shipped`)."""
+        return (self.model,)
 
     @classmethod
     def from_bundle(cls, bundle: Any, threads: int | None = None) -> OnnxBackend:
@@ -144,15 +167,14 @@ class OnnxBackend(ProcessLocal):
         if self._sess is None:
             import onnxruntime as ort
 
-            st = self.path.stat()
             threads = self.threads or default_threads()
-            key = (str(self.path), st.st_size, st.st_mtime_ns, threads, tuple(self.providers))
+            key = (self.model.digest, threads, tuple(self.providers))
             with _LOCK:
                 if key not in _SESSIONS:
                     opts = ort.SessionOptions()
                     opts.intra_op_num_threads = threads
                     opts.inter_op_num_threads = 1
-                    _SESSIONS[key] = ort.InferenceSession(str(self.path), opts, providers=self.providers)
+                    _SESSIONS[key] = ort.InferenceSession(self.model.data, opts, providers=self.providers)
                 self._sess = _SESSIONS[key]
         return self._sess
 
@@ -226,7 +248,11 @@ class TorchBackend(ProcessLocal):
     def __init__(self, bundle: Any, device: str | None = None, dtype: str = "float32") -> None:
         if dtype not in ("float32", "float64"):
             raise JetTaggerError(f"torch backend: dtype must be float32 or float64, not {dtype!r}")
+        path = bundle.path / "model.pt"
+        if not path.is_file():
+            raise JetTaggerError(f"tagger bundle {bundle.path}: no model.pt for the torch backend")
         self.bundle = bundle
+        self.state = ModelBytes.read(path)  # travels with the tagger, like OnnxBackend's model
         self.device = device
         self.dtype = dtype
         self._model: Any = None
@@ -234,6 +260,10 @@ class TorchBackend(ProcessLocal):
     @classmethod
     def from_bundle(cls, bundle: Any, device: str | None = None, dtype: str = "float32") -> TorchBackend:
         return cls(bundle, device=device, dtype=dtype)
+
+    @property
+    def payloads(self) -> tuple[ModelBytes, ...]:
+        return (self.state,)
 
     @property
     def model(self):
@@ -247,9 +277,6 @@ class TorchBackend(ProcessLocal):
             from .nn import build, load_state
 
             card = self.bundle.card
-            path = self.bundle.path / "model.pt"
-            if not path.is_file():
-                raise JetTaggerError(f"tagger bundle {self.bundle.path}: no model.pt for the torch backend")
             dims = {k: v[1] for k, v in self.bundle.config.input_shapes.items()}
             roles = {g: s.role for g, s in self.bundle.inputs.items()}
             m = build(
@@ -260,7 +287,7 @@ class TorchBackend(ProcessLocal):
                 roles=roles,
                 **(card.get("network_options") or {}),
             )
-            load_state(m, path)
+            load_state(m, io.BytesIO(self.state.data), name=self.state.name)
             self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
             self._model = m.eval().to(self.device, dtype=getattr(torch, self.dtype))
         return self._model

@@ -612,6 +612,12 @@ def _print_run(m: dict, out: dict, paths: dict, folder: str) -> None:
     )
     for source, n in out["meta"]["sources"].items():
         print(f"  source preset {source}: {n} file{'s' * (n != 1)}")
+    ship = out["meta"].get("shipping") or {}
+    if ship.get("model_bytes_per_worker") is not None:
+        print(
+            f"  model sent once per worker ({ship['model_bytes_per_worker'] / 1e6:.2f} MB), "
+            f"{ship['processor_bytes_per_task'] / 1e3:.0f} kB per task"
+        )
     for ds, counts in m["cutflow"].items():
         _print_problems(f"dataset {ds}", counts)
     _print_discriminants(m)

@@ -21,6 +21,7 @@ from .columnar import configure_dask
 from .fileset import check_fileset, preflight
 from .nanoevents import PFNanoSchema
 from .processor import ALL_FILES, TaggerProcessor
+from .shipping import models_of, shipped
 from .sources import Events, check_events
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ AUTO_ITERATIVE_EVENTS = 20_000
 
 @dataclasses.dataclass(frozen=True)
 class Execution:
-    """Where and how the processor runs: the executor, its workers (or an external scheduler's address),
+    """Where and how the processor runs: the executor, its workers (or an existing cluster: a scheduler's
+    address, or a ``distributed.Client`` — dask-gateway, coffea-casa, dask-jobqueue — which is left open),
     events per chunk, whether failing files and chunks are skipped, and progress bars."""
 
     executor: str = "dask"
@@ -40,6 +42,7 @@ class Execution:
     chunksize: int = 100_000
     skip_bad_files: bool = False
     progress: bool = True
+    client: Any = None
 
     def __post_init__(self) -> None:
         if self.executor not in (*EXECUTORS, "auto"):
@@ -50,10 +53,12 @@ class Execution:
             )
 
     def resolved(self, events: int) -> Execution:
-        """``auto``: a small job is fastest in one process (no cluster start-up, no transfers)."""
+        """``auto``: a small job is fastest in one process (no cluster start-up, no transfers), unless a
+        cluster is given (a scheduler or a client): then it runs there, whatever its size."""
         if self.executor != "auto":
             return self
-        small = events <= AUTO_ITERATIVE_EVENTS or (self.scheduler is None and self.workers == 1)
+        external = self.scheduler is not None or self.client is not None
+        small = not external and (events <= AUTO_ITERATIVE_EVENTS or self.workers == 1)
         log.info("executor auto -> %s (%d events)", "iterative" if small else "dask", events)
         return dataclasses.replace(self, executor="iterative" if small else "dask")
 
@@ -69,15 +74,20 @@ def run_fileset(
     skip_bad_files: bool = False,
     progress: bool = True,
     lumi: float | None = None,
+    client: Any = None,
     **processor_options: Any,
 ) -> dict[str, Any]:
-    """Run :class:`TaggerProcessor` over ``fileset``; the same histograms in every mode. With ``lumi``
+    """Run :class:`TaggerProcessor` over ``fileset``; the same histograms in every mode. ``client``: a
+    ``distributed.Client`` of an existing cluster (the dask executors run there; it is not closed); the
+    model's bytes go once to each of its workers (:func:`.shipping.shipped`). With ``lumi``
     (pb^-1), simulated datasets with ``metadata.xsec`` are scaled to xsec x lumi / sum of genWeight.
     ``processor_options`` go to :class:`TaggerProcessor` (selection, backend, padding, ...).
 
     Stages: options and files checked before any work (:func:`.fileset.preflight`), the executor chosen
     by the job's size, the processor run (:func:`_execute`), then normalisation and accounting."""
-    plan = Execution(executor, workers, scheduler, chunksize, skip_bad_files, progress)
+    plan = Execution(executor, workers, scheduler, chunksize, skip_bad_files, progress, client)
+    if client is not None and scheduler is not None:
+        raise JetTaggerError("give a scheduler address or a client, not both")
     if lumi is not None and lumi <= 0:
         raise JetTaggerError(f"--lumi must be > 0 (pb^-1), got {lumi}")
     fileset = check_fileset(fileset)
@@ -91,9 +101,10 @@ def run_fileset(
             "coffea and uproot: use --executor iterative, futures or dask"
         )
     start = time.perf_counter()
-    out = _execute(proc, files.to_run(), plan)
+    out, shipping = _execute(proc, files.to_run(), plan)
     _account(out, metadata, files, lumi)
     out["meta"] = _meta(proc, plan, files.expected, lumi, files.sources, time.perf_counter() - start)
+    out["meta"]["shipping"] = shipping
     return out
 
 
@@ -173,12 +184,18 @@ def _meta(
     }
 
 
-def _cluster(plan: Execution) -> tuple[Any, Any]:
-    """A client of the external scheduler, or of a local cluster started here (one thread per worker)."""
+def _cluster(plan: Execution) -> tuple[Any, Any, bool]:
+    """A client (the caller's, of the external scheduler, or of a local cluster started here, one thread
+    per worker), the cluster started here, and whether the client is the caller's (left open)."""
     from distributed import Client, LocalCluster
 
+    if plan.client is not None:
+        return plan.client, None, True
     if plan.scheduler:
-        return Client(plan.scheduler), None
+        try:
+            return Client(plan.scheduler, timeout="30s"), None, False
+        except OSError as err:
+            raise JetTaggerError(f"cannot reach the dask scheduler {plan.scheduler}: {err}") from None
     # the workers are started ignoring SIGINT (inherited): Ctrl-C in a terminal reaches the whole process
     # group, and only this process handles it (one line, the cluster closed in order)
     main_thread = threading.current_thread() is threading.main_thread()
@@ -194,23 +211,44 @@ def _cluster(plan: Execution) -> tuple[Any, Any]:
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, previous)
-    return Client(cluster), cluster
+    return Client(cluster), cluster, False
 
 
-def _execute(proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution) -> dict[str, Any]:
-    """The processor's accumulated output under one executor (a local cluster is started and closed here)."""
-    client = cluster = None
+def _execute(
+    proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The processor's accumulated output under one executor (a local cluster is started and closed
+    here), and what was shipped: on a cluster the model's bytes once per worker, the processor per task."""
+    if plan.executor not in ("dask", "dask-awkward"):
+        return _run_on(proc, fileset, plan, None), _shipping(proc, None, plan.executor == "futures")
+    client, cluster, callers = _cluster(plan)
     try:
-        if plan.executor in ("dask", "dask-awkward"):
-            client, cluster = _cluster(plan)
-        if plan.executor == "dask-awkward":
-            return _apply_to_fileset(proc, fileset, plan, client)
-        return _runner(proc, fileset, plan, client)
+        with shipped(client, proc) as sent:
+            report = _shipping(proc, sent, True)
+            return _run_on(proc, fileset, plan, client), report
     finally:
-        if client is not None:
+        if not callers:
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _run_on(proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution, client: Any) -> Any:
+    if plan.executor == "dask-awkward":
+        return _apply_to_fileset(proc, fileset, plan, client)
+    return _runner(proc, fileset, plan, client)
+
+
+def _shipping(proc: TaggerProcessor, sent: dict[str, Any] | None, tasks: bool) -> dict[str, Any]:
+    """Bytes that travel to other processes: the processor as pickled for a task (the model inside it,
+    unless it went to each worker once: ``model_bytes_per_worker``); none in one process."""
+    import cloudpickle
+
+    return {
+        "processor_bytes_per_task": len(cloudpickle.dumps(proc)) if tasks else None,
+        "model_bytes_per_worker": None if sent is None else sent["model_bytes"],
+        "models": [m.name for m in models_of(proc)],
+    }
 
 
 def _apply_to_fileset(proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution, client: Any) -> Any:

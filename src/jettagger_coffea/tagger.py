@@ -13,12 +13,21 @@ import awkward as ak
 import numpy as np
 
 from ._errors import JetTaggerError
-from .backends import MAX_PAIRS, MAX_SLOTS, BackendSpec, make_backend, run_batched, tuned_budget
+from .backends import (
+    MAX_PAIRS,
+    MAX_SLOTS,
+    BackendSpec,
+    count_jets,
+    make_backend,
+    run_batched,
+    tuned_budget,
+)
 from .batching import Padding, check_padding
 from .bundle import Bundle
 from .columnar import empty_jagged, map_chunks
 from .features import make_table, standardise
 from .metrics import discriminant
+from .shipping import models_of
 from .sources import needed_branches, preset_for
 
 #: what became of a jet (:attr:`TagResult.status`): scored; no constituents (never reaches the model); or
@@ -145,7 +154,7 @@ class JetTagger:
         min_length = self.bundle.min_length
         budget = self.max_slots
         if budget == "auto":
-            key = (str(self.bundle.path), self.spec)
+            key = (tuple(m.digest for m in models_of(self.backend)) or str(self.bundle.path), self.spec)
             budget = (
                 tuned_budget(
                     key,
@@ -159,9 +168,11 @@ class JetTagger:
                 )
                 or MAX_SLOTS
             )
-        return run_batched(
+        scores = run_batched(
             self.backend, std, len(self.classes), self.padding, min_length, budget, max_pairs, model=model
         )
+        count_jets(self.backend, int((std.counts > 0).sum()))
+        return scores
 
     def discriminant(self, scores: Any, name: str) -> Any:
         """The bundle's discriminant ``name`` from class scores (see :func:`metrics.discriminant`)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -108,12 +108,14 @@ def build_for(network: str, config: DataConfig, inputs: Mapping[str, InputSpec],
     return build(network, list(config.input_names), dims, len(config.class_names), roles=roles, **options)
 
 
-def load_state(model: Tagger, path: str | Path) -> None:
-    """Load a weaver (``mod.``-prefixed) or our own checkpoint strictly, never unpickling code."""
+def load_state(model: Tagger, path: str | Path | BinaryIO, *, name: str | None = None) -> None:
+    """Load a weaver (``mod.``-prefixed) or our own checkpoint strictly, never unpickling code; ``path``
+    may be an open file of the checkpoint's bytes (then ``name`` names it in errors)."""
+    name = name or str(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is the file's fault
-        raise JetTaggerError(f"cannot load checkpoint {path}: {type(err).__name__}: {err}") from None
+        raise JetTaggerError(f"cannot load checkpoint {name}: {type(err).__name__}: {err}") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not any(k.startswith("mod.") for k in state):
@@ -121,4 +123,4 @@ def load_state(model: Tagger, path: str | Path) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise JetTaggerError(f"checkpoint {path} does not fit this network: {err}") from None
+        raise JetTaggerError(f"checkpoint {name} does not fit this network: {err}") from None
