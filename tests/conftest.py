@@ -81,6 +81,28 @@ def shipped_config():
 
 
 @pytest.fixture(scope="session")
+def xrootd():
+    """Debian's xrootd serving a fresh temporary folder to 127.0.0.1 for the whole session (skipped, with
+    the reason, where /usr/bin/xrootd or the XRootD Python bindings are missing). Its API
+    (tests/xrootd_server.py): ``folder`` (copy files into it), ``url(path)`` -> ``root://127.0.0.1:PORT//...``,
+    ``http_url(path)``, ``stop()`` and ``start()`` (the same port: a restart). A test that stops it starts
+    it again before it ends."""
+    from .xrootd_server import XRootDServer, unavailable
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    server = XRootDServer()
+    try:
+        server.start()
+    except RuntimeError as err:  # e.g. no unprivileged user to run it as
+        server.close()
+        pytest.skip(str(err))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
 def tbqq_jetclass() -> Path:
     return sample_path("tbqq", "jetclass")
 

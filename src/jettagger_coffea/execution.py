@@ -293,8 +293,13 @@ RETRIES = 0
 
 
 def _runner(proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution, client: Any) -> Any:
-    """coffea's Runner on the iterative, futures or dask executor."""
+    """coffea's Runner on the iterative, futures or dask executor. Every file it opens (its metadata,
+    then each chunk) is opened with :func:`.remote.uproot_options`: a URL's reads have a timeout and only
+    their transient failures are retried, per read, where they happen (dask workers unpickle the same
+    source class); a chunk that fails otherwise is not retried (``RETRIES``)."""
     from coffea import processor
+
+    from .remote import uproot_options
 
     if plan.executor == "iterative":
         ex: Any = processor.IterativeExecutor(status=plan.progress, retries=RETRIES)
@@ -304,9 +309,16 @@ def _runner(proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution, cli
         ex = processor.DaskExecutor(client=client, status=plan.progress, retries=RETRIES)
     # with skipping on, any failure of a chunk skips it; the accounting names the file
     skip = (Exception,) if plan.skip_bad_files else False
-    runner = processor.Runner(ex, schema=PFNanoSchema, chunksize=plan.chunksize, skipbadfiles=skip)
+    options = uproot_options()
+    runner = processor.Runner(
+        ex,
+        schema=PFNanoSchema,
+        chunksize=plan.chunksize,
+        skipbadfiles=skip,
+        xrootdtimeout=options.pop("timeout"),
+    )
     try:
-        return runner(fileset, proc, treename="Events")
+        return runner(fileset, proc, treename="Events", uproot_options=options)
     except Exception as err:
         raise JetTaggerError(f"processing failed: {' '.join(str(err).split())}") from err  # one line
 

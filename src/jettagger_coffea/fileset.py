@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import JetTaggerError
+from .remote import gave_up, open_file
 
 
 def load_fileset(path: str | Path) -> dict[str, Any]:
@@ -187,10 +188,9 @@ def _same_bytes(a: str, b: str) -> bool:
 
 def _open_one(path: str, tree: str, check: Any) -> tuple[int, Any, float | None, bool, str | None]:
     """(events, source preset, Runs' sum of genEventSumw or None, is an RNTuple, ROOT file UUID) of one
-    file."""
-    import uproot
-
-    with uproot.open(path) as f:
+    file. A URL (``root://``, ``https://``) is read through fsspec with :mod:`.remote`'s timeout and
+    retries of transient failures."""
+    with open_file(path) as f:
         n = f[tree].num_entries
         rntuple = type(f[tree]).__name__.endswith("RNTuple")
         preset = check(f[tree], path) if check is not None else None
@@ -207,10 +207,12 @@ def _open_one(path: str, tree: str, check: Any) -> tuple[int, Any, float | None,
 
 
 def _events_from_header(path: str, tree: str) -> int | None:
-    import uproot
-
+    """The entries a bad file's header states, or None where it cannot be read (a URL whose tries were
+    just used up is not tried again)."""
+    if gave_up(path):
+        return None
     try:
-        with uproot.open(path) as f:
+        with open_file(path) as f:
             return int(f[tree].num_entries)
     except Exception:  # noqa: BLE001 - unknown: the file is unreadable
         return None
