@@ -23,10 +23,14 @@ def by_label(h: Any, drop: tuple[str, ...] = ("file",)) -> dict[tuple, Any]:
     for name in drop:
         if name in h.axes.name:
             h = h[{name: sum}]
-    cats = [a for a in h.axes if isinstance(a, (hist.axis.StrCategory, hist.axis.IntCategory))]
+    cats = [i for i, a in enumerate(h.axes) if isinstance(a, (hist.axis.StrCategory, hist.axis.IntCategory))]
+    view = np.asarray(h.view(flow=True))
     out = {}
-    for labels in itertools.product(*(list(a) for a in cats)):
-        out[labels] = h[{a.name: hist.loc(v) for a, v in zip(cats, labels)}].view(flow=True)
+    for labels in itertools.product(*(list(h.axes[i]) for i in cats)):
+        index: list[Any] = [slice(None)] * h.ndim
+        for i, v in zip(cats, labels):
+            index[i] = h.axes[i].index(v) + (1 if h.axes[i].traits.underflow else 0)
+        out[labels] = np.asarray(view[tuple(index)])
     return out
 
 

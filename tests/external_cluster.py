@@ -93,11 +93,11 @@ class ExternalCluster:
 
         return Client(self.address, timeout=START_TIMEOUT)
 
-    def kill_worker(self, client) -> str:
-        """SIGKILL one worker process (its nanny starts a new one, which gets the model from the
-        scheduler's plugins); returns its address."""
+    def kill_worker(self, client, address: str | None = None) -> str:
+        """SIGKILL a worker process (``address``, default: any); its nanny starts a new one, which gets
+        the model from the scheduler's plugins. Returns the address killed."""
         pids = client.run(os.getpid)
-        address = min(pids)
+        address = address or min(pids)
         os.kill(pids[address], signal.SIGKILL)
         return address
 

@@ -62,7 +62,9 @@ def _by_dataset(h) -> dict:
     out = {}
     for combo in np.ndindex(*[len(ax) for ax in cats]):
         labels = tuple(ax[i] for ax, i in zip(cats, combo, strict=True))
-        out[labels] = h[{ax.name: hist.loc(lab) for ax, lab in zip(cats, labels, strict=True)}].view(flow=True)
+        out[labels] = h[{ax.name: hist.loc(lab) for ax, lab in zip(cats, labels, strict=True)}].view(
+            flow=True
+        )
     return out
 
 
