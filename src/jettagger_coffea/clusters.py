@@ -207,7 +207,7 @@ class _Fields:
         return value.strip()
 
     def walltime(self, key: str) -> str | None:
-        """A SLURM time, quoted in the YAML (unquoted, YAML 1.1 reads ``02:00:00`` as the number 7200)."""
+        """A SLURM time, quoted in the YAML (unquoted, YAML 1.1 reads ``2:00:00`` as the number 7200)."""
         raw = self.opts.get(key)
         value = None if raw is None or not isinstance(raw, str) else self.text(key)
         if raw is not None and (value is None or not _WALLTIME.match(value)):
