@@ -281,3 +281,35 @@ def test_cli_bad_cluster_file(tmp_path, capsys, batch):
         assert err.count("\n") == 1
     assert not output.exists()
     assert _records(batch, "submitted") == []
+
+
+@pytest.mark.slow  # a worker process importing coffea: about 10 s of CPU on the 2-core machine
+def test_cli_run_on_batch_jobs(tmp_path, batch, monkeypatch, capsys):
+    """``jettagger run --cluster``: one job (one one-thread worker) started through the stand-in ``sbatch``;
+    the same cutflow as in one process, the job cancelled at the end."""
+    import inspect
+    import json
+
+    from jettagger_coffea.data import default_fileset
+    from jettagger_coffea.execution import run_fileset
+
+    if "client" not in inspect.signature(run_fileset).parameters:
+        pytest.skip("execution.run_fileset takes no client= yet")
+    monkeypatch.setenv("FAKE_BATCH_RUN", "1")
+    config = tmp_path / "cluster.yaml"
+    config.write_text(
+        f"kind: slurm\njobs: 1\ncores: 1\nmemory: 2GB\ninterface: lo\npython: {sys.executable}\n"
+    )
+    fileset = {"tbqq": default_fileset()["tbqq"]}
+    (tmp_path / "fileset.json").write_text(json.dumps(fileset))
+    output = tmp_path / "out"
+    argv = ["run", "--cluster", str(config), "--fileset", str(tmp_path / "fileset.json"), "--model", "pfn"]
+    assert main([*argv, "-o", str(output)]) == 0
+    assert " on dask: " in capsys.readouterr().out
+    metrics = json.loads((output / "metrics.json").read_text())
+    clean = run_fileset("pfn", fileset, executor="iterative", chunksize=500, progress=False)
+    assert metrics["cutflow"] == json.loads(json.dumps(clean["cutflow"]))
+    submitted = _records(batch, "submitted")
+    assert len(submitted) == 1
+    assert _records(batch, "cancelled") == submitted
+    _wait_gone([int(pid) for pid in submitted])

@@ -4,7 +4,8 @@ extra, imported only when a cluster or its job script is made).
 The YAML is data: every key is known (an unknown one, or one of the other batch system, is refused naming the
 key and the file), typed and bounded. Each job runs ``cores`` dask worker processes of one thread each (the
 taggers' inference is one thread per process, as in :mod:`.execution`'s local cluster); ``memory`` is the
-job's, shared by its workers. A worker needs only the core install: the model bytes travel with the job.
+job's, shared by its workers. A worker needs only the core install (no torch, no dask-jobqueue); it opens
+the bundle and the files at the paths they have here (docs/clusters.md).
 """
 
 from __future__ import annotations
