@@ -313,3 +313,12 @@ def test_cli_run_on_batch_jobs(tmp_path, batch, monkeypatch, capsys):
     assert len(submitted) == 1
     assert _records(batch, "cancelled") == submitted
     _wait_gone([int(pid) for pid in submitted])
+
+
+def test_scheduler_that_cannot_start_is_one_line(batch):
+    spec = dataclasses.replace(load_cluster_spec(SLURM), interface="nosuch0")
+    with pytest.raises(JetTaggerError) as err:
+        build_cluster(spec)
+    assert str(err.value).startswith(f"{SLURM}: cannot start the slurm cluster's scheduler: 'nosuch0' is not")
+    assert "\n" not in str(err.value)
+    assert _records(batch, "submitted") == []

@@ -574,6 +574,7 @@ def _run_run(args: argparse.Namespace) -> int:
 
 def _run_job(args: argparse.Namespace) -> tuple[dict, dict]:
     """The run's job and its outputs (in ``args.output``, which the caller holds)."""
+    spec = _cluster_spec(args)  # checked first (before coffea is imported), no job submitted yet
     from . import plotting
     from .bundle import Bundle
     from .data import default_fileset
@@ -584,7 +585,6 @@ def _run_job(args: argparse.Namespace) -> tuple[dict, dict]:
 
     selection = Selection(args.pt_min, args.pt_max, args.eta_max, args.msd_min, args.msd_max, args.jet_id)
     backend = _backend(args)
-    spec = _cluster_spec(args)  # checked with the other options, before any job is submitted
     bundle = Bundle.load(args.model)  # a folder, a shipped name, or the default
     fileset = load_fileset(args.fileset) if args.fileset else default_fileset()
     if args.label is not None:

@@ -296,10 +296,17 @@ def build_cluster(spec: ClusterSpec) -> Any:
     scheduler_options: dict[str, Any] = {"dashboard_address": ":0", "port": spec.scheduler_port}
     if spec.scheduler_host is not None:
         scheduler_options["host"] = spec.scheduler_host
+    cls = _cluster_class(spec.kind)
     try:
-        return _cluster_class(spec.kind)(scheduler_options=scheduler_options, **job_kwargs(spec))
-    except (ValueError, OSError) as err:  # e.g. an interface this machine lacks
-        raise JetTaggerError(f"{spec.source}: cannot start the {spec.kind} cluster: {err}") from None
+        return cls(scheduler_options=scheduler_options, **job_kwargs(spec))
+    except (ValueError, OSError, RuntimeError) as err:  # an interface or host this machine lacks, ...
+        root: BaseException = err  # distributed wraps the cause ("Cluster failed to start: ...")
+        while (inner := root.__cause__ or root.__context__) is not None:
+            root = inner
+        why = " ".join(str(root).split())
+        raise JetTaggerError(
+            f"{spec.source}: cannot start the {spec.kind} cluster's scheduler: {why}"
+        ) from None
 
 
 @contextlib.contextmanager
