@@ -519,6 +519,7 @@ def _add_run(sub) -> None:
     p.add_argument(
         "--cluster",
         default=None,
+        metavar="FILE.yaml",
         help="cluster YAML (kind: htcondor or slurm): submit its jobs and run on them (the `jobqueue` extra)",
     )
     p.add_argument("--chunksize", type=_positive(int), default=500, help="events per chunk")
@@ -639,7 +640,7 @@ def _add_cluster_script(sub) -> None:
         "cluster-script",
         help="print the batch job script of a cluster YAML (htcondor, slurm); submits nothing",
     )
-    p.add_argument("config", help="cluster YAML, e.g. examples/clusters/htcondor.yaml")
+    p.add_argument("config", metavar="FILE.yaml", help="cluster YAML, e.g. examples/clusters/htcondor.yaml")
     p.set_defaults(func=_run_cluster_script)
 
 
