@@ -516,6 +516,12 @@ def _add_run(sub) -> None:
     )
     p.add_argument("--workers", type=_positive(int), default=2, help="dask / futures worker processes")
     p.add_argument("--scheduler", default=None, help="address of an external dask scheduler")
+    p.add_argument(
+        "--cluster",
+        default=None,
+        metavar="FILE.yaml",
+        help="cluster YAML (kind: htcondor or slurm): submit its jobs and run on them (the `jobqueue` extra)",
+    )
     p.add_argument("--chunksize", type=_positive(int), default=500, help="events per chunk")
     p.add_argument(
         "--lumi",
@@ -569,6 +575,7 @@ def _run_run(args: argparse.Namespace) -> int:
 
 def _run_job(args: argparse.Namespace) -> tuple[dict, dict]:
     """The run's job and its outputs (in ``args.output``, which the caller holds)."""
+    spec = _cluster_spec(args)  # checked first (before coffea is imported), no job submitted yet
     from . import plotting
     from .bundle import Bundle
     from .data import default_fileset
@@ -583,23 +590,71 @@ def _run_job(args: argparse.Namespace) -> tuple[dict, dict]:
     fileset = load_fileset(args.fileset) if args.fileset else default_fileset()
     if args.label is not None:
         plotting.LABEL = args.label
-    out = run_fileset(
-        bundle,
-        fileset,
-        executor=args.executor,
-        workers=args.workers,
-        scheduler=args.scheduler,
-        chunksize=args.chunksize,
-        skip_bad_files=args.skip_bad_files,
-        lumi=args.lumi,
-        selection=selection,
-        padding=args.padding,
-        working_points=args.working_points,
-        per_jet=args.per_jet,
-        backend=backend,
-        jets=args.jets,
-    )
+    with _cluster_client(spec) as client:
+        out = run_fileset(
+            bundle,
+            fileset,
+            executor="dask" if spec is not None and args.executor == "auto" else args.executor,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            **({"client": client} if client is not None else {}),  # execution's `client=`: a cluster's
+            chunksize=args.chunksize,
+            skip_bad_files=args.skip_bad_files,
+            lumi=args.lumi,
+            selection=selection,
+            padding=args.padding,
+            working_points=args.working_points,
+            per_jet=args.per_jet,
+            backend=backend,
+            jets=args.jets,
+        )
     return out, write_outputs(out, args.output)
+
+
+def _cluster_spec(args: argparse.Namespace):
+    """``--cluster``: its YAML checked; it runs the dask executors only, and no other scheduler."""
+    if args.cluster is None:
+        return None
+    from .clusters import load_cluster_spec
+
+    if args.scheduler:
+        raise JetTaggerError("--cluster and --scheduler: give one (a cluster started here, or a running one)")
+    if args.executor not in ("auto", "dask", "dask-awkward"):
+        raise JetTaggerError(f"--cluster runs --executor dask or dask-awkward, not {args.executor}")
+    return load_cluster_spec(args.cluster)
+
+
+def _cluster_client(spec):
+    """The batch cluster's client (its jobs cancelled on leaving), or None without ``--cluster``."""
+    import contextlib
+
+    if spec is None:
+        return contextlib.nullcontext(None)
+    from .clusters import cluster_client
+
+    return cluster_client(spec)
+
+
+def _add_cluster_script(sub) -> None:
+    p = sub.add_parser(
+        "cluster-script",
+        help="print the batch job script of a cluster YAML (htcondor, slurm); submits nothing",
+    )
+    p.add_argument("config", metavar="FILE.yaml", help="cluster YAML, e.g. examples/clusters/htcondor.yaml")
+    p.set_defaults(func=_run_cluster_script)
+
+
+def _run_cluster_script(args: argparse.Namespace) -> int:
+    from .clusters import job_script, load_cluster_spec
+
+    spec = load_cluster_spec(args.config)
+    print(job_script(spec), end="")
+    print(
+        f"# {spec.jobs} job(s) x {spec.cores} one-thread workers = {spec.workers} dask workers; "
+        "the scheduler address is filled in when the cluster starts",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _print_run(m: dict, out: dict, paths: dict, folder: str) -> None:
@@ -675,6 +730,7 @@ _EXTRA_COMMANDS: list = [
     _add_evaluate,
     _add_predict,
     _add_import,
+    _add_cluster_script,
 ]
 
 
