@@ -597,7 +597,7 @@ def _run_job(args: argparse.Namespace) -> tuple[dict, dict]:
             executor="dask" if spec is not None and args.executor == "auto" else args.executor,
             workers=args.workers,
             scheduler=args.scheduler,
-            **({"client": client} if client is not None else {}),  # execution's `client=`: a cluster's
+            client=client,
             chunksize=args.chunksize,
             skip_bad_files=args.skip_bad_files,
             lumi=args.lumi,
