@@ -213,3 +213,40 @@ def test_a_worker_killed_mid_run_changes_nothing(cluster, xrootd, client_area):
         assert proc.returncode == 0, err[-3000:]
         c.wait_for_workers(2, timeout=60)  # the nanny's new worker, for the tests after this one
     same_runs(client_area / "k_local", client_area / "k_ext")
+
+
+@pytest.mark.slow
+def test_the_processor_under_coffeas_runner_on_the_users_client(cluster, xrootd, client_area):
+    """An analyst's own coffea Runner on their own client (as on coffea-casa or dask-gateway): the
+    processor's model reaches the isolated workers inside the job; with ``shipped`` once per worker."""
+    from coffea import processor
+
+    from jettagger_coffea import PFNanoSchema, TaggerProcessor, shipped
+
+    from .compare import same_hists
+
+    bundle = client_area / "default-runner"
+    shutil.copytree(resolve(None), bundle)
+    local, remote = _filesets(xrootd, client_area, _bundled("tbqq"), "runner")
+    proc = TaggerProcessor(bundle)
+    files = {kind: json.loads(path.read_text()) for kind, path in (("local", local), ("remote", remote))}
+    want = processor.Runner(processor.IterativeExecutor(status=False), schema=PFNanoSchema, chunksize=400)(
+        files["local"], proc, treename="Events"
+    )
+    digest = _digest(bundle)
+    with cluster.client() as c:
+        runner = processor.Runner(
+            processor.DaskExecutor(client=c, status=False), schema=PFNanoSchema, chunksize=400
+        )
+        inside = runner(files["remote"], proc, treename="Events")  # the bytes inside the pickled job
+        _, before = _worker_counts(cluster)
+        with shipped(c, proc) as sent:  # the bytes once per worker, the tasks with the hash
+            once = runner(files["remote"], proc, treename="Events")
+        _, after = _worker_counts(cluster)
+    assert sent["model_bytes"] == (bundle / "model.onnx").stat().st_size
+    assert {w: after[w].get(digest, 0) - before.get(w, {}).get(digest, 0) for w in after} == dict.fromkeys(
+        after, 1
+    )
+    for got in (inside, once):
+        same_hists({k: v for k, v in want["hists"].items() if k != "counts"},
+                   {k: v for k, v in got["hists"].items() if k != "counts"})  # fmt: skip

@@ -20,6 +20,7 @@ _LAZY = {
     "open_events": "nanoevents",
     "sample_path": "data",
     "run_fileset": "execution",
+    "shipped": "shipping",
 }
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "open_events",
     "run_fileset",
     "sample_path",
+    "shipped",
 ]
 
 
