@@ -138,7 +138,7 @@ class XRootDServer:
         shutil.rmtree(self.folder, ignore_errors=True)
         shutil.rmtree(self._admin, ignore_errors=True)
 
-    def __enter__(self) -> XRootDServer:
+    def __enter__(self) -> XRootDServer:  # noqa: PYI034 - Python 3.10 has no typing.Self
         self.start()
         return self
 
