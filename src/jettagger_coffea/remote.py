@@ -67,7 +67,7 @@ def transient(err: BaseException) -> bool:
         return False
     if "Server responded with an error" in str(err):  # XRootD: the server's own answer (e.g. [3011])
         return False
-    if isinstance(err, OSError):  # TimeoutError, ConnectionError, XRootD's "Operation expired", ...
+    if isinstance(err, (OSError, asyncio.TimeoutError)):  # ConnectionError, XRootD's "Operation expired"
         return True
     try:
         import aiohttp
