@@ -171,7 +171,7 @@ class RemoteSource(FSSpecSource):
         if url.startswith("root://"):
             configure_xrootd_client()
         super()._open()
-        if is_remote(url) and not url.startswith("simplecache::"):  # (a cache has no _cat_ranges)
+        if is_remote(url) and not url.startswith("simplecache::"):  # (uproot reads a cache another way)
             self._fs = _RetryingFilesystem(self._fs, url)  # type: ignore[has-type]  # (uproot's is untyped)
 
 
