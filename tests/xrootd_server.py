@@ -14,6 +14,7 @@ everyone (under /tmp, not under pytest's 0700 tmp_path). It listens on both port
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import os
@@ -109,6 +110,7 @@ class XRootDServer:
         self._proc = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
         )
+        atexit.register(self.stop)  # (its own session: not ended by the terminal's Ctrl-C)
         deadline = time.monotonic() + START_TIMEOUT
         waiting = [self.port, self.http_port]
         while waiting:
@@ -125,6 +127,7 @@ class XRootDServer:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        atexit.unregister(self.stop)
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         try:
@@ -138,7 +141,7 @@ class XRootDServer:
         shutil.rmtree(self.folder, ignore_errors=True)
         shutil.rmtree(self._admin, ignore_errors=True)
 
-    def __enter__(self) -> XRootDServer:
+    def __enter__(self) -> XRootDServer:  # noqa: PYI034 - Python 3.10 has no typing.Self
         self.start()
         return self
 

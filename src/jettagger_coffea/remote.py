@@ -67,7 +67,7 @@ def transient(err: BaseException) -> bool:
         return False
     if "Server responded with an error" in str(err):  # XRootD: the server's own answer (e.g. [3011])
         return False
-    if isinstance(err, OSError):  # TimeoutError, ConnectionError, XRootD's "Operation expired", ...
+    if isinstance(err, (OSError, asyncio.TimeoutError)):  # ConnectionError, XRootD's "Operation expired"
         return True
     try:
         import aiohttp
@@ -76,10 +76,12 @@ def transient(err: BaseException) -> bool:
     return isinstance(err, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError))
 
 
-def _delay(err: BaseException, attempt: int, url: str) -> float:
-    """Seconds to wait before the next try of ``url``, or the error to raise (tries used up, or final)."""
+def _delay(err: BaseException, attempt: int, url: str, forget: Callable[[], None]) -> float:
+    """Seconds to wait before the next try of ``url``, or the error to raise (final, or the tries used
+    up). After a transient failure the file's connection is forgotten (a fresh one for the next try)."""
     if not transient(err):
         raise err
+    forget()
     if attempt >= REMOTE_RETRIES:
         _GAVE_UP.add(url)
         raise OSError(f"{err} (tried {attempt + 1} times)") from err
@@ -102,8 +104,7 @@ def _retried(url: str, read: Callable[[], T], forget: Callable[[], None]) -> T:
         try:
             return read()
         except Exception as err:  # noqa: BLE001 - _delay re-raises what is not retried
-            wait = _delay(err, attempt, url)
-        forget()
+            wait = _delay(err, attempt, url, forget)
         time.sleep(wait)
         attempt += 1
 
@@ -114,8 +115,7 @@ async def _retried_async(url: str, read: Callable[[], Awaitable[T]], forget: Cal
         try:
             return await read()
         except Exception as err:  # noqa: BLE001 - _delay re-raises what is not retried
-            wait = _delay(err, attempt, url)
-        forget()
+            wait = _delay(err, attempt, url, forget)
         await asyncio.sleep(wait)
         attempt += 1
 
@@ -144,7 +144,8 @@ class _RetryingFilesystem:
 
     def _forget(self) -> None:
         """XRootD closes a file whose request expired: take it out of fsspec-xrootd's cache of open
-        files (keyed by URL), so that the next try opens the file again."""
+        files (keyed by URL), so that the next try opens the file again (and no dead handle is left for
+        fsspec-xrootd to close, with a traceback, when the process exits)."""
         cache = getattr(getattr(self._fs, "_readonly_filehandle_cache", None), "_cache", None)
         item = cache.pop(self._url, None) if isinstance(cache, dict) else None
         if item is not None:
@@ -166,11 +167,12 @@ class RemoteSource(FSSpecSource):
     ``handler`` to ``uproot.open`` (it pickles by name, so dask workers use it too)."""
 
     def _open(self) -> None:
+        url: str = self._file_path_orig
+        if url.startswith("root://"):
+            configure_xrootd_client()
         super()._open()
-        if is_remote(self._file_path_orig) and not self._file_path_orig.startswith("simplecache::"):
-            if self._file_path_orig.startswith("root://"):
-                configure_xrootd_client()
-            self._fs = _RetryingFilesystem(self._fs, self._file_path_orig)
+        if is_remote(url) and not url.startswith("simplecache::"):  # (uproot reads a cache another way)
+            self._fs = _RetryingFilesystem(self._fs, url)  # type: ignore[has-type]  # (uproot's is untyped)
 
 
 def uproot_options() -> dict[str, Any]:
