@@ -259,6 +259,21 @@ def _bad_values(colls):
     return bad, zero, (int((hits & selected).sum()), int(hits.sum()))
 
 
+def _raw_values(colls):
+    """PFCands_pt = 1e30 (beyond sources.RAW_LIMIT, yet log(1e30) = 69 is a finite model variable), 1e30,
+    NaN and inf on four PFCands rows inside selected FatJets; the same file with pT 0 there; and how many
+    values that makes in the selected jets and in all (pT feeds ten variables, each value counts once)."""
+    target, selected = _link_targets(colls)
+    rows = list(dict.fromkeys(int(t) for t in target[selected][::97]))[:4]
+    assert len(rows) == 4
+    raw = {c: dict(f) for c, f in colls.items()}
+    zero = {c: dict(f) for c, f in colls.items()}
+    raw["PFCands"]["pt"] = _with(colls["PFCands"]["pt"], rows, [1e30, 1e30, np.nan, np.inf])
+    zero["PFCands"]["pt"] = _with(colls["PFCands"]["pt"], rows, [0.0] * 4)
+    hits = np.isin(target, rows)
+    return raw, zero, (int((hits & selected).sum()), int(hits.sum()))
+
+
 def _broken_links(colls):
     """pFCandsIdx -5 and 10^6, one jetIdx 99, and every row of event 0's FatJet 0 moved to jetIdx 99."""
     out = {c: dict(f) for c, f in colls.items()}
@@ -271,15 +286,17 @@ def _broken_links(colls):
 
 @pytest.fixture(scope="module")
 def hostile(tiny_bundle, tmp_path_factory):
-    """One ``jettagger run --pt-min 250`` over three datasets written from pfnano.root: ``clean`` (a copy),
-    ``bad`` (:func:`_bad_values`) and ``links`` (:func:`_broken_links`)."""
+    """One ``jettagger run --pt-min 250`` over four datasets written from pfnano.root: ``clean`` (a copy),
+    ``bad`` (:func:`_bad_values`), ``raw`` (:func:`_raw_values`) and ``links`` (:func:`_broken_links`)."""
     tmp = tmp_path_factory.mktemp("hostile")
     colls, scalars = _pfnano()
     bad, zero, (n_bad, n_bad_all) = _bad_values(colls)
+    raw, raw_zero, (n_raw, n_raw_all) = _raw_values(colls)
     broken, n_invalid = _broken_links(colls)
     files = {
         "clean": _write(tmp / "clean.root", colls, scalars),
         "bad": _write(tmp / "bad.root", bad, scalars),
+        "raw": _write(tmp / "raw.root", raw, scalars),
         "links": _write(tmp / "links.root", broken, scalars),
     }
     bundle = _bundle(tiny_bundle, tmp, "tiny")
@@ -291,8 +308,10 @@ def hostile(tiny_bundle, tmp_path_factory):
         "lines": lines,
         "files": files,
         "zero": _write(tmp / "zero.root", zero, scalars),
+        "raw_zero": _write(tmp / "raw_zero.root", raw_zero, scalars),
         "n_bad": n_bad,
         "n_bad_all": n_bad_all,
+        "n_raw": (n_raw, n_raw_all),
         "n_invalid": n_invalid,
     }
 
@@ -317,6 +336,43 @@ def test_nonfinite_and_absurd_inputs_counted_and_replaced_by_zero(tiny_bundle, h
     want = tagger.score_jets(Events(uproot.open(hostile["zero"])["Events"], "zero"))
     np.testing.assert_array_equal(got.scores, want.scores)
     assert want.n_nonfinite == 0 and got.jet_nonfinite.sum() == got.n_nonfinite == hostile["n_bad_all"]
+
+
+def test_absurd_raw_values_read_as_zero_and_counted_once(tiny_bundle, hostile):
+    """PFCands_pt = 1e30 (its model variables part_px = 1e30 and log(pT) = 69 are below the 1e32 bound), NaN
+    and inf: each raw value is read as 0 and counted once in `nonfinite_inputs` (not again for the
+    log(0) = -inf it makes, nor per variable it feeds); the scores are finite and those of the file with pT 0
+    there (the candidate ordering included)."""
+    (expected, expected_all), flow = hostile["n_raw"], hostile["metrics"]["cutflow"]["raw"]
+    assert expected >= 4
+    assert flow["nonfinite_inputs"] == expected
+    assert hostile["lines"]["dataset raw"] == (
+        f"  dataset raw: {expected} input values NaN, inf or beyond 1e32 (replaced by 0)"
+    )
+    tagger = JetTagger(tiny_bundle)
+    got = tagger.score_jets(Events(uproot.open(hostile["files"]["raw"])["Events"], "raw"))
+    want = tagger.score_jets(Events(uproot.open(hostile["raw_zero"])["Events"], "zero"))
+    assert np.isfinite(got.scores).all() and (got.status == TAGGED).all()
+    np.testing.assert_array_equal(got.scores, want.scores)
+    assert got.jet_nonfinite.sum() == got.n_nonfinite == expected_all
+    assert want.n_nonfinite >= 2 * expected_all  # a file's real 0s: log(pT) and log(pT / jet pT) at least
+
+
+def test_raw_limit_replaces_only_what_no_file_holds():
+    """replace_absurd: NaN, +-inf and |x| > 1e10 -> 0 with their mask; 1e10, ints and clean columns kept as
+    they are (no mask); jagged columns keep their layout."""
+    from jettagger_coffea.sources import RAW_LIMIT, replace_absurd
+
+    assert RAW_LIMIT == 1e10
+    x = np.array([1.0, -np.inf, 1e10, -1.1e10, np.nan, 99968.0], np.float32)
+    out, bad = replace_absurd(x)
+    np.testing.assert_array_equal(out, [1.0, 0, 1e10, 0, 0, 99968.0])
+    assert out.dtype == np.float32 and bad.tolist() == [False, True, False, True, True, False]
+    for clean in (np.array([1e10, -3.0]), np.array([2**40, -1], np.int64)):
+        same, none = replace_absurd(clean)
+        assert same is clean and none is None
+    jagged, mask = replace_absurd(ak.Array([[1.0, 1e30], [], [np.inf]]))
+    assert jagged.tolist() == [[1.0, 0.0], [], [0.0]] and mask.tolist() == [[False, True], [], [True]]
 
 
 # -- 3. link tables -----------------------------------------------------------------------------------
