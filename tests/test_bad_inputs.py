@@ -243,9 +243,9 @@ def _link_targets(colls) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _bad_values(colls):
-    """PFCands_d0 = NaN (-> part_d0), d0Err = inf and 1e33 (-> part_d0err, beyond 1e32) on three PFCands rows
-    inside FatJets; the same file with 0 there; and how many values that makes in the selected jets and in
-    all."""
+    """PFCands_d0 = NaN (-> part_d0), d0Err = inf and 1e33 (-> part_d0err; raw values beyond 1e10) on three
+    PFCands rows inside FatJets; the same file with 0 there; and how many values that makes in the selected
+    jets and in all."""
     target, selected = _link_targets(colls)
     rows = sorted({int(target[i]) for i in (0, 200, 400)})
     assert len(rows) == 3
@@ -320,9 +320,9 @@ _STEPS = ("events", "fatjets", "selected_jets", "tagged_jets", "no_constituent_j
 
 
 def test_nonfinite_and_absurd_inputs_counted_and_replaced_by_zero(tiny_bundle, hostile):
-    """NaN, inf and 1e33 (beyond 1e32: CMSSW's catch_infs bound) input values: each replaced by 0 and
-    counted in `nonfinite_inputs` (per dataset, metrics.json and console); the scores are those of the
-    file with 0 there (part_d0err's centre is 0); the clean copy's cutflow lists the jets alone."""
+    """NaN, inf and 1e33 raw input values (beyond sources.RAW_LIMIT): each replaced by 0 and counted in
+    `nonfinite_inputs` (per dataset, metrics.json and console); the scores are those of the file with 0
+    there; the clean copy's cutflow lists the jets alone."""
     flow, expected = hostile["metrics"]["cutflow"], hostile["n_bad"]  # one value per linked candidate
     assert expected >= 3
     assert flow["bad"]["nonfinite_inputs"] == expected
@@ -373,6 +373,40 @@ def test_raw_limit_replaces_only_what_no_file_holds():
         assert same is clean and none is None
     jagged, mask = replace_absurd(ak.Array([[1.0, 1e30], [], [np.inf]]))
     assert jagged.tolist() == [[1.0, 0.0], [], [0.0]] and mask.tolist() == [[False, True], [], [True]]
+
+
+def test_raw_and_derived_replacements_counted_once_per_value_on_records():
+    """JetClass-layout records: raw NaN, inf and 1e30 (energy, px) count once each on their jet, whatever
+    the variables they feed (log E, log E/E_jet, px ...); a model variable beyond 1e32 computed from sane raw
+    values (px**4 of px = 1e9) is still replaced and counted, once."""
+    from jettagger_coffea.dataconfig import DataConfig
+
+    config = DataConfig.from_dict(
+        {
+            "new_variables": {
+                "part_e_log": "np.log(part_energy)",
+                "part_logerel": "np.log(part_energy / jet_energy)",
+                "part_px4": "part_px ** 4",
+            },
+            "inputs": {
+                "pf": {
+                    "length": 128,
+                    "vars": [["part_e_log", 2, 0.7], ["part_logerel", -4.7, 0.7], ["part_px"], ["part_px4"]],
+                }
+            },
+        }
+    )
+    t = uproot.open(sample_path("qcd", "jetclass"))["tree"].arrays(entry_stop=4)
+    cols = {k: t[k] for k in ("part_energy", "part_px", "jet_energy")}
+    starts = np.r_[0, np.cumsum(ak.to_numpy(ak.num(cols["part_px"])))][:4]
+    e_rows = [starts[0], starts[0] + 1, starts[2]]
+    cols["part_energy"] = _with(cols["part_energy"], e_rows, [np.nan, np.inf, 1e30])
+    cols["part_px"] = _with(cols["part_px"], [starts[1], starts[3]], [1e30, 1e9])
+    std = standardise(make_table(cols, config), config)
+    assert std.jet_nonfinite.tolist() == [2, 1, 1, 1] and std.n_nonfinite == 5
+    assert all(np.isfinite(x).all() for values, _ in std.groups.values() for x in values)
+    (e_log, _, px, px4), _ = std.groups["pf"]
+    assert e_log[starts[0]] == e_log[starts[2]] == 0 and px[starts[1]] == 0 and px4[starts[3]] == 0
 
 
 # -- 3. link tables -----------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ class Features:
     inputs: dict[str, np.ndarray]  # group -> float32 [N, C, P]
     counts: np.ndarray  # real particles per jet (before truncation)
     length: int
-    n_nonfinite: int = 0  # NaN/inf values replaced by 0
+    n_nonfinite: int = 0  # values replaced by 0 (the module's rule: raw and model variables)
     labels: np.ndarray | None = None
     observers: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
@@ -214,7 +214,7 @@ class Standardised:
     counts: np.ndarray  # real particles per jet
     n_nonfinite: int = 0
     labels: np.ndarray | None = None
-    #: per jet: input values replaced by 0 (non-finite, or beyond :data:`ABSURD`); sums to n_nonfinite
+    #: per jet: values replaced by 0 (raw, or model variables: the module's rule); sums to n_nonfinite
     jet_nonfinite: np.ndarray | None = None
 
     def __len__(self) -> int:
