@@ -378,7 +378,8 @@ def test_raw_limit_replaces_only_what_no_file_holds():
 def test_raw_and_derived_replacements_counted_once_per_value_on_records():
     """JetClass-layout records: raw NaN, inf and 1e30 (energy, px) count once each on their jet, whatever
     the variables they feed (log E, log E/E_jet, px ...); a model variable beyond 1e32 computed from sane raw
-    values (px**4 of px = 1e9) is still replaced and counted, once."""
+    values (px**4 of px = 1e9) is still replaced and counted, once. A column the inputs do not read (an
+    observer) is left as the file has it."""
     from jettagger_coffea.dataconfig import DataConfig
 
     config = DataConfig.from_dict(
@@ -398,12 +399,15 @@ def test_raw_and_derived_replacements_counted_once_per_value_on_records():
     )
     t = uproot.open(sample_path("qcd", "jetclass"))["tree"].arrays(entry_stop=4)
     cols = {k: t[k] for k in ("part_energy", "part_px", "jet_energy")}
+    cols["jet_sdmass"] = ak.Array([np.nan, 1.0, 2.0, 3.0])
     starts = np.r_[0, np.cumsum(ak.to_numpy(ak.num(cols["part_px"])))][:4]
     e_rows = [starts[0], starts[0] + 1, starts[2]]
     cols["part_energy"] = _with(cols["part_energy"], e_rows, [np.nan, np.inf, 1e30])
     cols["part_px"] = _with(cols["part_px"], [starts[1], starts[3]], [1e30, 1e9])
-    std = standardise(make_table(cols, config), config)
+    table = make_table(cols, config)
+    std = standardise(table, config)
     assert std.jet_nonfinite.tolist() == [2, 1, 1, 1] and std.n_nonfinite == 5
+    assert np.isnan(table["jet_sdmass"][0]) and set(table.raw.replaced) == {"part_energy", "part_px"}
     assert all(np.isfinite(x).all() for values, _ in std.groups.values() for x in values)
     (e_log, _, px, px4), _ = std.groups["pf"]
     assert e_log[starts[0]] == e_log[starts[2]] == 0 and px[starts[1]] == 0 and px4[starts[3]] == 0

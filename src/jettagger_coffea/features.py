@@ -81,17 +81,21 @@ def make_table(
     For NanoAOD, ``table.ids`` holds (event, jet index) of each row."""
     ids, links = None, None
     if is_nanoaod(data):
-        names = [v for g in config.inputs.values() for v in g.var_names]
-        chosen = load_preset(preset if preset is not None else guess_preset(names))
+        chosen = load_preset(preset if preset is not None else guess_preset(input_names(config)))
         links, ids = nano_columns(data, chosen, where, jets)
         base: RawColumns = links
     else:
         if jets is not None:
             raise JetTaggerError(f"{where}: a jet selection needs NanoAOD events")
         base = record_columns(data, where)
+    base.inputs = set(raw_columns(input_names(config), config, base.preset))
     table = Table(base, config.new_variables, where)
     table.ids, table.links, table.raw = ids, links, base
     return table
+
+
+def input_names(config: DataConfig) -> list[str]:
+    return [v for g in config.inputs.values() for v in g.var_names]
 
 
 def _standardise(values: np.ndarray, v: VarSpec) -> np.ndarray:
@@ -194,8 +198,7 @@ def _counted(table: Table, config: DataConfig) -> Callable[[str, np.ndarray], np
 def _jet_raw_replaced(table: Table, config: DataConfig, n_jets: int) -> np.ndarray:
     """Per jet, the raw values the inputs read that were replaced by 0: one count per value."""
     out = np.zeros(n_jets, dtype=np.int64)
-    names = [v for g in config.inputs.values() for v in g.var_names]
-    for m in _replaced_raw(table, config, names).values():
+    for m in _replaced_raw(table, config, input_names(config)).values():
         out += np.asarray(ak.to_numpy(ak.sum(m, axis=1) if m.ndim > 1 else m), dtype=np.int64)
     return out
 

@@ -262,17 +262,25 @@ class RawColumns:
     """The raw column getter of a source (``columns(name)``): values no file holds replaced by 0
     (:func:`replace_absurd`), and per raw column read so far where (:attr:`replaced`, a mask of the
     column's layout; only columns with a replaced value). ``preset``: how a NanoAOD source computes the
-    model's names (None for JetClass-layout records, whose branches are the names)."""
+    model's names (None for JetClass-layout records, whose branches are the names). ``inputs``: the raw
+    columns the model's inputs read (features.make_table sets them); others (observers, labels) are left
+    as the file has them. None: every raw column."""
 
     def __init__(self, get: Getter, preset: Preset | None = None) -> None:
         self._get, self.preset = get, preset
         self.replaced: dict[str, Any] = {}
+        self.inputs: set[str] | None = None
 
     def __call__(self, name: str) -> Any:
         return self._get(name)
 
+    def cleans(self, name: str) -> bool:
+        return self.inputs is None or name in self.inputs
+
     def clean(self, name: str, values: Any) -> Any:
         """``values`` of raw column ``name`` with the values no file holds replaced by 0, noted."""
+        if not self.cleans(name):
+            return values
         values, bad = replace_absurd(values)
         if bad is not None:
             self.replaced[name] = bad
@@ -372,14 +380,20 @@ class _Linked:
     over every row of the chunk: a broken file says so whichever jets are selected."""
 
     def __init__(
-        self, ev: Events, spec: CollectionSpec, jet_rows: np.ndarray, n_jets: np.ndarray, lookup: Getter
+        self,
+        ev: Events,
+        spec: CollectionSpec,
+        jet_rows: np.ndarray,
+        n_jets: np.ndarray,
+        lookup: Getter,
+        cleans: Callable[[str], bool] | None = None,
     ) -> None:
         if not ev.has(spec.link):
             raise JetTaggerError(
                 f"{ev.where}: no {spec.link} collection, which the model's {spec.name}_* "
                 f"inputs are read from (a PFNano file with {spec.link} is needed)"
             )
-        self.ev, self.spec, self._lookup = ev, spec, lookup
+        self.ev, self.spec, self._lookup, self._cleans = ev, spec, lookup, cleans
         n_link = ev.counts(spec.link)
         row_event = np.repeat(np.arange(len(n_link)), n_link)
         jidx = _flat(ev.get(spec.link, spec.jet_index)).astype(np.int64)
@@ -416,8 +430,11 @@ class _Linked:
         self._counts: np.ndarray | None = None
 
     def _file_flat(self, coll: str, field: str) -> tuple[np.ndarray, np.ndarray]:
-        """A branch's flat values, those no file holds replaced by 0 (:func:`replace_absurd`), and where."""
-        values, bad = replace_absurd(_flat(self.ev.get(coll, field)))
+        """A branch's flat values, those no file holds replaced by 0 (:func:`replace_absurd`) where the
+        column is one the inputs read (``cleans``), and where."""
+        values, bad = _flat(self.ev.get(coll, field)), None
+        if self._cleans is None or self._cleans(f"{self.spec.name}_{field}"):
+            values, bad = replace_absurd(values)
         return values, np.zeros(len(values), dtype=bool) if bad is None else bad
 
     def _raw_flat(self, field: str) -> tuple[np.ndarray, np.ndarray]:
@@ -521,7 +538,8 @@ def nano_columns(events: Any, preset: Preset, where: str, jets: Any = None) -> t
             return columns.clean(name, _flat(ev.get(preset.jets, field))[jet_rows])
         if prefix in preset.collections and field:
             if prefix not in linked:
-                linked[prefix] = _Linked(ev, preset.collections[prefix], jet_rows, n_jets, table_get)
+                spec = preset.collections[prefix]
+                linked[prefix] = _Linked(ev, spec, jet_rows, n_jets, table_get, columns.cleans)
             values, bad = linked[prefix].column(field)
             if bad is not None:
                 columns.replaced[name] = bad
