@@ -243,9 +243,9 @@ def _link_targets(colls) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _bad_values(colls):
-    """PFCands_d0 = NaN (-> part_d0), d0Err = inf and 1e33 (-> part_d0err, beyond 1e32) on three PFCands rows
-    inside FatJets; the same file with 0 there; and how many values that makes in the selected jets and in
-    all."""
+    """PFCands_d0 = NaN (-> part_d0), d0Err = inf and 1e33 (-> part_d0err; raw values beyond 1e10) on three
+    PFCands rows inside FatJets; the same file with 0 there; and how many values that makes in the selected
+    jets and in all."""
     target, selected = _link_targets(colls)
     rows = sorted({int(target[i]) for i in (0, 200, 400)})
     assert len(rows) == 3
@@ -257,6 +257,21 @@ def _bad_values(colls):
     zero["PFCands"]["d0Err"] = _with(colls["PFCands"]["d0Err"], rows[1:], [0.0, 0.0])
     hits = np.isin(target, rows)
     return bad, zero, (int((hits & selected).sum()), int(hits.sum()))
+
+
+def _raw_values(colls):
+    """PFCands_pt = 1e30 (beyond sources.RAW_LIMIT, yet log(1e30) = 69 is a finite model variable), 1e30,
+    NaN and inf on four PFCands rows inside selected FatJets; the same file with pT 0 there; and how many
+    values that makes in the selected jets and in all (pT feeds ten variables, each value counts once)."""
+    target, selected = _link_targets(colls)
+    rows = list(dict.fromkeys(int(t) for t in target[selected][::97]))[:4]
+    assert len(rows) == 4
+    raw = {c: dict(f) for c, f in colls.items()}
+    zero = {c: dict(f) for c, f in colls.items()}
+    raw["PFCands"]["pt"] = _with(colls["PFCands"]["pt"], rows, [1e30, 1e30, np.nan, np.inf])
+    zero["PFCands"]["pt"] = _with(colls["PFCands"]["pt"], rows, [0.0] * 4)
+    hits = np.isin(target, rows)
+    return raw, zero, (int((hits & selected).sum()), int(hits.sum()))
 
 
 def _broken_links(colls):
@@ -271,15 +286,17 @@ def _broken_links(colls):
 
 @pytest.fixture(scope="module")
 def hostile(tiny_bundle, tmp_path_factory):
-    """One ``jettagger run --pt-min 250`` over three datasets written from pfnano.root: ``clean`` (a copy),
-    ``bad`` (:func:`_bad_values`) and ``links`` (:func:`_broken_links`)."""
+    """One ``jettagger run --pt-min 250`` over four datasets written from pfnano.root: ``clean`` (a copy),
+    ``bad`` (:func:`_bad_values`), ``raw`` (:func:`_raw_values`) and ``links`` (:func:`_broken_links`)."""
     tmp = tmp_path_factory.mktemp("hostile")
     colls, scalars = _pfnano()
     bad, zero, (n_bad, n_bad_all) = _bad_values(colls)
+    raw, raw_zero, (n_raw, n_raw_all) = _raw_values(colls)
     broken, n_invalid = _broken_links(colls)
     files = {
         "clean": _write(tmp / "clean.root", colls, scalars),
         "bad": _write(tmp / "bad.root", bad, scalars),
+        "raw": _write(tmp / "raw.root", raw, scalars),
         "links": _write(tmp / "links.root", broken, scalars),
     }
     bundle = _bundle(tiny_bundle, tmp, "tiny")
@@ -291,8 +308,10 @@ def hostile(tiny_bundle, tmp_path_factory):
         "lines": lines,
         "files": files,
         "zero": _write(tmp / "zero.root", zero, scalars),
+        "raw_zero": _write(tmp / "raw_zero.root", raw_zero, scalars),
         "n_bad": n_bad,
         "n_bad_all": n_bad_all,
+        "n_raw": (n_raw, n_raw_all),
         "n_invalid": n_invalid,
     }
 
@@ -301,9 +320,9 @@ _STEPS = ("events", "fatjets", "selected_jets", "tagged_jets", "no_constituent_j
 
 
 def test_nonfinite_and_absurd_inputs_counted_and_replaced_by_zero(tiny_bundle, hostile):
-    """NaN, inf and 1e33 (beyond 1e32: CMSSW's catch_infs bound) input values: each replaced by 0 and
-    counted in `nonfinite_inputs` (per dataset, metrics.json and console); the scores are those of the
-    file with 0 there (part_d0err's centre is 0); the clean copy's cutflow lists the jets alone."""
+    """NaN, inf and 1e33 raw input values (beyond sources.RAW_LIMIT): each replaced by 0 and counted in
+    `nonfinite_inputs` (per dataset, metrics.json and console); the scores are those of the file with 0
+    there; the clean copy's cutflow lists the jets alone."""
     flow, expected = hostile["metrics"]["cutflow"], hostile["n_bad"]  # one value per linked candidate
     assert expected >= 3
     assert flow["bad"]["nonfinite_inputs"] == expected
@@ -317,6 +336,81 @@ def test_nonfinite_and_absurd_inputs_counted_and_replaced_by_zero(tiny_bundle, h
     want = tagger.score_jets(Events(uproot.open(hostile["zero"])["Events"], "zero"))
     np.testing.assert_array_equal(got.scores, want.scores)
     assert want.n_nonfinite == 0 and got.jet_nonfinite.sum() == got.n_nonfinite == hostile["n_bad_all"]
+
+
+def test_absurd_raw_values_read_as_zero_and_counted_once(tiny_bundle, hostile):
+    """PFCands_pt = 1e30 (its model variables part_px = 1e30 and log(pT) = 69 are below the 1e32 bound), NaN
+    and inf: each raw value is read as 0 and counted once in `nonfinite_inputs` (not again for the
+    log(0) = -inf it makes, nor per variable it feeds); the scores are finite and those of the file with pT 0
+    there (the candidate ordering included)."""
+    (expected, expected_all), flow = hostile["n_raw"], hostile["metrics"]["cutflow"]["raw"]
+    assert expected >= 4
+    assert flow["nonfinite_inputs"] == expected
+    assert hostile["lines"]["dataset raw"] == (
+        f"  dataset raw: {expected} input values NaN, inf or beyond 1e32 (replaced by 0)"
+    )
+    tagger = JetTagger(tiny_bundle)
+    got = tagger.score_jets(Events(uproot.open(hostile["files"]["raw"])["Events"], "raw"))
+    want = tagger.score_jets(Events(uproot.open(hostile["raw_zero"])["Events"], "zero"))
+    assert np.isfinite(got.scores).all() and (got.status == TAGGED).all()
+    np.testing.assert_array_equal(got.scores, want.scores)
+    assert got.jet_nonfinite.sum() == got.n_nonfinite == expected_all
+    assert want.n_nonfinite >= 2 * expected_all  # a file's real 0s: log(pT) and log(pT / jet pT) at least
+
+
+def test_raw_limit_replaces_only_what_no_file_holds():
+    """replace_absurd: NaN, +-inf and |x| > 1e10 -> 0 with their mask; 1e10, ints and clean columns kept as
+    they are (no mask); jagged columns keep their layout."""
+    from jettagger_coffea.sources import RAW_LIMIT, replace_absurd
+
+    assert RAW_LIMIT == 1e10
+    x = np.array([1.0, -np.inf, 1e10, -1.1e10, np.nan, 99968.0], np.float32)
+    out, bad = replace_absurd(x)
+    np.testing.assert_array_equal(out, [1.0, 0, 1e10, 0, 0, 99968.0])
+    assert out.dtype == np.float32 and bad.tolist() == [False, True, False, True, True, False]
+    for clean in (np.array([1e10, -3.0]), np.array([2**40, -1], np.int64)):
+        same, none = replace_absurd(clean)
+        assert same is clean and none is None
+    jagged, mask = replace_absurd(ak.Array([[1.0, 1e30], [], [np.inf]]))
+    assert jagged.tolist() == [[1.0, 0.0], [], [0.0]] and mask.tolist() == [[False, True], [], [True]]
+
+
+def test_raw_and_derived_replacements_counted_once_per_value_on_records():
+    """JetClass-layout records: raw NaN, inf and 1e30 (energy, px) count once each on their jet, whatever
+    the variables they feed (log E, log E/E_jet, px ...); a model variable beyond 1e32 computed from sane raw
+    values (px**4 of px = 1e9) is still replaced and counted, once. A column the inputs do not read (an
+    observer) is left as the file has it."""
+    from jettagger_coffea.dataconfig import DataConfig
+
+    config = DataConfig.from_dict(
+        {
+            "new_variables": {
+                "part_e_log": "np.log(part_energy)",
+                "part_logerel": "np.log(part_energy / jet_energy)",
+                "part_px4": "part_px ** 4",
+            },
+            "inputs": {
+                "pf": {
+                    "length": 128,
+                    "vars": [["part_e_log", 2, 0.7], ["part_logerel", -4.7, 0.7], ["part_px"], ["part_px4"]],
+                }
+            },
+        }
+    )
+    t = uproot.open(sample_path("qcd", "jetclass"))["tree"].arrays(entry_stop=4)
+    cols = {k: t[k] for k in ("part_energy", "part_px", "jet_energy")}
+    cols["jet_sdmass"] = ak.Array([np.nan, 1.0, 2.0, 3.0])
+    starts = np.r_[0, np.cumsum(ak.to_numpy(ak.num(cols["part_px"])))][:4]
+    e_rows = [starts[0], starts[0] + 1, starts[2]]
+    cols["part_energy"] = _with(cols["part_energy"], e_rows, [np.nan, np.inf, 1e30])
+    cols["part_px"] = _with(cols["part_px"], [starts[1], starts[3]], [1e30, 1e9])
+    table = make_table(cols, config)
+    std = standardise(table, config)
+    assert std.jet_nonfinite.tolist() == [2, 1, 1, 1] and std.n_nonfinite == 5
+    assert np.isnan(table["jet_sdmass"][0]) and set(table.raw.replaced) == {"part_energy", "part_px"}
+    assert all(np.isfinite(x).all() for values, _ in std.groups.values() for x in values)
+    (e_log, _, px, px4), _ = std.groups["pf"]
+    assert e_log[starts[0]] == e_log[starts[2]] == 0 and px[starts[1]] == 0 and px4[starts[3]] == 0
 
 
 # -- 3. link tables -----------------------------------------------------------------------------------

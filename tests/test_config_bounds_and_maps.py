@@ -186,6 +186,44 @@ def test_efficiency_maps_error_outside_the_filled_range_and_for_absent_classes(q
     )
 
 
+def test_efficiency_map_helper_names_the_classes_present_and_the_range(qcd_wqq_run):
+    """workingpoints.EfficiencyMap: correctionlib's values, with what correctionlib's own messages cannot
+    say: an absent truth class names the classes with a map, a value outside the measured range names the
+    class's range (JetTaggerError, one line); truth may be one name per jet."""
+    correctionlib = pytest.importorskip("correctionlib")
+    from jettagger_coffea.workingpoints import EfficiencyMap
+
+    _, _, wp = qcd_wqq_run
+    name = "WvsQCD_mistag1%_efficiency"
+    raw = correctionlib.CorrectionSet.from_file(str(wp))[name]
+    eff = EfficiencyMap(wp, name)
+    assert eff.classes == ("QCD", "Wqq")
+    for syst in ("nominal", "up", "down"):
+        assert eff.evaluate("Wqq", 550.0, 0.4, syst) == raw.evaluate("Wqq", 550.0, 0.4, syst)
+    with pytest.raises(JetTaggerError) as err:
+        eff.evaluate("Hbb", 550.0, 0.4)
+    assert str(err.value) == (
+        f"{name} ({wp}): no efficiency for truth class 'Hbb' (the run had no such jets); "
+        "the classes with one: QCD, Wqq"
+    )
+    with pytest.raises(JetTaggerError, match=r"truth class 'Hbb', 'Zqq' \(.*classes with one: QCD, Wqq$"):
+        eff.evaluate(np.array(["Wqq", "Zqq", "Hbb"]), [550.0] * 3, 0.4)
+    with pytest.raises(JetTaggerError) as err:
+        eff.evaluate("Wqq", 350.0, 0.4)
+    assert str(err.value) == (
+        f"{name} ({wp}): Wqq jets were measured only in pT 500-1000 GeV, |eta| 0-2 "
+        "(Index below bounds in MultiBinning for input argument 1 value: 350.000000)"
+    )
+    with pytest.raises(JetTaggerError, match=r"systematic 'nominl' is not one of nominal, up, down$"):
+        eff.evaluate("QCD", 550.0, 0.4, "nominl")
+    truth = np.array(["Wqq", "QCD", "Wqq"])
+    pt = np.array([550.0, 650.0, 750.0])
+    want = [raw.evaluate(t, p, 0.4, "nominal") for t, p in zip(truth, pt)]
+    np.testing.assert_array_equal(eff.evaluate(truth, pt, 0.4), want)
+    with pytest.raises(JetTaggerError, match=r"no efficiency map 'WvsQCD_mistag2%_efficiency' \(maps: .*1%"):
+        EfficiencyMap(wp, "WvsQCD_mistag2%_efficiency")
+
+
 def test_rejections_have_binomial_errors_and_are_null_below_ten_passing(qcd_wqq_run):
     out, stdout, _ = qcd_wqq_run
     m = json.loads((out / "metrics.json").read_text())

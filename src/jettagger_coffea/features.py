@@ -1,8 +1,13 @@
 """Variables -> standardise / clip -> pad: the one featurization path of inference, training and export.
 
-Standardisation runs in float32 as weaver does, then NaN and +-inf become 0 (and are counted). Values whose
-magnitude before standardisation is above :data:`ABSURD` (1e32, CMSSW's ``catch_infs`` bound) are treated
-the same way and counted with them: one counter, ``nonfinite_inputs``, of input values replaced by 0.
+Values no file holds are replaced by 0 and counted, in one counter, ``nonfinite_inputs``, per jet:
+
+* a raw value (a branch the inputs are computed from) that is NaN, +-inf or beyond
+  :data:`sources.RAW_LIMIT` (1e10) is read as 0 (:class:`sources.RawColumns`), as if the file held 0 there:
+  one count per replaced value, however many model variables it feeds;
+* a model variable that is NaN or +-inf after standardisation (float32, as weaver), or beyond
+  :data:`ABSURD` (1e32, CMSSW's ``catch_infs`` bound) before it, becomes 0: one count per value, except
+  where it is computed from a raw value already counted (log(0) of a replaced pT is not counted again).
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from .sources import (
     JET_COLLECTIONS,
     Events,
     Preset,
+    RawColumns,
     Table,
     guess_preset,
     is_tree,
     load_preset,
     nano_columns,
+    raw_columns,
     record_columns,
 )
 
@@ -37,7 +44,7 @@ class Features:
     inputs: dict[str, np.ndarray]  # group -> float32 [N, C, P]
     counts: np.ndarray  # real particles per jet (before truncation)
     length: int
-    n_nonfinite: int = 0  # NaN/inf values replaced by 0
+    n_nonfinite: int = 0  # values replaced by 0 (the module's rule: raw and model variables)
     labels: np.ndarray | None = None
     observers: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
@@ -74,17 +81,21 @@ def make_table(
     For NanoAOD, ``table.ids`` holds (event, jet index) of each row."""
     ids, links = None, None
     if is_nanoaod(data):
-        names = [v for g in config.inputs.values() for v in g.var_names]
-        chosen = load_preset(preset if preset is not None else guess_preset(names))
+        chosen = load_preset(preset if preset is not None else guess_preset(input_names(config)))
         links, ids = nano_columns(data, chosen, where, jets)
-        base: Callable[[str], Any] = links
+        base: RawColumns = links
     else:
         if jets is not None:
             raise JetTaggerError(f"{where}: a jet selection needs NanoAOD events")
         base = record_columns(data, where)
+    base.inputs = set(raw_columns(input_names(config), config, base.preset))
     table = Table(base, config.new_variables, where)
-    table.ids, table.links = ids, links
+    table.ids, table.links, table.raw = ids, links, base
     return table
+
+
+def input_names(config: DataConfig) -> list[str]:
+    return [v for g in config.inputs.values() for v in g.var_names]
 
 
 def _standardise(values: np.ndarray, v: VarSpec) -> np.ndarray:
@@ -115,12 +126,16 @@ def _flat(table: Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     return ak.to_numpy(ak.flatten(arr, axis=1)), ak.to_numpy(ak.num(arr, axis=1))
 
 
-def group_values(table: Table, group: InputGroup) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+def group_values(
+    table: Table, group: InputGroup, counted: Callable[[str, np.ndarray], np.ndarray] | None = None
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Standardised flat values of each variable of a group, their shared counts, and per jet the number
-    of values replaced by 0 (non-finite after standardisation, or beyond :data:`ABSURD` before it)."""
+    of values replaced by 0 (non-finite after standardisation, or beyond :data:`ABSURD` before it) that
+    ``counted(variable, counts)`` (:func:`_counted`) does not tell as computed from a raw value
+    already counted."""
     values: list[np.ndarray] = []
     counts: np.ndarray | None = None
-    replaced = []  # per variable: which values were replaced
+    replaced = []  # per variable: which values were replaced and are counted here
     for v in group.vars:
         flat, c = _flat(table, v.name)
         if counts is None:
@@ -136,7 +151,7 @@ def group_values(table: Table, group: InputGroup) -> tuple[list[np.ndarray], np.
             replace |= np.abs(flat) > ABSURD
         if replace.any():
             x = np.where(replace, np.float32(0), x)
-            replaced.append(replace)
+            replaced.append(replace if counted is None else replace & ~counted(v.name, c))
         values.append(x)
     assert counts is not None
     bad = np.zeros(len(counts), dtype=np.int64)
@@ -144,6 +159,48 @@ def group_values(table: Table, group: InputGroup) -> tuple[list[np.ndarray], np.
         jet_of = np.repeat(np.arange(len(counts)), counts)
         bad += np.bincount(jet_of, weights=np.sum(replaced, axis=0), minlength=len(counts)).astype(np.int64)
     return values, counts, bad
+
+
+def _replaced_raw(table: Table, config: DataConfig, names: list[str]) -> dict[str, Any]:
+    """Raw column -> mask of its values replaced by 0 (:class:`sources.RawColumns`), for the raw columns
+    (:func:`sources.raw_columns`: the selection and ordering of a collection included) that ``names`` are
+    computed from; a mask has the column's layout: the jets' selected rows."""
+    raw = table.raw
+    if raw is None:
+        return {}
+    out = {}
+    for name in raw_columns(names, config, raw.preset):
+        table[name]  # a selection / ordering column is read through the jets' rows here
+        if name in raw.replaced:
+            out[name] = raw.replaced[name]
+    return out
+
+
+def _counted(table: Table, config: DataConfig) -> Callable[[str, np.ndarray], np.ndarray]:
+    """``counted(variable, counts)``: which of a variable's flat values are computed from a raw value that
+    was replaced (the same particle's, or the jet's; any of the jet's where the variable's rows are not
+    the raw column's), so that their replacement is not counted a second time."""
+
+    def counted(name: str, counts: np.ndarray) -> np.ndarray:
+        done = np.zeros(int(counts.sum()), dtype=bool)
+        for m in _replaced_raw(table, config, [name]).values():
+            if m.ndim == 1:
+                done |= np.repeat(np.asarray(m, dtype=bool), counts)
+            elif np.array_equal(ak.to_numpy(ak.num(m, axis=1)), counts):
+                done |= ak.to_numpy(ak.flatten(m))
+            else:
+                done |= np.repeat(ak.to_numpy(ak.any(m, axis=1)), counts)
+        return done
+
+    return counted
+
+
+def _jet_raw_replaced(table: Table, config: DataConfig, n_jets: int) -> np.ndarray:
+    """Per jet, the raw values the inputs read that were replaced by 0: one count per value."""
+    out = np.zeros(n_jets, dtype=np.int64)
+    for m in _replaced_raw(table, config, input_names(config)).values():
+        out += np.asarray(ak.to_numpy(ak.sum(m, axis=1) if m.ndim > 1 else m), dtype=np.int64)
+    return out
 
 
 @dataclasses.dataclass
@@ -160,7 +217,7 @@ class Standardised:
     counts: np.ndarray  # real particles per jet
     n_nonfinite: int = 0
     labels: np.ndarray | None = None
-    #: per jet: input values replaced by 0 (non-finite, or beyond :data:`ABSURD`); sums to n_nonfinite
+    #: per jet: values replaced by 0 (raw, or model variables: the module's rule); sums to n_nonfinite
     jet_nonfinite: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -237,10 +294,13 @@ def standardise(table: Table, config: DataConfig, primary: str | None = None) ->
             f"{config.source}: preprocess: auto is not resolved; resolve it on training data"
         )
     groups, bad = {}, []
+    counted = _counted(table, config)
     for g in config.inputs.values():
-        values, counts, group_bad = group_values(table, g)
+        values, counts, group_bad = group_values(table, g, counted)
         groups[g.name] = (values, counts)
         bad.append(group_bad)
+    if bad:
+        bad.append(_jet_raw_replaced(table, config, len(bad[0])))
     if primary is None:
         sized = [n for n, g in config.inputs.items() if g.length is not None] or list(groups)
         primary = max(sized, key=lambda n: int(groups[n][1].sum()))

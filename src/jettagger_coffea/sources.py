@@ -231,6 +231,62 @@ def guess_preset(names: Any) -> str:
     return "cms-pfnano" if any(str(n).startswith(("pfcand_", "sv_")) for n in names) else "jetclass"
 
 
+# -- raw values no file holds ----------------------------------------------------------------------------
+#: a raw float value (a NanoAOD branch, a JetClass-ntuple branch) beyond this magnitude, NaN or +-inf is no
+#: measurement: it is replaced by 0 and counted (:class:`RawColumns`). No PF candidate, SV or jet quantity
+#: in GeV, cm, rad or a significance / chi2 comes near it: in the reference PFNano files every such branch
+#: is below ~2e3 (FatJet_pt 1752 GeV, significances ~1e3) but for the n2b1 / n3b1 sentinel 99968, beam
+#: energies are ~7e3 GeV and CMS is ~2e3 cm long; what does exceed it there is garbage (PFNano's
+#: Jet_DeepCSV_track* hold uninitialised ~1e32 for missing tracks). A value of 1e30 passes CMSSW's 1e32
+#: bound on the model variables (:data:`features.ABSURD`) as log(1e30) = 69: the bound is on the raw value.
+RAW_LIMIT = 1e10
+
+
+def replace_absurd(values: Any) -> tuple[Any, Any]:
+    """``values`` (numpy or awkward) with NaN, +-inf and values beyond :data:`RAW_LIMIT` replaced by 0, and
+    the boolean mask of those (None where there were none, or for non-float columns).
+
+    0, as if the file held 0 there: it is what CMSSW's ``catch_infs`` and weaver put in place of a
+    non-finite input, a neutral value for momenta, distances and weights alike, and it makes a hostile file
+    score exactly as the same file with 0 written there (selection and ordering of candidates included)."""
+    is_ak = isinstance(values, ak.Array)
+    flat = np.asarray(ak.to_numpy(ak.flatten(values, axis=None))) if is_ak else np.asarray(values)
+    if flat.dtype.kind != "f" or not len(flat) or (np.abs(flat) <= RAW_LIMIT).all():
+        return values, None
+    bad = ~(np.abs(values) <= RAW_LIMIT)
+    zero = flat.dtype.type(0)
+    return (ak.where(bad, zero, values) if is_ak else np.where(bad, zero, flat)), bad
+
+
+class RawColumns:
+    """The raw column getter of a source (``columns(name)``): values no file holds replaced by 0
+    (:func:`replace_absurd`), and per raw column read so far where (:attr:`replaced`, a mask of the
+    column's layout; only columns with a replaced value). ``preset``: how a NanoAOD source computes the
+    model's names (None for JetClass-layout records, whose branches are the names). ``inputs``: the raw
+    columns the model's inputs read (features.make_table sets them); others (observers, labels) are left
+    as the file has them. None: every raw column."""
+
+    def __init__(self, get: Getter, preset: Preset | None = None) -> None:
+        self._get, self.preset = get, preset
+        self.replaced: dict[str, Any] = {}
+        self.inputs: set[str] | None = None
+
+    def __call__(self, name: str) -> Any:
+        return self._get(name)
+
+    def cleans(self, name: str) -> bool:
+        return self.inputs is None or name in self.inputs
+
+    def clean(self, name: str, values: Any) -> Any:
+        """``values`` of raw column ``name`` with the values no file holds replaced by 0, noted."""
+        if not self.cleans(name):
+            return values
+        values, bad = replace_absurd(values)
+        if bad is not None:
+            self.replaced[name] = bad
+        return values
+
+
 # -- raw access to NanoAOD collections --------------------------------------------------------------------
 def is_tree(x: Any) -> bool:
     """An uproot TTree or RNTuple: NanoAOD is moving to RNTuple, and both are read field by field."""
@@ -324,14 +380,20 @@ class _Linked:
     over every row of the chunk: a broken file says so whichever jets are selected."""
 
     def __init__(
-        self, ev: Events, spec: CollectionSpec, jet_rows: np.ndarray, n_jets: np.ndarray, lookup: Getter
+        self,
+        ev: Events,
+        spec: CollectionSpec,
+        jet_rows: np.ndarray,
+        n_jets: np.ndarray,
+        lookup: Getter,
+        cleans: Callable[[str], bool] | None = None,
     ) -> None:
         if not ev.has(spec.link):
             raise JetTaggerError(
                 f"{ev.where}: no {spec.link} collection, which the model's {spec.name}_* "
                 f"inputs are read from (a PFNano file with {spec.link} is needed)"
             )
-        self.ev, self.spec, self._lookup = ev, spec, lookup
+        self.ev, self.spec, self._lookup, self._cleans = ev, spec, lookup, cleans
         n_link = ev.counts(spec.link)
         row_event = np.repeat(np.arange(len(n_link)), n_link)
         jidx = _flat(ev.get(spec.link, spec.jet_index)).astype(np.int64)
@@ -367,8 +429,17 @@ class _Linked:
         self._final: np.ndarray | None = None
         self._counts: np.ndarray | None = None
 
-    def _raw_flat(self, field: str) -> np.ndarray:
-        """A field for the kept rows (before selection/ordering)."""
+    def _file_flat(self, coll: str, field: str) -> tuple[np.ndarray, np.ndarray]:
+        """A branch's flat values, those no file holds replaced by 0 (:func:`replace_absurd`) where the
+        column is one the inputs read (``cleans``), and where."""
+        values, bad = _flat(self.ev.get(coll, field)), None
+        if self._cleans is None or self._cleans(f"{self.spec.name}_{field}"):
+            values, bad = replace_absurd(values)
+        return values, np.zeros(len(values), dtype=bool) if bad is None else bad
+
+    def _raw_flat(self, field: str) -> tuple[np.ndarray, np.ndarray]:
+        """A field for the kept rows (before selection/ordering), and which of its values were replaced by
+        0. A row whose target is missing is NaN (not replaced: presets test for it, e.g. ``vtx_eta``)."""
         ev, spec = self.ev, self.spec
         in_link = field in ev.fields(spec.link)
         in_target = (
@@ -376,17 +447,20 @@ class _Linked:
         )
         if in_target and not (in_link and spec.prefer == "link"):
             assert spec.target is not None and self._target_rows is not None
-            values = _flat(ev.get(spec.target, field))
+            values, bad = self._file_flat(spec.target, field)
             rows = self._target_rows
             fill = np.nan if values.dtype.kind == "f" else 0
             out = np.full(len(rows), fill, dtype=values.dtype)
+            out_bad = np.zeros(len(rows), dtype=bool)
             ok = rows >= 0
-            out[ok] = values[rows[ok]]
+            out[ok], out_bad[ok] = values[rows[ok]], bad[rows[ok]]
             if in_link and (~ok).any():  # a row whose target was dropped: the link still knows it
-                out[~ok] = _flat(ev.get(spec.link, field))[self._rows][~ok]
-            return out
+                link, link_bad = self._file_flat(spec.link, field)
+                out[~ok], out_bad[~ok] = link[self._rows][~ok], link_bad[self._rows][~ok]
+            return out, out_bad
         if in_link:
-            return _flat(ev.get(spec.link, field))[self._rows]
+            values, bad = self._file_flat(spec.link, field)
+            return values[self._rows], bad[self._rows]
         tables = spec.link if spec.target is None else f"{spec.link} or {spec.target}"
         raise JetTaggerError(
             f"{ev.where}: missing branch {spec.target or spec.link}_{field} (no field {field!r} in {tables})"
@@ -414,25 +488,25 @@ class _Linked:
 
         def get(name: str) -> Any:
             if name.startswith(prefix):
-                return ak.unflatten(self._raw_flat(name[len(prefix) :]), counts0)
+                return ak.unflatten(self._raw_flat(name[len(prefix) :])[0], counts0)
             return self._lookup(name)
 
         return get
 
-    def column(self, field: str) -> ak.Array:
+    def column(self, field: str) -> tuple[ak.Array, ak.Array | None]:
+        """A field of the jets' selected, ordered rows, and which values were replaced by 0 (None: none)."""
         idx, counts = self._structure()
-        return ak.unflatten(self._raw_flat(field)[idx], counts)
+        values, bad = self._raw_flat(field)
+        return ak.unflatten(values[idx], counts), ak.unflatten(bad[idx], counts) if bad[idx].any() else None
 
 
-class NanoColumns:
+class NanoColumns(RawColumns):
     """The column getter of a NanoAOD chunk's jets (``columns(name)``), which also tells the invalid rows
     of the link tables read so far (:meth:`invalid_link_rows`)."""
 
-    def __init__(self, get: Getter, linked: dict[str, _Linked], n_events: int) -> None:
-        self._get, self._linked, self.n_events = get, linked, n_events
-
-    def __call__(self, name: str) -> Any:
-        return self._get(name)
+    def __init__(self, get: Getter, linked: dict[str, _Linked], n_events: int, preset: Preset) -> None:
+        super().__init__(get, preset)
+        self._linked, self.n_events = linked, n_events
 
     def invalid_link_rows(self) -> dict[str, np.ndarray]:
         """Link table -> invalid rows per event (see :class:`_Linked`), for the tables read so far."""
@@ -461,11 +535,15 @@ def nano_columns(events: Any, preset: Preset, where: str, jets: Any = None) -> t
     def get(name: str) -> Any:
         prefix, _, field = name.partition("_")
         if prefix == "fj" and field:
-            return _flat(ev.get(preset.jets, field))[jet_rows]
+            return columns.clean(name, _flat(ev.get(preset.jets, field))[jet_rows])
         if prefix in preset.collections and field:
             if prefix not in linked:
-                linked[prefix] = _Linked(ev, preset.collections[prefix], jet_rows, n_jets, table_get)
-            return linked[prefix].column(field)
+                spec = preset.collections[prefix]
+                linked[prefix] = _Linked(ev, spec, jet_rows, n_jets, table_get, columns.cleans)
+            values, bad = linked[prefix].column(field)
+            if bad is not None:
+                columns.replaced[name] = bad
+            return values
         raise JetTaggerError(
             f"{where}: no source for variable {name!r} (preset {preset.name}: neither one of "
             f"its variables nor a raw column fj_*, " + ", ".join(f"{c}_*" for c in preset.collections) + ")"
@@ -476,13 +554,15 @@ def nano_columns(events: Any, preset: Preset, where: str, jets: Any = None) -> t
     def table_get(name: str) -> Any:
         return base[name]
 
-    return NanoColumns(table_get, linked, len(n_jets)), np.stack([event_of_jet, jet_index], axis=1)
+    columns = NanoColumns(table_get, linked, len(n_jets), preset)
+    return columns, np.stack([event_of_jet, jet_index], axis=1)
 
 
-def raw_columns(names: Iterable[str], config: Any, preset: Preset) -> list[str]:
+def raw_columns(names: Iterable[str], config: Any, preset: Preset | None) -> list[str]:
     """The raw columns (``fj_*``, ``<collection>_*``, or names with no source at all) that ``names`` are
     computed from, following the config's and the preset's expressions as the table evaluates them, and the
-    selection and ordering of every collection they read; in the order first met."""
+    selection and ordering of every collection they read; in the order first met. Without a preset
+    (JetClass-layout records): the branches the config's expressions read."""
     out: list[str] = []
     todo, seen = list(names), set()
     while todo:
@@ -490,12 +570,12 @@ def raw_columns(names: Iterable[str], config: Any, preset: Preset) -> list[str]:
         if name in seen:
             continue
         seen.add(name)
-        expr = config.new_variables.get(name) or preset.variables.get(name)
+        expr = config.new_variables.get(name) or (preset.variables.get(name) if preset else None)
         if expr is not None:
             todo.extend(sorted(expr.names))
             continue
         out.append(name)
-        c = preset.collections.get(name.partition("_")[0])
+        c = preset.collections.get(name.partition("_")[0]) if preset else None
         if c is not None:
             todo.extend(n for e in (c.select, c.order) if e is not None for n in sorted(e.names))
     return out
@@ -567,27 +647,19 @@ def _check_sources(where: str, config: Any, preset: Preset) -> None:
         )
 
 
-def record_columns(arrays: Any, where: str) -> Getter:
+def record_columns(arrays: Any, where: str) -> RawColumns:
     """Column getter for JetClass-layout records (awkward record array, dict of arrays, uproot TTree or
     RNTuple)."""
-    if is_tree(arrays):
-        tree = arrays
-        keys = set(tree.keys())
-
-        def get_tree(name: str) -> Any:
-            if name not in keys:
-                raise JetTaggerError(f"{where}: missing branch {name!r}")
-            return tree[name].array(library="ak")
-
-        return get_tree
-    fields = set(arrays.keys()) if isinstance(arrays, Mapping) else set(ak.fields(arrays))
+    tree = arrays if is_tree(arrays) else None
+    fields = set(arrays.keys()) if tree is not None or isinstance(arrays, Mapping) else set(ak.fields(arrays))
 
     def get(name: str) -> Any:
         if name not in fields:
             raise JetTaggerError(f"{where}: missing branch {name!r}")
-        return arrays[name]
+        return columns.clean(name, tree[name].array(library="ak") if tree is not None else arrays[name])
 
-    return get
+    columns = RawColumns(get)
+    return columns
 
 
 class Table(Mapping):
@@ -604,6 +676,7 @@ class Table(Mapping):
         self._stack: list[str] = []
         self.ids: np.ndarray | None = None  # (event, jet index) per row, for NanoAOD sources
         self.links: NanoColumns | None = None  # NanoAOD sources: what counts invalid link rows
+        self.raw: RawColumns | None = None  # the raw columns and their replaced values (make_table)
 
     def __getitem__(self, name: str) -> Any:
         if name in self._cache:

@@ -98,8 +98,9 @@ def _thresholds(name: str, wps: dict[str, dict[str, float]]) -> Any:
 def _efficiency_maps(name: str, wps: dict[str, dict[str, float]], h: Any) -> list[Any]:
     """One ``<disc>_<wp>_efficiency`` correction per discriminant and working point of the ``wp_pt``
     histogram ``h``, over the truth classes it has jets of (none: no correction). A truth class without
-    jets has no entry and no default: correctionlib raises for it, and the descriptions name the classes
-    there are (correctionlib's own message names only the value asked for)."""
+    jets has no entry and no default (a default would be a value measured on other jets): correctionlib
+    raises for it, and the descriptions name the classes there are — correctionlib's own message names only
+    the value asked for, whatever the layout; :class:`EfficiencyMap` checks first and names them."""
     import correctionlib.schemav2 as cs
 
     corrections = []
@@ -165,7 +166,11 @@ def _truth_efficiency(h: Any, d: str, w: str, t: str) -> tuple[Any, str] | None:
     item = cs.CategoryItem(
         key=str(t), value=cs.Category(nodetype="category", input="systematic", content=systs)
     )
-    return item, f"pT {pt[0]:g}-{pt[-1]:g} GeV, |eta| {eta[0]:g}-{eta[-1]:g}"
+    return item, _range_text(pt, eta)
+
+
+def _range_text(pt: Any, eta: Any) -> str:
+    return f"pT {pt[0]:g}-{pt[-1]:g} GeV, |eta| {eta[0]:g}-{eta[-1]:g}"
 
 
 def _fill_from_nearest(values: np.ndarray, filled: np.ndarray) -> np.ndarray:
@@ -185,19 +190,21 @@ def write_correction_set(path: str | Path, bundle: Any, hists: dict[str, Any] | 
     return path
 
 
+def _load(path: Path, where: str) -> tuple[Any, dict[str, Any]]:
+    """correctionlib's evaluator of a file and its JSON (one line naming ``where`` if it is not one)."""
+    import correctionlib
+
+    try:
+        return correctionlib.CorrectionSet.from_file(str(path)), json.loads(path.read_text())
+    except Exception as err:  # noqa: BLE001 - any failure: the file is not a correction set
+        raise JetTaggerError(f"{where}: not a correctionlib file ({type(err).__name__}: {err})") from None
+
+
 def read_thresholds(path: str | Path) -> dict[str, dict[str, float]]:
     """{discriminant: {wp: threshold}} from a correctionlib file written by :func:`write_correction_set`
     (checked by correctionlib itself)."""
-    import correctionlib
-
     path = Path(path)
-    try:
-        cset = correctionlib.CorrectionSet.from_file(str(path))
-        raw = json.loads(path.read_text())
-    except Exception as err:  # noqa: BLE001 - any failure: the file is not a correction set
-        raise JetTaggerError(
-            f"--working-points {path}: not a correctionlib file ({type(err).__name__}: {err})"
-        ) from None
+    cset, raw = _load(path, f"--working-points {path}")
     if WP_CORRECTION not in [c.get("name") for c in raw.get("corrections", [])]:
         raise JetTaggerError(f"--working-points {path}: no correction named {WP_CORRECTION!r}")
     node = next(c for c in raw["corrections"] if c["name"] == WP_CORRECTION)["data"]
@@ -209,3 +216,67 @@ def read_thresholds(path: str | Path) -> dict[str, dict[str, float]]:
         for w, t in wps.items():
             assert abs(cset[WP_CORRECTION].evaluate(d, w) - t) <= 1e-12 * max(1.0, abs(t))
     return out
+
+
+class EfficiencyMap:
+    """A ``<disc>_<wp>_efficiency`` map of a file written by :func:`write_correction_set`, evaluated by
+    correctionlib after the checks its messages cannot make: correctionlib's errors carry no text of the
+    file, only the value asked for ("Index not available in Category for input argument 0 val: Hbb"), so a
+    truth class without a map here names the classes that have one, and a pT or |eta| outside a class's
+    range with jets names that range (each a :class:`JetTaggerError`)."""
+
+    def __init__(self, path: str | Path, name: str) -> None:
+        path = Path(path)
+        cset, raw = _load(path, str(path))
+        corrections = raw.get("corrections", [])
+        maps = {c["name"]: c for c in corrections if str(c.get("name")).endswith("_efficiency")}
+        if name not in maps:
+            there = ", ".join(maps) or "none: written without --hists"
+            raise JetTaggerError(f"{path}: no efficiency map {name!r} (maps: {there})")
+        self.where, self._correction = f"{name} ({path})", cset[name]
+        #: truth class -> (systematics, range with jets)
+        self.maps = {
+            item["key"]: (
+                tuple(s["key"] for s in item["value"]["content"]),
+                _range_text(*item["value"]["content"][0]["value"]["edges"]),
+            )
+            for item in maps[name]["data"]["content"]
+        }
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The truth classes with a map (those the run had jets of)."""
+        return tuple(self.maps)
+
+    def evaluate(self, truth: Any, pt: Any, abseta: Any, systematic: str = "nominal") -> Any:
+        """The efficiency of jets of class ``truth`` (a name, or an array of names, one per jet, of pt's
+        shape) at ``pt``, ``abseta`` (numbers, numpy or awkward arrays, as correctionlib takes them)."""
+        if not isinstance(truth, str):
+            names = np.asarray(truth)
+            out = np.full(names.shape, np.nan)
+            pt, abseta = np.broadcast_arrays(np.asarray(pt, float), np.asarray(abseta, float))
+            for t in self._checked(np.unique(names), systematic):
+                sel = names == t
+                out[sel] = self.evaluate(str(t), pt[sel], abseta[sel], systematic)
+            return out
+        self._checked([truth], systematic)
+        try:
+            return self._correction.evaluate(truth, pt, abseta, systematic)
+        except RuntimeError as err:
+            raise JetTaggerError(
+                f"{self.where}: {truth} jets were measured only in {self.maps[truth][1]} ({err})"
+            ) from None
+
+    def _checked(self, classes: Any, systematic: str) -> Any:
+        absent = [str(t) for t in classes if str(t) not in self.maps]
+        if absent:
+            raise JetTaggerError(
+                f"{self.where}: no efficiency for truth class {', '.join(map(repr, absent))} (the run had no "
+                f"such jets); the classes with one: {', '.join(self.maps)}"
+            )
+        for t in classes:
+            if systematic not in self.maps[str(t)][0]:
+                raise JetTaggerError(
+                    f"{self.where}: systematic {systematic!r} is not one of {', '.join(self.maps[str(t)][0])}"
+                )
+        return classes
