@@ -18,6 +18,7 @@ import yaml
 
 from jettagger_coffea._errors import JetTaggerError
 from jettagger_coffea.backends import OnnxBackend, run_batched
+from jettagger_coffea.cli import NONFINITE_TEXT
 from jettagger_coffea.data import sample_path
 from jettagger_coffea.execution import run_fileset
 from jettagger_coffea.features import make_table, standardise
@@ -326,9 +327,7 @@ def test_nonfinite_and_absurd_inputs_counted_and_replaced_by_zero(tiny_bundle, h
     flow, expected = hostile["metrics"]["cutflow"], hostile["n_bad"]  # one value per linked candidate
     assert expected >= 3
     assert flow["bad"]["nonfinite_inputs"] == expected
-    assert hostile["lines"]["dataset bad"] == (
-        f"  dataset bad: {expected} input values NaN, inf or beyond 1e32 (replaced by 0)"
-    )
+    assert hostile["lines"]["dataset bad"] == (f"  dataset bad: {expected} {NONFINITE_TEXT}")
     assert set(flow["clean"]) == {f"{s}{w}" for s in _STEPS for w in ("", "_sumw")}
     assert "dataset clean" not in hostile["lines"]
     tagger = JetTagger(tiny_bundle)
@@ -346,9 +345,7 @@ def test_absurd_raw_values_read_as_zero_and_counted_once(tiny_bundle, hostile):
     (expected, expected_all), flow = hostile["n_raw"], hostile["metrics"]["cutflow"]["raw"]
     assert expected >= 4
     assert flow["nonfinite_inputs"] == expected
-    assert hostile["lines"]["dataset raw"] == (
-        f"  dataset raw: {expected} input values NaN, inf or beyond 1e32 (replaced by 0)"
-    )
+    assert hostile["lines"]["dataset raw"] == (f"  dataset raw: {expected} {NONFINITE_TEXT}")
     tagger = JetTagger(tiny_bundle)
     got = tagger.score_jets(Events(uproot.open(hostile["files"]["raw"])["Events"], "raw"))
     want = tagger.score_jets(Events(uproot.open(hostile["raw_zero"])["Events"], "zero"))
@@ -422,7 +419,7 @@ def test_invalid_link_rows_counted_per_table(hostile):
     assert flow["invalid_link_rows_FatJetPFCands"] == n_invalid
     assert flow["no_constituent_jets"] == 1 and flow["tagged_jets"] == 20
     assert hostile["lines"]["dataset links"] == (
-        f"  dataset links: {flow['nonfinite_inputs']} input values NaN, inf or beyond 1e32 (replaced by 0); "
+        f"  dataset links: {flow['nonfinite_inputs']} {NONFINITE_TEXT}; "
         f"{n_invalid} invalid FatJetPFCands rows (index out of range)"
     )
 

@@ -24,8 +24,9 @@ def cutflow(hists: dict[str, Any], scale: dict[str, float] | None = None) -> dic
     What went wrong is in the cutflow only where it happened, so that a clean dataset's cutflow lists the
     jets alone: ``invalid_score_jets`` (jets with constituents whose model output is not finite), and the
     counters of values and rows (raw counts only): ``nonfinite_inputs`` (input values NaN, +-inf or
-    beyond 1e32, replaced by 0) and ``invalid_link_rows_<link table>`` (link rows whose jet or target
-    index is out of range). Absent means zero."""
+    absurd — raw beyond 1e10, model variables beyond 1e32 — replaced by 0) and
+    ``invalid_link_rows_<link table>`` (link rows whose jet or target index is out of range). Absent means
+    zero."""
     out: dict[str, dict[str, float]] = {}
     counts = hists["counts"]
     for ds in counts.axes["dataset"]:

@@ -10,6 +10,11 @@ from collections.abc import Sequence
 
 from ._errors import JetTaggerError
 
+#: what the console says of ``nonfinite_inputs``
+NONFINITE_TEXT = (
+    "input values NaN, inf or absurd (raw beyond 1e10, model variables beyond 1e32; replaced by 0)"
+)
+
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate jets with Pythia 8 + FastJet and write ROOT files")
@@ -323,7 +328,7 @@ def _print_problems(where: str, counts: dict) -> None:
             "left out of the score histograms and metrics)"
         )
     if counts.get("nonfinite_inputs"):
-        parts.append(f"{counts['nonfinite_inputs']} input values NaN, inf or beyond 1e32 (replaced by 0)")
+        parts.append(f"{counts['nonfinite_inputs']} {NONFINITE_TEXT}")
     for key, n in counts.items():
         if key.startswith("invalid_link_rows_") and n:
             parts.append(f"{n} invalid {key[len('invalid_link_rows_') :]} rows (index out of range)")

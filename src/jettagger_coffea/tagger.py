@@ -44,7 +44,9 @@ class TagResult:
     scores: np.ndarray  # (N, K), NaN rows for jets without constituents and for invalid scores
     n_jets: int
     n_empty: int
-    n_nonfinite: int  # input values replaced by 0 (non-finite, or beyond features.ABSURD)
+    n_nonfinite: (
+        int  # values replaced by 0 (non-finite; raw beyond sources.RAW_LIMIT, variables beyond ABSURD)
+    )
     status: np.ndarray | None = None  # per jet: TAGGED, NO_CONSTITUENTS or INVALID_SCORE
     jet_nonfinite: np.ndarray | None = None  # per jet: input values replaced by 0
     event_of_jet: np.ndarray | None = None  # NanoAOD: the event (of the chunk) of each jet
