@@ -79,6 +79,16 @@ def test_a_worker_the_model_never_reached_names_it():
         _ = pickle.loads(blob).data
 
 
+def test_auto_runs_a_small_job_on_a_given_cluster():
+    """``--scheduler`` or a client: the job runs there, however small (it used to run on the client)."""
+    from jettagger_coffea.execution import Execution
+
+    assert Execution("auto").resolved(100).executor == "iterative"
+    assert Execution("auto", scheduler="tcp://127.0.0.1:8786").resolved(100).executor == "dask"
+    assert Execution("auto", client=object()).resolved(100).executor == "dask"
+    assert Execution("auto", workers=1).resolved(10**6).executor == "iterative"
+
+
 # -- a real external cluster reading over XRootD -----------------------------------------------------------
 @pytest.fixture(scope="module")
 def client_area(tmp_path_factory):
