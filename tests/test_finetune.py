@@ -99,6 +99,7 @@ def test_resume_with_frozen_and_multiplied_layers_is_exact(tmp_path):
     """A run with frozen and lr-multiplied parameters stopped mid-pass and resumed == the run in one go, bit
     for bit; a resume with other groups is refused."""
     kw = {"epochs": 2, "batch_size": 64, "lr": 3e-3, "seed": 3, "progress": False, "max_train_jets": 640}
+    kw |= {"optimizer": "ranger"}  # Lookahead: its slow weights per group
     kw |= {"network_options": SMALL_PFN, "freeze": ["mod.phi.0.*"], "lr_mult": [("mod.out.*", 20.0)]}
     one = train(KIN5, "pfn", FILES, tmp_path / "one", **kw)
     cut = train(KIN5, "pfn", FILES, tmp_path / "cut", stop_after_jets=400, **kw)

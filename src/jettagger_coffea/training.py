@@ -41,10 +41,12 @@ class Lookahead(torch.optim.Optimizer):
 
     def __init__(self, inner: torch.optim.Optimizer, k: int = 6, alpha: float = 0.5) -> None:
         self.inner, self.k, self.alpha, self._step = inner, k, alpha, 0
-        self.param_groups = inner.param_groups
         self.defaults = inner.defaults
-        self.state = inner.state
         self.slow = [[p.detach().clone() for p in g["params"]] for g in inner.param_groups]
+
+    # the inner optimiser's, looked up each time: its load_state_dict replaces its lists
+    param_groups = property(lambda self: self.inner.param_groups)  # type: ignore[assignment]
+    state = property(lambda self: self.inner.state)  # type: ignore[assignment]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner.zero_grad(set_to_none=set_to_none)
