@@ -69,6 +69,34 @@ case " $ONLY " in *" curves "*)  # two runs at a time, one thread each (as fast 
   python models/learning_curves.py --runs "$OUT/curve"
   [ $unfinished = 0 ] || exit 75;;  # run again to go on
 esac
+# ONLY=finetune (not in the default; ~1.5-2 h on the 2 cores at FT_JETS=50000, both runs at once): the official
+# JetClass ParticleNet (kin inputs, 10 classes; ../shared/reference/weights) fine-tuned on our 5 classes with a
+# new head at 50 x lr (the ParT repository's recipe), against the same network from scratch on the same jets;
+# one pass each with a learning curve, so the two compare at every count of distinct jets. The fine-tuned
+# bundle's card says what it started from (init: path, sha256, the head's tensors not loaded).
+case " $ONLY " in *" finetune "*)
+  FT_WEIGHTS=${FT_WEIGHTS:-../shared/reference/weights/ParticleNet_kin.pt}
+  FT_JETS=${FT_JETS:-50000}
+  ft() {  # name lr [extra train options]: one pass over FT_JETS distinct jets (shards 0..CURVE_SHARDS-1)
+    $J train --data-config $CFG/jetclass5_kin.yaml --network particlenet --train $CURVE_TRAIN \
+      --output "$OUT/finetune/$1" --epochs 1 --max-train-jets "$FT_JETS" --max-val-jets 10000 --curve-points 8 \
+      --batch-size 128 --lr "$2" --threads 1 --resume "${@:3}"
+  }
+  { ft particlenet-kin-ft 2e-4 --init "$FT_WEIGHTS" --lr-mult 'mod.fc.*=50'; } &
+  { ft particlenet-kin-scratch 2e-3; } &
+  wait
+  for m in particlenet-kin-ft particlenet-kin-scratch; do
+    if [ ! -f "$OUT/finetune/$m/best_state.pt" ] || grep -q '"interrupted"' "$OUT/finetune/$m/summary.json"; then
+      exit 75  # not done: run again to go on
+    fi
+  done
+  $J export "$OUT/finetune/particlenet-kin-ft" --output models/particlenet-kin-ft --name particlenet-kin-ft \
+    --reference $TEST --card "$CURVE_CARD"
+  # the scratch run is compared, not shipped: the same test-set metrics in a bundle under $OUT
+  $J export "$OUT/finetune/particlenet-kin-scratch" --output "$OUT/finetune/particlenet-kin-scratch-bundle" \
+    --name particlenet-kin-scratch --reference $TEST --card "$CURVE_CARD"
+  python models/learning_curves.py --runs "$OUT/finetune" --figure docs/figures/finetune_curves.png;;
+esac
 case " $ONLY " in *" r10 "*) ;; *) exit 0;; esac
 
 # seed-1 style W / Z vs QCD on R = 1.0 jets

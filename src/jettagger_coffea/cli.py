@@ -154,7 +154,29 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--trim", action="store_true", help="weaver's random sequence trimming")
     p.add_argument("--resume", action="store_true", help="continue from <output>/last.pt")
-    p.add_argument("--init", default=None, help="warm start from these weights (a bundle's model.pt)")
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="WEIGHTS",
+        help="start from these weights (a bundle's model.pt, a weaver .pt); where only the class count "
+        "differs, a new head (the tensors not loaded are named)",
+    )
+    p.add_argument(
+        "--freeze",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="keep the parameters whose names match this fnmatch pattern fixed (repeatable; "
+        "'mod.edge_convs.0.*')",
+    )
+    p.add_argument(
+        "--lr-mult",
+        action="append",
+        default=[],
+        metavar="PATTERN=FACTOR",
+        help="learning rate x FACTOR (0 < FACTOR <= 1000) for the parameters matching PATTERN (repeatable; "
+        "'mod.fc.*=50')",
+    )
     p.add_argument("--stop-after", type=int, default=None, help="stop after this many epochs (resume later)")
     p.add_argument(
         "--stop-after-jets",
@@ -194,6 +216,8 @@ def _run_train(args: argparse.Namespace) -> int:
         trim=args.trim,
         resume=args.resume,
         init=args.init,
+        freeze=args.freeze,
+        lr_mult=[_lr_mult(x) for x in args.lr_mult],
         threads=args.threads,
         max_train_jets=args.max_train_jets,
         max_val_jets=args.max_val_jets,
@@ -210,6 +234,17 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"stopped in epoch {cut['epoch']} after {cut['jets']} jets; go on with --resume")
         return 75
     return 0
+
+
+def _lr_mult(text: str) -> tuple[str, float]:
+    """One ``--lr-mult PATTERN=FACTOR`` (the factor's bounds are the library's)."""
+    pattern, _, factor = text.rpartition("=")
+    try:
+        if pattern:
+            return pattern, float(factor)
+    except ValueError:
+        pass
+    raise JetTaggerError(f"--lr-mult {text!r}: expected PATTERN=FACTOR, e.g. 'mod.fc.*=50'")
 
 
 def _add_export(sub) -> None:

@@ -5,13 +5,15 @@ validation loss, resumable. Uses the same featurization, padding and batching as
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import hashlib
 import json
 import logging
 import math
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +27,8 @@ from .dataconfig import DataConfig
 from .features import Standardised
 from .inputs import default_inputs
 from .jetfiles import load_jets
-from .nn import build_for, load_state
+from .nn import build_for
+from .nn.model import load_pretrained
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -38,10 +41,12 @@ class Lookahead(torch.optim.Optimizer):
 
     def __init__(self, inner: torch.optim.Optimizer, k: int = 6, alpha: float = 0.5) -> None:
         self.inner, self.k, self.alpha, self._step = inner, k, alpha, 0
-        self.param_groups = inner.param_groups
         self.defaults = inner.defaults
-        self.state = inner.state
         self.slow = [[p.detach().clone() for p in g["params"]] for g in inner.param_groups]
+
+    # the inner optimiser's, looked up each time: its load_state_dict replaces its lists
+    param_groups = property(lambda self: self.inner.param_groups)  # type: ignore[assignment]
+    state = property(lambda self: self.inner.state)  # type: ignore[assignment]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner.zero_grad(set_to_none=set_to_none)
@@ -163,6 +168,8 @@ class TrainSettings:
     stop_after_jets: int | None = None  #: stop this run after this many jets, mid-pass (resume later)
     checkpoint_minutes: float = 10.0  #: a resumable mid-pass checkpoint at least this often
     trim: bool = False  #: weaver's random trimming of the padded length
+    freeze: tuple[str, ...] = ()  #: fnmatch patterns of parameter names kept fixed (not in the optimiser)
+    lr_mult: tuple[tuple[str, float], ...] = ()  #: (fnmatch pattern, factor): those parameters at lr x factor
     threads: int | None = None
     device: str | None = None
 
@@ -183,7 +190,10 @@ def train(
 ) -> dict[str, Any]:
     """Train ``network`` on ``train_files``; returns the summary (also in ``output/summary.json``).
 
-    ``overrides`` are :class:`TrainSettings` fields (``epochs=4``, ``lr=3e-3``, ...)."""
+    ``init``: start from these weights (a weaver checkpoint, a run's ``best_state.pt``; fine-tuning: where
+    only the class count differs the head is new, see :func:`~jettagger_coffea.nn.model.load_pretrained`).
+    ``overrides`` are :class:`TrainSettings` fields (``epochs=4``, ``lr=3e-3``,
+    ``freeze=["mod.edge_convs.0.*"]``, ``lr_mult={"mod.fc.*": 50}``, ...)."""
     s = _settings(settings, overrides)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -193,34 +203,104 @@ def train(
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
     config = _config(config_path, train_files)
-    inputs = _run_inputs(network, train_files, val_files, s)
+    inputs = _run_inputs(network, train_files, val_files, s, init)
     state = _last_state(output, inputs) if resume else None
+    model = build_for(network, config, default_inputs(config), **(network_options or {})).to(device)
+    started = _warm_start(model, init, inputs["init"], len(config.class_names)) if init is not None else None
+    groups = param_groups(model, s.lr, s.freeze, s.lr_mult)  # checked before any jet is read
     config.dump_yaml(output / "data_config.yaml")
     train_set, val_set = _datasets(config, train_files, val_files, s, rng)
     inputs["n_train"] = len(train_set)
     if state is not None:
         _check_resume(output, inputs, state)
-    model = build_for(network, config, default_inputs(config), **(network_options or {}))
-    if init is not None:  # warm start: weights of an earlier run of the same network (strict)
-        load_state(model, init)
-    run = _Run.start(model.to(device), s, device, len(train_set), output, inputs, progress)
+    run = _Run.start(model, groups, s, device, len(train_set), output, inputs, progress)
     start_epoch, partial = run.restore(state)
     curve = None  # the first pass only: a resumed run keeps the curve it has
     if s.curve_points and start_epoch == 0:
         done = partial["jets"] if partial else 0
         curve = _Curve(output / "curve.jsonl", val_set, s, len(train_set), device, done)
     row = run.passes(train_set, val_set, start_epoch, partial, curve)
-    summary = _summary(run, config, network_options or {}, init, row, len(val_set))
+    summary = _summary(run, config, network_options or {}, started, row, len(val_set))
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def _settings(settings: TrainSettings | None, overrides: dict[str, Any]) -> TrainSettings:
+    """The settings with ``overrides``; ``freeze`` as a tuple, ``lr_mult`` (a mapping or pairs) as checked
+    (pattern, factor) pairs."""
     try:
-        return dataclasses.replace(settings or TrainSettings(), **overrides)
+        s = dataclasses.replace(settings or TrainSettings(), **overrides)
     except TypeError:
         allowed = ", ".join(f.name for f in dataclasses.fields(TrainSettings))
         raise JetTaggerError(f"unknown training option in {sorted(overrides)}; allowed: {allowed}") from None
+    given: dict[str, Any] = {"lr_mult": s.lr_mult, "freeze": s.freeze}  # as the caller gave them
+    pairs = given["lr_mult"].items() if isinstance(given["lr_mult"], Mapping) else given["lr_mult"]
+    lr_mult = tuple((str(k), float(f)) for k, f in pairs)
+    for pattern, f in lr_mult:
+        if not 0 < f <= MAX_LR_MULT:  # also NaN
+            raise JetTaggerError(f"--lr-mult {pattern}={f:g}: the factor must be > 0 and <= {MAX_LR_MULT:g}")
+    freeze = (given["freeze"],) if isinstance(given["freeze"], str) else tuple(map(str, given["freeze"]))
+    return dataclasses.replace(s, freeze=freeze, lr_mult=lr_mult)
+
+
+MAX_LR_MULT = 1000.0  #: the largest --lr-mult factor (ParT's fine-tuning uses 50 on the new head)
+
+
+def param_groups(
+    model: torch.nn.Module, lr: float, freeze: Sequence[str], lr_mult: Sequence[tuple[str, float]]
+) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: parameters matched by a ``freeze`` pattern get no gradient and stay
+    out; those matched by an ``lr_mult`` pattern form a group at ``lr`` x factor (``mult``: the schedule
+    scales every group alike); the rest one group at ``lr``. Patterns are :func:`fnmatch.fnmatchcase`
+    patterns over ``named_parameters`` names (``mod.fc.*``); one that matches nothing, or a parameter two
+    patterns match, is an error naming them."""
+    names = [n for n, _ in model.named_parameters()]
+    owner: dict[str, str] = {}
+    rules = [("--freeze", p, 0.0) for p in freeze] + [("--lr-mult", p, f) for p, f in lr_mult]
+    for option, pattern, _ in rules:
+        hit = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hit:
+            raise JetTaggerError(
+                f"{option} {pattern!r} matches no parameter (fnmatch over names like {names[0]}, {names[-1]})"
+            )
+        for n in hit:
+            if n in owner:
+                raise JetTaggerError(f"{n} is matched by both {owner[n]} and {option} {pattern!r}; give one")
+            owner[n] = f"{option} {pattern!r}"
+    params = dict(model.named_parameters())
+    base = [n for n in names if n not in owner]
+    groups = [{"params": [params[n] for n in base], "lr": lr, "mult": 1.0}] if base else []
+    for option, pattern, f in rules:
+        mine = [n for n in names if owner.get(n) == f"{option} {pattern!r}"]
+        if option == "--freeze":
+            for n in mine:
+                params[n].requires_grad_(False)
+        else:
+            groups.append({"params": [params[n] for n in mine], "lr": lr * f, "mult": f})
+    if not groups:
+        raise JetTaggerError("--freeze: every parameter is frozen; nothing is left to train")
+    return groups
+
+
+def _file_sha256(path: str | Path) -> str:
+    """The hex SHA-256 of a weights file (the card's record of what a run started from)."""
+    if not Path(path).is_file():
+        raise JetTaggerError(f"--init: no such file {path}")
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _warm_start(model: torch.nn.Module, init: str | Path, sha256: str, num_classes: int) -> dict[str, Any]:
+    """Load ``init`` (:func:`~jettagger_coffea.nn.model.load_pretrained`: a new head where only the class
+    count differs, said in one line); the record that goes into the summary and the card."""
+    misfit = load_pretrained(model, init, num_classes)  # type: ignore[arg-type]
+    if misfit:
+        shapes = ", ".join(f"{k} {tuple(a)} -> {tuple(b)}" for k, (a, b) in misfit.items())
+        log.warning("--init %s: new head, not loaded (shape in the checkpoint -> here): %s", init, shapes)
+    return {"path": str(init), "sha256": sha256, "not_loaded": list(misfit)}
 
 
 def _config(config_path: str | Path, train_files: Sequence[str | Path]) -> DataConfig:
@@ -235,7 +315,7 @@ def _config(config_path: str | Path, train_files: Sequence[str | Path]) -> DataC
 
 
 def _summary(
-    run: _Run, config: DataConfig, network_options: dict, init: str | Path | None, row: dict, n_val: int
+    run: _Run, config: DataConfig, network_options: dict, init: dict | None, row: dict, n_val: int
 ) -> dict[str, Any]:
     """summary.json: the epochs run and the best one, the settings, the jets and the network."""
     s, history, inputs = run.s, run.history, run.inputs
@@ -256,12 +336,17 @@ def _summary(
         "train_files": inputs["train_files"],
         "val_files": inputs["val_files"],
         "parameters": sum(p.numel() for p in run.model.parameters()),
-        **({"init": str(init)} if init is not None else {}),
+        "trainable_parameters": sum(p.numel() for p in run.model.parameters() if p.requires_grad),
+        **({"init": init} if init is not None else {}),
     }
 
 
 def _run_inputs(
-    network: str, train_files: Sequence[str | Path], val_files: Sequence[str | Path], s: TrainSettings
+    network: str,
+    train_files: Sequence[str | Path],
+    val_files: Sequence[str | Path],
+    s: TrainSettings,
+    init: str | Path | None,
 ) -> dict[str, Any]:
     """What a resumed run must share with the run it continues, or its batches are other jets (``n_train``
     is added once the jets are read)."""
@@ -271,6 +356,9 @@ def _run_inputs(
         "train_files": [str(f) for f in train_files],
         "val_files": [str(f) for f in val_files],
         **{k: getattr(s, k) for k in kept},
+        "init": None if init is None else _file_sha256(init),  # the weights' identity, not their path
+        "freeze": list(s.freeze),  # the parameter groups of the optimiser state
+        "lr_mult": [list(x) for x in s.lr_mult],
     }
 
 
@@ -403,11 +491,20 @@ class _Run:
 
     @classmethod
     def start(
-        cls, model, s: TrainSettings, device: str, n_train: int, output: Path, inputs: dict, progress: bool
+        cls,
+        model,
+        groups: list[dict[str, Any]],
+        s: TrainSettings,
+        device: str,
+        n_train: int,
+        output: Path,
+        inputs: dict,
+        progress: bool,
     ) -> _Run:
-        """The optimiser, the LR schedule planned over all epochs (shortened to fit ``max_minutes`` once
-        steps are timed) and AMP's loss scaler."""
-        opt = make_optimizer(model.parameters(), s.optimizer, s.lr, s.weight_decay)
+        """The optimiser over ``groups`` (:func:`param_groups`), the LR schedule planned over all epochs
+        (shortened to fit ``max_minutes`` once steps are timed; every group scaled alike) and AMP's loss
+        scaler."""
+        opt = make_optimizer(groups, s.optimizer, s.lr, s.weight_decay)
         plan = [math.ceil(n_train / s.batch_size) * s.epochs]
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt.inner if isinstance(opt, Lookahead) else opt, lambda step: lr_factor(step, plan[0])
@@ -415,6 +512,11 @@ class _Run:
         scaler = torch.amp.GradScaler(enabled=device == "cuda")
         clock = _Clock(s.max_minutes, plan)
         return cls(model, opt, sched, scaler, s, device, plan, clock, output, inputs, progress)
+
+    def lr(self) -> float:
+        """The learning rate now, of the parameters without a ``--lr-mult``."""
+        group = self.opt.param_groups[0]
+        return float(group["lr"]) / group.get("mult", 1.0)
 
     @property
     def parts(self) -> dict[str, Any]:
@@ -456,8 +558,7 @@ class _Run:
                     log.info("stopped in epoch %d after %d jets: resume with --resume", epoch, row["jets"])
                     break
                 vl, va = evaluate_loss(self.model, val_set, 2 * s.batch_size, self.device)
-                lr = self.sched.get_last_lr()[0]
-                row |= {"val_loss": vl, "val_acc": va, "lr": lr, "seconds": self.clock.elapsed()}
+                row |= {"val_loss": vl, "val_acc": va, "lr": self.lr(), "seconds": self.clock.elapsed()}
                 self.history.append(row)
                 log.info("epoch %d: %s", epoch, row)
                 self.checkpoint()
@@ -501,7 +602,7 @@ class _Run:
             self.clock.replan(self.sched.last_epoch)
             over = self.clock.over()
             if probe is not None:
-                probe(self.model, tn, float(self.sched.get_last_lr()[0]), last=over or tn == len(train_set))
+                probe(self.model, tn, self.lr(), last=over or tn == len(train_set))
             if over:
                 break
             if self.stop is not None and tn < len(train_set):
@@ -649,7 +750,8 @@ def export(
 
 
 def _card(s: dict[str, Any], name: str, discriminants: dict) -> dict[str, Any]:
-    """The model card of a training run (its summary ``s``): network, discriminants, provenance."""
+    """The model card of a training run (its summary ``s``): network, discriminants, provenance and, for a
+    warm start, ``init`` (the weights' path, SHA-256 and the tensors not loaded: a new head)."""
     best = next(r for r in s["history"] if r["epoch"] == s["best_epoch"])
     return {
         "name": name,
@@ -670,8 +772,19 @@ def _card(s: dict[str, Any], name: str, discriminants: dict) -> dict[str, Any]:
             "lr": s["lr"],
             "batch_size": s["batch_size"],
             "parameters": s["parameters"],
+            **_fine_tuning(s),
         },
+        **({"init": s["init"]} if s.get("init") else {}),  # what the run started from
     }
+
+
+def _fine_tuning(s: dict[str, Any]) -> dict[str, Any]:
+    """The card's record of frozen and lr-multiplied parameters (none: nothing)."""
+    settings = s.get("settings", {})
+    out = {k: settings[k] for k in ("freeze", "lr_mult") if settings.get(k)}
+    if out:
+        out["trainable_parameters"] = s["trainable_parameters"]
+    return out
 
 
 def _add_working_points(bundle: Bundle, reference_files: Sequence[str | Path], discriminants: dict) -> None:

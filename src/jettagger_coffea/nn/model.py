@@ -108,9 +108,9 @@ def build_for(network: str, config: DataConfig, inputs: Mapping[str, InputSpec],
     return build(network, list(config.input_names), dims, len(config.class_names), roles=roles, **options)
 
 
-def load_state(model: Tagger, path: str | Path | BinaryIO, *, name: str | None = None) -> None:
-    """Load a weaver (``mod.``-prefixed) or our own checkpoint strictly, never unpickling code; ``path``
-    may be an open file of the checkpoint's bytes (then ``name`` names it in errors)."""
+def read_state(path: str | Path | BinaryIO, *, name: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a weaver (``mod.``-prefixed) or our own checkpoint (a state dict, or a last.pt's
+    ``model``), never unpickling code, named as the :class:`Tagger`'s ``state_dict`` names them."""
     name = name or str(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -118,9 +118,60 @@ def load_state(model: Tagger, path: str | Path | BinaryIO, *, name: str | None =
         raise JetTaggerError(f"cannot load checkpoint {name}: {type(err).__name__}: {err}") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise JetTaggerError(f"checkpoint {name} is not a state dict (names -> tensors)")
     if not any(k.startswith("mod.") for k in state):
         state = {f"mod.{k}": v for k, v in state.items()}
+    return state
+
+
+def load_state(model: Tagger, path: str | Path | BinaryIO, *, name: str | None = None) -> None:
+    """Load a checkpoint (:func:`read_state`) strictly; ``path`` may be an open file of the checkpoint's
+    bytes (then ``name`` names it in errors)."""
+    name = name or str(path)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(read_state(path, name=name), strict=True)
     except RuntimeError as err:
         raise JetTaggerError(f"checkpoint {name} does not fit this network: {err}") from None
+
+
+def head_names(model: nn.Module, num_classes: int) -> list[str]:
+    """The parameters of the classifier head: every ``nn.Linear`` with ``num_classes`` outputs (the layer
+    that makes the logits; no network has another that narrow)."""
+    return [
+        f"{prefix}.{p}" if prefix else p
+        for prefix, mod in model.named_modules()
+        if isinstance(mod, nn.Linear) and mod.out_features == num_classes
+        for p, _ in mod.named_parameters(recurse=False)
+    ]
+
+
+def load_pretrained(
+    model: Tagger, path: str | Path, num_classes: int, *, name: str | None = None
+) -> dict[str, tuple[list[int], list[int]]]:
+    """Load a checkpoint for fine-tuning: strictly where every tensor fits; where only the classifier head's
+    shapes differ (another class count), every other tensor, the head staying as built (freshly
+    initialised). Returns the tensors not loaded, each with (checkpoint shape, network shape); any other
+    misfit (a missing or extra tensor, another width) is an error naming the tensor."""
+    name = name or str(path)
+    state, own = read_state(path, name=name), model.state_dict()
+    common = [k for k in own if k in state]
+    misfit = {k: (list(state[k].shape), list(own[k].shape)) for k in common if state[k].shape != own[k].shape}
+    head = set(head_names(model, num_classes))
+    other = [k for k in misfit if k not in head or misfit[k][0][1:] != misfit[k][1][1:]]
+    if other:
+        k = other[0]
+        raise JetTaggerError(
+            f"checkpoint {name} does not fit this network: {k} is {tuple(misfit[k][0])} there, "
+            f"{tuple(misfit[k][1])} here (only the classifier head may differ: {sorted(head)})"
+        )
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    for what, keys in (("has no tensor", missing), ("has a tensor the network lacks:", extra)):
+        if keys:
+            raise JetTaggerError(
+                f"checkpoint {name} does not fit this network: it {what} {keys[0]}"
+                + (f" (and {len(keys) - 1} more)" if len(keys) > 1 else "")
+            )
+    model.load_state_dict({k: v for k, v in state.items() if k not in misfit}, strict=False)
+    return misfit
