@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 
 import awkward as ak
-import hist
-import numpy as np
 import pytest
 import uproot
 
@@ -28,6 +26,7 @@ from jettagger_coffea.execution import run_fileset
 from jettagger_coffea.outputs import claim_output
 from jettagger_coffea.processor import Selection, TaggerProcessor
 
+from .compare import same_hists
 from .conftest import SHARED, run_cli, shared_file
 
 PFNANO = SHARED / "reference" / "nanoaod" / "pfnano.root"
@@ -353,17 +352,6 @@ def test_predict_replaces_its_file_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["jets.parquet"]  # no partial file, no lock
 
 
-def _values(h) -> dict:
-    """{category labels: values with flow}: growth axes fill in arrival order, which differs by executor."""
-    cats = [ax for ax in h.axes if isinstance(ax, hist.axis.StrCategory)]
-    out = {}
-    for combo in np.ndindex(*[len(ax) for ax in cats]):
-        labels = tuple(ax[i] for ax, i in zip(cats, combo, strict=True))
-        sel = {ax.name: hist.loc(lab) for ax, lab in zip(cats, labels, strict=True)}
-        out[labels] = h[sel].view(flow=True)
-    return out
-
-
 @pytest.mark.slow
 def test_dask_awkward_from_the_cli_equals_iterative(tmp_path):
     """The bundled samples under `--executor dask-awkward` (a LocalCluster): exit 0, no INFO lines without
@@ -386,13 +374,5 @@ def test_dask_awkward_from_the_cli_equals_iterative(tmp_path):
         assert m["cutflow"][ds] == pytest.approx(row, rel=1e-12)
     with (tmp_path / "out" / "hists.pkl").open("rb") as f:
         hists = pickle.load(f)["hists"]
-    for name, h in ref["hists"].items():
-        if name == "counts":  # per file under the Runner, per dataset under dask-awkward: the cutflow above
-            continue
-        want, got = _values(h), _values(hists[name])
-        assert want.keys() == got.keys(), name
-        for k in want:
-            np.testing.assert_allclose(got[k]["value"], want[k]["value"], rtol=1e-9, err_msg=f"{name} {k}")
-            np.testing.assert_allclose(
-                got[k]["variance"], want[k]["variance"], rtol=1e-9, err_msg=f"{name} {k}"
-            )
+    names = [n for n in ref["hists"] if n != "counts"]  # counts: per file under the Runner, per dataset
+    same_hists(hists, ref["hists"], names=names)  # under dask-awkward: the cutflow above compares them
