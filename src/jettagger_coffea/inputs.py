@@ -1,11 +1,15 @@
-"""What a model input is: a data-config group of one collection, fed to the network in one role. Bundles
-declare their inputs (``tagger.yaml`` ``inputs``); :func:`infer_inputs` is the one place where the default
-is chosen for a config that declares none. Torch-free: bundles, training and the networks share it."""
+"""What a model input is: a data-config group of one collection, fed to the network in one role; and what
+a model output column is: a class, the model's own discriminant, a regression or an embedding. Bundles
+declare both (``tagger.yaml`` ``inputs`` and ``outputs``); :func:`infer_inputs` and
+:func:`default_outputs` are the one place where the default is chosen for a card that declares none.
+Torch-free: bundles, training and the networks share it."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
+
+import numpy as np
 
 from ._errors import JetTaggerError
 from .dataconfig import DataConfig
@@ -159,8 +163,6 @@ class Outputs:
     def split(self, values: Any) -> tuple[Any, Any]:
         """(N, all columns) -> class probabilities (N, classes; softmax over the logits) and the other
         columns (N, others), both in card order."""
-        import numpy as np
-
         roles = np.array([c.role for c in self.columns])
         scores = values[:, np.isin(roles, CLASS_ROLES)]
         if "logit" in roles:
@@ -210,13 +212,12 @@ def default_outputs(labels: list[str], tensors: list[tuple[str, int | None]] | N
     cols = [default_column(v) for v in labels]
     if not tensors:
         return Outputs((OutputTensor(None, tuple(cols)),))
-    widths = [w for _, w in tensors]
-    if len(tensors) > 1 and all(isinstance(w, int) for w in widths) and sum(widths) == len(cols):  # type: ignore[arg-type]
-        out, start = [], 0
-        for name, w in tensors:
-            out.append(OutputTensor(name, tuple(cols[start : start + w])))  # type: ignore[operator]
-            start += w  # type: ignore[operator]
-        return Outputs(tuple(out))
+    widths = [w if isinstance(w, int) else -1 for _, w in tensors]
+    if len(tensors) > 1 and min(widths) > 0 and sum(widths) == len(cols):
+        ends = np.cumsum(widths)
+        return Outputs(
+            tuple(OutputTensor(n, tuple(cols[e - w : e])) for (n, _), w, e in zip(tensors, widths, ends))
+        )
     return Outputs((OutputTensor(tensors[0][0], tuple(cols)),))
 
 
@@ -246,12 +247,8 @@ def read_outputs(card: dict[str, Any], labels: list[str], where: str) -> Outputs
                 from .expressions import Expression
 
                 Expression(str(d["multiplies"]), where=f"{where}: outputs.{tname}.{cname}.multiplies")
-            unit, factor = d.get("unit"), d.get("multiplies")
-            cols.append(
-                OutputColumn(
-                    str(cname), d["role"], None if unit is None else str(unit), factor and str(factor)
-                )
-            )
+            unit, factor = (None if d.get(k) is None else str(d[k]) for k in ("unit", "multiplies"))
+            cols.append(OutputColumn(str(cname), d["role"], unit, factor))
         tensors.append(OutputTensor(str(tname), tuple(cols)))
     out = Outputs(tuple(tensors))
     _check_outputs(out, labels, where)
