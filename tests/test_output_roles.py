@@ -65,6 +65,14 @@ def nano():
     return cols | {"branches": set(tree.keys())}
 
 
+@pytest.fixture(scope="module")
+def events():
+    """The file as eager coffea NanoEvents (read once for the module)."""
+    from jettagger_coffea.nanoevents import open_events
+
+    return open_events(str(shared_file(PFNANO)))
+
+
 def test_cms_mass_regression_imports_as_one_regression(mass_bundle):
     """One output ``mass`` in GeV: no classes, no discriminants, no stored scores; evaluate refuses it."""
     b = Bundle.load(mass_bundle)
@@ -103,11 +111,8 @@ def test_mass_regression_predict_against_soft_drop_mass(mass_bundle, nano, tmp_p
     assert np.median(m / nano["FatJet_mass"]) < 0.5  # not the ungroomed mass (measured: 0.22)
 
 
-def test_mass_regression_attached_without_overwriting_the_jet_mass(mass_bundle, tmp_path):
-    from jettagger_coffea.nanoevents import open_events
-
+def test_mass_regression_attached_without_overwriting_the_jet_mass(mass_bundle, events):
     tagger = JetTagger(mass_bundle)
-    events = open_events(str(PFNANO))
     with pytest.raises(JetTaggerError, match=r"output 'mass' would overwrite FatJet\.mass: attach it with"):
         tagger.attach(events)
     fj = tagger.attach(events, output_prefix="pnet_")
@@ -270,15 +275,13 @@ def test_glopart_like_predict_columns(glopart_predicted):
         assert np.abs(ak.to_numpy(p[h]) - k).max() <= 0.01
 
 
-def test_glopart_like_through_the_processor(glopart_bundle, glopart_predicted, nano):
+def test_glopart_like_through_the_processor(glopart_bundle, glopart_predicted, nano, events):
     """The processor: FatJet.massCorrX2p attached, the per-jet columns equal predict's, and one histogram
     per regressed quantity (massCorr x (1 - rawFactor) x mass, in GeV) by truth class, filled exactly with
     the quantity computed here."""
     from jettagger_coffea.execution import run_fileset
-    from jettagger_coffea.nanoevents import open_events
     from jettagger_coffea.processor import Selection
 
-    events = open_events(str(PFNANO))
     fj = JetTagger(glopart_bundle).attach(events)
     x2p = ak.to_numpy(glopart_predicted["massCorrX2p"])
     np.testing.assert_allclose(ak.to_numpy(ak.flatten(fj.massCorrX2p)), x2p, rtol=1e-6)
@@ -328,3 +331,18 @@ def test_mass_regression_through_the_processor(mass_bundle, nano):
     want = JetTagger(mass_bundle).score_jets(uproot.open(PFNANO)["Events"]).outputs["mass"]
     np.testing.assert_allclose(np.asarray(out["jets"]["mass"]), want, rtol=1e-6)
     assert not np.allclose(np.asarray(out["jets"]["mass"]), nano["FatJet_mass"])
+
+
+def test_regressions_under_dask_awkward_equal_eager(glopart_bundle, events):
+    """The regression histograms lazily (dask-awkward, the outputs' typetracer form): those of eager."""
+    import dask
+
+    from jettagger_coffea.nanoevents import open_events
+    from jettagger_coffea.processor import Selection, TaggerProcessor
+
+    proc = TaggerProcessor(glopart_bundle, selection=Selection(pt_min=200.0, eta_max=None))
+    (lazy,) = dask.compute(proc.process(open_events(str(PFNANO), mode="dask")), scheduler="sync")
+    eager = proc.process(events)
+    for name in ("regression_massCorrX2p", "regression_massCorrGeneric"):
+        assert lazy["hists"][name].sum(flow=True).value == 24
+        np.testing.assert_allclose(lazy["hists"][name].values(), eager["hists"][name].values())

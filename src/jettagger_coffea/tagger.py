@@ -224,20 +224,22 @@ class JetTagger:
         ``<prefix><discriminant>`` per discriminant (the bundle's and the model's own) and one
         ``<output_prefix><name>`` per regression and embedding output (``FatJet.massCorrX2p``). A name the
         collection already has (the CMS mass regression's ``mass``) is refused: never overwritten."""
-        tags = self.tag_events(events, jets)
-        scores = tags["scores"]
         out = events[self.jets] if jets is None else events[self.jets][jets]
-        for i, c in enumerate(self.classes):
-            out = ak.with_field(out, scores[..., i], f"{prefix}{c}")
-        for name in self.bundle.discriminants:
-            out = ak.with_field(out, self.discriminant(scores, name), f"{prefix}{name}")
-        for i, col in enumerate(self.bundle.outputs.others):
-            field = f"{prefix if col.role == 'discriminant' else output_prefix}{col.name}"
+        others = self.bundle.outputs.others
+        fields = [f"{prefix if c.role == 'discriminant' else output_prefix}{c.name}" for c in others]
+        for col, field in zip(others, fields):  # checked before any work
             if field in ak.fields(out):
                 raise JetTaggerError(
                     f"{self.bundle.name}: output {col.name!r} would overwrite {self.jets}.{field}: attach "
                     f"it with output_prefix (e.g. output_prefix='{self.bundle.name}_')"
                 )
+        tags = self.tag_events(events, jets)
+        scores = tags["scores"]
+        for i, c in enumerate(self.classes):
+            out = ak.with_field(out, scores[..., i], f"{prefix}{c}")
+        for name in self.bundle.discriminants:
+            out = ak.with_field(out, self.discriminant(scores, name), f"{prefix}{name}")
+        for i, field in enumerate(fields):
             out = ak.with_field(out, tags["outputs"][..., i], field)
         return out
 
