@@ -12,6 +12,7 @@ import inspect
 import io
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,6 +21,7 @@ import numpy as np
 from ._errors import JetTaggerError
 from ._state import ProcessLocal
 from .batching import Padding, batch_length, sorted_batches
+from .inputs import CLASS_ROLES, OutputColumn, Outputs, OutputTensor
 from .shipping import ModelBytes
 
 if TYPE_CHECKING:
@@ -70,10 +72,14 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+#: what a runner returns for one batch: the model's outputs in order (one array: its first output)
+RunOutput = np.ndarray | Sequence[np.ndarray]
+
+
 class Backend(Protocol):
     input_names: list[str]
 
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
+    def run(self, inputs: dict[str, np.ndarray]) -> RunOutput: ...
 
 
 #: backend name -> "module:Class"; each class makes itself with ``from_bundle(bundle, **options)``, whose
@@ -142,6 +148,8 @@ class OnnxBackend(ProcessLocal):
         self.threads = threads
         self.providers = providers or ["CPUExecutionProvider"]
         self._sess: Any = None
+        #: the outputs to run, in the card's order (None: all, in the model's)
+        self.output_names: list[str] | None = None
         #: inputs whose particle axis the model fixes (see :func:`fixed_lengths`): batches pad to it
         self.fixed_lengths: dict[str, int] = {}
 
@@ -158,6 +166,7 @@ class OnnxBackend(ProcessLocal):
                 f"{bundle.served_model!r}; run it with --backend triton --server URL"
             )
         backend = cls(bundle.onnx_path, threads=threads)
+        backend.output_names = bundle.outputs.names
         backend.fixed_lengths = fixed_lengths(backend.session.get_inputs(), bundle)
         probe(backend, bundle)
         return backend
@@ -182,8 +191,9 @@ class OnnxBackend(ProcessLocal):
     def input_names(self) -> list[str]:
         return [i.name for i in self.session.get_inputs()]
 
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(None, {k: inputs[k] for k in self.input_names})[0]
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The outputs the card names (all where it names none), in its order."""
+        return self.session.run(self.output_names, {k: inputs[k] for k in self.input_names})
 
 
 def fixed_lengths(inputs: list[Any], bundle: Any) -> dict[str, int]:
@@ -222,7 +232,7 @@ PROBE_JETS = 2
 
 def probe(backend: Any, bundle: Any) -> None:
     """Run the model once on :data:`PROBE_JETS` full jets of zeros (masks 1) at the data config's lengths
-    and refuse it, before any work, where the output is not one row of scores per jet (a model that
+    and refuse it, before any work, where an output is not one row of its columns per jet (a model that
     returns one row per call would otherwise fail only in the first chunk, or be broadcast)."""
     inputs = {}
     for name, group in bundle.config.inputs.items():
@@ -231,13 +241,40 @@ def probe(backend: Any, bundle: Any) -> None:
         inputs[name] = np.full(shape, fill, dtype=np.float32)
     model = f"{bundle.name} ({bundle.path})"
     try:
-        got = np.asarray(backend.run(inputs))
+        got = backend.run(inputs)
     except Exception as err:  # noqa: BLE001 - whatever the runtime says, the model is at fault
         raise JetTaggerError(
             f"model {model} fails on a batch of {PROBE_JETS} jets: {type(err).__name__}: {err}"
         ) from None
-    if got.shape != (PROBE_JETS, len(bundle.classes)):
-        raise JetTaggerError(_bad_output(model, got.shape, PROBE_JETS, len(bundle.classes)))
+    columns(got, bundle.outputs, PROBE_JETS, model)
+
+
+def as_outputs(outputs: int | Outputs) -> Outputs:
+    """An output spec; an int ``n``: one output of ``n`` class scores (a model that returns classes)."""
+    if isinstance(outputs, Outputs):
+        return outputs
+    cols = tuple(OutputColumn(str(i), "class") for i in range(outputs))
+    return Outputs((OutputTensor(None, cols),))
+
+
+def columns(got: RunOutput, outputs: Outputs, n_jets: int, model: str) -> np.ndarray:
+    """One batch's outputs as (jets, every column of the card): each output checked to be one row of its
+    columns per jet, else refused naming ``model`` and the output (never broadcast)."""
+    arrays = [got] if isinstance(got, np.ndarray) else list(got)
+    if len(arrays) < len(outputs.tensors):
+        raise JetTaggerError(
+            f"model {model} returned {len(arrays)} output{'s' * (len(arrays) != 1)} but its card names "
+            f"{len(outputs.tensors)} ({', '.join(str(t.name) for t in outputs.tensors)})"
+        )
+    parts = []
+    for t, a in zip(outputs.tensors, arrays):
+        a = np.asarray(a)
+        if a.shape != (n_jets, len(t.columns)):
+            what = "scores" if all(c.role in CLASS_ROLES for c in t.columns) else "values"
+            named = f"{model} output {t.name!r}" if len(outputs.tensors) > 1 else model
+            raise JetTaggerError(_bad_output(named, a.shape, n_jets, len(t.columns), what))
+        parts.append(a.astype(np.float32, copy=False))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
 class TorchBackend(ProcessLocal):
@@ -308,7 +345,7 @@ class TorchBackend(ProcessLocal):
 def run_batched(
     backend: Backend,
     std: Standardised,
-    n_classes: int,
+    outputs: int | Outputs,
     padding: Padding = "dynamic",
     min_length: int = 1,
     max_slots: int = MAX_SLOTS,
@@ -316,23 +353,24 @@ def run_batched(
     *,
     model: str | None = None,
 ) -> np.ndarray:
-    """Scores of every jet of ``std`` in input order; jets without particles get NaN and never reach the
-    model. Batches: :func:`batching.sorted_batches` (similar multiplicities, bounded in slots and pairs).
+    """Every column of the model's ``outputs`` (a bundle's :class:`~.inputs.Outputs`, or the number of
+    class scores of a one-output model) for every jet of ``std``, in input order; jets without particles
+    get NaN and never reach the model. Batches: :func:`batching.sorted_batches` (similar multiplicities,
+    bounded in slots and pairs).
 
-    Every batch's output must be one row of ``n_classes`` scores per jet, else the run is refused naming
-    ``model`` (never broadcast); a row with a non-finite score is made NaN as a whole (the caller tells it
-    from a jet without particles by its particle count: an invalid score)."""
-    out = np.full((len(std), n_classes), np.nan, dtype=np.float32)
+    Every batch's outputs must be one row of their columns per jet, else the run is refused naming
+    ``model`` (never broadcast, see :func:`columns`); a row with a non-finite value is made NaN as a whole
+    (the caller tells it from a jet without particles by its particle count: an invalid score)."""
+    spec = as_outputs(outputs)
+    out = np.full((len(std), len(spec.columns)), np.nan, dtype=np.float32)
     length_of = batch_length(list(std.config.inputs.values()), padding, min_length)
     order, ranges = sorted_batches(std.counts, length_of, max_slots, max_pairs)
     if not ranges:
         return out
     ordered = std.take(order)
     for start, stop in ranges:
-        got = np.asarray(backend.run(ordered.dense(start, stop, length=padding, min_length=min_length)))
-        if got.shape != (stop - start, n_classes):
-            raise JetTaggerError(_bad_output(model or _name_of(backend), got.shape, stop - start, n_classes))
-        out[order[start:stop]] = got
+        got = backend.run(ordered.dense(start, stop, length=padding, min_length=min_length))
+        out[order[start:stop]] = columns(got, spec, stop - start, model or _name_of(backend))
     out[~np.isfinite(out).all(axis=1)] = np.nan
     return out
 
@@ -343,15 +381,15 @@ def _name_of(backend: Any) -> str:
     return str(where) if where is not None else type(backend).__name__
 
 
-def _bad_output(model: str, shape: tuple[int, ...], n_jets: int, n_classes: int) -> str:
+def _bad_output(model: str, shape: tuple[int, ...], n_jets: int, n_cols: int, what: str = "scores") -> str:
     """``model X returned 1 row for 256 jets ...``: the one line of an output that is not a row per jet."""
-    if len(shape) == 2 and shape[1] == n_classes:
+    if len(shape) == 2 and shape[1] == n_cols:
         got = f"{shape[0]} row{'s' * (shape[0] != 1)}"
     else:
         got = f"an output of shape {tuple(shape)}"
     return (
         f"model {model} returned {got} for {n_jets} jets "
-        f"(expected ({n_jets}, {n_classes}): one row of {n_classes} scores per jet)"
+        f"(expected ({n_jets}, {n_cols}): one row of {n_cols} {what} per jet)"
     )
 
 
@@ -359,7 +397,7 @@ def tuned_budget(
     key: tuple,
     backend: Backend,
     std: Standardised,
-    n_classes: int,
+    outputs: int | Outputs,
     min_length: int,
     max_pairs: int | None,
     *,
@@ -378,7 +416,7 @@ def tuned_budget(
         return None
     sample = std.take(np.sort(with_particles[:: len(with_particles) // TUNE_JETS][:TUNE_JETS]))
     seconds = {}
-    run = functools.partial(run_batched, backend, sample, n_classes, padding, min_length, model=model)
+    run = functools.partial(run_batched, backend, sample, outputs, padding, min_length, model=model)
     run(MAX_SLOTS, max_pairs)  # warm up
     for budget in BUDGETS:
         t = time.perf_counter()

@@ -19,7 +19,16 @@ import yaml
 
 from ._errors import JetTaggerError
 from .dataconfig import DataConfig
-from .inputs import InputSpec, card_inputs, default_source, infer_inputs, read_inputs
+from .inputs import (
+    InputSpec,
+    Outputs,
+    card_inputs,
+    default_outputs,
+    default_source,
+    infer_inputs,
+    read_inputs,
+    read_outputs,
+)
 from .metrics import unknown_classes
 from .sources import Preset, load_preset
 
@@ -74,6 +83,7 @@ class Bundle:
     config: DataConfig
     preset: Preset  # the card's ``source`` (default: chosen from the variable names)
     inputs: dict[str, InputSpec]  # the card's ``inputs`` (default: inferred, see :func:`infer_inputs`)
+    outputs: Outputs  # the card's ``outputs`` (default: from the labels, see :func:`default_outputs`)
 
     @property
     def primary(self) -> str:
@@ -88,7 +98,8 @@ class Bundle:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.card["classes"])
+        """The class columns of the outputs (probabilities or logits): argmax, metrics, working points."""
+        return self.outputs.classes
 
     @property
     def discriminants(self) -> dict[str, dict[str, list[str]]]:
@@ -135,8 +146,8 @@ class Bundle:
             card = yaml.safe_load((path / CARD).read_text())
         except yaml.YAMLError as err:
             raise JetTaggerError(f"{path / CARD}: invalid YAML: {err}") from None
-        if not isinstance(card, dict) or "classes" not in card:
-            raise JetTaggerError(f"{path / CARD}: needs at least `classes`")
+        if not isinstance(card, dict) or not ("classes" in card or "outputs" in card):
+            raise JetTaggerError(f"{path / CARD}: needs at least `classes` (or `outputs`)")
         weights = (path / MODEL).is_file()
         if not weights and not card.get("served_model"):  # only a client-only bundle has no model.onnx
             raise JetTaggerError(f"tagger bundle {path}: missing {MODEL}")
@@ -145,18 +156,20 @@ class Bundle:
         config = DataConfig.from_yaml(path / CONFIG)
         if (path / PREPROCESS).is_file():
             _check_preprocess(path / PREPROCESS, config)
-        classes = list(card["classes"])
-        if config.label_type == "simple" and config.class_names != classes:
+        outputs = read_outputs(card, list(config.label_value), str(path / CARD))
+        classes = outputs.classes
+        if list(card.get("classes", classes)) != classes:
             raise JetTaggerError(
-                f"{path / CARD}: classes {classes} disagree with the data config labels "
-                f"{config.class_names} ({path / CONFIG})"
+                f"{path / CARD}: classes {list(card['classes'])} disagree with the class outputs "
+                f"{classes} of the data config labels ({path / CONFIG})"
             )
         for dname, d in (card.get("discriminants") or {}).items():
             unknown = unknown_classes(classes, d)
             if unknown or not d.get("signal"):
                 raise JetTaggerError(f"{path / CARD}: discriminant {dname!r} names unknown classes {unknown}")
         preset = load_preset(card.get("source") or default_source(config))
-        bundle = cls(path, card, config, preset, read_inputs(card, config, preset, str(path / CARD)))
+        inputs = read_inputs(card, config, preset, str(path / CARD))
+        bundle = cls(path, card, config, preset, inputs, outputs)
         if check_model and weights:
             bundle.check_model()
         return bundle
@@ -182,12 +195,40 @@ class Bundle:
                     f"{self.path}: model input {inp.name!r} has shape {inp.shape} but the data config gives "
                     f"{list(shapes[inp.name])} (N, variables, length)"
                 )
-        outs = sess.get_outputs()
-        n_out = outs[0].shape[-1] if outs and outs[0].shape else None
-        if isinstance(n_out, int) and n_out != len(self.classes):
-            raise JetTaggerError(
-                f"{self.path}: model has {n_out} outputs but {CARD} lists {len(self.classes)} classes"
-            )
+        self._check_outputs([(o.name, _width(o.shape)) for o in sess.get_outputs()])
+
+    def _check_outputs(self, model: list[tuple[str, int | None]]) -> None:
+        """Every output the card names is one of the model's, as wide as its columns (a symbolic width is
+        checked on the first batch, see :func:`.backends.probe`)."""
+        widths = dict(model)
+        for t in self.outputs.tensors:
+            name = t.name if t.name is not None else (model[0][0] if model else None)
+            if name not in widths:
+                raise JetTaggerError(
+                    f"{self.path / CARD}: outputs.{name} is not an output of {self.onnx_path} "
+                    f"({', '.join(widths) or 'none'})"
+                )
+            n = widths[name]
+            if isinstance(n, int) and n != len(t.columns):
+                what = "classes" if t.name is None else "columns"  # a card without outputs lists classes
+                raise JetTaggerError(
+                    f"{self.path}: model output {name!r} has {n} columns but {CARD} lists "
+                    f"{len(t.columns)} {what}"
+                )
+
+
+def _width(shape: Any) -> int | None:
+    """The columns of an output of shape (N, columns): its last axis where fixed."""
+    return shape[-1] if shape and isinstance(shape[-1], int) else None
+
+
+def onnx_outputs(onnx: str | Path | bytes) -> list[tuple[str, int | None]]:
+    """An ONNX model's outputs: name and width (None where symbolic), in order."""
+    import onnxruntime as ort
+
+    data = onnx if isinstance(onnx, bytes) else str(onnx)
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return [(o.name, _width(o.shape)) for o in sess.get_outputs()]
 
 
 def _check_preprocess(path: Path, config: DataConfig) -> None:
@@ -238,10 +279,11 @@ def write_bundle(
 ) -> Bundle:
     """The one bundle writer: ``onnx`` (an exported file or its bytes; None for a client-only bundle,
     whose card names its ``served_model``) as model.onnx, ``state`` (torch
-    weights, optional) as model.pt, the data config, preprocess.json and tagger.yaml. The card gets the
-    config's classes (where the card already lists them, in that place), then the network's ``min_length``
-    and ``pairwise`` where given, and its source preset and input spec made explicit. Returns the bundle,
-    loaded and validated."""
+    weights, optional) as model.pt, the data config, preprocess.json and tagger.yaml. The card gets its
+    output spec (the card's ``outputs``, else :func:`.inputs.default_outputs` of the config's labels over
+    the model's outputs) and the classes it gives (where the card already lists them, in that place), then
+    the network's ``min_length`` and ``pairwise`` where given, and its source preset and input spec made
+    explicit. Returns the bundle, loaded and validated."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if isinstance(onnx, bytes):
@@ -252,7 +294,13 @@ def write_bundle(
         shutil.copyfile(state, path / STATE)
     config.dump_yaml(path / CONFIG)
     (path / PREPROCESS).write_text(json.dumps(config.preprocess_json(), indent=2))
-    card = {**card, "classes": config.class_names}
+    outputs = card.get("outputs")
+    if not isinstance(outputs, dict):  # the default roles, over the model's outputs
+        spec = default_outputs(list(config.label_value), onnx_outputs(path / MODEL) if onnx else None)
+        outputs = spec.card() if spec.names is not None else None
+    card = {**card, "classes": None, "outputs": outputs}  # classes: where the card lists them
+    card["classes"] = read_outputs(card, list(config.label_value), str(path / CARD)).classes
+    card = {k: v for k, v in card.items() if v is not None}
     traits = {"min_length": min_length, "pairwise": pairwise}
     card |= {k: v for k, v in traits.items() if v is not None}
     _write_card(path, card, config)

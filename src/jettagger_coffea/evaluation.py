@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ._errors import JetTaggerError
 from .features import labels as label_values
 from .features import make_table
 from .jetfiles import open_jets
@@ -29,15 +30,17 @@ def predict_files(
     counters: dict[str, int] | None = None,
     status: bool = False,
 ) -> dict[str, np.ndarray]:
-    """One row per jet, in file order: ``score_<class>``, ``label`` (when the files carry labels), the
-    observers, ``file_index``, ``entry`` (event index in the file) and ``jet_index`` (position in the event's
-    FatJet collection); with ``sources``, the source preset of each NanoAOD file is counted there; for
-    NanoAOD also ``run``, ``luminosityBlock``, ``event``, ``genWeight`` and ``truth``
-    (from GenPart, see :mod:`truth`). With ``counters``, the totals of :meth:`TagResult.counters` are added
-    there (jets, jets without constituents or with invalid scores, input values replaced, invalid link rows
-    per table); with ``status``, a ``status`` column (``tagger.TAGGED``, ``NO_CONSTITUENTS``,
-    ``INVALID_SCORE``)."""
+    """One row per jet, in file order: ``score_<class>`` (and ``score_<discriminant>`` for the scores the
+    model computes itself), one column per regression and embedding output named as it (``mass``),
+    ``label`` (when the files carry labels), the observers, ``file_index``, ``entry`` (event index in the
+    file) and ``jet_index`` (position in the event's FatJet collection); with ``sources``, the source
+    preset of each NanoAOD file is counted there; for NanoAOD also ``run``, ``luminosityBlock``, ``event``,
+    ``genWeight`` and ``truth`` (from GenPart, see :mod:`truth`). With ``counters``, the totals of
+    :meth:`TagResult.counters` are added there (jets, jets without constituents or with invalid scores,
+    input values replaced, invalid link rows per table); with ``status``, a ``status`` column
+    (``tagger.TAGGED``, ``NO_CONSTITUENTS``, ``INVALID_SCORE``)."""
     opened = [open_jets(p) for p in files]  # unreadable files and missing branches fail before any work
+    names = _output_columns(tagger)
     for data in opened:
         if isinstance(data, Events):
             preset = check_events(data, tagger.config, tagger.preset)
@@ -51,6 +54,7 @@ def predict_files(
         res = tagger.score_jets(data, where=str(path), table=table)
         row = _ids(tagger, table, data, len(res.scores))
         row |= {f"score_{c}": res.scores[:, k] for k, c in enumerate(tagger.classes)}
+        row |= {names[c]: v for c, v in res.outputs.items()}
         if status and res.status is not None:
             row["status"] = res.status
         if with_labels:
@@ -72,6 +76,26 @@ def predict_files(
     return {k: np.concatenate(v) for k, v in cols.items() if len(v) == len(files)}  # columns every file has
 
 
+#: the columns :func:`predict_files` writes besides the scores: no output may be named as one of them
+ID_COLUMNS: tuple[str, ...] = ("entry", "jet_index", "run", "luminosityBlock", "event", "genWeight")
+ID_COLUMNS += ("truth", "label", "status", "file_index")
+
+
+def _output_columns(tagger: JetTagger) -> dict[str, str]:
+    """Output -> its column: ``score_<name>`` for the model's discriminants, the name for the others;
+    refused (before any work) where it would be an id column or an observer."""
+    others = tagger.bundle.outputs.others
+    out = {c.name: f"score_{c.name}" if c.role == "discriminant" else c.name for c in others}
+    taken = set(ID_COLUMNS) | set(tagger.config.observers)
+    clash = sorted(set(out.values()) & taken)
+    if clash:
+        raise JetTaggerError(
+            f"{tagger.bundle.path}: model outputs {clash} have the names of predict's own columns "
+            "(rename them in tagger.yaml outputs)"
+        )
+    return out
+
+
 def _ids(tagger: JetTagger, table: Any, data: Any, n: int) -> dict[str, np.ndarray]:
     """Where each jet comes from: entry and jet index, and for NanoAOD the event ids, genWeight and truth."""
     if table.ids is None:  # one jet per entry
@@ -90,6 +114,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """Accuracy, one-vs-rest AUC, 1/eps_b at 50 / 30 % (and 99 / 99.5 %) per discriminant, confusion
     matrix; with ``output``: metrics.json and ROC / score / confusion PNGs."""
+    if not tagger.classes:
+        raise JetTaggerError(
+            f"model {tagger.bundle.name} ({tagger.bundle.path}) has no class outputs: nothing to evaluate "
+            "(predict writes its regression columns)"
+        )
     counts: dict[str, int] = {}
     cols = predict_files(tagger, files, counters=counts, status=True)
     classes = tagger.classes

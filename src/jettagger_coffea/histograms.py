@@ -51,6 +51,15 @@ CUTFLOW = (
 PROBLEM_STEPS = ("invalid_score_jets",)
 
 
+def regression_axis(name: str, unit: str | None, label: str) -> hist.axis.Regular:
+    """The value axis of a regressed quantity: a transverse momentum on the pT range, another quantity in
+    GeV (a mass) as the soft-drop mass, a factor (no unit) around 1."""
+    if unit == "GeV":
+        lo, hi, n = (0, PT_BINS[-1], 50) if "pt" in name.lower() else (0, 250, 50)
+        return hist.axis.Regular(n, lo, hi, name="value", label=f"{label} [GeV]")
+    return hist.axis.Regular(50, 0, 2, name="value", label=label + (f" [{unit}]" if unit else ""))
+
+
 def make_histograms(
     classes: Sequence[str],
     discriminants: Sequence[str],
@@ -61,9 +70,11 @@ def make_histograms(
     stored: Sequence[str] = (),
     truth_classes: Sequence[str] = TRUTH_CLASSES,
     mass_label: str = MSD_AXIS.label,
+    regressions: Sequence[tuple[str, str | None, str]] = (),
 ) -> dict[str, hist.Hist]:
     """The processor's histograms (weighted), per dataset and truth class; ``mass_label`` names the jet
-    mass the ``msoftdrop`` / ``wp_msd`` histograms hold (AK4 jets have no soft-drop mass: their mass).
+    mass the ``msoftdrop`` / ``wp_msd`` histograms hold (AK4 jets have no soft-drop mass: their mass);
+    ``regressions`` (name, unit, label of each regressed quantity): one ``regression_<name>`` each.
     Longer than most functions on purpose: one literal, every histogram's axes read top to bottom."""
     msd = hist.axis.Regular(50, 0, 250, name="msd", label=mass_label)
     truth = truth_axis(truth_classes)
@@ -72,7 +83,13 @@ def make_histograms(
     wps = hist.axis.StrCategory(list(working_points) or ["none"], name="wp", label="Working point")
     # 0 / 1 rather than a Boolean axis: dask-histogram cannot fill Boolean axes lazily
     passed = hist.axis.Integer(0, 2, name="passed", label="Passed", underflow=False, overflow=False)
-    return {
+    regressed = {
+        f"regression_{name}": _hist(
+            hist_class, dataset_axis(), truth, pt_axis(pt_bins), regression_axis(name, unit, label)
+        )
+        for name, unit, label in regressions
+    }
+    return regressed | {
         # event / jet counts as a histogram: scalar reductions do not work lazily with dask >= 2025.4
         # cutflow: raw counts (quantity "raw") and sums of event weights ("sumw") per step
         "counts": _hist(

@@ -1,5 +1,6 @@
 """coffea processor: select FatJets, tag them, fill weighted histograms (scores, discriminants, soft-drop
-mass, working-point pass/total vs pT, |eta| and mass, recomputed vs stored scores) and a cutflow of raw
+mass, working-point pass/total vs pT, |eta| and mass, recomputed vs stored scores, each regressed quantity
+of a model with regression outputs) and a cutflow of raw
 counts and sums of weights. Truth comes from ``GenPart`` (any NanoAOD); data is labelled ``data`` and
 unweighted. Works under coffea's Runner (Iterative, Futures, Dask; eager or virtual arrays) and with
 ``apply_to_fileset`` (dask-awkward): every difference between the two lives in :mod:`.columnar`. It only
@@ -21,6 +22,7 @@ from .backends import BackendSpec
 from .batching import Padding
 from .bundle import Bundle
 from .columnar import Ops, empty_jagged, map_chunks, ops_for
+from .expressions import Expression
 from .histograms import PT_BINS, make_histograms
 from .tagger import (
     INVALID_LINK_ROWS,
@@ -122,6 +124,9 @@ class TaggerProcessor(processor.ProcessorABC):
         }
         self.per_jet = per_jet
         self.truth_classes = truth_classes(self.tagger.preset.truth)
+        others = self.tagger.bundle.outputs.others
+        #: the regression outputs: position among the non-class outputs, column
+        self.regressions = [(i, c) for i, c in enumerate(others) if c.role == "regression"]
 
     def is_mc(self, events: Any, dataset: str) -> bool:
         meta = self.datasets.get(dataset, {})
@@ -137,6 +142,7 @@ class TaggerProcessor(processor.ProcessorABC):
         tags = self.tagger.tag_events(events, mask)
         w_event = events.genWeight if mc else ops.num(collection, axis=1) * 0 + 1.0
         mass = "msoftdrop" if "msoftdrop" in ak.fields(collection) else "mass"
+        others = tags.outputs if "outputs" in ak.fields(tags) else None
         chunk = _Chunk(
             dataset=dataset,
             truth=ops.flat(self._truth(events, mask, mc)),
@@ -146,6 +152,8 @@ class TaggerProcessor(processor.ProcessorABC):
             abseta=ops.flat(abs(jets.eta)),
             msd=ops.flat(jets[mass]),
             weight=ops.flat(ak.broadcast_arrays(w_event, jets.pt)[0]),
+            others=None if others is None else ops.flat(others),
+            regressed={c.name: ops.flat(self._quantity(others, i, c, jets)) for i, c in self.regressions},
         )
         wp_names = sorted({w for d in self.wps.values() for w in d})
         hists = make_histograms(
@@ -157,6 +165,7 @@ class TaggerProcessor(processor.ProcessorABC):
             stored=list(self.stored),
             truth_classes=self.truth_classes,
             mass_label="Soft-drop mass [GeV]" if mass == "msoftdrop" else "Jet mass [GeV]",
+            regressions=[(c.name, c.unit, _quantity_label(c)) for _, c in self.regressions],
         )
         for t_index, t in enumerate(self.truth_classes):  # one fill per truth class: scalar string categories
             self._fill_truth(hists, chunk, t_index, t, ops)
@@ -190,7 +199,10 @@ class TaggerProcessor(processor.ProcessorABC):
             hists["jets"].fill(**fill, status=status, pt=c.pt[other], weight=c.weight[other])
         hists["msoftdrop"].fill(**fill, msd=c.msd[is_t], weight=c.weight[is_t])
         t_scores, t_pt = c.scores[ok], c.pt[ok]
-        hists["predicted"].fill(**fill, predicted=ops.argmax(t_scores, axis=1), weight=w)
+        if self.tagger.classes:  # a model of regressions only has no argmax
+            hists["predicted"].fill(**fill, predicted=ops.argmax(t_scores, axis=1), weight=w)
+        for name, value in c.regressed.items():
+            hists[f"regression_{name}"].fill(**fill, pt=t_pt, value=value[ok], weight=w)
         for i, cls in enumerate(self.tagger.classes):
             hists["scores"].fill(**fill, pt=t_pt, cls=cls, score=t_scores[:, i], weight=w)
         for name, wps in self.wps.items():
@@ -202,6 +214,20 @@ class TaggerProcessor(processor.ProcessorABC):
                     **fill, disc=name, wp=wp, passed=passed, pt=t_pt, abseta=c.abseta[ok], weight=w
                 )
                 hists["wp_msd"].fill(**fill, disc=name, wp=wp, passed=passed, msd=c.msd[ok], weight=w)
+
+    def _quantity(self, others: Any, i: int, col: Any, jets: Any) -> Any:
+        """[event][jet] regressed quantity: the output column, times the expression of the jet's fields it
+        multiplies (``(1 - rawFactor) * mass``) where the card says so."""
+        value = others[:, :, i]
+        if not col.multiplies:
+            return value
+        expr = Expression(col.multiplies, where=f"{self.tagger.bundle.path}: outputs {col.name} multiplies")
+        missing = sorted(expr.names - set(ak.fields(jets)))
+        if missing:
+            raise JetTaggerError(
+                f"{expr.where} {col.multiplies!r}: {self.tagger.jets} has no {', '.join(missing)}"
+            )
+        return value * expr(lambda n: jets[n])
 
     def _fill_stored(self, hists: dict[str, Any], c: _Chunk, stored: dict[str, Any]) -> None:
         """Recomputed vs the experiment's stored discriminant, for the tagged jets."""
@@ -235,6 +261,8 @@ class TaggerProcessor(processor.ProcessorABC):
             cols[f"score_{cls}"] = c.scores[:, i]
         for d in self.tagger.bundle.discriminants:
             cols[f"disc_{d}"] = np.asarray(self.tagger.discriminant(c.scores, d))
+        for k, col in enumerate(self.tagger.bundle.outputs.others):  # named as predict names them
+            cols[f"score_{col.name}" if col.role == "discriminant" else col.name] = c.others[:, k]
         return {k: [v] for k, v in cols.items()}
 
     def _truth(self, events: Any, mask: Any, mc: bool) -> Any:
@@ -273,6 +301,8 @@ class _Chunk:
     abseta: Any
     msd: Any
     weight: Any
+    others: Any  # the outputs that are not classes, (jets, columns); None for a model of classes only
+    regressed: dict[str, Any]  # regression output -> its quantity per jet
 
     @property
     def tagged(self) -> Any:
@@ -295,6 +325,11 @@ def _steps(ops: Ops, collection: Any, tags: Any) -> list[tuple[str, Any]]:
     ]
     counters = [f for f in ak.fields(tags) if f == NONFINITE_INPUTS or f.startswith(INVALID_LINK_ROWS)]
     return steps + [(name, tags[name]) for name in counters]
+
+
+def _quantity_label(col: Any) -> str:
+    """What a regression histogram holds: the output, times what it multiplies."""
+    return f"{col.name} x {col.multiplies}" if col.multiplies else col.name
 
 
 def _fill_counts(h: Any, dataset: str, fname: str, w_event: Any, steps: Any, half: Any) -> None:

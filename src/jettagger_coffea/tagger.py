@@ -1,6 +1,7 @@
 """``JetTagger`` = bundle + backend + features, callable on NanoAOD events (coffea NanoEvents, eager,
 virtual or dask-awkward) and on JetClass records. Returns [events][jets][classes] scores of the FatJets
-(NaN for jets without constituents, and for jets whose model output is not finite: invalid scores)."""
+(NaN for jets without constituents, and for jets whose model output is not finite: invalid scores); the
+outputs that are not classes (regressions, model discriminants, embeddings) come by name beside them."""
 
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ class TagResult:
     event_of_jet: np.ndarray | None = None  # NanoAOD: the event (of the chunk) of each jet
     #: NanoAOD: link table -> invalid rows per event of the chunk (the tables the model reads)
     invalid_link_rows: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    #: the columns that are not classes (regressions, the model's discriminants, embeddings) by name, (N,)
+    outputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def n_invalid(self) -> int:
@@ -133,9 +136,10 @@ class JetTagger:
         already-read columns with other uses."""
         table = table if table is not None else make_table(data, self.config, self.preset, where, jets)
         std = standardise(table, self.config, self.bundle.primary)
-        scores = self.run_model(std)
+        values = self.run_model(std)
         status = np.where(std.counts == 0, NO_CONSTITUENTS, TAGGED).astype(np.int8)
-        status[(std.counts > 0) & ~np.isfinite(scores).all(axis=1)] = INVALID_SCORE
+        status[(std.counts > 0) & ~np.isfinite(values).all(axis=1)] = INVALID_SCORE
+        scores, others = self.bundle.outputs.split(values)
         return TagResult(
             scores,
             len(std),
@@ -145,12 +149,14 @@ class JetTagger:
             jet_nonfinite=std.jet_nonfinite,
             event_of_jet=None if table.ids is None else table.ids[:, 0].astype(np.int64),
             invalid_link_rows={} if table.links is None else table.links.invalid_link_rows(),
+            outputs={c.name: others[:, k] for k, c in enumerate(self.bundle.outputs.others)},
         )
 
     def run_model(self, std: Any) -> np.ndarray:
-        """Scores of standardised jets, in batches bounded in particle slots (and pairs, for ParT). With
-        ``max_slots="auto"`` the budget is measured for this model once per process (:func:`tuned_budget`).
-        An output that is not one row per jet is refused naming the bundle; see :func:`run_batched`."""
+        """Every output column of standardised jets (see :meth:`.inputs.Outputs.split`), in batches
+        bounded in particle slots (and pairs, for ParT). With ``max_slots="auto"`` the budget is measured
+        for this model once per process (:func:`tuned_budget`). An output that is not one row per jet is
+        refused naming the bundle; see :func:`run_batched`."""
         max_pairs = MAX_PAIRS if self.bundle.pairwise else None
         model = f"{self.bundle.name} ({self.bundle.path})"
         min_length = self.bundle.min_length
@@ -162,7 +168,7 @@ class JetTagger:
                     key,
                     self.backend,
                     std,
-                    len(self.classes),
+                    self.bundle.outputs,
                     min_length,
                     max_pairs,
                     padding=self.padding,
@@ -170,11 +176,11 @@ class JetTagger:
                 )
                 or MAX_SLOTS
             )
-        scores = run_batched(
-            self.backend, std, len(self.classes), self.padding, min_length, budget, max_pairs, model=model
+        values = run_batched(
+            self.backend, std, self.bundle.outputs, self.padding, min_length, budget, max_pairs, model=model
         )
         count_jets(self.backend, int((std.counts > 0).sum()))
-        return scores
+        return values
 
     def discriminant(self, scores: Any, name: str) -> Any:
         """The bundle's discriminant ``name`` from class scores (see :func:`metrics.discriminant`)."""
@@ -195,8 +201,10 @@ class JetTagger:
         return self.tag_events(events, jets)["scores"]
 
     def tag_events(self, events: Any, jets: Any = None) -> Any:
-        """Per event of NanoEvents (eager or dask-awkward): ``scores`` [jet][class], ``status`` [jet]
-        (:data:`TAGGED`, :data:`NO_CONSTITUENTS`, :data:`INVALID_SCORE`) and the counters
+        """Per event of NanoEvents (eager or dask-awkward): ``scores`` [jet][class], ``outputs`` [jet][column]
+        (the columns that are not classes, in the order of :attr:`.inputs.Outputs.others`; only where the
+        model has such), ``status`` [jet] (:data:`TAGGED`, :data:`NO_CONSTITUENTS`, :data:`INVALID_SCORE`)
+        and the counters
         ``nonfinite_inputs`` and ``invalid_link_rows_<link table>`` (one per link table of the preset
         member the events' layout takes): what the processor's fills take."""
         links = tuple(
@@ -209,19 +217,32 @@ class JetTagger:
             tagger=self,
             links=links,
             touches=_score_columns,
-            empty=functools.partial(_empty_tags, len(self.classes), links),
+            empty=functools.partial(_empty_tags, len(self.classes), len(self.bundle.outputs.others), links),
             label="jettagger-scores",
         )
 
-    def attach(self, events: Any, jets: Any = None, prefix: str = "score_") -> Any:
-        """``events.FatJet`` (``[jets]`` if given) with one ``<prefix><class>`` field per class and one
-        ``<prefix><discriminant>`` per discriminant."""
-        scores = self(events, jets)
+    def attach(self, events: Any, jets: Any = None, prefix: str = "score_", output_prefix: str = "") -> Any:
+        """``events.FatJet`` (``[jets]`` if given) with one ``<prefix><class>`` field per class, one
+        ``<prefix><discriminant>`` per discriminant (the bundle's and the model's own) and one
+        ``<output_prefix><name>`` per regression and embedding output (``FatJet.massCorrX2p``). A name the
+        collection already has (the CMS mass regression's ``mass``) is refused: never overwritten."""
         out = events[self.jets] if jets is None else events[self.jets][jets]
+        others = self.bundle.outputs.others
+        fields = [f"{prefix if c.role == 'discriminant' else output_prefix}{c.name}" for c in others]
+        for col, field in zip(others, fields):  # checked before any work
+            if field in ak.fields(out):
+                raise JetTaggerError(
+                    f"{self.bundle.name}: output {col.name!r} would overwrite {self.jets}.{field}: attach "
+                    f"it with output_prefix (e.g. output_prefix='{self.bundle.name}_')"
+                )
+        tags = self.tag_events(events, jets)
+        scores = tags["scores"]
         for i, c in enumerate(self.classes):
             out = ak.with_field(out, scores[..., i], f"{prefix}{c}")
         for name in self.bundle.discriminants:
             out = ak.with_field(out, self.discriminant(scores, name), f"{prefix}{name}")
+        for i, field in enumerate(fields):
+            out = ak.with_field(out, tags["outputs"][..., i], field)
         return out
 
 
@@ -236,13 +257,18 @@ def _tag_chunk(
         "scores": ak.unflatten(ak.from_numpy(result.scores, regulararray=True), counts),
         "status": ak.unflatten(result.status, counts),
     }
+    if result.outputs:
+        others = np.stack(list(result.outputs.values()), axis=1)
+        fields["outputs"] = ak.unflatten(ak.from_numpy(others, regulararray=True), counts)
     return ak.zip(fields | result.per_event(len(counts), links), depth_limit=1)
 
 
-def _empty_tags(n_classes: int, links: tuple[str, ...]) -> ak.Array:
+def _empty_tags(n_classes: int, n_others: int, links: tuple[str, ...]) -> ak.Array:
     """The form of :func:`_tag_chunk`'s output (dask's typetracer pass)."""
     counters = [NONFINITE_INPUTS, *(INVALID_LINK_ROWS + link for link in links)]
     fields = {"scores": empty_jagged(n_classes), "status": empty_jagged(dtype=np.int8)}
+    if n_others:
+        fields["outputs"] = empty_jagged(n_others)
     return ak.zip(fields | {c: np.zeros(0, np.int64) for c in counters}, depth_limit=1)
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._errors import JetTaggerError
-from .bundle import write_bundle
+from .bundle import onnx_outputs, write_bundle
 from .dataconfig import DataConfig
+from .inputs import default_outputs, read_outputs
 from .sources import load_preset
 
 
@@ -26,12 +27,16 @@ def import_weaver(
     stored_prefix: str | None = None,
     served_model: str | None = None,
     jets: str | None = None,
+    outputs: dict | None = None,
 ) -> Path:
     """weaver or CMSSW artefacts -> a bundle. The CMSSW form (``model.onnx`` + ``preprocess.json``) needs no
     data config; the source preset is chosen from the variable names unless ``source`` is given, and for
     ``jets`` (e.g. ``Jet`` for AK4) the member of its family that reads them; ``stored_prefix`` names the
     NanoAOD branches of the experiment's own scores for this model (``FatJet_<prefix>_<discriminant>``).
-    ``served_model`` without ``onnx``: a client-only bundle for that model on a Triton server (SONIC)."""
+    ``served_model`` without ``onnx``: a client-only bundle for that model on a Triton server (SONIC).
+    Every output column gets a role from its name (:func:`.inputs.default_column`: classes, the model's
+    discriminants, regressions, embeddings); ``outputs`` (the card's section: output name -> column ->
+    role) overrides them."""
     if data_config is None and not ((onnx or served_model) and preprocess):
         raise JetTaggerError(
             "import-weaver: give --data-config, or --onnx (or --served-model) with --preprocess"
@@ -43,6 +48,8 @@ def import_weaver(
         load_preset(source)  # unknown names fail here, before anything is written
     card = _card(name or out.name, discriminants or {}, data_config, source)
     card["jets"] = jets
+    if outputs is not None:
+        card["outputs"] = outputs
     if served_model:
         card["served_model"] = served_model
     if checkpoint:
@@ -124,9 +131,15 @@ def _from_onnx(
         assert config is not None
         merged = config
     _choose_source(card, merged)
-    card |= {"classes": merged.class_names, "network": "onnx"}  # the writer keeps classes in this place
+    card |= {"classes": [], "network": "onnx"}  # the writer fills classes in, in this place
     if not card["discriminants"]:
-        card["discriminants"] = nanoaod_discriminants(merged.class_names)
+        labels = list(merged.label_value)
+        spec = (
+            read_outputs(card, labels, "import-weaver --outputs")
+            if card.get("outputs")
+            else default_outputs(labels, onnx_outputs(onnx) if onnx else None)
+        )
+        card["discriminants"] = nanoaod_discriminants(spec.classes)
     if onnx is not None:
         card["provenance"]["onnx"] = str(onnx)
     if stored_prefix:
