@@ -312,7 +312,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _add_backend(p: argparse.ArgumentParser) -> None:
-    from .backends import BACKENDS
+    from ._names import BACKENDS  # (not backends: it imports numpy)
 
     p.add_argument(
         "--jets", default=None, help="jet collection to tag: FatJet (AK8), Jet (AK4); default: the bundle's"
@@ -536,7 +536,7 @@ def _positive(kind: type):
 
 
 def _add_run(sub) -> None:
-    from .batching import MAX_LENGTH, MAX_LENGTH_ENV
+    from ._names import MAX_LENGTH, MAX_LENGTH_ENV  # (not batching: it imports numpy)
 
     p = sub.add_parser(
         "run",
