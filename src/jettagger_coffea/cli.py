@@ -616,7 +616,6 @@ def _run_run(args: argparse.Namespace) -> int:
 def _run_job(args: argparse.Namespace) -> tuple[dict, dict]:
     """The run's job and its outputs (in ``args.output``, which the caller holds)."""
     spec = _cluster_spec(args)  # checked first (before coffea is imported), no job submitted yet
-    from . import plotting
     from .bundle import Bundle
     from .data import default_fileset
     from .execution import run_fileset
@@ -629,6 +628,8 @@ def _run_job(args: argparse.Namespace) -> tuple[dict, dict]:
     bundle = Bundle.load(args.model)  # a folder, a shipped name, or the default
     fileset = load_fileset(args.fileset) if args.fileset else default_fileset()
     if args.label is not None:
+        from . import plotting  # (matplotlib: 1 s of imports, otherwise paid only when the plots are drawn)
+
         plotting.LABEL = args.label
     with _cluster_client(spec) as client:
         out = run_fileset(
