@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -154,3 +155,15 @@ def test_the_parser_imports_no_numpy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_default_threads_on_a_dask_worker_and_off_one(monkeypatch):
+    """Off a worker the cores, without importing distributed; on one its thread count."""
+    from distributed import Client, LocalCluster
+
+    monkeypatch.delenv("JETTAGGER_THREADS")
+    assert backends.default_threads() == (os.cpu_count() or 1)
+    local = {"processes": False, "dashboard_address": "127.0.0.1:0"}
+    cluster = LocalCluster(n_workers=1, threads_per_worker=3, **local)
+    with cluster, Client(cluster) as client:
+        assert client.submit(backends.default_threads).result() == 3
