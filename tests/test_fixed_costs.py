@@ -167,3 +167,19 @@ def test_default_threads_on_a_dask_worker_and_off_one(monkeypatch):
     cluster = LocalCluster(n_workers=1, threads_per_worker=3, **local)
     with cluster, Client(cluster) as client:
         assert client.submit(backends.default_threads).result() == 3
+
+
+def test_the_key_names_what_a_budget_depends_on(pfn, monkeypatch):
+    """Model, padding, runtime, threads and device: another of any is another entry; a backend whose speed
+    is not this machine's (a Triton server) is not cached on disk."""
+    tagger, _ = pfn
+    key = backends.budget_cache_key(tagger.backend, "dynamic", 1, None)
+    assert key is not None and key["machine"]["cores"] >= 1 and key["machine"]["cpu"]
+    assert backends.budget_cache_key(tagger.backend, "fixed", 1, None) != key
+    monkeypatch.setenv("JETTAGGER_THREADS", "2")
+    assert backends.budget_cache_key(tagger.backend, "dynamic", 1, None)["runtime"]["threads"] == 2
+    pytest.importorskip("torch")
+    torch_key = backends.budget_cache_key(backends.TorchBackend(tagger.bundle), "dynamic", 1, None)
+    assert torch_key["runtime"]["device"] in ("cpu", "cuda:0", "cuda")
+    assert torch_key["models"] != key["models"]  # model.pt, not model.onnx
+    assert backends.budget_cache_key(object(), "dynamic", 1, None) is None
