@@ -10,7 +10,9 @@ import functools
 import importlib
 import inspect
 import io
+import logging
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +20,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from . import cache
 from ._errors import JetTaggerError
+from ._names import BACKENDS  # name -> "module:Class"; adding a backend: its file and a line there
 from ._state import ProcessLocal
 from .batching import Padding, batch_length, sorted_batches
 from .inputs import CLASS_ROLES, OutputColumn, Outputs, OutputTensor
@@ -38,10 +42,13 @@ MAX_PAIRS = 64 * 128 * 128
 BUDGETS = (1024, 4096, 16384, MAX_SLOTS)
 #: jets (at least) a budget is measured on
 TUNE_JETS = 512
+#: sub-folder of the user cache (:mod:`.cache`) that keeps tuned budgets across processes
+BUDGET_CACHE = "budgets"
 
 _SESSIONS: dict[tuple, Any] = {}
 _BUDGETS: dict[tuple, int] = {}
 _LOCK = threading.Lock()
+log = logging.getLogger(__name__)
 #: this process: jets each model (by sha256) has scored, for where-did-it-run checks (:func:`jets_run`)
 _JETS_RUN: dict[str, int] = {}
 
@@ -64,6 +71,8 @@ def default_threads() -> int:
     env = os.environ.get("JETTAGGER_THREADS")
     if env:
         return max(1, int(env))
+    if "distributed" not in sys.modules:  # not a dask worker, and importing distributed costs 0.5 s
+        return os.cpu_count() or 1
     try:
         from distributed import get_worker
 
@@ -80,15 +89,6 @@ class Backend(Protocol):
     input_names: list[str]
 
     def run(self, inputs: dict[str, np.ndarray]) -> RunOutput: ...
-
-
-#: backend name -> "module:Class"; each class makes itself with ``from_bundle(bundle, **options)``, whose
-#: keyword parameters are the backend's options. Adding a backend: its file and one line here.
-BACKENDS = {
-    "onnx": "jettagger_coffea.backends:OnnxBackend",
-    "torch": "jettagger_coffea.backends:TorchBackend",
-    "triton": "jettagger_coffea.triton:TritonBackend",
-}
 
 
 def backend_class(name: str) -> Any:
@@ -404,11 +404,43 @@ def tuned_budget(
     padding: Padding = "dynamic",
     model: str | None = None,
 ) -> int | None:
-    """The fastest of :data:`BUDGETS` for this model, measured once per process (``key``: model and
-    threads) on up to :data:`TUNE_JETS` jets of ``std`` spread over its multiplicities; ``None`` while no
-    chunk has had enough jets to measure on (the caller then uses the default)."""
-    if key in _BUDGETS:
-        return _BUDGETS[key]
+    """The fastest of :data:`BUDGETS` for this model (``key``: model and backend spec), measured once on
+    up to :data:`TUNE_JETS` jets of ``std`` spread over its multiplicities and kept for the process and in
+    the user cache (:func:`budget_cache_key`: the next process on this machine, a dask worker included,
+    reads it instead of measuring); ``None`` while no chunk has had enough jets to measure on (the caller
+    then uses the default)."""
+    full = (key, padding, min_length, max_pairs)
+    if full in _BUDGETS:
+        return _BUDGETS[full]
+    disk = budget_cache_key(backend, padding, min_length, max_pairs)
+    cached = cache.read_entry(BUDGET_CACHE, disk) if disk else None
+    if isinstance(cached, dict) and cached.get("budget") in BUDGETS:
+        log.debug("slot budget %s for %s read from the cache", cached["budget"], model or key)
+        _BUDGETS[full] = int(cached["budget"])
+        return _BUDGETS[full]
+    seconds = _measure_budgets(backend, std, n_classes, min_length, max_pairs, padding, model)
+    if seconds is None:
+        return None
+    _BUDGETS[full] = min(seconds, key=seconds.__getitem__)
+    where = (
+        cache.write_entry(BUDGET_CACHE, disk, {"budget": _BUDGETS[full], "seconds": seconds})
+        if disk
+        else None
+    )
+    log.debug("slot budget %s for %s measured (%s)", _BUDGETS[full], model or key, where or "not cached")
+    return _BUDGETS[full]
+
+
+def _measure_budgets(
+    backend: Backend,
+    std: Standardised,
+    n_classes: int,
+    min_length: int,
+    max_pairs: int | None,
+    padding: Padding,
+    model: str | None,
+) -> dict[int, float] | None:
+    """Seconds of each of :data:`BUDGETS` on :data:`TUNE_JETS` jets of ``std``, or None if it has fewer."""
     import time
 
     with_particles = np.flatnonzero(std.counts > 0)
@@ -422,5 +454,75 @@ def tuned_budget(
         t = time.perf_counter()
         run(budget, max_pairs)
         seconds[budget] = time.perf_counter() - t
-    _BUDGETS[key] = min(seconds, key=seconds.__getitem__)
-    return _BUDGETS[key]
+    return seconds
+
+
+def budget_cache_key(
+    backend: Any, padding: Padding, min_length: int, max_pairs: int | None
+) -> dict[str, Any] | None:
+    """What a tuned budget depends on: the model files (sha256), how the batches are made, the runtime,
+    its threads and device, and this machine's CPU; None for a backend whose speed this machine does not
+    set (a Triton server's), whose budget is measured once per process only."""
+    if isinstance(backend, OnnxBackend):
+        runtime: dict[str, Any] = {
+            "onnxruntime": _version("onnxruntime"),
+            "providers": list(backend.providers),
+            "threads": backend.threads or default_threads(),
+        }
+    elif isinstance(backend, TorchBackend):
+        import torch
+
+        backend.model  # noqa: B018 - building it resolves the device (cuda where torch sees one)
+        device = torch.device(backend.device or "cpu")
+        runtime = {"torch": torch.__version__, "dtype": backend.dtype, "device": str(device)}
+        if device.type == "cuda":
+            runtime["gpu"] = torch.cuda.get_device_name(device)
+        else:
+            runtime["threads"] = torch.get_num_threads()
+    else:
+        return None
+    return {
+        "models": [m.digest for m in backend.payloads],
+        "backend": type(backend).__name__,
+        "padding": padding,
+        "min_length": min_length,
+        "max_pairs": max_pairs,
+        "budgets": list(BUDGETS),
+        "tune_jets": TUNE_JETS,
+        "runtime": runtime,
+        "machine": machine_fingerprint(),
+    }
+
+
+#: CPU flags that change which batch size is fastest (vector width, fused multiply-add, int8 / bf16 dots)
+_SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "sve")
+
+
+@functools.cache
+def machine_fingerprint() -> dict[str, Any]:
+    """This machine as a tuned budget sees it: CPU model, cores and speed-relevant flags."""
+    import platform
+
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            field, _, value = line.partition(":")
+            info.setdefault(field.strip(), value.strip())  # the first CPU's
+    except OSError:
+        pass  # not Linux: the platform's processor name
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "cores": cores,
+        "flags": sorted(flags & set(_SPEED_FLAGS)),
+    }
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None

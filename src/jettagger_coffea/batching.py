@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from ._errors import JetTaggerError
+from ._names import MAX_LENGTH, MAX_LENGTH_ENV  # the length cap (defined there: the CLI shows it)
 
 if TYPE_CHECKING:
     from .dataconfig import InputGroup
@@ -24,12 +25,6 @@ if TYPE_CHECKING:
 #: how a batch is padded: "dynamic" (its longest jet, within the group's min/max), "fixed" (the config's
 #: length, as weaver exports), or an exact length
 Padding = Literal["dynamic", "fixed"] | int
-
-#: the most particles (or vertices) a jet is padded to: a config's ``length`` and ``--padding N`` above it
-#: are refused at load, since a fixed padding of 10^9 slots is a process the kernel kills, not a run;
-#: ``$JETTAGGER_MAX_LENGTH`` raises (or lowers) it
-MAX_LENGTH = 4096
-MAX_LENGTH_ENV = "JETTAGGER_MAX_LENGTH"
 
 
 def length_cap() -> int:

@@ -312,7 +312,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _add_backend(p: argparse.ArgumentParser) -> None:
-    from .backends import BACKENDS
+    from ._names import BACKENDS  # (not backends: it imports numpy)
 
     p.add_argument(
         "--jets", default=None, help="jet collection to tag: FatJet (AK8), Jet (AK4); default: the bundle's"
@@ -536,7 +536,7 @@ def _positive(kind: type):
 
 
 def _add_run(sub) -> None:
-    from .batching import MAX_LENGTH, MAX_LENGTH_ENV
+    from ._names import MAX_LENGTH, MAX_LENGTH_ENV  # (not batching: it imports numpy)
 
     p = sub.add_parser(
         "run",
@@ -616,7 +616,6 @@ def _run_run(args: argparse.Namespace) -> int:
 def _run_job(args: argparse.Namespace) -> tuple[dict, dict]:
     """The run's job and its outputs (in ``args.output``, which the caller holds)."""
     spec = _cluster_spec(args)  # checked first (before coffea is imported), no job submitted yet
-    from . import plotting
     from .bundle import Bundle
     from .data import default_fileset
     from .execution import run_fileset
@@ -629,6 +628,8 @@ def _run_job(args: argparse.Namespace) -> tuple[dict, dict]:
     bundle = Bundle.load(args.model)  # a folder, a shipped name, or the default
     fileset = load_fileset(args.fileset) if args.fileset else default_fileset()
     if args.label is not None:
+        from . import plotting  # (matplotlib: 1 s of imports, otherwise paid only when the plots are drawn)
+
         plotting.LABEL = args.label
     with _cluster_client(spec) as client:
         out = run_fileset(

@@ -1,0 +1,17 @@
+"""Plain data the command line's parser shows (the backend registry, the length cap), in a module that
+imports nothing: building the parser, hence ``jettagger --help``, imports no numpy. Their homes re-export
+them: :data:`.backends.BACKENDS`, :data:`.batching.MAX_LENGTH`."""
+
+#: backend name -> "module:Class"; each class makes itself with ``from_bundle(bundle, **options)``, whose
+#: keyword parameters are the backend's options. Adding a backend: its file and one line here.
+BACKENDS = {
+    "onnx": "jettagger_coffea.backends:OnnxBackend",
+    "torch": "jettagger_coffea.backends:TorchBackend",
+    "triton": "jettagger_coffea.triton:TritonBackend",
+}
+
+#: the most particles (or vertices) a jet is padded to: a config's ``length`` and ``--padding N`` above it
+#: are refused at load, since a fixed padding of 10^9 slots is a process the kernel kills, not a run;
+#: ``$JETTAGGER_MAX_LENGTH`` raises (or lowers) it
+MAX_LENGTH = 4096
+MAX_LENGTH_ENV = "JETTAGGER_MAX_LENGTH"
