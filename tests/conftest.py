@@ -8,6 +8,7 @@ import gc
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,9 @@ import pytest
 # processes, a Triton server or other jobs share the cores it doubled the wall time too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("JETTAGGER_THREADS", "1")
+# The user cache (tuned batch budgets, file metadata) of the test run's own: nothing read from or left in the
+# tester's ~/.cache, nothing carried over between runs (subprocesses and the external cluster inherit it).
+os.environ.setdefault("JETTAGGER_CACHE", tempfile.mkdtemp(prefix="jettagger-test-cache-"))
 
 from jettagger_coffea.data import sample_path
 

@@ -418,7 +418,7 @@ def tuned_budget(
         log.debug("slot budget %s for %s read from the cache", cached["budget"], model or key)
         _BUDGETS[full] = int(cached["budget"])
         return _BUDGETS[full]
-    seconds = _measure_budgets(backend, std, n_classes, min_length, max_pairs, padding, model)
+    seconds = _measure_budgets(backend, std, outputs, min_length, max_pairs, padding, model)
     if seconds is None:
         return None
     _BUDGETS[full] = min(seconds, key=seconds.__getitem__)
@@ -434,7 +434,7 @@ def tuned_budget(
 def _measure_budgets(
     backend: Backend,
     std: Standardised,
-    n_classes: int,
+    outputs: int | Outputs,
     min_length: int,
     max_pairs: int | None,
     padding: Padding,
