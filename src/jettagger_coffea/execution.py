@@ -9,6 +9,7 @@ import logging
 import signal
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ from .bundle import Bundle
 from .columnar import configure_dask
 from .fileset import check_fileset, preflight
 from .nanoevents import PFNanoSchema
+from .preparation import FileCache, ModelCheck, steps
 from .processor import ALL_FILES, TaggerProcessor
-from .sources import Events, check_events
 
 log = logging.getLogger(__name__)
 EXECUTORS = ("iterative", "futures", "dask", "dask-awkward")
@@ -83,7 +84,7 @@ def run_fileset(
     fileset = check_fileset(fileset)
     metadata = {ds: spec.get("metadata", {}) for ds, spec in fileset.items()}
     proc = TaggerProcessor(bundle, datasets=metadata, **processor_options)
-    files = CheckedFiles.of(fileset, proc, skip_bad_files)
+    files = CheckedFiles.of(fileset, proc, plan)
     plan = plan.resolved(sum(sum(f.values()) for f in files.expected.values()))
     if files.rntuples and plan.executor == "dask-awkward":  # uproot.dask: RNTuple fields have no titles
         raise JetTaggerError(
@@ -100,31 +101,51 @@ def run_fileset(
 @dataclasses.dataclass
 class CheckedFiles:
     """The fileset after :func:`.fileset.preflight`: per dataset the readable files and their events
-    (``expected``, files with 0 events included), Runs' genEventSumw per file, the source presets, the
-    RNTuples, the files skipped and the warnings (files listed twice)."""
+    (``expected``, files with 0 events included), Runs' genEventSumw per file, the ROOT file UUIDs, the
+    source presets, the RNTuples, the files skipped and the warnings (files listed twice), and the
+    events per chunk the files are cut into (:meth:`to_run`)."""
 
     trees: dict[str, dict[str, str]]
     expected: dict[str, dict[str, int]]
     runs_sumw: dict[str, dict[str, float | None]]
+    uuids: dict[str, dict[str, str | None]]
     sources: list[str]
     rntuples: list[str]
     skipped: list[dict[str, Any]]
     warnings: list[str]
+    chunksize: int = 100_000
 
     @classmethod
-    def of(cls, fileset: dict[str, Any], proc: TaggerProcessor, skip_bad_files: bool) -> CheckedFiles:
-        config, preset = proc.tagger.config, proc.tagger.preset
+    def of(
+        cls,
+        fileset: dict[str, Any],
+        proc: TaggerProcessor,
+        plan: Execution,
+        *,
+        client: Any = None,
+        cache: bool = True,
+    ) -> CheckedFiles:
+        """Every file prepared once (on ``client``'s workers when given, see :func:`.fileset.preflight`),
+        from the user's file cache where a file is unchanged (:class:`.preparation.FileCache`; ``cache``
+        False, or ``JETTAGGER_CACHE=off``: every file opened)."""
+        check = ModelCheck(proc.tagger.config, proc.tagger.preset)
         good, skipped = preflight(
-            fileset, skip_bad_files, check=lambda tree, path: check_events(Events(tree, path), config, preset)
+            fileset,
+            plan.skip_bad_files,
+            check=check,
+            client=client,
+            cache=FileCache.user() if cache else None,
         )
         checked = cls(
             trees={ds: spec["files"] for ds, spec in good.items()},
             expected={ds: spec["events"] for ds, spec in good.items()},
             runs_sumw={ds: spec["sumw"] for ds, spec in good.items()},
+            uuids={ds: spec["uuid"] for ds, spec in good.items()},
             sources=[f"{p.name} ({p.layout})" for s in good.values() for p in s["sources"].values() if p],
             rntuples=[p for spec in good.values() for p in spec["rntuple"]],
             skipped=skipped,
             warnings=[w for spec in good.values() for w in spec["duplicates"]],
+            chunksize=plan.chunksize,
         )
         if not good:
             raise JetTaggerError("no readable file in the fileset: " + "; ".join(s["file"] for s in skipped))
@@ -139,13 +160,44 @@ class CheckedFiles:
         return checked
 
     def to_run(self) -> dict[str, dict[str, Any]]:
-        """What the executor reads: files with events (a file with 0 events has no chunk; it is counted
-        with 0 events by :func:`_account`)."""
+        """What the executor reads, in coffea's preprocessed layout (``dataset_tools``: per file its
+        ``object_path``, ``steps``, ``num_entries`` and ``uuid``), so that neither the Runner nor
+        ``apply_to_fileset`` opens a file to prepare it again. Files with events only (a file with 0
+        events has no chunk; it is counted with 0 events by :func:`_account`)."""
         run = {
-            ds: {p: t for p, t in files.items() if self.expected[ds][p] > 0}
+            ds: {
+                p: {
+                    "object_path": t,
+                    "steps": steps(self.expected[ds][p], self.chunksize),
+                    "num_entries": self.expected[ds][p],
+                    "uuid": self.uuids[ds][p] or "",
+                }
+                for p, t in files.items()
+                if self.expected[ds][p] > 0
+            }
             for ds, files in self.trees.items()
         }
         return {ds: {"files": files} for ds, files in run.items() if files}
+
+
+def _uuid_bytes(text: str) -> bytes:
+    """A ROOT file UUID as the Runner's chunks carry it (empty where the file has none)."""
+    return uuid.UUID(text).bytes if text else b""
+
+
+def _work_items(fileset: dict[str, dict[str, Any]]) -> list[Any]:
+    """The Runner's chunks of a preprocessed fileset (:meth:`CheckedFiles.to_run`), in file order: with
+    pre-made chunks coffea's Runner opens no file for metadata."""
+    from coffea.processor.executor import WorkItem
+
+    return [
+        WorkItem(
+            ds, path, f["object_path"], start, stop, uuid.UUID(f["uuid"]).bytes if f["uuid"] else b"", {}
+        )
+        for ds, spec in fileset.items()
+        for path, f in spec["files"].items()
+        for start, stop in f["steps"]
+    ]
 
 
 def _meta(
@@ -214,30 +266,26 @@ def _execute(proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution) ->
 
 
 def _apply_to_fileset(proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution, client: Any) -> Any:
-    """dask-awkward: coffea's preprocess and ``apply_to_fileset``, one graph computed on the cluster.
+    """dask-awkward: coffea's ``apply_to_fileset`` on the preprocessed fileset (:meth:`CheckedFiles.to_run`,
+    as coffea's ``DataGroupSpec``), one graph computed on the cluster.
 
     The graph is a dict of datasets, each a dict of dask-histogram and dask-awkward collections: they are
     unpacked into one list of collections (each optimised by its own library) before ``client.compute``;
     the dict itself would become one ``Delayed``, whose graph cull fails on dask-histogram's layers
     (``KeyError: 'empty-histogram-...'``)."""
-    import inspect
-
     from coffea import processor
-    from coffea.dataset_tools import apply_to_fileset, preprocess
+    from coffea.dataset_tools import apply_to_fileset
     from dask.base import unpack_collections
 
-    configure_dask()  # preprocess's own graph needs it too
-    # no saved form: coffea builds it with uproot.dask, which takes TTrees only (RNTuples fail there);
-    # apply_to_fileset reads each file's form itself. The dict-fileset preprocessing, without the banner
-    # newer coffea prints for dict filesets
-    legacy = (
-        {"preprocess_legacy_root": True}
-        if "preprocess_legacy_root" in inspect.signature(preprocess).parameters
-        else {}
-    )
-    available, _ = preprocess(
-        fileset, step_size=plan.chunksize, skip_bad_files=plan.skip_bad_files, save_form=False, **legacy
-    )
+    configure_dask()
+    # no saved form: apply_to_fileset reads the first file's form itself (coffea's form comes from
+    # uproot.dask, which takes TTrees only)
+    try:
+        from coffea.dataset_tools import DataGroupSpec
+    except ImportError:  # coffea before its pydantic filesets takes the preprocessed dict itself
+        available: Any = fileset
+    else:
+        available = DataGroupSpec.model_validate(fileset)
     graph = apply_to_fileset(proc, available, schemaclass=PFNanoSchema)
     collections, repack = unpack_collections(graph)
     futures = client.compute(list(collections))
@@ -255,7 +303,8 @@ RETRIES = 0
 
 
 def _runner(proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution, client: Any) -> Any:
-    """coffea's Runner on the iterative, futures or dask executor."""
+    """coffea's Runner on the iterative, futures or dask executor, over pre-made chunks
+    (:func:`_work_items`)."""
     from coffea import processor
 
     if plan.executor == "iterative":
@@ -268,7 +317,7 @@ def _runner(proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution, cli
     skip = (Exception,) if plan.skip_bad_files else False
     runner = processor.Runner(ex, schema=PFNanoSchema, chunksize=plan.chunksize, skipbadfiles=skip)
     try:
-        return runner(fileset, proc, treename="Events")
+        return runner(_work_items(fileset), proc)
     except Exception as err:
         raise JetTaggerError(f"processing failed: {' '.join(str(err).split())}") from err  # one line
 
