@@ -6,7 +6,8 @@ from __future__ import annotations
 import filecmp
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -81,52 +82,52 @@ def preflight(
     accounting. Per file, ``uuid`` is the ROOT file UUID (None where there is none)."""
     located, duplicates = _one_spelling_per_file(fileset)
     order = [(ds, path, tree) for ds, files in located.items() for path, tree in files.items()]
-    outcomes = _prepare(order, check, skip_bad_files, client, cache)
     entries = {ds: _entry(fileset[ds], duplicates[ds]) for ds in located}
     skipped: list[dict[str, Any]] = []
     seen: dict[tuple[str, str, int], list[tuple[str, str]]] = {}  # (uuid, tree, entries) -> files
-    for (ds, path, tree), (n, preset, sumw, rntuple, uuid), error in outcomes:
-        if error is not None:
-            if not skip_bad_files:
-                raise JetTaggerError(f"cannot read {path} (dataset {ds!r}): {error.error}") from None
-            skipped.append({"dataset": ds, "file": path, "error": error.error, "events": error.header_events})
-            continue
-        entry = entries[ds]
-        if _copy_of(seen, (uuid, tree, n), ds, path, entry):
-            continue
-        entry["sources"][path] = preset
-        if rntuple:
-            entry["rntuple"].append(path)
-        entry["files"][path] = tree
-        entry["events"][path] = n
-        entry["sumw"][path] = sumw
-        entry["uuid"][path] = uuid
+    # closed on an error: the files not yet prepared are not opened (their dask tasks cancelled)
+    with closing(_prepare(order, check, skip_bad_files, client, cache)) as prepared:
+        for (ds, path, tree), info, failed in prepared:
+            if info is None:
+                if not skip_bad_files:
+                    raise JetTaggerError(f"cannot read {path} (dataset {ds!r}): {failed.error}") from None
+                skipped.append(
+                    {"dataset": ds, "file": path, "error": failed.error, "events": failed.header_events}
+                )
+                continue
+            n, preset, sumw, rntuple, uuid = info
+            entry = entries[ds]
+            if _copy_of(seen, (uuid, tree, n), ds, path, entry):
+                continue
+            entry["sources"][path] = preset
+            if rntuple:
+                entry["rntuple"].append(path)
+            entry["files"][path] = tree
+            entry["events"][path] = n
+            entry["sumw"][path] = sumw
+            entry["uuid"][path] = uuid
     return {ds: entry for ds, entry in entries.items() if entry["files"]}, skipped
 
 
 def _prepare(
     order: list[tuple[str, str, str]], check: Any, skip_bad_files: bool, client: Any, cache: FileCache | None
-) -> Iterator[tuple[tuple[str, str, str], tuple[int, Any, float | None, bool, str | None], Any]]:
-    """Per file in ``order``: (where, what one open told, None) or (where, None, the failed
-    :class:`.preparation.Outcome`), from the cache where the file is unchanged, else from an open (a
-    new entry kept). A file the model cannot read raises at once (never skipped)."""
+) -> Generator[tuple[tuple[str, str, str], Any, Outcome], None, None]:
+    """Per file in ``order``: (where, what one open told or None where the file cannot be read, its
+    :class:`.preparation.Outcome`), from the cache where the file is unchanged, else from an open (then
+    kept in the cache). A file the model cannot read raises at once (never skipped)."""
     key = check_key(check) if cache is not None else None
     cached = [cache.get(p, t, key) if cache is not None and key else None for _, p, t in order]
     items = [(p, t, c["stamp"] if c else None) for (_, p, t), c in zip(order, cached)]
-    outcomes = ordered_map(_inspect, items, client, check=check, skip_bad_files=skip_bad_files)
-    for where, entry, out in zip(order, cached, outcomes):
-        if out.user_error is not None:
-            raise JetTaggerError(out.user_error)
-        if out.error is not None:
-            yield where, (0, None, None, False, None), out
-            continue
-        if out.cached and cache is not None and entry is not None:
-            yield where, cache.info(entry), None
-            continue
-        assert out.info is not None
-        if cache is not None and key:
-            cache.put(where[1], where[2], key, out)
-        yield where, out.info, None
+    with closing(ordered_map(_inspect, items, client, check=check, skip_bad_files=skip_bad_files)) as outs:
+        for where, entry, out in zip(order, cached, outs):
+            if out.user_error is not None:
+                raise JetTaggerError(out.user_error)
+            if out.cached and cache is not None and entry is not None:
+                yield where, cache.info(entry), out
+                continue
+            if out.info is not None and cache is not None and key:
+                cache.put(where[1], where[2], key, out)
+            yield where, out.info, out
 
 
 def _inspect(path: str, tree: str, cached_stamp: Any, *, check: Any, skip_bad_files: bool) -> Outcome:

@@ -23,7 +23,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,7 +121,7 @@ def steps(num_entries: int, chunksize: int) -> list[list[int]]:
 # -- the map ------------------------------------------------------------------------------------------
 def ordered_map(
     task: Any, items: Sequence[tuple[Any, ...]], client: Any = None, **shared: Any
-) -> Iterator[Outcome]:
+) -> Generator[Outcome, None, None]:
     """``task(*item, **shared)`` per item, results in the items' order: in this process one after the
     other (an error stops the rest unopened), or one dask task per item on ``client``'s workers (those
     not yet needed are cancelled when the caller stops early). ``shared`` is sent to the workers once."""
