@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import JetTaggerError
-from .preparation import FileCache, Outcome, check_key, ordered_map, stamp
+from .preparation import FileCache, Outcome, check_key, heap_for_metadata, ordered_map, stamp
 
 
 def load_fileset(path: str | Path) -> dict[str, Any]:
@@ -136,7 +136,8 @@ def _inspect(path: str, tree: str, cached_stamp: Any, *, check: Any, skip_bad_fi
     if now is not None and now == cached_stamp:
         return Outcome(stamp=now, cached=True)
     try:
-        return Outcome(stamp=now, info=_open_one(path, tree, check))
+        with heap_for_metadata():
+            return Outcome(stamp=now, info=_open_one(path, tree, check))
     except JetTaggerError as err:
         return Outcome(stamp=now, user_error=str(err))
     except Exception as err:  # noqa: BLE001 - any failure to read makes the file bad
