@@ -191,9 +191,7 @@ def _work_items(fileset: dict[str, dict[str, Any]]) -> list[Any]:
     from coffea.processor.executor import WorkItem
 
     return [
-        WorkItem(
-            ds, path, f["object_path"], start, stop, uuid.UUID(f["uuid"]).bytes if f["uuid"] else b"", {}
-        )
+        WorkItem(ds, path, f["object_path"], start, stop, _uuid_bytes(f["uuid"]), {})
         for ds, spec in fileset.items()
         for path, f in spec["files"].items()
         for start, stop in f["steps"]
