@@ -4,11 +4,14 @@ of every event that was not processed."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import signal
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +23,15 @@ from .bundle import Bundle
 from .columnar import configure_dask
 from .fileset import check_fileset, preflight
 from .nanoevents import PFNanoSchema
+from .preparation import FileCache, ModelCheck, steps
 from .processor import ALL_FILES, TaggerProcessor
 from .shipping import models_of, shipped
-from .sources import Events, check_events
 
 log = logging.getLogger(__name__)
 EXECUTORS = ("iterative", "futures", "dask", "dask-awkward")
+#: the local workers' heap: buffers above 32 MB from mmap, not every one above dask's 128 KiB trim threshold
+#: (an open of a wide PFNano file, ~3600 copies of metadata, cost 3x the CPU on a worker without it)
+WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432"}
 #: ``executor="auto"`` runs jobs up to this many events in one process
 AUTO_ITERATIVE_EVENTS = 20_000
 
@@ -93,15 +99,17 @@ def run_fileset(
     fileset = check_fileset(fileset)
     metadata = {ds: spec.get("metadata", {}) for ds, spec in fileset.items()}
     proc = TaggerProcessor(bundle, datasets=metadata, **processor_options)
-    files = CheckedFiles.of(fileset, proc, skip_bad_files)
-    plan = plan.resolved(sum(sum(f.values()) for f in files.expected.values()))
-    if files.rntuples and plan.executor == "dask-awkward":  # uproot.dask: RNTuple fields have no titles
-        raise JetTaggerError(
-            f"{files.rntuples[0]} is an RNTuple, which the dask-awkward executor cannot read with this "
-            "coffea and uproot: use --executor iterative, futures or dask"
-        )
-    start = time.perf_counter()
-    out, shipping = _execute(proc, files.to_run(), plan)
+    with _external(plan) as plan:
+        on_cluster = plan.client is not None and plan.executor in ("auto", "dask", "dask-awkward")
+        files = CheckedFiles.of(fileset, proc, plan, client=plan.client if on_cluster else None)
+        plan = plan.resolved(sum(sum(f.values()) for f in files.expected.values()))
+        if files.rntuples and plan.executor == "dask-awkward":  # uproot.dask: RNTuple fields have no titles
+            raise JetTaggerError(
+                f"{files.rntuples[0]} is an RNTuple, which the dask-awkward executor cannot read with this "
+                "coffea and uproot: use --executor iterative, futures or dask"
+            )
+        start = time.perf_counter()
+        out, shipping = _execute(proc, files.to_run(), plan)
     _account(out, metadata, files, lumi)
     out["meta"] = _meta(proc, plan, files.expected, lumi, files.sources, time.perf_counter() - start)
     out["meta"]["shipping"] = shipping
@@ -111,31 +119,51 @@ def run_fileset(
 @dataclasses.dataclass
 class CheckedFiles:
     """The fileset after :func:`.fileset.preflight`: per dataset the readable files and their events
-    (``expected``, files with 0 events included), Runs' genEventSumw per file, the source presets, the
-    RNTuples, the files skipped and the warnings (files listed twice)."""
+    (``expected``, files with 0 events included), Runs' genEventSumw per file, the ROOT file UUIDs, the
+    source presets, the RNTuples, the files skipped and the warnings (files listed twice), and the
+    events per chunk the files are cut into (:meth:`to_run`)."""
 
     trees: dict[str, dict[str, str]]
     expected: dict[str, dict[str, int]]
     runs_sumw: dict[str, dict[str, float | None]]
+    uuids: dict[str, dict[str, str | None]]
     sources: list[str]
     rntuples: list[str]
     skipped: list[dict[str, Any]]
     warnings: list[str]
+    chunksize: int = 100_000
 
     @classmethod
-    def of(cls, fileset: dict[str, Any], proc: TaggerProcessor, skip_bad_files: bool) -> CheckedFiles:
-        config, preset = proc.tagger.config, proc.tagger.preset
+    def of(
+        cls,
+        fileset: dict[str, Any],
+        proc: TaggerProcessor,
+        plan: Execution,
+        *,
+        client: Any = None,
+        cache: bool = True,
+    ) -> CheckedFiles:
+        """Every file prepared once (on ``client``'s workers when given, see :func:`.fileset.preflight`),
+        from the user's file cache where a file is unchanged (:class:`.preparation.FileCache`; ``cache``
+        False, or ``JETTAGGER_CACHE=off``: every file opened)."""
+        check = ModelCheck(proc.tagger.config, proc.tagger.preset)
         good, skipped = preflight(
-            fileset, skip_bad_files, check=lambda tree, path: check_events(Events(tree, path), config, preset)
+            fileset,
+            plan.skip_bad_files,
+            check=check,
+            client=client,
+            cache=FileCache.user() if cache else None,
         )
         checked = cls(
             trees={ds: spec["files"] for ds, spec in good.items()},
             expected={ds: spec["events"] for ds, spec in good.items()},
             runs_sumw={ds: spec["sumw"] for ds, spec in good.items()},
+            uuids={ds: spec["uuid"] for ds, spec in good.items()},
             sources=[f"{p.name} ({p.layout})" for s in good.values() for p in s["sources"].values() if p],
             rntuples=[p for spec in good.values() for p in spec["rntuple"]],
             skipped=skipped,
             warnings=[w for spec in good.values() for w in spec["duplicates"]],
+            chunksize=plan.chunksize,
         )
         if not good:
             raise JetTaggerError("no readable file in the fileset: " + "; ".join(s["file"] for s in skipped))
@@ -150,13 +178,42 @@ class CheckedFiles:
         return checked
 
     def to_run(self) -> dict[str, dict[str, Any]]:
-        """What the executor reads: files with events (a file with 0 events has no chunk; it is counted
-        with 0 events by :func:`_account`)."""
+        """What the executor reads, in coffea's preprocessed layout (``dataset_tools``: per file its
+        ``object_path``, ``steps``, ``num_entries`` and ``uuid``), so that neither the Runner nor
+        ``apply_to_fileset`` opens a file to prepare it again. Files with events only (a file with 0
+        events has no chunk; it is counted with 0 events by :func:`_account`)."""
         run = {
-            ds: {p: t for p, t in files.items() if self.expected[ds][p] > 0}
+            ds: {
+                p: {
+                    "object_path": t,
+                    "steps": steps(self.expected[ds][p], self.chunksize),
+                    "num_entries": self.expected[ds][p],
+                    "uuid": self.uuids[ds][p] or "",
+                }
+                for p, t in files.items()
+                if self.expected[ds][p] > 0
+            }
             for ds, files in self.trees.items()
         }
         return {ds: {"files": files} for ds, files in run.items() if files}
+
+
+def _uuid_bytes(text: str) -> bytes:
+    """A ROOT file UUID as the Runner's chunks carry it (empty where the file has none)."""
+    return uuid.UUID(text).bytes if text else b""
+
+
+def _work_items(fileset: dict[str, dict[str, Any]]) -> list[Any]:
+    """The Runner's chunks of a preprocessed fileset (:meth:`CheckedFiles.to_run`), in file order: with
+    pre-made chunks coffea's Runner opens no file for metadata."""
+    from coffea.processor.executor import WorkItem
+
+    return [
+        WorkItem(ds, path, f["object_path"], start, stop, _uuid_bytes(f["uuid"]), {})
+        for ds, spec in fileset.items()
+        for path, f in spec["files"].items()
+        for start, stop in f["steps"]
+    ]
 
 
 def _meta(
@@ -184,18 +241,33 @@ def _meta(
     }
 
 
+@contextlib.contextmanager
+def _external(plan: Execution) -> Iterator[Execution]:
+    """The plan with a client of its external scheduler, connected before the files are prepared (they
+    are prepared on its workers, where the job reads them) and closed at the end; else as it is."""
+    if plan.scheduler is None or plan.executor not in ("auto", "dask", "dask-awkward"):
+        yield plan
+        return
+    from distributed import Client
+
+    try:
+        client = Client(plan.scheduler, timeout="30s")
+    except OSError as err:
+        raise JetTaggerError(f"cannot reach the dask scheduler {plan.scheduler}: {err}") from None
+    try:
+        yield dataclasses.replace(plan, client=client, scheduler=None)
+    finally:
+        client.close()
+
+
 def _cluster(plan: Execution) -> tuple[Any, Any, bool]:
-    """A client (the caller's, of the external scheduler, or of a local cluster started here, one thread
-    per worker), the cluster started here, and whether the client is the caller's (left open)."""
+    """A client (the caller's or the external scheduler's, see :func:`_external`, or one of a local
+    cluster started here, one thread per worker), the cluster started here, and whether the client is
+    someone else's (left open)."""
     from distributed import Client, LocalCluster
 
     if plan.client is not None:
         return plan.client, None, True
-    if plan.scheduler:
-        try:
-            return Client(plan.scheduler, timeout="30s"), None, False
-        except OSError as err:
-            raise JetTaggerError(f"cannot reach the dask scheduler {plan.scheduler}: {err}") from None
     # the workers are started ignoring SIGINT (inherited): Ctrl-C in a terminal reaches the whole process
     # group, and only this process handles it (one line, the cluster closed in order)
     main_thread = threading.current_thread() is threading.main_thread()
@@ -207,6 +279,7 @@ def _cluster(plan: Execution) -> tuple[Any, Any, bool]:
             processes=True,
             dashboard_address=None,
             scheduler_kwargs={"dashboard_address": ":0"},
+            env=WORKER_ENV,
         )
     finally:
         if main_thread:
@@ -252,30 +325,26 @@ def _shipping(proc: TaggerProcessor, sent: dict[str, Any] | None, tasks: bool) -
 
 
 def _apply_to_fileset(proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution, client: Any) -> Any:
-    """dask-awkward: coffea's preprocess and ``apply_to_fileset``, one graph computed on the cluster.
+    """dask-awkward: coffea's ``apply_to_fileset`` on the preprocessed fileset (:meth:`CheckedFiles.to_run`,
+    as coffea's ``DataGroupSpec``), one graph computed on the cluster.
 
     The graph is a dict of datasets, each a dict of dask-histogram and dask-awkward collections: they are
     unpacked into one list of collections (each optimised by its own library) before ``client.compute``;
     the dict itself would become one ``Delayed``, whose graph cull fails on dask-histogram's layers
     (``KeyError: 'empty-histogram-...'``)."""
-    import inspect
-
     from coffea import processor
-    from coffea.dataset_tools import apply_to_fileset, preprocess
+    from coffea.dataset_tools import apply_to_fileset
     from dask.base import unpack_collections
 
-    configure_dask()  # preprocess's own graph needs it too
-    # no saved form: coffea builds it with uproot.dask, which takes TTrees only (RNTuples fail there);
-    # apply_to_fileset reads each file's form itself. The dict-fileset preprocessing, without the banner
-    # newer coffea prints for dict filesets
-    legacy = (
-        {"preprocess_legacy_root": True}
-        if "preprocess_legacy_root" in inspect.signature(preprocess).parameters
-        else {}
-    )
-    available, _ = preprocess(
-        fileset, step_size=plan.chunksize, skip_bad_files=plan.skip_bad_files, save_form=False, **legacy
-    )
+    configure_dask()
+    # no saved form: apply_to_fileset reads the first file's form itself (coffea's form comes from
+    # uproot.dask, which takes TTrees only)
+    try:
+        from coffea.dataset_tools import DataGroupSpec
+    except ImportError:  # coffea before its pydantic filesets takes the preprocessed dict itself
+        available: Any = fileset
+    else:
+        available = DataGroupSpec.model_validate(fileset)
     graph = apply_to_fileset(proc, available, schemaclass=PFNanoSchema)
     collections, repack = unpack_collections(graph)
     futures = client.compute(list(collections))
@@ -293,10 +362,11 @@ RETRIES = 0
 
 
 def _runner(proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution, client: Any) -> Any:
-    """coffea's Runner on the iterative, futures or dask executor. Every file it opens (its metadata,
-    then each chunk) is opened with :func:`.remote.uproot_options`: a URL's reads have a timeout and only
-    their transient failures are retried, per read, where they happen (dask workers unpickle the same
-    source class); a chunk that fails otherwise is not retried (``RETRIES``)."""
+    """coffea's Runner on the iterative, futures or dask executor, over pre-made chunks
+    (:func:`_work_items`: no file is opened again for its metadata). Every chunk's file is opened with
+    :func:`.remote.uproot_options`: a URL's reads have a timeout and only their transient failures are
+    retried, per read, where they happen (dask workers unpickle the same source class); a chunk that fails
+    otherwise is not retried (``RETRIES``)."""
     from coffea import processor
 
     from .remote import uproot_options
@@ -318,7 +388,7 @@ def _runner(proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution, cli
         xrootdtimeout=options.pop("timeout"),
     )
     try:
-        return runner(fileset, proc, treename="Events", uproot_options=options)
+        return runner(_work_items(fileset), proc, uproot_options=options)
     except Exception as err:
         raise JetTaggerError(f"processing failed: {' '.join(str(err).split())}") from err  # one line
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+from collections.abc import Generator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from ._errors import JetTaggerError
+from .preparation import FileCache, Outcome, check_key, heap_for_metadata, ordered_map, stamp
 from .remote import gave_up, open_file
 
 
@@ -58,42 +61,43 @@ def file_identity(path: str) -> str:
 
 
 def preflight(
-    fileset: dict[str, Any], skip_bad_files: bool, check: Any = None
+    fileset: dict[str, Any],
+    skip_bad_files: bool,
+    check: Any = None,
+    *,
+    client: Any = None,
+    cache: FileCache | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Open every file once: unreadable ones are skipped (and recorded with their error and, where the
     header still says, their event count) or, without skipping, named in the error. ``check(tree, path)``
     refuses a readable file that lacks what the model reads (a user error: never skipped) and returns the
     source preset the file is read with (recorded per file, ``sources``).
 
+    Where the files are opened: one task per file on ``client``'s dask workers, else here one after the
+    other. With ``cache`` (:class:`.preparation.FileCache`) and a check that has a ``key``, a file whose
+    stamp is unchanged since a run with the same check is not opened (:mod:`.preparation`).
+
     One file is read once: spellings of one path (:func:`file_identity`), and copies (the same ROOT file
     UUID, entries and bytes), are kept once per dataset (a warning each, ``duplicates``); one file in two
     datasets is refused, naming both. Files with 0 events are kept (``events`` 0): they stay in the
-    accounting."""
+    accounting. Per file, ``uuid`` is the ROOT file UUID (None where there is none)."""
     located, duplicates = _one_spelling_per_file(fileset)
-    good: dict[str, Any] = {}
+    order = [(ds, path, tree) for ds, files in located.items() for path, tree in files.items()]
+    entries = {ds: _entry(fileset[ds], duplicates[ds]) for ds in located}
     skipped: list[dict[str, Any]] = []
     seen: dict[tuple[str, str, int], list[tuple[str, str]]] = {}  # (uuid, tree, entries) -> files
-    for ds, files in located.items():
-        entry = _entry(fileset[ds], duplicates[ds])
-        for path, tree in files.items():
-            try:
-                n, preset, sumw, rntuple, uuid = _open_one(path, tree, check)
-            except JetTaggerError:
-                raise
-            except Exception as err:  # noqa: BLE001 - any failure to read makes the file bad
+    # closed on an error: the files not yet prepared are not opened (their dask tasks cancelled)
+    with closing(_prepare(order, check, skip_bad_files, client, cache)) as prepared:
+        for (ds, path, tree), info, failed in prepared:
+            if info is None:
                 if not skip_bad_files:
-                    raise JetTaggerError(
-                        f"cannot read {path} (dataset {ds!r}): {type(err).__name__}: {err}"
-                    ) from None
+                    raise JetTaggerError(f"cannot read {path} (dataset {ds!r}): {failed.error}") from None
                 skipped.append(
-                    {
-                        "dataset": ds,
-                        "file": path,
-                        "error": f"{type(err).__name__}: {err}",
-                        "events": _events_from_header(path, tree),
-                    }
+                    {"dataset": ds, "file": path, "error": failed.error, "events": failed.header_events}
                 )
                 continue
+            n, preset, sumw, rntuple, uuid = info
+            entry = entries[ds]
             if _copy_of(seen, (uuid, tree, n), ds, path, entry):
                 continue
             entry["sources"][path] = preset
@@ -102,9 +106,44 @@ def preflight(
             entry["files"][path] = tree
             entry["events"][path] = n
             entry["sumw"][path] = sumw
-        if entry["files"]:
-            good[ds] = entry
-    return good, skipped
+            entry["uuid"][path] = uuid
+    return {ds: entry for ds, entry in entries.items() if entry["files"]}, skipped
+
+
+def _prepare(
+    order: list[tuple[str, str, str]], check: Any, skip_bad_files: bool, client: Any, cache: FileCache | None
+) -> Generator[tuple[tuple[str, str, str], Any, Outcome], None, None]:
+    """Per file in ``order``: (where, what one open told or None where the file cannot be read, its
+    :class:`.preparation.Outcome`), from the cache where the file is unchanged, else from an open (then
+    kept in the cache). A file the model cannot read raises at once (never skipped)."""
+    key = check_key(check) if cache is not None else None
+    cached = [cache.get(p, t, key) if cache is not None and key else None for _, p, t in order]
+    items = [(p, t, c["stamp"] if c else None) for (_, p, t), c in zip(order, cached)]
+    with closing(ordered_map(_inspect, items, client, check=check, skip_bad_files=skip_bad_files)) as outs:
+        for where, entry, out in zip(order, cached, outs):
+            if out.user_error is not None:
+                raise JetTaggerError(out.user_error)
+            if out.cached and cache is not None and entry is not None:
+                yield where, cache.info(entry), out
+                continue
+            if out.info is not None and cache is not None and key:
+                cache.put(where[1], where[2], key, out)
+            yield where, out.info, out
+
+
+def _inspect(path: str, tree: str, cached_stamp: Any, *, check: Any, skip_bad_files: bool) -> Outcome:
+    """One file's preparation, where the file is: not opened while its stamp equals the cached one."""
+    now = stamp(path)
+    if now is not None and now == cached_stamp:
+        return Outcome(stamp=now, cached=True)
+    try:
+        with heap_for_metadata():
+            return Outcome(stamp=now, info=_open_one(path, tree, check))
+    except JetTaggerError as err:
+        return Outcome(stamp=now, user_error=str(err))
+    except Exception as err:  # noqa: BLE001 - any failure to read makes the file bad
+        header = _events_from_header(path, tree) if skip_bad_files else None
+        return Outcome(stamp=now, error=f"{type(err).__name__}: {err}", header_events=header)
 
 
 def _entry(spec: dict[str, Any], duplicates: list[str]) -> dict[str, Any]:
@@ -113,6 +152,7 @@ def _entry(spec: dict[str, Any], duplicates: list[str]) -> dict[str, Any]:
         "metadata": spec.get("metadata", {}),
         "events": {},
         "sumw": {},
+        "uuid": {},
         "sources": {},
         "rntuple": [],
         "duplicates": duplicates,
