@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -111,7 +112,8 @@ def test_an_unreachable_url_is_skipped_and_accounted(xrootd, served, local, shor
     fs = {"qcd": [xrootd.url(served["qcd"]), dead]}
     out = run_fileset("pfn", fs, skip_bad_files=True, **KW)
     assert [(s["dataset"], s["file"], s["events"]) for s in out["skipped"]] == [("qcd", dead, None)]
-    assert "Operation expired" in out["skipped"][0]["error"]
+    # the client's answer for a host that does not answer (its state tells which: expired or refused)
+    assert re.search(r"Operation expired|Connection error", out["skipped"][0]["error"])
     assert out["cutflow"]["qcd"] == local["cutflow"]["qcd"]
 
 

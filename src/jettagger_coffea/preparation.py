@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 
 #: the layout of a cache entry; another value is a cache miss
 FORMAT = 1
-#: seconds a remote file's stat may take before the file counts as not cacheable (the open then reports)
-STAT_TIMEOUT = 30
 
 
 # -- what a file is checked against -------------------------------------------------------------------
@@ -100,7 +98,12 @@ def stamp(path: str) -> list[Any] | None:
             return ["local", st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         import fsspec
 
-        options = {"timeout": STAT_TIMEOUT} if path.startswith(("root:", "roots:")) else {}
+        from . import remote
+
+        # the remote timeout: an unreachable file costs one timeout here (then not cacheable; the open
+        # names it), not a longer wait of its own
+        remote.configure_xrootd_client()
+        options = {"timeout": remote.REMOTE_TIMEOUT} if path.startswith(("root:", "roots:")) else {}
         fs, inner = fsspec.core.url_to_fs(path, **options)
         info = fs.info(inner)
     except Exception:  # noqa: BLE001 - no stamp: not cacheable; the open reports what is wrong
