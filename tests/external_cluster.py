@@ -79,7 +79,8 @@ class ExternalCluster:
         worker = [sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nthreads", "1",
                   "--nworkers", "1", "--no-dashboard", "--name", f"external-{i}", "--memory-limit", "3GB",
                   "--local-directory", str(work / "dask")]  # fmt: skip
-        script = f"{mounts} && cd {shlex.quote(str(work))} && exec {shlex.join(worker)}"
+        steps = [*([mounts] if mounts else []), f"cd {shlex.quote(str(work))}", f"exec {shlex.join(worker)}"]
+        script = " && ".join(steps)
         log = (work / "worker.log").open("w")
         self.procs.append(
             subprocess.Popen(
