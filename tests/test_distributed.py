@@ -143,14 +143,20 @@ def _worker_counts(ec: ExternalCluster) -> tuple[dict, dict]:
         return c.run(backends.jets_run), c.run(shipping.received)
 
 
+def _default_bundle(client_area: Path, name: str) -> Path:
+    """A copy of the default bundle where only the client sees it."""
+    bundle = client_area / name
+    shutil.copytree(resolve(None), bundle)
+    return bundle
+
+
 def _digest(bundle: Path) -> str:
     return shipping.ModelBytes.read(bundle / "model.onnx").digest
 
 
 @pytest.mark.slow
 def test_the_default_bundle_runs_on_external_workers_over_xrootd(cluster, xrootd, client_area):
-    bundle = client_area / "default"
-    shutil.copytree(resolve(None), bundle)
+    bundle = _default_bundle(client_area, "default")
     inputs = _bundled("qcd", "tbqq")
     local, remote = _filesets(xrootd, client_area, inputs, "bundled")
     served = Path(xrootd.folder) / "bundled" / "qcd_nanoaod.root"
@@ -197,8 +203,7 @@ def test_cms_particlenet_runs_on_external_workers_over_xrootd(cluster, xrootd, c
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_run_changes_nothing(cluster, xrootd, client_area):
-    bundle = client_area / "default-kill"
-    shutil.copytree(resolve(None), bundle)
+    bundle = _default_bundle(client_area, "default-kill")
     inputs = _bundled("qcd", "tbqq")
     local, remote = _filesets(xrootd, client_area, inputs, "kill")
     _run("--executor", "iterative", "--model", bundle, "--fileset", local, "-o", client_area / "k_local")
@@ -235,8 +240,7 @@ def test_the_processor_under_coffeas_runner_on_the_users_client(cluster, xrootd,
 
     from .compare import same_hists
 
-    bundle = client_area / "default-runner"
-    shutil.copytree(resolve(None), bundle)
+    bundle = _default_bundle(client_area, "default-runner")
     local, remote = _filesets(xrootd, client_area, _bundled("tbqq"), "runner")
     proc = TaggerProcessor(bundle)
     files = {kind: json.loads(path.read_text()) for kind, path in (("local", local), ("remote", remote))}
