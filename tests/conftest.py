@@ -130,6 +130,16 @@ def run_cli(*args: object, timeout: int = 600) -> subprocess.CompletedProcess:
     )
 
 
+def import_cms(model_dir: Path, out: Path) -> Path:
+    """A CMS model folder of ../shared (model.onnx + preprocess.json) imported as a bundle, as a user does."""
+    onnx, pre = shared_file(model_dir / "model.onnx"), shared_file(model_dir / "preprocess.json")
+    r = run_cli(
+        "import-weaver", "--onnx", onnx, "--preprocess", pre, "--stored-prefix", "particleNet", "-o", out
+    )
+    assert r.returncode == 0, r.stderr
+    return out
+
+
 def train_tiny(
     network: str, work: Path, epochs: int, max_jets: int, seed: int, reference: bool = True
 ) -> Path:

@@ -13,7 +13,7 @@ import uproot
 from jettagger_coffea._errors import JetTaggerError
 from jettagger_coffea.dataconfig import DataConfig
 
-from .conftest import SHARED, shared_file
+from .conftest import SHARED, import_cms, shared_file
 from .conftest import run_cli as cli
 
 CMS = SHARED / "reference" / "cms" / "ParticleNetAK8_General_V01"
@@ -23,11 +23,7 @@ DISCRIMINANTS = ("TvsQCD", "WvsQCD", "ZvsQCD", "HbbvsQCD", "HccvsQCD", "H4qvsQCD
 
 @pytest.fixture(scope="module")
 def cms_bundle(tmp_path_factory):
-    onnx, pre = shared_file(CMS / "model.onnx"), shared_file(CMS / "preprocess.json")
-    out = tmp_path_factory.mktemp("cms") / "pn-ak8"
-    r = cli("import-weaver", "--onnx", onnx, "--preprocess", pre, "--stored-prefix", "particleNet", "-o", out)
-    assert r.returncode == 0, r.stderr
-    return out
+    return import_cms(CMS, tmp_path_factory.mktemp("cms") / "pn-ak8")
 
 
 @pytest.fixture(scope="module")

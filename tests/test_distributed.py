@@ -24,7 +24,7 @@ from jettagger_coffea.bundle import resolve
 from jettagger_coffea.data import default_fileset
 
 from .compare import same_runs
-from .conftest import SHARED, run_cli, shared_file
+from .conftest import SHARED, import_cms, run_cli, shared_file
 from .external_cluster import ExternalCluster, can_isolate
 
 NANO = SHARED / "reference" / "nanoaod"
@@ -185,11 +185,7 @@ def test_the_default_bundle_runs_on_external_workers_over_xrootd(cluster, xrootd
 
 @pytest.mark.slow
 def test_cms_particlenet_runs_on_external_workers_over_xrootd(cluster, xrootd, client_area):
-    onnx, pre = shared_file(CMS / "model.onnx"), shared_file(CMS / "preprocess.json")
-    bundle = client_area / "cms-pn-ak8"
-    r = run_cli("import-weaver", "--onnx", onnx, "--preprocess", pre, "--stored-prefix", "particleNet",
-                "-o", bundle)  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    bundle = import_cms(CMS, client_area / "cms-pn-ak8")
     local, remote = _filesets(xrootd, client_area, {"qcd": [shared_file(NANO / "pfnano.root")]}, "cms")
     _run("--executor", "iterative", "--model", bundle, "--fileset", local, "-o", client_area / "c_local")
     _run("--scheduler", cluster.address, "--model", bundle, "--fileset", remote, "--chunksize", "3",

@@ -19,7 +19,7 @@ from jettagger_coffea.bundle import Bundle
 from jettagger_coffea.inputs import OutputColumn, Outputs, OutputTensor, default_column
 from jettagger_coffea.tagger import JetTagger
 
-from .conftest import SHARED, shared_file
+from .conftest import SHARED, import_cms, shared_file
 from .conftest import run_cli as cli
 
 MASS = SHARED / "reference" / "cms" / "ParticleNetAK8_MassRegression_V01"
@@ -49,11 +49,7 @@ HIDDEN = [f"hidNeuron{k:03d}" for k in range(8)]
 
 @pytest.fixture(scope="module")
 def mass_bundle(tmp_path_factory):
-    onnx, pre = shared_file(MASS / "model.onnx"), shared_file(MASS / "preprocess.json")
-    out = tmp_path_factory.mktemp("mass") / "pn-mass"
-    r = cli("import-weaver", "--onnx", onnx, "--preprocess", pre, "--stored-prefix", "particleNet", "-o", out)
-    assert r.returncode == 0, r.stderr
-    return out
+    return import_cms(MASS, tmp_path_factory.mktemp("mass") / "pn-mass")
 
 
 @pytest.fixture(scope="module")
