@@ -329,6 +329,66 @@ def test_mass_regression_through_the_processor(mass_bundle, nano):
     assert not np.allclose(np.asarray(out["jets"]["mass"]), nano["FatJet_mass"])
 
 
+def test_true_mass_as_cms_defines_it():
+    """The generated-jet soft-drop mass of a QCD FatJet: its GenJetAK8's two SubGenJetAK8 summed (on the
+    real PFNano file, checked by hand for the first jet); W and top jets of NanoAOD v15 take their
+    resonance's generated mass."""
+    import vector
+
+    from jettagger_coffea.sources import Events
+    from jettagger_coffea.truth import fatjet_true_mass, fatjet_truth
+
+    tree = uproot.open(shared_file(PFNANO))["Events"]
+    mass = fatjet_true_mass(Events(tree, "pfnano"))
+    sub = tree.arrays([f"SubGenJetAK8_{f}" for f in ("pt", "eta", "phi", "mass")], entry_stop=1)[0]
+    v, w = (  # in float64: float32 four-momenta lose the mass of a light jet (3.64 instead of 3.58 GeV)
+        vector.obj(**{f: float(sub[f"SubGenJetAK8_{f}"][k]) for f in ("pt", "eta", "phi", "mass")})
+        for k in (0, 1)
+    )
+    assert mass[0] == pytest.approx((v + w).mass, rel=1e-5)
+    assert len(mass) == 24 and np.isnan(mass[2])  # FatJet_genJetAK8Idx -1: no generated jet
+    v15 = Events(
+        uproot.open(shared_file(SHARED / "reference" / "nanoaod" / "nano_tt_v15.root"))["Events"], "v15"
+    )
+    labels, m15 = fatjet_truth(v15), fatjet_true_mass(v15)
+    w, top = m15[labels == "Wqq"], m15[labels == "Tbqq"]  # Breit-Wigner: one W at 70.75 GeV
+    assert len(w) == 9 and abs(np.median(w) - 80.4) < 1 and np.all(np.abs(w - 80.4) < 15)
+    assert len(top) == 3 and np.all(np.abs(top - 172.5) < 5)
+
+
+def test_mass_response_beside_the_soft_drop_mass(mass_bundle, tmp_path):
+    """The CMS mass regression on pfnano.root: regressed mass and soft-drop mass over the true mass, per
+    truth class and pT (median, half-IQR), in the histograms, metrics.json, hists.root and a plot; the
+    binned medians are those of the jets' own ratios within a bin."""
+    from jettagger_coffea.execution import run_fileset
+    from jettagger_coffea.outputs import write_outputs
+    from jettagger_coffea.processor import MIN_TRUE_MASS, Selection
+    from jettagger_coffea.sources import Events
+    from jettagger_coffea.truth import fatjet_true_mass
+
+    fileset = {"qcd": {"files": {str(PFNANO): "Events"}, "metadata": {"xsec": 1.0}}}
+    opts = {"executor": "iterative", "chunksize": 5, "progress": False, "per_jet": True}
+    out = run_fileset(mass_bundle, fileset, selection=Selection(pt_min=200.0, eta_max=None), **opts)
+    true = fatjet_true_mass(Events(uproot.open(shared_file(PFNANO))["Events"], "pfnano"))
+    known = true > MIN_TRUE_MASS
+    assert known.sum() == 10
+    paths = write_outputs(out, tmp_path / "out")
+    m = json.loads(paths["metrics"].read_text())["response"]
+    regressed = np.asarray(out["jets"]["mass"])
+    msd = uproot.open(shared_file(PFNANO))["Events"]["FatJet_msoftdrop"].array()
+    for name, values in (("mass", regressed), ("msoftdrop", ak.to_numpy(ak.flatten(msd)))):
+        q = m[name]["QCD"]
+        assert q["n"] == 10
+        ratios = values[known] / true[known]
+        assert q["median"] == pytest.approx(np.median(ratios), abs=0.01)
+        assert q["resolution"] == pytest.approx(q["half_iqr"] / q["median"])
+    assert m["mass"]["QCD"]["resolution"] < m["msoftdrop"]["QCD"]["resolution"]
+    assert paths["response_mass"].stat().st_size > 10_000
+    with uproot.open(paths["root"]) as f:
+        assert f["qcd_response_mass_QCD"].values().sum() == 10
+        assert f["qcd_regression_mass_QCD"].values().sum() == pytest.approx(24, abs=1)
+
+
 def test_regressions_under_dask_awkward_equal_eager(glopart_bundle, events):
     """The regression histograms lazily (dask-awkward, the outputs' typetracer form): those of eager."""
     import dask

@@ -180,7 +180,7 @@ def metrics_from_hists(out: dict[str, Any]) -> dict[str, Any]:
             cm[i] = hp.values()[truths.index(t)]
     jets = sum(c["selected_jets"] for c in out["cutflow"].values())
     warnings = [*out.get("warnings", []), *efficiency_warnings(out)]
-    return metrics_document(
+    doc = metrics_document(
         "binned",
         meta["model"],
         classes,
@@ -196,6 +196,23 @@ def metrics_from_hists(out: dict[str, Any]) -> dict[str, Any]:
         executor=meta.get("executor"),
         shipping=meta.get("shipping"),
     )
+    responses = {
+        n.removeprefix("response_"): response_summary(v) for n, v in h.items() if n.startswith("response_")
+    }
+    if responses:  # the regressed masses and the soft-drop mass over the true mass (NaN: no jets -> null)
+        doc["response"] = _json_numbers(responses)
+    return doc
+
+
+def _json_numbers(x: Any) -> Any:
+    """NaN and infinities as null (metrics.json is strict JSON)."""
+    if isinstance(x, dict):
+        return {k: _json_numbers(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_numbers(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
 
 
 def roc_curves(out: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
@@ -275,3 +292,50 @@ def efficiency_warnings(out: dict[str, Any]) -> list[str]:
         f"(eff_pt_{name}, eff_msd_{name}) are not drawn"
         for name, signal in signal_missing(out).items()
     ]
+
+
+def _quantiles(values: np.ndarray, edges: np.ndarray, qs: Sequence[float]) -> list[float]:
+    """Quantiles of a binned distribution (with its under- and overflow), linear within a bin; inf where a
+    quantile lies in the overflow, NaN without entries."""
+    total = values.sum()
+    if total <= 0:
+        return [float("nan")] * len(qs)
+    cum = np.cumsum(values) / total  # [underflow, bins..., overflow]
+    out = []
+    for q in qs:
+        k = int(np.searchsorted(cum, q))
+        if k == 0:
+            out.append(float(edges[0]))
+        elif k > len(edges) - 1:
+            out.append(float("inf"))
+        else:
+            below = cum[k - 1]
+            frac = (q - below) / (cum[k] - below) if cum[k] > below else 0.0
+            out.append(float(edges[k - 1] + frac * (edges[k] - edges[k - 1])))
+    return out
+
+
+def response_summary(h: Any) -> dict[str, dict[str, Any]]:
+    """Per truth class, from a ``response_*`` histogram (dataset, truth, pt, response): the median response
+    (mass / true mass), the half inter-quartile range and the relative resolution (half-IQR / median),
+    over all pT and per pT bin (``per_pt``, lists over ``pt_edges``), with the jets' sum of weights."""
+    hp = h.project("truth", "pt", "response")
+    values = hp.view(flow=True)["value"]  # [truth (+other)][pt (+under, over)][response (+under, over)]
+    edges = hp.axes["response"].edges
+
+    def one(v: np.ndarray) -> dict[str, float]:
+        q25, med, q75 = _quantiles(v, edges, (0.25, 0.5, 0.75))
+        half = (q75 - q25) / 2
+        return {"n": float(v.sum()), "median": med, "half_iqr": half, "resolution": half / med}
+
+    out: dict[str, dict[str, Any]] = {}
+    for i, t in enumerate(hp.axes["truth"]):  # a string category axis has no underflow: row i is class i
+        inclusive = one(values[i].sum(axis=0))
+        if inclusive["n"] <= 0:
+            continue
+        per_pt = [one(values[i][k + 1]) for k in range(len(hp.axes["pt"]))]
+        out[t] = inclusive | {
+            "pt_edges": [float(x) for x in hp.axes["pt"].edges],
+            "per_pt": {k: [p[k] for p in per_pt] for k in ("n", "median", "half_iqr", "resolution")},
+        }
+    return out

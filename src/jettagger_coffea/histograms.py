@@ -60,6 +60,11 @@ def regression_axis(name: str, unit: str | None, label: str) -> hist.axis.Regula
     return hist.axis.Regular(50, 0, 2, name="value", label=label + (f" [{unit}]" if unit else ""))
 
 
+#: response bins: regressed (or soft-drop) mass over the true mass, 0.01 wide (medians and quartiles are
+#: interpolated within a bin: :func:`.analysis.response_summary`)
+RESPONSE_AXIS = hist.axis.Regular(200, 0, 2, name="response", label="Mass / true mass")
+
+
 def make_histograms(
     classes: Sequence[str],
     discriminants: Sequence[str],
@@ -71,10 +76,13 @@ def make_histograms(
     truth_classes: Sequence[str] = TRUTH_CLASSES,
     mass_label: str = MSD_AXIS.label,
     regressions: Sequence[tuple[str, str | None, str]] = (),
+    responses: Sequence[str] = (),
 ) -> dict[str, hist.Hist]:
     """The processor's histograms (weighted), per dataset and truth class; ``mass_label`` names the jet
     mass the ``msoftdrop`` / ``wp_msd`` histograms hold (AK4 jets have no soft-drop mass: their mass);
-    ``regressions`` (name, unit, label of each regressed quantity): one ``regression_<name>`` each.
+    ``regressions`` (name, unit, label of each regressed quantity): one ``regression_<name>`` each;
+    ``responses`` (the regressed masses, and ``msoftdrop`` beside them): one ``response_<name>`` each, the
+    mass over the true mass (:func:`.truth.fatjet_true_mass`) vs pT.
     Longer than most functions on purpose: one literal, every histogram's axes read top to bottom."""
     msd = hist.axis.Regular(50, 0, 250, name="msd", label=mass_label)
     truth = truth_axis(truth_classes)
@@ -88,6 +96,10 @@ def make_histograms(
             hist_class, dataset_axis(), truth, pt_axis(pt_bins), regression_axis(name, unit, label)
         )
         for name, unit, label in regressions
+    }
+    regressed |= {
+        f"response_{name}": _hist(hist_class, dataset_axis(), truth, pt_axis(pt_bins), RESPONSE_AXIS)
+        for name in responses
     }
     return regressed | {
         # event / jet counts as a histogram: scalar reductions do not work lazily with dask >= 2025.4

@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 
 from ._errors import JetTaggerError
-from .analysis import efficiency_curves, metrics_from_hists, roc_curves, signal_missing, truth_groups
+from .analysis import (
+    efficiency_curves,
+    metrics_from_hists,
+    response_summary,
+    roc_curves,
+    signal_missing,
+    truth_groups,
+)
 
 #: files ``run`` and ``evaluate`` write (and ``*.png``): a folder holding anything else is not replaced
 OUTPUT_FILES = frozenset({"hists.pkl", "hists.root", "metrics.json", "jets.parquet"})
@@ -241,6 +248,15 @@ def _plots(out: dict[str, Any], metrics: dict[str, Any], folder: Path) -> dict[s
                 paths[f"eff_{axis}_{name}"] = plotting.efficiency_plot(
                     eff, folder / f"eff_{axis}_{name}.png", xlabel, title=name
                 )
+    responses = metrics.get("response", {})
+    for name in responses:  # each regressed mass beside the soft-drop mass, over the true mass
+        if name != "msoftdrop":
+            summaries = {name: response_summary(h[f"response_{name}"])}
+            if "msoftdrop" in responses:
+                summaries["msoftdrop"] = response_summary(h["response_msoftdrop"])
+            paths[f"response_{name}"] = plotting.response_plot(
+                summaries, folder / f"response_{name}.png", title=meta["model"]
+            )
     hm = h["msoftdrop"].project("truth", "msd")
     view = hm.view()
     per_truth = {
@@ -330,6 +346,12 @@ def _write_root(out: dict[str, Any], path: Path) -> None:
             for t in h["msoftdrop"].axes["truth"]:
                 sub = {"dataset": ds, "truth": t}
                 put(f, f"{ds}_msoftdrop_{t}", h["msoftdrop"][sub], f"{ds} {t}: soft-drop mass")
+                for name, hh in h.items():  # regressed quantities; masses over the true mass
+                    kind, _, what = name.partition("_")
+                    if kind in ("regression", "response") and ds in hh.axes["dataset"]:
+                        axis = "value" if kind == "regression" else "response"
+                        title = f"{ds} {t}: {what}" + (" / true mass" if kind == "response" else "")
+                        put(f, f"{ds}_{name}_{t}", hh[sub].project(axis), title)
                 if ds not in h["scores"].axes["dataset"]:
                     continue
                 for c in h["scores"].axes["cls"]:

@@ -422,3 +422,34 @@ def _learning_curve_axes(axes: Sequence[Any], panels: Sequence[str]) -> None:
             ax.set_yscale("log")
             ax.set_ylabel(f"{panel}: 1/$\\varepsilon_b$ at $\\varepsilon_s$ = 50 %", fontsize=13)
         ax.tick_params(which="both", labelsize=11)
+
+
+def response_plot(
+    summaries: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Path, *, title: str = ""
+) -> Path:
+    """Median response (mass / true mass) and relative resolution (half-IQR / median) vs jet pT, per truth
+    class: ``summaries`` maps a mass (the regressed one first, solid; then the soft-drop mass, dashed) to
+    :func:`.analysis.response_summary`."""
+    _style()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 9), sharex=True)
+    styles = ("-", "--", ":", "-.")
+    for (mass, summary), ls in zip(summaries.items(), styles):
+        for t, s in summary.items():
+            edges = np.asarray(s["pt_edges"])
+            centres, half = 0.5 * (edges[1:] + edges[:-1]), 0.5 * np.diff(edges)
+            per = s["per_pt"]
+            filled = np.asarray(per["n"]) > 0
+            label = f"{t}, {mass}: {s['median']:.3f}, {s['resolution']:.3f}"
+            for ax, key in ((top, "median"), (bottom, "resolution")):
+                y = np.asarray(per[key], dtype=float)
+                ax.errorbar(centres[filled], y[filled], xerr=half[filled], ls=ls, marker="o", ms=5,
+                            color=colour_of(t), label=label if ax is top else None)  # fmt: skip
+    top.axhline(1.0, color="0.6", lw=1)
+    top.set_ylabel("Median (mass / true mass)", fontsize=18)
+    bottom.set_ylabel("Half-IQR / median", fontsize=18)
+    bottom.set_xlabel(r"Jet $p_T$ [GeV]")
+    bottom.set_ylim(bottom=0)
+    top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=11, frameon=False,
+               title="truth, mass:\nmedian, resolution (all pT)", title_fontsize=11)  # fmt: skip
+    _corner(top, title)
+    return _save(fig, path)

@@ -32,7 +32,7 @@ from .tagger import (
     TAGGED,
     JetTagger,
 )
-from .truth import jet_truth, truth_classes
+from .truth import fatjet_true_mass, jet_truth, truth_classes
 from .workingpoints import read_thresholds
 
 #: FatJet_jetId bits (NanoAOD): 1 loose (2016), 2 tight, 4 tight with lepton veto
@@ -127,6 +127,10 @@ class TaggerProcessor(processor.ProcessorABC):
         others = self.tagger.bundle.outputs.others
         #: the regression outputs: position among the non-class outputs, column
         self.regressions = [(i, c) for i, c in enumerate(others) if c.role == "regression"]
+        #: the regressed masses: each compared with the true mass, beside the soft-drop mass (AK8 truth)
+        self.masses = [c.name for _, c in self.regressions if is_mass(c)]
+        if self.tagger.preset.truth == "flavour":
+            self.masses = []
 
     def is_mc(self, events: Any, dataset: str) -> bool:
         meta = self.datasets.get(dataset, {})
@@ -154,6 +158,8 @@ class TaggerProcessor(processor.ProcessorABC):
             weight=ops.flat(ak.broadcast_arrays(w_event, jets.pt)[0]),
             others=None if others is None else ops.flat(others),
             regressed={c.name: ops.flat(self._quantity(others, i, c, jets)) for i, c in self.regressions},
+            true_mass=ops.flat(self._true_mass(events, mask)) if mc and self.masses else None,
+            mass_name=mass,
         )
         wp_names = sorted({w for d in self.wps.values() for w in d})
         hists = make_histograms(
@@ -166,6 +172,7 @@ class TaggerProcessor(processor.ProcessorABC):
             truth_classes=self.truth_classes,
             mass_label="Soft-drop mass [GeV]" if mass == "msoftdrop" else "Jet mass [GeV]",
             regressions=[(c.name, c.unit, _quantity_label(c)) for _, c in self.regressions],
+            responses=[*self.masses, mass] if chunk.true_mass is not None and mass == "msoftdrop" else (),
         )
         for t_index, t in enumerate(self.truth_classes):  # one fill per truth class: scalar string categories
             self._fill_truth(hists, chunk, t_index, t, ops)
@@ -203,6 +210,18 @@ class TaggerProcessor(processor.ProcessorABC):
             hists["predicted"].fill(**fill, predicted=ops.argmax(t_scores, axis=1), weight=w)
         for name, value in c.regressed.items():
             hists[f"regression_{name}"].fill(**fill, pt=t_pt, value=value[ok], weight=w)
+        if (
+            c.true_mass is not None and c.mass_name == "msoftdrop"
+        ):  # NaN true masses (no matched generated jet) fall outside every fill
+            known = ok & (c.true_mass > MIN_TRUE_MASS)
+            truth_mass = c.true_mass[known]
+            for name in self.masses:
+                ratio = c.regressed[name][known] / truth_mass
+                hists[f"response_{name}"].fill(**fill, pt=c.pt[known], response=ratio, weight=c.weight[known])
+            ratio = c.msd[known] / truth_mass
+            hists[f"response_{c.mass_name}"].fill(
+                **fill, pt=c.pt[known], response=ratio, weight=c.weight[known]
+            )
         for i, cls in enumerate(self.tagger.classes):
             hists["scores"].fill(**fill, pt=t_pt, cls=cls, score=t_scores[:, i], weight=w)
         for name, wps in self.wps.items():
@@ -281,6 +300,19 @@ class TaggerProcessor(processor.ProcessorABC):
             label="jettagger-truth",
         )
 
+    def _true_mass(self, events: Any, mask: Any) -> Any:
+        """[event][selected jet] true mass (:func:`.truth.fatjet_true_mass`)."""
+        return map_chunks(
+            _true_mass_chunk,
+            events,
+            mask,
+            collection=self.tagger.jets,
+            radius=self.radius,
+            touches=_true_mass_columns,
+            empty=empty_jagged,
+            label="jettagger-true-mass",
+        )
+
     def postprocess(self, accumulator: Any) -> Any:
         return accumulator
 
@@ -303,6 +335,8 @@ class _Chunk:
     weight: Any
     others: Any  # the outputs that are not classes, (jets, columns); None for a model of classes only
     regressed: dict[str, Any]  # regression output -> its quantity per jet
+    true_mass: Any = None  # per jet, where the model regresses a mass: what it should give (NaN: unknown)
+    mass_name: str = "msoftdrop"  # the jet mass beside it: msoftdrop, or mass (AK4)
 
     @property
     def tagged(self) -> Any:
@@ -338,6 +372,39 @@ def _fill_counts(h: Any, dataset: str, fname: str, w_event: Any, steps: Any, hal
     for step, n in steps:
         h.fill(dataset=dataset, file=fname, step=step, quantity="raw", unit=half, weight=half * 0 + n)
         h.fill(dataset=dataset, file=fname, step=step, quantity="sumw", unit=half, weight=w_event * n)
+
+
+#: true masses below this (GeV) are left out of the response histograms: a ratio to a near-zero mass (a
+#: QCD jet groomed to one particle) says nothing about a resolution
+MIN_TRUE_MASS = 10.0
+
+
+def is_mass(col: Any) -> bool:
+    """A regressed quantity that is a jet mass (compared with the true mass): in GeV, named ``mass...`` or
+    ``target_mass``, or a factor that multiplies a mass (``massCorr`` x (1 - rawFactor) x mass)."""
+    name = col.name.lower()
+    named = name.startswith("mass") or name == "target_mass"
+    return named and (col.unit == "GeV" or "mass" in (col.multiplies or ""))
+
+
+def _true_mass_chunk(events: Any, mask: Any, *, collection: str, radius: float) -> ak.Array:
+    mass = fatjet_true_mass(events, radius=radius, jets=mask, collection=collection)
+    return ak.unflatten(mass, ak.to_numpy(ak.num(events[collection][mask], axis=1)))
+
+
+def _true_mass_columns(events: Any, mask: Any, *, collection: str, **_: Any) -> list[Any]:
+    """What the true mass reads besides truth's columns: the generated jets and their subjets."""
+    out = _truth_columns(events, mask, collection=collection)
+    jets = events[collection]
+    if "genJetAK8Idx" in ak.fields(jets):
+        out.append(jets["genJetAK8Idx"])
+    for coll, fields in (
+        ("GenJetAK8", ("eta", "phi", "msoftdrop")),
+        ("SubGenJetAK8", ("pt", "eta", "phi", "mass")),
+    ):
+        if coll in ak.fields(events):
+            out += [events[coll][f] for f in fields if f in ak.fields(events[coll])]
+    return out
 
 
 def _truth_chunk(events: Any, mask: Any, *, scheme: str, collection: str, radius: float) -> ak.Array:

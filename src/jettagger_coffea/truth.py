@@ -125,13 +125,91 @@ def fatjet_truth(
     events: Any, radius: float = 0.8, jets: Any = None, collection: str = "FatJet"
 ) -> np.ndarray:
     """Truth class name per FatJet (flat, file order; of ``events.FatJet[jets]`` if a mask is given)."""
+    labels, _, rows = _resonance_match(events, radius, jets, collection)
+    return labels[rows]
+
+
+def fatjet_true_mass(
+    events: Any, radius: float = 0.8, jets: Any = None, collection: str = "FatJet"
+) -> np.ndarray:
+    """The mass a mass regression is trained to give, per FatJet, as CMS defines it: the generated mass of
+    the matched resonance (GenPart) for W, Z, top and H jets, the soft-drop mass of the matched generated
+    jet for QCD jets (:func:`genjet_softdrop_mass`); NaN where neither is known (data, unmatched jets)."""
+    labels, res_mass, rows = _resonance_match(events, radius, jets, collection)
+    from .sources import Events
+
+    ev = events if isinstance(events, Events) else Events(events, "truth")
+    out = np.where(np.isnan(res_mass), genjet_softdrop_mass(ev, collection, radius), res_mass)
+    out[labels == "data"] = np.nan
+    return out[rows]
+
+
+def genjet_softdrop_mass(events: Any, collection: str = "FatJet", radius: float = 0.8) -> np.ndarray:
+    """Per jet (flat): the soft-drop mass of its generated jet (``<collection>_genJetAK8Idx``): CMS's
+    SubGenJetAK8 (the generated jet's two soft-drop subjets) within dR < R of it, summed; where a file has
+    ``GenJetAK8_msoftdrop`` instead, that. NaN without a matched generated jet."""
+    from .sources import Events
+
+    ev = events if isinstance(events, Events) else Events(events, "truth")
+    n_jets = int(ev.counts(collection).sum())
+    if "genJetAK8Idx" not in ev.fields(collection) or not ev.has("GenJetAK8"):
+        return np.full(n_jets, np.nan)
+    idx = ev.get(collection, "genJetAK8Idx")
+    gen_counts = ev.counts("GenJetAK8")
+    if ev.has("SubGenJetAK8"):
+        sd = _subjet_mass(ev, gen_counts, radius)
+    elif "msoftdrop" in ev.fields("GenJetAK8"):
+        sd = _flat(ev.get("GenJetAK8", "msoftdrop")).astype(np.float64)
+    else:
+        return np.full(n_jets, np.nan)
+    local = _flat(idx).astype(np.int64)
+    start = np.repeat(np.r_[0, np.cumsum(gen_counts)][:-1], ev.counts(collection))
+    ok = (local >= 0) & (local < np.repeat(gen_counts, ev.counts(collection)))
+    out = np.full(n_jets, np.nan)
+    out[ok] = sd[(start + local)[ok]]
+    return out
+
+
+def _subjet_mass(ev: Any, gen_counts: np.ndarray, radius: float) -> np.ndarray:
+    """Per generated jet (flat): the mass of the sum of its SubGenJetAK8 (NanoAOD links none to its jet: a
+    subjet belongs to the nearest generated jet, within dR < R; the leading two are taken)."""
+    gj = ak.zip({f: ev.get("GenJetAK8", f) for f in ("eta", "phi")})
+    # float64: a light jet's mass from its subjets' four-momenta cancels most of the digits of float32
+    sj = ak.zip(
+        {f: ak.values_astype(ev.get("SubGenJetAK8", f), np.float64) for f in ("pt", "eta", "phi", "mass")}
+    )
+    pairs = ak.cartesian({"s": sj, "g": gj}, axis=1, nested=True)  # [event][subjet][gen jet]
+    dr = np.hypot(pairs.s.eta - pairs.g.eta, (pairs.s.phi - pairs.g.phi + np.pi) % (2 * np.pi) - np.pi)
+    nearest = ak.fill_none(ak.argmin(dr, axis=2), -1)
+    within = ak.fill_none(ak.min(dr, axis=2), np.inf) < radius
+    owner = ak.where(within, nearest, -1)
+    by_jet = ak.cartesian({"g": ak.local_index(gj, axis=1), "s": sj}, axis=1, nested=True)
+    owned = ak.cartesian({"g": ak.local_index(gj, axis=1), "o": owner}, axis=1, nested=True)
+    mine = by_jet.s[owned.o == owned.g]  # [event][gen jet][its subjets]
+    mine = mine[ak.argsort(mine.pt, axis=2, ascending=False)][:, :, :2]
+    pt, eta, phi, m = (mine[f] for f in ("pt", "eta", "phi", "mass"))
+    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+    e = np.sqrt(px**2 + py**2 + pz**2 + m**2)
+    e, px, py, pz = (ak.sum(x, axis=2) for x in (e, px, py, pz))
+    m2 = ak.to_numpy(ak.flatten(e**2 - px**2 - py**2 - pz**2, axis=1)).astype(np.float64)
+    if len(m2) != int(gen_counts.sum()):
+        raise JetTaggerError(f"{ev.where}: GenJetAK8 fields of different lengths")
+    return np.sqrt(np.maximum(m2, 0.0))
+
+
+def _resonance_match(
+    events: Any, radius: float, jets: Any, collection: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(class name, matched resonance's generated mass or NaN) of every jet of ``collection`` (flat), and
+    the rows ``jets`` selects: one walk of GenPart for the labels and the mass targets."""
     from .sources import Events
 
     ev = events if isinstance(events, Events) else Events(events, "truth")
     n_jets = ev.counts(collection)
     jet_rows = np.arange(int(n_jets.sum())) if jets is None else np.flatnonzero(_flat(ak.Array(jets)))
+    res_mass = np.full(int(n_jets.sum()), np.nan)
     if not ev.has("GenPart"):
-        return np.full(len(jet_rows), "data", dtype=object)
+        return np.full(len(res_mass), "data", dtype=object), res_mass, jet_rows
     for f in ("pdgId", "genPartIdxMother", "statusFlags", "pt", "eta", "phi", "mass"):
         if f not in ev.fields("GenPart"):
             raise JetTaggerError(f"{ev.where}: missing branch GenPart_{f} (needed for the truth labels)")
@@ -158,10 +236,10 @@ def fatjet_truth(
             objs = np.array([idx, *quarks]) + goff[e]
             dphi = (g["phi"][objs][None, :] - jphi[js][:, None] + np.pi) % (2 * np.pi) - np.pi
             dr = np.hypot(grap[objs][None, :] - jrap[js][:, None], dphi)
-            inside = np.all(dr < radius, axis=1)
-            free = labels[js] == "QCD"
-            labels[js] = np.where(inside & free, cls, labels[js])
-    return labels[jet_rows]
+            claimed = np.all(dr < radius, axis=1) & (labels[js] == "QCD")
+            labels[js] = np.where(claimed, cls, labels[js])
+            res_mass[js] = np.where(claimed, g["mass"][idx + goff[e]], res_mass[js])
+    return labels, res_mass, jet_rows
 
 
 def truth_of_class(name: str) -> str | None:
