@@ -220,3 +220,87 @@ def test_generated_tracks_look_like_delphes(tbqq_jetclass):
     pulls = top["part_d0val"][~neutral] / top["part_d0err"][~neutral]
     core = np.abs(pulls) < 3
     assert np.std(pulls[core]) == pytest.approx(1.0, abs=0.1), "prompt tracks: unit pulls"
+
+
+# --- mass-regression targets (CMS's fj_gen_mass, fj_genjet_sdmass; GenJetAK8) -------------------------
+
+
+@pytest.fixture(scope="module")
+def targets(tmp_path_factory):
+    """W, Z, H and QCD jets (no MPI for speed) in both formats; top jets come from ``small``."""
+    out = {}
+    for process, njets in (("wqq", 60), ("zqq", 30), ("hbb", 20), ("qcd", 40)):
+        s = GenerationSettings(process=process, njets=njets, seed=11, mpi=False)
+        out[process] = generate(s, tmp_path_factory.mktemp(process), progress=False)
+    return out
+
+
+# Pythia 8 defaults (particleData m0, mWidth); CMS's top samples use 172.5 GeV, Pythia's default is 173.0
+RESONANCES = {"wqq": (80.385, 2.085), "zqq": (91.1876, 2.4952), "tbqq": (173.0, 1.4), "hbb": (125.0, 0.004)}
+
+
+@pytest.mark.parametrize("process", list(RESONANCES))
+def test_gen_mass_is_the_resonance_mass(process, targets, small):
+    """The matched resonance's mass: Breit-Wigner around the pole, interquartile range ~ the width."""
+    path = small["a"]["jetclass"] if process == "tbqq" else targets[process]["jetclass"]
+    m = ak.to_numpy(_arrays(path, "tree").jet_gen_mass).astype(np.float64)
+    mass, width = RESONANCES[process]
+    q25, q50, q75 = np.percentile(m, [25, 50, 75])
+    assert abs(q50 - mass) < (1.0 if process == "hbb" else 1.5), f"{process} median gen mass {q50}"
+    assert q75 - q25 < 2.5 * width + 0.05, f"{process} IQR {q75 - q25} for width {width}"
+    assert np.mean(np.abs(m - mass) < 2.5 * width + 0.05) > 0.6
+    if process == "wqq":
+        assert np.mean((m > 78) & (m < 83)) > 0.6
+
+
+def test_qcd_targets_are_the_gen_jet(targets):
+    """QCD: no resonance (0, as CMS), a matched gen jet whose soft-drop mass is the reco one's where the
+    tracker loses nothing: our detector only drops particles born outside it."""
+    t = _arrays(targets["qcd"]["jetclass"], "tree")
+    assert np.all(t.jet_gen_mass == 0)
+    assert np.all(t.jet_genjet_sdmass > 0) and np.all(t.jet_genjet_pt > 0)
+    assert np.all(t.jet_genjet_mass >= t.jet_genjet_sdmass - 1e-3)
+    agree = np.mean(np.abs(t.jet_genjet_sdmass - t.jet_sdmass) < 1.0)
+    assert agree > 0.6, f"{agree:.0%} of QCD jets' gen-jet soft-drop masses within 1 GeV of the reco one"
+    # the rest lose what is born outside the tracker (boosted K0S, Lambda decaying beyond 1.29 m)
+    ratio = ak.to_numpy(t.jet_genjet_pt / t.jet_pt)
+    assert np.mean(np.abs(ratio - 1) < 1e-4) > 0.6 and np.all((ratio > 0.95) & (ratio < 1.5))
+
+
+@pytest.mark.parametrize("process", ["qcd", "wqq"])
+def test_nanoaod_genjetak8_cross_reference(process, targets):
+    """FatJet_genJetAK8Idx -> GenJetAK8 through coffea's own cross-reference (PFNano and NanoAOD schema),
+    and both formats' gen jets are the same ones."""
+    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+
+    paths = targets[process]
+    t = _arrays(paths["jetclass"], "tree")
+    ev = open_events(str(paths["nanoaod"]))
+    gj = ev.GenJetAK8
+    assert ak.all(gj.pt > 100) and ak.all(gj.pt[:, :-1] >= gj.pt[:, 1:])
+    fj = ev.FatJet
+    assert ak.all(fj.genJetAK8Idx >= 0) and ak.all(fj.genJetAK8Idx < ak.num(gj))
+    gen = ak.flatten(fj.matched_gen)
+    assert ak.all(ak.flatten(fj.delta_r(fj.matched_gen)) < 0.4)
+    np.testing.assert_array_equal(gen.msoftdrop, t.jet_genjet_sdmass)
+    np.testing.assert_array_equal(gen.pt, t.jet_genjet_pt)
+    np.testing.assert_allclose(gen.mass, t.jet_genjet_mass, rtol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NanoAODSchema names every collection a PFNano file lacks
+        plain = NanoEventsFactory.from_root(
+            {str(paths["nanoaod"]): "Events"}, schemaclass=NanoAODSchema, mode="eager"
+        ).events()
+    np.testing.assert_array_equal(ak.flatten(plain.FatJet.matched_gen.pt), t.jet_genjet_pt)
+
+
+def test_match_genjet_closest_within_half_radius():
+    from jettagger_coffea.generate.jets import GenJet, match_genjet
+
+    def p4(eta, phi, pt=500.0):
+        return np.array([pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta), pt * np.cosh(eta) + 1.0])
+
+    jet = p4(0.2, np.pi - 0.05)
+    gen = [GenJet(p4(*x), 1.0) for x in ((0.2, -np.pi + 0.25), (0.3, -np.pi + 0.05), (1.0, 0.0))]
+    assert match_genjet(jet, gen, 0.8) == 1  # across phi = +-pi
+    assert match_genjet(jet, gen, 0.2) == -1  # closest at dR 0.14 > R/2
+    assert match_genjet(jet, [], 0.8) == -1

@@ -1,4 +1,5 @@
-"""Pythia 8 events -> visible final-state particles and the truth resonances with their decay quarks."""
+"""Pythia 8 events -> stable visible particles (those the tracker sees flagged) and the truth resonances
+with their decay quarks."""
 
 from __future__ import annotations
 
@@ -19,13 +20,17 @@ NEUTRINOS = (12, 14, 16)
 
 @dataclasses.dataclass
 class Event:
-    """One event: visible final-state particles (GeV, mm) and truth resonances."""
+    """One event: all stable non-neutrino particles (GeV, mm) and truth resonances.
+
+    The detector sees only the particles born inside the tracker (``in_tracker``); the generator-level jets
+    use them all, as CMS's GenJets do."""
 
     p4: np.ndarray  # (n, 4) px, py, pz, E
     mass: np.ndarray
     pdg: np.ndarray
     charge: np.ndarray
     vertex: np.ndarray  # (n, 3) production vertex in mm
+    in_tracker: np.ndarray  # (n,) bool: born inside the tracker volume
     truth: list[tuple[np.ndarray, np.ndarray]]  # (resonance p4, decay-quark p4s (k, 4))
     #: pruned generator record as NanoAOD's GenPart: (pdgId, p4, mother index, statusFlags) per particle
     gen: list[tuple[int, np.ndarray, int, int]] = dataclasses.field(default_factory=list)
@@ -165,13 +170,15 @@ class EventSource:
                 e_pid, e_status = pid[s], status[s]
                 # Pythia's default decays (K0S, Lambda, ... decay in flight, as in JetClass); what is born
                 # outside the tracker volume never reaches the detector simulation
-                final = (e_status > 0) & ~np.isin(np.abs(e_pid), NEUTRINOS) & inside_tracker(vtx[s])
+                final = (e_status > 0) & ~np.isin(np.abs(e_pid), NEUTRINOS)
+                e_vtx = vtx[s][final]
                 yield Event(
                     p4=p4[s][final],
                     mass=mass[s][final],
                     pdg=e_pid[final],
                     charge=self._charges(e_pid[final]),
-                    vertex=vtx[s][final],
+                    vertex=e_vtx,
+                    in_tracker=inside_tracker(e_vtx),
                     truth=_truth(self.resonance, e_pid, d1[s], d2[s], p4[s]),
                     gen=_gen_record(self.resonance, e_pid, d1[s], d2[s], p4[s]),
                 )

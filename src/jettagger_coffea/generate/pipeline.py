@@ -39,9 +39,10 @@ def _run_block(args: tuple[GenerationSettings, int, int]):
     rng = np.random.default_rng(seed)
     events, njets = [], 0
     for ievent, event in enumerate(EventSource(settings, seed)):
-        jets = select_jets(event, settings, rng)[: nwanted - njets]
+        jets, genjets = select_jets(event, settings, rng)
+        jets = jets[: nwanted - njets]
         if jets:
-            events.append((block * 1_000_000 + ievent, block, jets, event.gen))
+            events.append((block * 1_000_000 + ievent, block, jets, event.gen, genjets))
             njets += len(jets)
         if njets >= nwanted:
             break

@@ -18,7 +18,7 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from .jets import Jet, delta_phi, pt_eta_phi
+from .jets import GenJet, Jet, delta_phi, masses, pt_eta_phi
 from .settings import JETCLASS_LABELS
 
 _NAMESPACE = uuid.UUID("6a657474-6167-6765-7200-000000000000")
@@ -74,11 +74,6 @@ def _write_tree(path: Path, name: str, data: dict) -> None:
         tree.extend(data)
 
 
-def _masses(p4: np.ndarray) -> np.ndarray:
-    m2 = p4[..., 3] ** 2 - (p4[..., :3] ** 2).sum(axis=-1)
-    return np.sqrt(np.maximum(m2, 0.0))
-
-
 #: PFNano collections' fields, in the order they are written
 FATJET_FIELDS = (
     "pt",
@@ -92,7 +87,10 @@ FATJET_FIELDS = (
     "tau3",
     "tau4",
     "truthLabel",
+    "genJetAK8Idx",
 )
+#: CMS's GenJetAK8 (pT > 100 GeV, pT-ordered) plus its soft-drop mass (CMS derives it from SubGenJetAK8)
+GENJETAK8_FIELDS = ("pt", "eta", "phi", "mass", "msoftdrop")
 FATJET_PFCANDS_FIELDS = ("jetIdx", "pFCandsIdx")
 PFCANDS_FIELDS = (
     "pt",
@@ -118,6 +116,7 @@ _INT_FIELDS = frozenset(
     {
         "nConstituents",
         "truthLabel",
+        "genJetAK8Idx",
         "jetIdx",
         "pFCandsIdx",
         "pdgId",
@@ -131,11 +130,21 @@ _INT_FIELDS = frozenset(
 )
 
 
-def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet], list]]) -> None:
+#: one generated event: (event number, block, its selected jets, its GenPart record[, its gen jets]);
+#: hand-made events may leave out the gen jets
+EventRecord = tuple
+
+
+def _genjets(event: EventRecord) -> list[GenJet]:
+    return event[4] if len(event) > 4 else []
+
+
+def write_nanoaod(path: Path, events: list[EventRecord]) -> None:
     """PFNano-like ``Events`` in CMS conventions: FatJet, FatJetPFCands (jet by jet) and PFCands (the jets'
-    constituents). Lengths in cm; d0/dz and their errors, trkChi2 and lostInnerHits are -1 for candidates
-    without a track (neutrals), as CMS writes them; no pileup, so PUPPI weights are 1. No FatJetSVs / SV
-    tables (the generator reconstructs no secondary vertices)."""
+    constituents), GenPart, GenJetAK8 with FatJet_genJetAK8Idx. Lengths in cm; d0/dz and their errors,
+    trkChi2 and lostInnerHits are -1 for candidates without a track (neutrals), as CMS writes them; no
+    pileup, so PUPPI weights are 1. No FatJetSVs / SV tables (the generator reconstructs no secondary
+    vertices)."""
     data = {
         "run": np.ones(len(events), dtype=np.uint32),
         "luminosityBlock": np.array([e[1] + 1 for e in events], dtype=np.uint32),
@@ -145,6 +154,7 @@ def write_nanoaod(path: Path, events: list[tuple[int, int, list[Jet], list]]) ->
         "FatJetPFCands": _jagged([_fatjet_pfcands_columns(e[2]) for e in events], FATJET_PFCANDS_FIELDS),
         "PFCands": _jagged([_pfcands_columns(e[2]) for e in events], PFCANDS_FIELDS),
         "GenPart": _jagged([_genpart_columns(e[3]) for e in events], GENPART_FIELDS),
+        "GenJetAK8": _jagged([_genjetak8_columns(_genjets(e)) for e in events], GENJETAK8_FIELDS),
     }
     _write_tree(path, "Events", data)
 
@@ -155,14 +165,28 @@ def _fatjet_columns(jets: list[Jet]) -> dict[str, list]:
     for jet in jets:
         pt, eta, phi = pt_eta_phi(jet.p4)
         for k, v in zip(
-            ("pt", "eta", "phi", "mass", "msoftdrop"), (pt, eta, phi, _masses(jet.p4), jet.msoftdrop)
+            ("pt", "eta", "phi", "mass", "msoftdrop"), (pt, eta, phi, masses(jet.p4), jet.msoftdrop)
         ):
             columns[k].append(float(v))  # type: ignore[arg-type]
         for n in range(4):
             columns[f"tau{n + 1}"].append(float(jet.tau[n]))
         columns["nConstituents"].append(len(jet.c_p4))
         columns["truthLabel"].append(JETCLASS_LABELS.index(jet.label))
+        columns["genJetAK8Idx"].append(jet.genjet_index)
     return columns
+
+
+def _genjetak8_columns(genjets: list[GenJet]) -> dict[str, list]:
+    """One event's GenJetAK8 fields, one entry per gen jet."""
+    p4 = np.array([g.p4 for g in genjets]).reshape(-1, 4)
+    pt, eta, phi = pt_eta_phi(p4)
+    return {
+        "pt": list(pt),
+        "eta": list(eta),
+        "phi": list(phi),
+        "mass": list(masses(p4)),
+        "msoftdrop": [g.msoftdrop for g in genjets],
+    }
 
 
 def _fatjet_pfcands_columns(jets: list[Jet]) -> dict[str, list]:
@@ -254,10 +278,26 @@ JETCLASS_PART_FIELDS = (
     "dzval",
     "dzerr",
 )
-JETCLASS_JET_FIELDS = ("pt", "eta", "phi", "energy", "nparticles", "sdmass", "tau1", "tau2", "tau3", "tau4")
+JETCLASS_JET_FIELDS = (
+    "pt",
+    "eta",
+    "phi",
+    "energy",
+    "nparticles",
+    "sdmass",
+    "tau1",
+    "tau2",
+    "tau3",
+    "tau4",
+    # mass-regression targets (CMS ntuples: fj_gen_mass, fj_genjet_pt, fj_genjet_mass, fj_genjet_sdmass)
+    "gen_mass",
+    "genjet_pt",
+    "genjet_mass",
+    "genjet_sdmass",
+)
 
 
-def write_jetclass(path: Path, events: list[tuple[int, int, list[Jet], list]]) -> None:
+def write_jetclass(path: Path, events: list[EventRecord]) -> None:
     """JetClass layout: one jet per entry, particles pT-descending, all ten one-hot label branches."""
     jets = [j for e in events for j in e[2]]
     particles = [_jetclass_particles(jet) for jet in jets]
@@ -305,6 +345,11 @@ def _jetclass_particles(jet: Jet) -> dict[str, np.ndarray]:
 
 
 def _jetclass_jet(jet: Jet) -> tuple[float, ...]:
-    """A jet's ``jet_*`` values, in :data:`JETCLASS_JET_FIELDS` order."""
+    """A jet's ``jet_*`` values, in :data:`JETCLASS_JET_FIELDS` order; the gen-jet ones 0 without one."""
     jpt, jeta, jphi = pt_eta_phi(jet.p4)
-    return tuple(float(v) for v in (jpt, jeta, jphi, jet.p4[3], len(jet.c_p4), jet.msoftdrop, *jet.tau))
+    g = jet.genjet
+    genjet = (pt_eta_phi(g.p4)[0], masses(g.p4), g.msoftdrop) if g is not None else (0.0, 0.0, 0.0)
+    return tuple(
+        float(v)
+        for v in (jpt, jeta, jphi, jet.p4[3], len(jet.c_p4), jet.msoftdrop, *jet.tau, jet.gen_mass, *genjet)
+    )
