@@ -201,18 +201,23 @@ def _glopart_onnx(path):
     return path
 
 
-@pytest.fixture(scope="module")
-def glopart_bundle(tmp_path_factory):
+def glopart_like(d):
+    """A GloParT-like bundle in folder ``d`` (the CMS mass regression's inputs; four graph outputs)."""
     pytest.importorskip("onnx")
     pre = json.loads(shared_file(MASS / "preprocess.json").read_text())  # the same pf + sv inputs
     pre["output_names"] = [f"prob{c}" for c in GLOPART] + ["probWithMassTopvsQCD"]
     pre["output_names"] += ["massCorrX2p", "massCorrGeneric", *HIDDEN]
-    d = tmp_path_factory.mktemp("glopart")
+    d.mkdir(parents=True, exist_ok=True)
     (d / "preprocess.json").write_text(json.dumps(pre))
     onnx = _glopart_onnx(d / "model.onnx")
     r = cli("import-weaver", "--onnx", onnx, "--preprocess", d / "preprocess.json", "-o", d / "bundle")
     assert r.returncode == 0, r.stderr
     return d / "bundle"
+
+
+@pytest.fixture(scope="module")
+def glopart_bundle(tmp_path_factory):
+    return glopart_like(tmp_path_factory.mktemp("glopart"))
 
 
 def test_glopart_like_outputs_imported_with_their_roles(glopart_bundle):

@@ -25,7 +25,8 @@ from jettagger_coffea.triton import (
     write_repository,
 )
 
-from .conftest import run_cli
+from .conftest import SHARED, run_cli
+from .test_output_roles import PFNANO, glopart_like
 
 pytest.importorskip("tritonclient.grpc")
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,15 @@ MODELS = ("pfn", "particlenet-lite")
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory) -> Path:
+def glopart(tmp_path_factory) -> Path | None:
+    """The GloParT-like bundle of the output-role tests (None without ../shared/reference/cms)."""
+    if not (SHARED / "reference" / "cms").is_dir():
+        return None
+    return glopart_like(tmp_path_factory.mktemp("glopart"))
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory, glopart) -> Path:
     """pfn and particlenet-lite as exported by the CLI, and pfn again with max_batch_size 7 (so that the
     client must split its batches)."""
     repo = tmp_path_factory.mktemp("triton") / "repo"
@@ -44,6 +53,9 @@ def repository(tmp_path_factory) -> Path:
         assert r.returncode == 0, r.stderr
     r = run_cli("export", "pfn", "--triton", repo, "--name", "pfn-mb7", "--max-batch", "7")
     assert r.returncode == 0, r.stderr
+    if glopart is not None:  # a model of four outputs (classes, regressions, ...)
+        r = run_cli("export", glopart, "--triton", repo, "--name", "glopart-like")
+        assert r.returncode == 0, r.stderr
     return repo
 
 
@@ -226,3 +238,22 @@ def test_export_options_named(tmp_path):
     r = run_cli("export", tmp_path / "nothing", "-o", tmp_path / "b")
     assert r.returncode == 2 and "nothing: no such training folder" in r.stderr
     assert not (tmp_path / "repo").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_model_of_several_outputs_served(server, glopart):
+    """A GloParT-like model (class probabilities, a discriminant, two mass corrections and hidden neurons as
+    four graph outputs): the server serves every output, and every column equals onnxruntime's."""
+    if glopart is None:
+        pytest.skip("no ../shared/reference/cms (the GloParT-like model takes the CMS model's inputs)")
+    import uproot
+
+    events = uproot.open(PFNANO)["Events"]
+    local = JetTagger(glopart).score_jets(events)
+    remote = JetTagger(glopart, backend="triton", server=server[0], served_model="glopart-like").score_jets(
+        events
+    )
+    assert remote.scores.shape == (24, 17)
+    np.testing.assert_allclose(remote.scores, local.scores, atol=1e-6)
+    assert set(remote.outputs) == set(local.outputs) >= {"massCorrX2p", "massCorrGeneric", "hidNeuron007"}
+    for name, values in local.outputs.items():
+        np.testing.assert_allclose(remote.outputs[name], values, atol=1e-5)

@@ -52,7 +52,7 @@ def model_config(bundle: Any, name: str, max_batch: int = MAX_BATCH) -> str:
         return f'  {{ name: "{t.name}" data_type: {_DTYPES[t.type][0]} dims: [ {dims} ] }}'
 
     inputs = ",\n".join(tensor(t) for t in sess.get_inputs())
-    outputs = ",\n".join(tensor(t) for t in sess.get_outputs()[:1])
+    outputs = ",\n".join(tensor(t) for t in sess.get_outputs())  # every output: classes, regressions, ...
     return (
         f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch}\n'
         f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\ndynamic_batching {{ }}\n"
@@ -169,7 +169,7 @@ class TritonBackend(ProcessLocal):
 
                 cfg = MessageToDict(cfg.config, preserving_proto_field_name=True)
             params = cfg.get("parameters") or {}
-            outputs = cfg.get("output") or [{}]
+            outputs = cfg.get("output") or []
             agents = (cfg.get("model_repository_agents") or {}).get("agents") or []
             md5 = next(
                 (
@@ -182,7 +182,8 @@ class TritonBackend(ProcessLocal):
             )
             meta = {
                 "inputs": {i["name"]: [int(d) for d in i.get("dims", [])] for i in cfg.get("input", [])},
-                "outputs": [int(d) for d in outputs[0].get("dims", [])],
+                #: output name -> dims, in the served model's order
+                "outputs": {o.get("name", ""): [int(d) for d in o.get("dims", [])] for o in outputs},
                 "max_batch_size": int(cfg.get("max_batch_size", 0)) or MAX_BATCH,
                 "hash": (params.get(HASH_KEY) or {}).get("string_value"),
                 "md5": md5,
@@ -206,12 +207,24 @@ class TritonBackend(ProcessLocal):
                     f"{self.where}: input {k!r} has dims {dims}, bundle {self.bundle.path} gives "
                     f"{shapes[k][1]} variables"
                 )
-        n_out = meta["outputs"][-1] if meta["outputs"] else None
-        if n_out is not None and n_out > 0 and n_out != len(self.bundle.classes):
-            raise JetTaggerError(
-                f"{self.where}: returns {n_out} outputs, bundle {self.bundle.path} has "
-                f"{len(self.bundle.classes)} classes"
-            )
+        served = meta["outputs"]
+        names = self.bundle.outputs.names
+        if names is None:  # the model's first output holds every column of the card
+            want = {name: len(self.bundle.outputs.columns) for name in list(served)[:1]}
+        else:
+            want = {t.name: len(t.columns) for t in self.bundle.outputs.tensors}
+        for name, width in want.items():
+            if name not in served:
+                raise JetTaggerError(
+                    f"{self.where}: has no output {name!r} (it serves {sorted(served)}), bundle "
+                    f"{self.bundle.path} reads it"
+                )
+            dims = served[name]
+            if dims and dims[-1] > 0 and dims[-1] != width:
+                raise JetTaggerError(
+                    f"{self.where}: output {name!r} has {dims[-1]} columns, bundle {self.bundle.path} has "
+                    f"{width} ({', '.join(c.name for c in self.bundle.outputs.columns)[:200]})"
+                )
         local = Path(self.bundle.onnx_path)
         if not local.is_file():  # a client-only bundle: the server's model is the model
             return
@@ -230,14 +243,22 @@ class TritonBackend(ProcessLocal):
     def input_names(self) -> list[str]:
         return list(self.metadata()["inputs"])
 
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    @property
+    def output_names(self) -> list[str]:
+        """The served outputs the bundle reads, in its card's order (the first one where it names none)."""
+        names = self.bundle.outputs.names if self.bundle is not None else None
+        return names or list(self.metadata()["outputs"])[:1]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output the bundle reads, each (jets, columns), in batches of the server's max batch size."""
         import tritonclient.grpc as tg
         import tritonclient.http as th
 
         tc: Any = th if self._http else tg
         step = self.metadata()["max_batch_size"]
         n = len(next(iter(inputs.values())))
-        out = []
+        names = self.output_names
+        parts: list[list[np.ndarray]] = [[] for _ in names]
         for start in range(0, n, step):
             reqs = []
             for k in self.input_names:
@@ -245,15 +266,11 @@ class TritonBackend(ProcessLocal):
                 r = tc.InferInput(k, list(x.shape), "FP32")
                 r.set_data_from_numpy(x)
                 reqs.append(r)
-            res = self._call("inference", self.client.infer, self.model, reqs)
-            out.append(
-                res.as_numpy(
-                    res.get_response()["outputs"][0]["name"]
-                    if self._http
-                    else res.get_response().outputs[0].name
-                )
-            )
-        return np.concatenate(out)
+            wanted = [tc.InferRequestedOutput(name) for name in names]
+            res = self._call("inference", self.client.infer, self.model, reqs, outputs=wanted)
+            for part, name in zip(parts, names):
+                part.append(res.as_numpy(name))
+        return [np.concatenate(p) for p in parts]
 
 
 def free_port() -> int:

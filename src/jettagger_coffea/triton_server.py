@@ -4,7 +4,7 @@ facility's server: PyTriton (``pip install nvidia-pytriton``, which ships a ``tr
 Python backend only) serving each model's ONNX through onnxruntime.
 
 What a repository's config.pbtxt says is honoured where it matters here: ``max_batch_size``, inputs and
-the first output, ``dynamic_batching { preferred_batch_size }``, ``parameters``, and the ``checksum``
+outputs, ``dynamic_batching { preferred_batch_size }``, ``parameters``, and the ``checksum``
 repository agent (each ``MD5:<file>`` is verified before the model is served; a mismatch refuses to
 start). ``label_filename`` is passed on unread (the client checks the class count against the output's
 dims); ``optimization`` and other platform options are onnxruntime's defaults here.
@@ -91,13 +91,13 @@ def _bind(triton, folder: Path, threads: int) -> str:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(folder / "1" / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-    out_name = cfg.output[0].name
+    out_names = [o.name for o in cfg.output]  # every output the config lists (classes, regressions, ...)
     lock = threading.Lock()
 
     @batch
     def infer(**inputs):
         with lock:
-            return {out_name: sess.run([out_name], inputs)[0]}
+            return dict(zip(out_names, sess.run(out_names, inputs)))
 
     def tensors(ts):
         return [Tensor(name=t.name, dtype=np.float32, shape=tuple(int(d) for d in t.dims)) for t in ts]
