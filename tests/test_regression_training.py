@@ -84,7 +84,7 @@ def test_joint_training_learns_both(joint):
     assert s["best_epoch"] == min(log, key=lambda r: r["val_loss"])["epoch"]  # the joint objective
 
 
-def test_regression_alone_learns_in_gev(regression):
+def test_regression_alone_learns_in_gev(regression, tmp_path):
     work, _, s = regression
     hist = s["history"]
     assert hist[-1]["train_loss"] < 0.8 * hist[0]["train_loss"] and "val_acc" not in hist[-1]
@@ -95,6 +95,14 @@ def test_regression_alone_learns_in_gev(regression):
     true = jets.targets[:, 0]
     assert 0.5 < np.median(pred) / np.median(true) < 2  # GeV, not standardised units
     assert np.corrcoef(pred[:, 0], true)[0, 1] > 0.5
+    from jettagger_coffea.evaluation import predict_files
+    from jettagger_coffea.tagger import JetTagger
+    from jettagger_coffea.training import export
+
+    bundle = Bundle.load(export(work / "run", tmp_path / "bundle", reference_files=FILES))
+    assert bundle.classes == [] and bundle.outputs.names == ["sdmass"] and "working_points" not in bundle.card
+    cols = predict_files(JetTagger(bundle), FILES)  # onnxruntime, one output in GeV
+    np.testing.assert_allclose(cols["sdmass"], pred[:, 0], rtol=0, atol=1e-5 * np.abs(pred).max())
 
 
 def test_joint_bundle_onnx_equals_torch_and_predict_writes_mass(joint, tmp_path):

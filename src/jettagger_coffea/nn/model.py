@@ -217,8 +217,8 @@ def load_pretrained(
     """Load a checkpoint for fine-tuning: strictly where every tensor fits; where only the head's shapes
     differ (another class count, or targets added: ``num_outputs`` is the head's width here), every other
     tensor, the head staying as built (freshly initialised). Returns the tensors not loaded, each with
-    (checkpoint shape, network shape); any other
-    misfit (a missing or extra tensor, another width) is an error naming the tensor."""
+    (checkpoint shape, network shape); any other misfit (a missing or extra tensor, another width) is an
+    error naming the tensor."""
     name = name or str(path)
     state, own = read_state(path, name=name), model.state_dict()
     common = [k for k in own if k in state]
