@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,13 @@ from .batching import above_cap
 from .expressions import Expression, translate_legacy
 
 PAD_MODES = ("constant", "wrap")
+#: regression losses (:mod:`.nn.losses`): squared error (weaver's default), log-cosh (CMS's mass
+#: regression) and the pinball loss of a quantile (CMS's ``target_pt_q16`` / ``q84``)
+TARGET_LOSSES = ("mse", "logcosh", "quantile")
+#: how a target is standardised for training: (x - median) / IQR, (x - mean) / std, or not at all
+TARGET_SCALINGS = ("median_iqr", "mean_std", "none")
+#: the name of the class-probability output; no target may take it
+CLASS_OUTPUT = "softmax"
 
 #: The formulas of the official JetClass configs, for a ``preprocess.json`` imported without its YAML.
 JETCLASS_NEW_VARIABLES = {
@@ -60,6 +68,28 @@ class InputGroup:
         return tuple(v.name for v in self.vars)
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A regression target (the config's ``targets``): an expression of the jet's fields, the loss it is
+    trained with (``quantile`` for the pinball loss), its ``weight`` in the joint loss (cross entropy +
+    sum of weight x loss), its unit, and the affine map the network's output is trained in: value =
+    ``center + width * output`` (``None`` until resolved on the training jets by ``standardise``)."""
+
+    name: str
+    expr: Expression
+    loss: str = "mse"
+    quantile: float | None = None
+    weight: float = 1.0
+    unit: str = "GeV"
+    standardise: str = "median_iqr"
+    center: float | None = None
+    width: float | None = None
+
+    @property
+    def resolved(self) -> bool:
+        return self.center is not None and self.width is not None
+
+
 @dataclasses.dataclass
 class DataConfig:
     """A parsed weaver data config."""
@@ -70,6 +100,7 @@ class DataConfig:
     label_type: str = "simple"
     label_value: list[str] | dict[str, Expression] = dataclasses.field(default_factory=list)
     observers: tuple[str, ...] = ()
+    targets: dict[str, Target] = dataclasses.field(default_factory=dict)
     preprocess_method: str = "manual"
     data_fraction: float = 0.1
     source: str = "<dict>"
@@ -87,6 +118,8 @@ class DataConfig:
         ltype, lvalue = _labels(opts.get("labels") or {}, source)
         sel = opts.get("selection")
         observers = tuple(opts.get("observers") or ()) or tuple(opts.get("monitor_variables") or ())
+        taken = {"classes": _class_names(ltype, lvalue), "input groups": list(groups)}
+        targets = _targets(opts.get("targets") or {}, source, taken)
         return cls(
             inputs=groups,
             new_variables=new_vars,
@@ -94,6 +127,7 @@ class DataConfig:
             label_type=ltype,
             label_value=lvalue,
             observers=observers,
+            targets=targets,
             preprocess_method=method,
             data_fraction=float(pre.get("data_fraction") or 0.1),
             source=source,
@@ -150,9 +184,54 @@ class DataConfig:
 
     @property
     def class_names(self) -> list[str]:
-        if self.label_type == "simple":
-            return [n.removeprefix("label_") for n in self.label_value]
-        return list(self.label_value)
+        return _class_names(self.label_type, self.label_value)
+
+    @property
+    def output_names(self) -> list[str]:
+        """The model's output columns: the class labels, then the regression targets (weaver's
+        ``output_names``, as CMS's preprocess.json lists ``target_*`` after the labels)."""
+        return [*self.label_value, *self.targets]
+
+    def target_values(self, table: Any) -> Any:
+        """(jets, targets) float32: each target's expression over the table, one value per jet."""
+        import awkward as ak
+        import numpy as np
+
+        cols = []
+        for t in self.targets.values():
+            try:
+                v = np.asarray(ak.to_numpy(t.expr(table)), dtype=np.float32)
+            except (ValueError, TypeError) as err:  # jagged or not numeric
+                raise JetTaggerError(
+                    f"{self.source}: targets.{t.name}: not one number per jet ({err})"
+                ) from None
+            if v.ndim != 1:
+                raise JetTaggerError(
+                    f"{self.source}: targets.{t.name}: not one number per jet (shape {v.shape})"
+                )
+            cols.append(v)
+        n = len(cols[0]) if cols else 0
+        return np.stack(cols, axis=1) if cols else np.zeros((n, 0), dtype=np.float32)
+
+    def resolve_targets(self, values: Any) -> DataConfig:
+        """The config with every target's ``center`` / ``width`` that the config does not give computed
+        on ``values`` (the training jets' targets, (jets, targets); non-finite values left out) by its
+        ``standardise`` rule: recorded in the run's data config, and so in the bundle."""
+        import numpy as np
+
+        opts = copy.deepcopy(self.raw)
+        for i, t in enumerate(self.targets.values()):
+            if t.resolved:
+                continue
+            x = np.asarray(values[:, i], dtype=np.float64)
+            x = x[np.isfinite(x)]
+            if not len(x):
+                raise JetTaggerError(f"{self.source}: targets.{t.name}: no finite value on the training jets")
+            center, width = _scaling(x, t.standardise)
+            spec = opts["targets"][t.name]
+            spec = {"expr": spec} if isinstance(spec, str) else spec
+            opts["targets"][t.name] = {**spec, "center": center, "width": width}
+        return DataConfig.from_dict(opts, source=self.source)
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, int, int | None]]:
@@ -222,7 +301,7 @@ class DataConfig:
 
     def preprocess_json(self) -> dict[str, Any]:
         """The ``preprocess.json`` weaver writes next to an exported ONNX model."""
-        j: dict[str, Any] = {"output_names": list(self.label_value), "input_names": list(self.input_names)}
+        j: dict[str, Any] = {"output_names": self.output_names, "input_names": list(self.input_names)}
         for g in self.inputs.values():
             j[g.name] = {
                 "var_names": list(g.var_names),
@@ -321,6 +400,92 @@ def _labels(labels: Mapping[str, Any], source: str) -> tuple[str, list[str] | di
     else:
         raise JetTaggerError(f"{source}: unknown labels type {ltype!r} (simple or custom)")
     return ltype, lvalue
+
+
+def _class_names(ltype: str, lvalue: list[str] | dict[str, Expression]) -> list[str]:
+    if ltype == "simple":
+        return [n.removeprefix("label_") for n in lvalue]
+    return list(lvalue)
+
+
+_TARGET_KEYS = ("expr", "loss", "quantile", "weight", "unit", "standardise", "center", "width")
+
+
+def _targets(section: Any, source: str, taken: Mapping[str, list[str]]) -> dict[str, Target]:
+    """The ``targets`` section: name -> ``{expr, loss, quantile, weight, unit, standardise, center,
+    width}`` (or just the expression), each refused in one line naming the config and the target."""
+    if not isinstance(section, Mapping):
+        raise JetTaggerError(f"{source}: targets must map each target name to its expression and loss")
+    return {str(name): _target(str(name), spec, source, taken) for name, spec in section.items()}
+
+
+def _target(name: str, spec: Any, source: str, taken: Mapping[str, list[str]]) -> Target:
+    where = f"{source}: targets.{name}"
+    if not name.isidentifier() or name == CLASS_OUTPUT:
+        raise JetTaggerError(f"{where}: a target name must be an identifier other than {CLASS_OUTPUT!r}")
+    for what, names in taken.items():
+        if name in names or f"label_{name}" in names:
+            raise JetTaggerError(
+                f"{where}: the name is taken by one of the config's {what} ({', '.join(names)})"
+            )
+    spec = {"expr": spec} if isinstance(spec, str) else spec
+    if not isinstance(spec, Mapping) or "expr" not in spec:
+        raise JetTaggerError(f"{where}: needs `expr` (an expression of the jet's fields)")
+    unknown = sorted(set(spec) - set(_TARGET_KEYS))
+    if unknown:
+        raise JetTaggerError(f"{where}: unknown keys {unknown}; allowed: {', '.join(_TARGET_KEYS)}")
+    loss = str(spec.get("loss", "mse")).lower()
+    if loss not in TARGET_LOSSES:
+        raise JetTaggerError(f"{where}: unknown loss {loss!r} ({', '.join(TARGET_LOSSES)})")
+    q = spec.get("quantile")
+    if (loss == "quantile") != (q is not None):
+        raise JetTaggerError(f"{where}: `quantile` goes with loss: quantile, and that loss needs it")
+    if q is not None and not (isinstance(q, (int, float)) and not isinstance(q, bool) and 0 < q < 1):
+        raise JetTaggerError(f"{where}: quantile {q!r} must be a number in (0, 1)")
+    scaling = str(spec.get("standardise", "median_iqr")).lower()
+    if scaling not in TARGET_SCALINGS:
+        raise JetTaggerError(f"{where}: unknown standardise {scaling!r} ({', '.join(TARGET_SCALINGS)})")
+    numbers = {k: _number(where, k, spec.get(k)) for k in ("weight", "center", "width")}
+    weight = 1.0 if numbers["weight"] is None else numbers["weight"]
+    if not weight >= 0 or (numbers["width"] is not None and not numbers["width"] > 0):
+        raise JetTaggerError(f"{where}: weight must be >= 0 and width > 0")
+    if (numbers["center"] is None) != (numbers["width"] is None):
+        raise JetTaggerError(
+            f"{where}: give both `center` and `width`, or neither (computed on training jets)"
+        )
+    return Target(
+        name,
+        Expression(translate_legacy(str(spec["expr"])), where=f"{where}.expr"),
+        loss,
+        None if q is None else float(q),
+        weight,
+        str(spec.get("unit", "GeV")),
+        scaling,
+        numbers["center"],
+        numbers["width"],
+    )
+
+
+def _number(where: str, key: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise JetTaggerError(f"{where}: {key} {value!r} must be a number")
+    return float(value)
+
+
+def _scaling(x: Any, rule: str) -> tuple[float, float]:
+    """(center, width) of a target's training values by ``rule`` (a zero width becomes 1)."""
+    import numpy as np
+
+    if rule == "none":
+        return 0.0, 1.0
+    if rule == "mean_std":
+        center, width = float(np.mean(x)), float(np.std(x))
+    else:
+        q25, center, q75 = (float(v) for v in np.percentile(x, [25, 50, 75]))
+        width = q75 - q25
+    return center, width if width > 0 else 1.0
 
 
 # -- the steps of DataConfig.from_preprocess_json ----------------------------------------------------------

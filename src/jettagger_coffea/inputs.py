@@ -221,6 +221,20 @@ def default_outputs(labels: list[str], tensors: list[tuple[str, int | None]] | N
     return Outputs((OutputTensor(tensors[0][0], tuple(cols)),))
 
 
+def trained_outputs(config: DataConfig) -> Outputs:
+    """The outputs of a network trained here (:class:`~.nn.model.Tagger`): ``softmax``, the class
+    probabilities, where the config has classes; then one output per regression target, named as it, one
+    column in its unit."""
+    from .dataconfig import CLASS_OUTPUT
+
+    classes = tuple(OutputColumn(default_column(v).name, "class") for v in config.label_value)
+    tensors = [OutputTensor(CLASS_OUTPUT, classes)] if classes else []
+    tensors += [
+        OutputTensor(t.name, (OutputColumn(t.name, "regression", t.unit),)) for t in config.targets.values()
+    ]
+    return Outputs(tuple(tensors))
+
+
 def read_outputs(card: dict[str, Any], labels: list[str], where: str) -> Outputs:
     """The output spec a card declares (``outputs``: output name -> column -> role, or a mapping with
     ``role``, ``unit``, ``multiplies``), checked: known roles, columns that are the config's labels in

@@ -1,6 +1,10 @@
 """weaver-like training: data config + network + files -> checkpoints, per-epoch log, best epoch by
 validation loss, resumable. Uses the same featurization, padding and batching as inference
-(``datasets.load_jets``, :mod:`batching`)."""
+(``datasets.load_jets``, :mod:`batching`).
+
+A config with ``targets`` trains regression (no ``labels``) or classification and regression in one
+network (:class:`Objective`): the head gives the class logits and one standardised output per target,
+the exported model each target in its unit."""
 
 from __future__ import annotations
 
@@ -23,12 +27,13 @@ from tqdm.auto import tqdm
 
 from ._errors import JetTaggerError
 from .batching import batch_length, shuffled_batches, sorted_batches
-from .dataconfig import DataConfig
+from .dataconfig import DataConfig, Target
 from .features import Standardised
 from .inputs import default_inputs
 from .jetfiles import load_jets
 from .nn import build_for
-from .nn.model import load_pretrained
+from .nn.losses import masked_mean, regression_loss
+from .nn.model import load_pretrained, target_scales
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -104,49 +109,130 @@ def to_tensors(
     return [torch.from_numpy(dense[k]).to(device) for k in names]
 
 
-def logits(model, xs: list[torch.Tensor]) -> torch.Tensor:
-    args = {r: x for r, x in zip(model.roles, xs) if r is not None}
-    return model.mod(**{k: v for k, v in args.items() if k in model.mod.uses})
-
-
 def sorted_tensor_batches(
     model, jets: Standardised, batch_size: int, device: str
-) -> Iterator[tuple[np.ndarray, list[torch.Tensor], np.ndarray | None]]:
-    """(indices, inputs, labels) of evaluation batches, cut as inference cuts them
-    (:func:`batching.sorted_batches`; at most ``batch_size`` jets of the config's length in slots)."""
+) -> Iterator[tuple[np.ndarray, list[torch.Tensor]]]:
+    """(indices, inputs) of evaluation batches, cut as inference cuts them (:func:`batching.sorted_batches`;
+    at most ``batch_size`` jets of the config's length in slots)."""
     groups = list(jets.config.inputs.values())
     length_of = batch_length(groups, "dynamic", model.min_length)
     order, ranges = sorted_batches(jets.counts, length_of, max_slots=batch_size * length_of(1 << 30))
     ordered = jets.take(order)
     for start, stop in ranges:  # row ranges of the sorted copy: no further gather per batch
         xs = to_tensors(ordered, model.input_names, model.min_length, device=device, rows=(start, stop))
-        yield order[start:stop], xs, None if ordered.labels is None else ordered.labels[start:stop]
+        yield order[start:stop], xs
 
 
 @torch.no_grad()
-def torch_scores(model, jets: Standardised, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
-    """The torch model's scores of standardised jets, in input order (NaN for jets without particles, which
-    never reach the model); :func:`jettagger_coffea.evaluation.predict_files` scores files with a bundle."""
+def torch_raw(model, jets: Standardised, batch_size: int = 256, device: str = "cpu") -> torch.Tensor:
+    """The head's outputs (:meth:`~.nn.model.Tagger.raw`: logits, standardised targets) of jets with
+    particles, in input order, on the CPU."""
     model.eval()
-    out = np.full((len(jets), len(jets.config.class_names)), np.nan, dtype=np.float32)
-    for idx, xs, _ in sorted_tensor_batches(model, jets, batch_size, device):
-        out[idx] = model(*xs).float().cpu().numpy()
+    out = torch.zeros((len(jets), model.n_outputs), dtype=torch.float32)
+    for idx, xs in sorted_tensor_batches(model, jets, batch_size, device):
+        out[torch.from_numpy(idx)] = model.raw(*xs).float().cpu()
     return out
 
 
 @torch.no_grad()
-def evaluate_loss(model, jets: Standardised, batch_size: int, device: str) -> tuple[float, float]:
-    """Mean cross entropy and accuracy over the jets with particles."""
+def torch_outputs(model, jets: Standardised, batch_size: int = 256, device: str = "cpu") -> list[np.ndarray]:
+    """The torch model's outputs (:attr:`~.nn.model.Tagger.output_names`: class probabilities, each target
+    in its unit) of standardised jets, in input order (NaN for jets without particles, which never reach
+    the model); :func:`jettagger_coffea.evaluation.predict_files` scores files with a bundle."""
     model.eval()
-    tot, correct, n = 0.0, 0, 0
-    for _, xs, labels in sorted_tensor_batches(model, jets, batch_size, device):
-        assert labels is not None
-        y = torch.from_numpy(labels).long().to(device)
-        out = logits(model, xs)
-        tot += float(torch.nn.functional.cross_entropy(out, y, reduction="sum"))
-        correct += int((out.argmax(1) == y).sum())
-        n += len(y)
-    return tot / max(n, 1), correct / max(n, 1)
+    outs: list[np.ndarray] = []
+    for idx, xs in sorted_tensor_batches(model, jets, batch_size, device):
+        got = model(*xs)
+        got = got if isinstance(got, tuple) else (got,)
+        if not outs:
+            outs = [np.full((len(jets), g.shape[1]), np.nan, dtype=np.float32) for g in got]
+        for o, g in zip(outs, got):
+            o[idx] = g.float().cpu().numpy()
+    return outs
+
+
+def torch_scores(model, jets: Standardised, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
+    """The class probabilities of :func:`torch_outputs` (a regression-only model: its targets)."""
+    if not len(jets):
+        return np.zeros((0, max(len(jets.config.class_names), 1)), dtype=np.float32)
+    return torch_outputs(model, jets, batch_size, device)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What a run minimises: the cross entropy over the classes (where the config has some) plus, for each
+    regression target, ``weight`` x its loss (:mod:`.nn.losses`) on the standardised target, over the jets
+    whose target is finite. The best epoch is the one of least validation objective: the quantity
+    trained, each term on the scale of a standardised quantity, so no term is favoured by its units."""
+
+    n_classes: int
+    targets: tuple[Target, ...]
+
+    @classmethod
+    def of(cls, config: DataConfig) -> Objective:
+        return cls(len(config.class_names), tuple(config.targets.values()))
+
+    def terms(
+        self, model, raw: torch.Tensor, labels: np.ndarray | None, targets: np.ndarray | None
+    ) -> dict[str, torch.Tensor]:
+        """The mean loss of each term over the head's outputs ``raw`` (on any device): ``ce`` (classes) and
+        each target's name (standardised by the ``model``'s center and width)."""
+        raw = raw.float()
+        logits, pred = raw[:, : self.n_classes], raw[:, self.n_classes :]
+        out = {}
+        if self.n_classes:
+            assert labels is not None
+            out["ce"] = torch.nn.functional.cross_entropy(
+                logits, torch.from_numpy(labels).long().to(raw.device)
+            )
+        if self.targets:
+            assert targets is not None
+            center, width = model.target_center.to(raw.device), model.target_width.to(raw.device)
+            t = (torch.from_numpy(targets).to(raw.device) - center) / width
+            ok = torch.isfinite(t)
+            t = torch.where(ok, t, torch.zeros_like(t))
+            for i, tg in enumerate(self.targets):
+                per_jet = regression_loss(pred[:, i], t[:, i], tg.loss, tg.quantile)
+                out[tg.name] = masked_mean(per_jet, ok[:, i])
+        return out
+
+    def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = terms.get("ce", torch.zeros(()))
+        for tg in self.targets:
+            loss = loss + tg.weight * terms[tg.name]
+        return loss
+
+
+def response(pred: np.ndarray, true: np.ndarray) -> dict[str, float | int | None]:
+    """The median and half the inter-quartile range of pred / true over jets with a finite, non-zero true
+    value (``n`` of them): the scale and the resolution of a regression."""
+    ok = np.isfinite(true) & (true != 0) & np.isfinite(pred)
+    if not ok.any():
+        return {"median": None, "half_iqr": None, "n": 0}
+    q25, q50, q75 = np.percentile(pred[ok] / true[ok], [25, 50, 75])
+    return {"median": float(q50), "half_iqr": float(q75 - q25) / 2, "n": int(ok.sum())}
+
+
+@torch.no_grad()
+def evaluate(model, jets: Standardised, objective: Objective, batch_size: int, device: str) -> dict[str, Any]:
+    """Validation metrics: the objective (``val_loss``), the accuracy (``val_acc``, where there are
+    classes) and, per target, its loss and :func:`response` in ``val_targets``."""
+    raw = torch_raw(model, jets, batch_size, device)
+    terms = objective.terms(model, raw, jets.labels, jets.targets)
+    row: dict[str, Any] = {"val_loss": float(objective.total(terms))}
+    if objective.n_classes:
+        assert jets.labels is not None
+        row["val_acc"] = float(np.mean(raw[:, : objective.n_classes].argmax(1).numpy() == jets.labels))
+    if objective.targets:
+        assert jets.targets is not None
+        values = (
+            model.target_center.cpu() + model.target_width.cpu() * raw[:, objective.n_classes :]
+        ).numpy()
+        row["val_targets"] = {
+            t.name: {"loss": float(terms[t.name]), **response(values[:, i], jets.targets[:, i])}
+            for i, t in enumerate(objective.targets)
+        }
+    return row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,23 +292,56 @@ def train(
     inputs = _run_inputs(network, train_files, val_files, s, init)
     state = _last_state(output, inputs) if resume else None
     model = build_for(network, config, default_inputs(config), **(network_options or {})).to(device)
-    started = _warm_start(model, init, inputs["init"], len(config.class_names)) if init is not None else None
+    started = _warm_start(model, init, inputs["init"], model.n_outputs) if init is not None else None
     groups = param_groups(model, s.lr, s.freeze, s.lr_mult)  # checked before any jet is read
-    config.dump_yaml(output / "data_config.yaml")
     train_set, val_set = _datasets(config, train_files, val_files, s, rng)
+    nonfinite = {}
+    if config.targets:  # standardised on the training jets; the run's data config records it
+        assert train_set.targets is not None
+        config = config.resolve_targets(train_set.targets)
+        model.scale_targets(target_scales(config))
+        nonfinite = _count_nonfinite(config, train_set)
+    config.dump_yaml(output / "data_config.yaml")
     inputs["n_train"] = len(train_set)
     if state is not None:
         _check_resume(output, inputs, state)
-    run = _Run.start(model, groups, s, device, len(train_set), output, inputs, progress)
+    run = _Run.start(model, groups, s, device, len(train_set), output, inputs, progress, Objective.of(config))
     start_epoch, partial = run.restore(state)
     curve = None  # the first pass only: a resumed run keeps the curve it has
     if s.curve_points and start_epoch == 0:
         done = partial["jets"] if partial else 0
         curve = _Curve(output / "curve.jsonl", val_set, s, len(train_set), device, done)
     row = run.passes(train_set, val_set, start_epoch, partial, curve)
-    summary = _summary(run, config, network_options or {}, started, row, len(val_set))
+    summary = _summary(run, config, network_options or {}, started, row, len(val_set), nonfinite)
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _count_nonfinite(config: DataConfig, jets: Standardised) -> dict[str, int]:
+    """Training jets whose target is not finite count in the other terms only: said once per target."""
+    assert jets.targets is not None
+    out = {}
+    for i, name in enumerate(config.targets):
+        out[name] = bad = int((~np.isfinite(jets.targets[:, i])).sum())
+        if bad:
+            log.warning(
+                "targets.%s: %d of %d training jets have no finite value; left out of its loss",
+                name,
+                bad,
+                len(jets),
+            )
+    return out
+
+
+def _target_record(t: Target, nonfinite: int) -> dict[str, Any]:
+    """A target as the summary records it: its expression, loss, weight, unit and standardisation."""
+    out = {"expr": t.expr.source, "loss": t.loss, "quantile": t.quantile, "weight": t.weight, "unit": t.unit}
+    return out | {
+        "standardise": t.standardise,
+        "center": t.center,
+        "width": t.width,
+        "nonfinite_train": nonfinite,
+    }
 
 
 def _settings(settings: TrainSettings | None, overrides: dict[str, Any]) -> TrainSettings:
@@ -304,8 +423,11 @@ def _warm_start(model: torch.nn.Module, init: str | Path, sha256: str, num_class
 
 
 def _config(config_path: str | Path, train_files: Sequence[str | Path]) -> DataConfig:
-    """The data config, its ``auto`` bounds resolved on the first training file."""
+    """The data config, its ``auto`` bounds resolved on the first training file; one with neither classes
+    nor targets is refused."""
     config = DataConfig.from_yaml(config_path)
+    if not config.class_names and not config.targets:
+        raise JetTaggerError(f"{config_path}: neither `labels` nor `targets`: nothing to train")
     if config.needs_auto:
         from .features import make_table
         from .jetfiles import open_jets
@@ -315,13 +437,21 @@ def _config(config_path: str | Path, train_files: Sequence[str | Path]) -> DataC
 
 
 def _summary(
-    run: _Run, config: DataConfig, network_options: dict, init: dict | None, row: dict, n_val: int
+    run: _Run,
+    config: DataConfig,
+    network_options: dict,
+    init: dict | None,
+    row: dict,
+    n_val: int,
+    nonfinite: dict[str, int],
 ) -> dict[str, Any]:
     """summary.json: the epochs run and the best one, the settings, the jets and the network."""
     s, history, inputs = run.s, run.history, run.inputs
     return {
         "network": inputs["network"],
         "network_options": network_options,
+        "classes": config.class_names,
+        "targets": {t.name: _target_record(t, nonfinite.get(t.name, 0)) for t in config.targets.values()},
         "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"] if history else None,
         "history": history,
         **({"interrupted": {"epoch": row["epoch"], "jets": row["jets"]}} if row.get("interrupted") else {}),
@@ -428,16 +558,25 @@ class _Curve:
             self.points.pop(0)
         from .metrics import summary
 
-        assert self.val_set.labels is not None
+        outs = torch_outputs(model, self.val_set, self.batch, self.device)
+        row: dict[str, Any] = {"jets": jets, "lr": lr, "n_jets": len(self.val_set)}
         classes = self.val_set.config.class_names
-        scores = torch_scores(model, self.val_set, self.batch, self.device)
-        doc = summary(self.val_set.labels.astype(int), scores, classes, usable_discriminants(classes))
-        row = {"jets": jets, "lr": lr, "n_jets": doc["n_jets"], "accuracy": doc["accuracy"]}
-        row["auc_macro"] = doc["auc_macro"]
-        row["discriminants"] = {
-            k: {m: d[m] for m in ("auc", "rej50", "rej30", "n_signal", "n_background")}
-            for k, d in doc["discriminants"].items()
-        }
+        if classes:  # the class probabilities come first
+            assert self.val_set.labels is not None
+            doc = summary(
+                self.val_set.labels.astype(int), outs.pop(0), classes, usable_discriminants(classes)
+            )
+            row |= {"n_jets": doc["n_jets"], "accuracy": doc["accuracy"], "auc_macro": doc["auc_macro"]}
+            row["discriminants"] = {
+                k: {m: d[m] for m in ("auc", "rej50", "rej30", "n_signal", "n_background")}
+                for k, d in doc["discriminants"].items()
+            }
+        if outs:  # one output per target, in its unit
+            assert self.val_set.targets is not None
+            names = list(self.val_set.config.targets)
+            row["targets"] = {
+                n: response(o[:, 0], self.val_set.targets[:, i]) for i, (n, o) in enumerate(zip(names, outs))
+            }
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         model.train()
@@ -485,6 +624,7 @@ class _Run:
     output: Path
     inputs: dict[str, Any]  #: what a resumed run must share with this one (see :func:`_check_resume`)
     progress: bool
+    objective: Objective = Objective(0, ())
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     best: float = math.inf
     stop: _Stop | None = None  #: when to leave a pass in the middle (set while :meth:`passes` runs)
@@ -500,6 +640,7 @@ class _Run:
         output: Path,
         inputs: dict,
         progress: bool,
+        objective: Objective,
     ) -> _Run:
         """The optimiser over ``groups`` (:func:`param_groups`), the LR schedule planned over all epochs
         (shortened to fit ``max_minutes`` once steps are timed; every group scaled alike) and AMP's loss
@@ -511,7 +652,7 @@ class _Run:
         )
         scaler = torch.amp.GradScaler(enabled=device == "cuda")
         clock = _Clock(s.max_minutes, plan)
-        return cls(model, opt, sched, scaler, s, device, plan, clock, output, inputs, progress)
+        return cls(model, opt, sched, scaler, s, device, plan, clock, output, inputs, progress, objective)
 
     def lr(self) -> float:
         """The learning rate now, of the parameters without a ``--lr-mult``."""
@@ -557,8 +698,8 @@ class _Run:
                 if row.get("interrupted"):
                     log.info("stopped in epoch %d after %d jets: resume with --resume", epoch, row["jets"])
                     break
-                vl, va = evaluate_loss(self.model, val_set, 2 * s.batch_size, self.device)
-                row |= {"val_loss": vl, "val_acc": va, "lr": self.lr(), "seconds": self.clock.elapsed()}
+                row |= evaluate(self.model, val_set, self.objective, 2 * s.batch_size, self.device)
+                row |= {"lr": self.lr(), "seconds": self.clock.elapsed()}
                 self.history.append(row)
                 log.info("epoch %d: %s", epoch, row)
                 self.checkpoint()
@@ -611,24 +752,26 @@ class _Run:
                     self.save_last(epoch, partial={"batches": k, "loss": tl, "correct": tc, "jets": tn})
                     if self.stop.now:
                         return {"epoch": epoch, "jets": tn, "interrupted": True}
-        return {"epoch": epoch, "train_loss": tl / tn, "train_acc": tc / tn, "jets": tn}
+        row = {"epoch": epoch, "train_loss": tl / tn, "train_acc": tc / tn, "jets": tn}
+        return row if self.objective.n_classes else {k: v for k, v in row.items() if k != "train_acc"}
 
     def step(self, batch: Standardised, quantile: float | None) -> tuple[float, int]:
-        """One optimiser step on a batch (``quantile``: weaver's random trimming); its mean loss and the
-        jets it called right."""
-        model, device = self.model, self.device
+        """One optimiser step on a batch (``quantile``: weaver's random trimming); its mean loss (the
+        :class:`Objective`) and the jets it called right."""
+        model, device, objective = self.model, self.device, self.objective
         xs = to_tensors(batch, model.input_names, model.min_length, quantile=quantile, device=device)
-        assert batch.labels is not None
-        y = torch.from_numpy(batch.labels).long().to(device)
         with torch.autocast(device_type="cuda", enabled=device == "cuda"):
-            out = logits(model, xs)
-            loss = torch.nn.functional.cross_entropy(out, y)
+            out = model.raw(*xs)
+            loss = objective.total(objective.terms(model, out, batch.labels, batch.targets))
         self.opt.zero_grad()
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
-        return float(loss.detach()), int((out.argmax(1) == y).sum())
+        if not objective.n_classes:
+            return float(loss.detach()), 0
+        y = torch.from_numpy(batch.labels).long().to(device)  # type: ignore[arg-type]
+        return float(loss.detach()), int((out[:, : objective.n_classes].argmax(1) == y).sum())
 
     def checkpoint(self) -> None:
         """Per-epoch weights, the best so far (by validation loss) and a resumable last.pt."""
@@ -737,14 +880,18 @@ def export(
     card: dict | None = None,
 ) -> Path:
     """A trained folder -> bundle (ONNX + configs + model card); working points derived on
-    ``reference_files`` (fixed mistag 0.5/1/2.5/5 %, fixed efficiency 30/50 %) and their metrics stored."""
+    ``reference_files`` (fixed mistag 0.5/1/2.5/5 %, fixed efficiency 30/50 %) and their metrics stored.
+    The card's ``outputs``: :func:`~.inputs.trained_outputs` (``softmax`` and one output per target, in
+    its unit)."""
+    from .inputs import trained_outputs
     from .nn.export import write_torch_bundle
 
     model, config, s = load_trained(train_dir)
     discs = usable_discriminants(config.class_names, discriminants)
-    info = {**_card(s, name or Path(bundle_dir).name, discs), **(card or {})}
+    info = {**_card(s, name or Path(bundle_dir).name, discs), "outputs": trained_outputs(config).card()}
+    info |= card or {}
     bundle = write_torch_bundle(bundle_dir, model, s["input_dims"], config=config, card=info)
-    if reference_files:
+    if reference_files and config.class_names:
         _add_working_points(bundle, reference_files, discs)
     return Path(bundle_dir)
 
@@ -766,7 +913,7 @@ def _card(s: dict[str, Any], name: str, discriminants: dict) -> dict[str, Any]:
             "epochs_run": len(s["history"]),
             "best_epoch": s["best_epoch"],
             "best_val_loss": best["val_loss"],
-            "best_val_acc": best["val_acc"],
+            **{f"best_{k}": best[k] for k in ("val_acc", "val_targets") if k in best},
             "jets_seen": sum(r["jets"] for r in s["history"]),
             "optimizer": s["optimizer"],
             "lr": s["lr"],

@@ -42,11 +42,12 @@ def example_inputs(
 
 
 def export_onnx(model: Tagger, input_dims: dict[str, int], path: str | Path, opset: int = 17) -> Path:
-    """Write ``model`` as ONNX with inputs named after the data-config groups and output ``softmax``."""
+    """Write ``model`` as ONNX with inputs named after the data-config groups and outputs as the model names
+    them (:attr:`Tagger.output_names`: ``softmax``, then one per regression target, in its unit)."""
     model = model.eval()
     args = tuple(example_inputs(model, input_dims))
     dynamic_axes = {name: {0: "N", 2: "n_pf"} for name in model.input_names}
-    dynamic_axes["softmax"] = {0: "N"}
+    dynamic_axes |= {name: {0: "N"} for name in model.output_names}
     path = Path(path)
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -56,7 +57,7 @@ def export_onnx(model: Tagger, input_dims: dict[str, int], path: str | Path, ops
             args,
             buf,  # type: ignore[arg-type]
             input_names=model.input_names,
-            output_names=["softmax"],
+            output_names=model.output_names,
             dynamic_axes=dynamic_axes,
             opset_version=opset,
             dynamo=False,
@@ -98,7 +99,7 @@ def write_torch_bundle(
 def max_difference(
     model: Tagger, input_dims: dict[str, int], onnx_path: str | Path, lengths=(20, 37, 64, 128), n: int = 5
 ) -> float:
-    """Largest |onnxruntime - torch| over random jets of several lengths."""
+    """Largest |onnxruntime - torch| over random jets of several lengths, over every output."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -107,11 +108,15 @@ def max_difference(
     for i, length in enumerate(lengths):
         xs = example_inputs(model, input_dims, n=n, length=length, seed=i + 1)
         with torch.no_grad():
-            ref = model(*xs).numpy()
-        got = sess.run(None, {k: x.numpy() for k, x in zip(model.input_names, xs) if k in names})[0]
-        if not np.array_equal(np.isnan(ref), np.isnan(got)):
-            return float("inf")
-        finite = ~np.isnan(ref)
-        if finite.any():
-            worst = max(worst, float(np.abs(ref[finite] - got[finite]).max()))
+            out = model(*xs)
+        refs = [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+        gots = sess.run(
+            model.output_names, {k: x.numpy() for k, x in zip(model.input_names, xs) if k in names}
+        )
+        for ref, got in zip(refs, gots):
+            if not np.array_equal(np.isnan(ref), np.isnan(got)):
+                return float("inf")
+            finite = ~np.isnan(ref)
+            if finite.any():
+                worst = max(worst, float(np.abs(ref[finite] - got[finite]).max()))
     return worst

@@ -1,10 +1,11 @@
 """The model a bundle holds: a registered network wrapped as a :class:`Tagger` (data-config groups in, class
-probabilities out), built from its name and the roles of its inputs, and its weights loaded."""
+probabilities and regression targets in their units out), built from its name and the roles of its inputs,
+and its weights loaded."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -12,20 +13,33 @@ import torch
 from torch import nn
 
 from .._errors import JetTaggerError
-from ..dataconfig import DataConfig
+from ..dataconfig import CLASS_OUTPUT, DataConfig
 from ..inputs import InputSpec
 from . import NETWORKS, network_class
 
 
 class Tagger(nn.Module):
-    """Inference wrapper: data-config groups in, class probabilities out.
+    """Inference wrapper: data-config groups in; class probabilities and regression targets out.
 
     Takes the groups positionally in data-config order (the ONNX input names), each in its role, pads to
     the network's minimum length (k-NN needs k + 1 points; exported models rely on the runtime for it),
-    applies softmax, and returns NaN for jets without constituents.
+    and returns NaN for jets without constituents. The network's head has ``n_classes`` logits, then one
+    output per target (``targets``: name, center, width), trained standardised: the softmax of the logits
+    is the output ``softmax``, each target ``center + width * output`` (its unit: the affine map is in the
+    exported graph) the output named as it, (N, 1). One output: a tensor; several: a tuple, in
+    :attr:`output_names` order.
     """
 
-    def __init__(self, net: nn.Module, input_names: list[str], roles: list[str], min_length: int = 1) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        input_names: list[str],
+        roles: list[str],
+        min_length: int = 1,
+        *,
+        n_classes: int | None = None,
+        targets: Sequence[tuple[str, float, float]] = (),
+    ) -> None:
         super().__init__()
         self.mod = net
         self.input_names = list(input_names)
@@ -33,23 +47,60 @@ class Tagger(nn.Module):
         if "mask" not in self.roles:
             raise ValueError(f"no mask input among {self.input_names}")
         self.min_length = int(min_length)
+        self.target_names = [str(t[0]) for t in targets]
+        self.n_classes = -1 if n_classes is None else int(n_classes)  # -1: every output is a class logit
+        self.target_center: torch.Tensor
+        self.target_width: torch.Tensor
+        # the targets' map to their units: not weights (the data config records it), but in the graph
+        self.register_buffer("target_center", torch.tensor([float(t[1]) for t in targets]), persistent=False)
+        self.register_buffer("target_width", torch.tensor([float(t[2]) for t in targets]), persistent=False)
 
     @property
     def pairwise(self) -> bool:
         """Whether the network builds (N, C, P, P) pair tensors (written into the bundle's card)."""
         return bool(self.mod.pairwise)
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+    @property
+    def output_names(self) -> list[str]:
+        """The model's outputs: ``softmax`` where it has classes, then one per target."""
+        return ([CLASS_OUTPUT] if self.n_classes != 0 else []) + self.target_names
+
+    def scale_targets(self, targets: Sequence[tuple[str, float, float]]) -> None:
+        """Set the targets' center and width (known once the training jets are read)."""
+        assert [str(t[0]) for t in targets] == self.target_names
+        self.target_center.copy_(torch.tensor([float(t[1]) for t in targets]))
+        self.target_width.copy_(torch.tensor([float(t[2]) for t in targets]))
+
+    def raw(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The network's head, (N, classes + targets): logits, then standardised targets (training's
+        view; no padding to the minimum length)."""
+        uses: tuple[str, ...] = self.mod.uses  # type: ignore[assignment]
+        return self.mod(**{r: x for r, x in zip(self.roles, inputs) if r in uses})
+
+    def split(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, standardised targets) of the head's output."""
+        k = raw.shape[1] - len(self.target_names)
+        return raw[:, :k], raw[:, k:]
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         args = dict(zip(self.roles, inputs))
         short = self.min_length - args["mask"].shape[-1]
         if not torch.onnx.is_in_onnx_export() and short > 0:  # the runtime pads to min_length itself
             args = {k: nn.functional.pad(x, (0, short)) for k, x in args.items()}
-        mask = args["mask"]
-        uses: tuple[str, ...] = self.mod.uses  # type: ignore[assignment]
-        logits = self.mod(**{k: v for k, v in args.items() if k in uses})
-        probs = torch.softmax(logits, dim=1)
-        empty = (mask.sum(dim=(1, 2)) == 0).unsqueeze(1)
-        return torch.where(empty, torch.full_like(probs, float("nan")), probs)
+        logits, std = self.split(self.raw(*(args[r] for r in self.roles)))
+        outs = [torch.softmax(logits, dim=1)] if logits.shape[1] else []
+        if self.target_names:
+            values = self.target_center + self.target_width * std
+            outs += [values[:, i : i + 1] for i in range(len(self.target_names))]
+        empty = (args["mask"].sum(dim=(1, 2)) == 0).unsqueeze(1)
+        outs = [torch.where(empty, torch.full_like(o, float("nan")), o) for o in outs]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    @property
+    def n_outputs(self) -> int:
+        """The head's width: classes + targets (what a fine-tuning checkpoint's head is compared with)."""
+        head = [m for m in self.mod.modules() if isinstance(m, nn.Linear)]
+        return head[-1].out_features if self.n_classes < 0 else self.n_classes + len(self.target_names)
 
 
 def network_options(cls: type) -> set[str]:
@@ -69,10 +120,12 @@ def build(
     num_classes: int,
     *,
     roles: Mapping[str, str],
+    targets: Sequence[tuple[str, float, float]] = (),
     **options: Any,
 ) -> Tagger:
     """A :class:`Tagger` around ``network`` fed by the data-config groups ``input_names`` in the given
-    ``roles`` (group -> role: the bundle's input spec, :mod:`jettagger_coffea.inputs`)."""
+    ``roles`` (group -> role: the bundle's input spec, :mod:`jettagger_coffea.inputs`), its head
+    ``num_classes`` logits and one output per regression target (name, center, width)."""
     cls = network_class(network)
     allowed = network_options(cls) - {"sv_input_dims"}
     unknown = sorted(set(options) - allowed)
@@ -91,21 +144,33 @@ def build(
             )
         opts["sv_input_dims"] = input_dims[by_role["sv_features"]]
     in_dim = input_dims[by_role["features"]] if "features" in by_role else 0
-    net = cls(in_dim, num_classes, **opts)  # type: ignore[call-arg]
+    net = cls(in_dim, num_classes + len(targets), **opts)  # type: ignore[call-arg]
     missing = [r for r in net.uses if r not in by_role]  # type: ignore[union-attr]
     if missing:
         raise JetTaggerError(
             f"network {network!r} needs input groups for {missing}; the config has {input_names}"
         )
-    return Tagger(net, input_names, role_list, min_length=getattr(net, "min_length", 1))
+    min_length = getattr(net, "min_length", 1)
+    return Tagger(net, input_names, role_list, min_length, n_classes=num_classes, targets=targets)
 
 
 def build_for(network: str, config: DataConfig, inputs: Mapping[str, InputSpec], **options: Any) -> Tagger:
     """:func:`build` for the groups of a data config, in the roles of its input spec (a bundle's ``inputs``,
-    or :func:`~jettagger_coffea.inputs.default_inputs` for a config not yet in a bundle)."""
+    or :func:`~jettagger_coffea.inputs.default_inputs` for a config not yet in a bundle), with its classes
+    and regression targets (:func:`target_scales`)."""
     dims = {k: v[1] for k, v in config.input_shapes.items()}
     roles = {g: s.role for g, s in inputs.items()}
-    return build(network, list(config.input_names), dims, len(config.class_names), roles=roles, **options)
+    n = len(config.class_names)
+    targets = target_scales(config)
+    return build(network, list(config.input_names), dims, n, roles=roles, targets=targets, **options)
+
+
+def target_scales(config: DataConfig) -> list[tuple[str, float, float]]:
+    """(name, center, width) of each target of a config (0 and 1 where not yet resolved)."""
+    return [
+        (t.name, 0.0 if t.center is None else t.center, 1.0 if t.width is None else t.width)
+        for t in config.targets.values()
+    ]
 
 
 def read_state(path: str | Path | BinaryIO, *, name: str | None = None) -> dict[str, torch.Tensor]:
@@ -135,29 +200,30 @@ def load_state(model: Tagger, path: str | Path | BinaryIO, *, name: str | None =
         raise JetTaggerError(f"checkpoint {name} does not fit this network: {err}") from None
 
 
-def head_names(model: nn.Module, num_classes: int) -> list[str]:
-    """The parameters of the classifier head: every ``nn.Linear`` with ``num_classes`` outputs (the layer
-    that makes the logits; no network has another that narrow)."""
+def head_names(model: nn.Module, num_outputs: int) -> list[str]:
+    """The parameters of the head: every ``nn.Linear`` with ``num_outputs`` outputs (classes + regression
+    targets: the layer that makes the logits; no network has another that narrow)."""
     return [
         f"{prefix}.{p}" if prefix else p
         for prefix, mod in model.named_modules()
-        if isinstance(mod, nn.Linear) and mod.out_features == num_classes
+        if isinstance(mod, nn.Linear) and mod.out_features == num_outputs
         for p, _ in mod.named_parameters(recurse=False)
     ]
 
 
 def load_pretrained(
-    model: Tagger, path: str | Path, num_classes: int, *, name: str | None = None
+    model: Tagger, path: str | Path, num_outputs: int, *, name: str | None = None
 ) -> dict[str, tuple[list[int], list[int]]]:
-    """Load a checkpoint for fine-tuning: strictly where every tensor fits; where only the classifier head's
-    shapes differ (another class count), every other tensor, the head staying as built (freshly
-    initialised). Returns the tensors not loaded, each with (checkpoint shape, network shape); any other
-    misfit (a missing or extra tensor, another width) is an error naming the tensor."""
+    """Load a checkpoint for fine-tuning: strictly where every tensor fits; where only the head's shapes
+    differ (another class count, or targets added: ``num_outputs`` is the head's width here), every other
+    tensor, the head staying as built (freshly initialised). Returns the tensors not loaded, each with
+    (checkpoint shape, network shape); any other misfit (a missing or extra tensor, another width) is an
+    error naming the tensor."""
     name = name or str(path)
     state, own = read_state(path, name=name), model.state_dict()
     common = [k for k in own if k in state]
     misfit = {k: (list(state[k].shape), list(own[k].shape)) for k in common if state[k].shape != own[k].shape}
-    head = set(head_names(model, num_classes))
+    head = set(head_names(model, num_outputs))
     other = [k for k in misfit if k not in head or misfit[k][0][1:] != misfit[k][1][1:]]
     if other:
         k = other[0]
