@@ -311,19 +311,11 @@ class TorchBackend(ProcessLocal):
                 raise JetTaggerError(
                     "the torch backend needs the `train` extra (pip install jettagger-coffea[train])"
                 ) from err
-            from .nn import build, load_state
+            from .nn import build_for, load_state
 
             card = self.bundle.card
-            dims = {k: v[1] for k, v in self.bundle.config.input_shapes.items()}
-            roles = {g: s.role for g, s in self.bundle.inputs.items()}
-            m = build(
-                card["network"],
-                list(self.bundle.config.input_names),
-                dims,
-                len(self.bundle.classes),
-                roles=roles,
-                **(card.get("network_options") or {}),
-            )
+            options = card.get("network_options") or {}
+            m = build_for(card["network"], self.bundle.config, self.bundle.inputs, **options)
             load_state(m, io.BytesIO(self.state.data), name=self.state.name)
             self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
             self._model = m.eval().to(self.device, dtype=getattr(torch, self.dtype))
@@ -333,13 +325,16 @@ class TorchBackend(ProcessLocal):
     def input_names(self) -> list[str]:
         return list(self.model.input_names)
 
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray | list[np.ndarray]:
         import torch
 
         with torch.no_grad():
             dt = getattr(torch, self.dtype)
             xs = [torch.from_numpy(inputs[k]).to(self.device, dtype=dt) for k in self.model.input_names]
-            return self.model(*xs).float().cpu().numpy()
+            out = self.model(*xs)
+            if isinstance(out, tuple):  # a joint model: class probabilities, then each target
+                return [o.float().cpu().numpy() for o in out]
+            return out.float().cpu().numpy()
 
 
 def run_batched(

@@ -156,7 +156,7 @@ class Bundle:
         config = DataConfig.from_yaml(path / CONFIG)
         if (path / PREPROCESS).is_file():
             _check_preprocess(path / PREPROCESS, config)
-        outputs = read_outputs(card, list(config.label_value), str(path / CARD))
+        outputs = read_outputs(card, config.output_names, str(path / CARD))
         classes = outputs.classes
         if list(card.get("classes", classes)) != classes:
             raise JetTaggerError(
@@ -296,10 +296,10 @@ def write_bundle(
     (path / PREPROCESS).write_text(json.dumps(config.preprocess_json(), indent=2))
     outputs = card.get("outputs")
     if not isinstance(outputs, dict):  # the default roles, over the model's outputs
-        spec = default_outputs(list(config.label_value), onnx_outputs(path / MODEL) if onnx else None)
+        spec = default_outputs(config.output_names, onnx_outputs(path / MODEL) if onnx else None)
         outputs = spec.card() if spec.names is not None else None
     card = {**card, "classes": None, "outputs": outputs}  # classes: where the card lists them
-    card["classes"] = read_outputs(card, list(config.label_value), str(path / CARD)).classes
+    card["classes"] = read_outputs(card, config.output_names, str(path / CARD)).classes
     card = {k: v for k, v in card.items() if v is not None}
     traits = {"min_length": min_length, "pairwise": pairwise}
     card |= {k: v for k, v in traits.items() if v is not None}

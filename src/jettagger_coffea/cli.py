@@ -228,7 +228,8 @@ def _run_train(args: argparse.Namespace) -> int:
     )
     if s["best_epoch"] is not None:
         best = next(r for r in s["history"] if r["epoch"] == s["best_epoch"])
-        print(f"best epoch {s['best_epoch']}: val_loss {best['val_loss']:.4f} val_acc {best['val_acc']:.4f}")
+        acc = f" val_acc {best['val_acc']:.4f}" if "val_acc" in best else ""  # none for a regression only
+        print(f"best epoch {s['best_epoch']}: val_loss {best['val_loss']:.4f}{acc}")
     if "interrupted" in s:  # EX_TEMPFAIL: not done, try again (batch systems can requeue on it)
         cut = s["interrupted"]
         print(f"stopped in epoch {cut['epoch']} after {cut['jets']} jets; go on with --resume")

@@ -219,6 +219,8 @@ class Standardised:
     labels: np.ndarray | None = None
     #: per jet: values replaced by 0 (raw, or model variables: the module's rule); sums to n_nonfinite
     jet_nonfinite: np.ndarray | None = None
+    #: (jets, targets) float32: the config's regression targets, in their units, where known
+    targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.counts)
@@ -236,7 +238,8 @@ class Standardised:
             groups[name] = ([v[idx] for v in values], c)
         labels = None if self.labels is None else self.labels[order]
         bad = None if self.jet_nonfinite is None else self.jet_nonfinite[order]
-        return Standardised(self.config, groups, self.counts[order], self.n_nonfinite, labels, bad)
+        targets = None if self.targets is None else self.targets[order]
+        return Standardised(self.config, groups, self.counts[order], self.n_nonfinite, labels, bad, targets)
 
     @staticmethod
     def concatenate(parts: list[Standardised]) -> Standardised:
@@ -250,6 +253,9 @@ class Standardised:
         }
         labels = None if any(p.labels is None for p in parts) else np.concatenate([p.labels for p in parts])  # type: ignore[misc]
         bad = [p.jet_nonfinite for p in parts]
+        targets = (
+            None if any(p.targets is None for p in parts) else np.concatenate([p.targets for p in parts])
+        )  # type: ignore[misc]
         return Standardised(
             first.config,
             groups,
@@ -257,6 +263,7 @@ class Standardised:
             sum(p.n_nonfinite for p in parts),
             labels,
             None if any(b is None for b in bad) else np.concatenate(bad),  # type: ignore[arg-type]
+            targets,
         )
 
     def dense(

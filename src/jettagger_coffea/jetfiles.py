@@ -42,7 +42,8 @@ def load_jets(
         table = make_table(open_jets(path), config, where=str(path))
         std = standardise(table, config)
         if with_labels:
-            std.labels = label_values(table, config)
+            std.labels = label_values(table, config) if config.label_value else None
+            std.targets = config.target_values(table) if config.targets else None
         keep = selection_mask(table, config)
         if drop_empty:
             keep = std.counts > 0 if keep is None else keep & (std.counts > 0)
