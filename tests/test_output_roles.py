@@ -367,9 +367,9 @@ def test_mass_response_beside_the_soft_drop_mass(mass_bundle, tmp_path):
     binned medians are those of the jets' own ratios within a bin."""
     from jettagger_coffea.execution import run_fileset
     from jettagger_coffea.outputs import write_outputs
-    from jettagger_coffea.processor import MIN_TRUE_MASS, Selection
+    from jettagger_coffea.processor import Selection
     from jettagger_coffea.sources import Events
-    from jettagger_coffea.truth import fatjet_true_mass
+    from jettagger_coffea.truth import MIN_TRUE_MASS, fatjet_true_mass
 
     fileset = {"qcd": {"files": {str(PFNANO): "Events"}, "metadata": {"xsec": 1.0}}}
     opts = {"executor": "iterative", "chunksize": 5, "progress": False, "per_jet": True}

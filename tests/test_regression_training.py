@@ -133,6 +133,29 @@ def test_joint_bundle_onnx_equals_torch_and_predict_writes_mass(joint, tmp_path)
     np.testing.assert_allclose(by_torch, cols["mass"][: len(by_torch)], rtol=0, atol=1e-5 * scale)
 
 
+def test_evaluate_reports_the_mass_response_beside_the_soft_drop_mass(joint, tmp_path):
+    """``evaluate`` of a joint bundle: the regressed and the soft-drop mass over the true mass (here the
+    target is the soft-drop mass itself: its response is 1, its resolution 0), per truth class, in
+    metrics.json and a response plot; the binned median is the jets' own within a bin."""
+    from jettagger_coffea.evaluation import evaluate, predict_files
+    from jettagger_coffea.tagger import JetTagger
+    from jettagger_coffea.training import export
+
+    work, _, _ = joint
+    bundle = Bundle.load(export(work / "run", tmp_path / "bundle", reference_files=FILES))
+    tagger = JetTagger(bundle)
+    m = evaluate(tagger, FILES, tmp_path / "eval")["response"]
+    cols = predict_files(tagger, FILES)
+    for truth, label in (("QCD", 0), ("Tbqq", 1)):
+        known = (cols["label"] == label) & (cols["true_mass"] > 10)
+        assert m["msoftdrop"][truth]["median"] == pytest.approx(1.0, abs=1e-9)
+        assert m["msoftdrop"][truth]["half_iqr"] < 0.006 and m["mass"][truth]["n"] == known.sum()
+        ratio = cols["mass"][known] / cols["true_mass"][known]
+        assert m["mass"][truth]["median"] == pytest.approx(np.median(ratio), abs=0.01)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["response"] == m
+    assert (tmp_path / "eval" / "response_mass.png").stat().st_size > 10_000
+
+
 SMALL = {
     "particlenet": {"conv_params": [(4, (16, 16)), (4, (16, 16))], "fc_params": [(16, 0.0)]},
     "particlenet-lite": {},

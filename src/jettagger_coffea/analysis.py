@@ -200,16 +200,16 @@ def metrics_from_hists(out: dict[str, Any]) -> dict[str, Any]:
         n.removeprefix("response_"): response_summary(v) for n, v in h.items() if n.startswith("response_")
     }
     if responses:  # the regressed masses and the soft-drop mass over the true mass (NaN: no jets -> null)
-        doc["response"] = _json_numbers(responses)
+        doc["response"] = json_numbers(responses)
     return doc
 
 
-def _json_numbers(x: Any) -> Any:
+def json_numbers(x: Any) -> Any:
     """NaN and infinities as null (metrics.json is strict JSON)."""
     if isinstance(x, dict):
-        return {k: _json_numbers(v) for k, v in x.items()}
+        return {k: json_numbers(v) for k, v in x.items()}
     if isinstance(x, list):
-        return [_json_numbers(v) for v in x]
+        return [json_numbers(v) for v in x]
     if isinstance(x, float) and not np.isfinite(x):
         return None
     return x

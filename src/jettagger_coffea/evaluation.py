@@ -11,13 +11,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._errors import JetTaggerError
+from .analysis import json_numbers, response_summary
 from .features import labels as label_values
 from .features import make_table
+from .inputs import is_mass
 from .jetfiles import open_jets
 from .metrics import discriminant, signal_background, summary
 from .sources import Events, check_events
 from .tagger import INVALID_SCORE, JetTagger
-from .truth import jet_truth, truth_of_class
+from .truth import MIN_TRUE_MASS, fatjet_true_mass, jet_truth, truth_of_class
 
 
 def predict_files(
@@ -62,6 +64,7 @@ def predict_files(
                 row["label"] = label_values(table, tagger.config)
             except Exception:  # noqa: BLE001 - unlabelled data: no label column
                 with_labels = False
+        row |= _true_values(tagger, table, data)
         for name in tagger.config.observers:
             try:
                 row[name] = np.asarray(table[name])
@@ -76,9 +79,28 @@ def predict_files(
     return {k: np.concatenate(v) for k, v in cols.items() if len(v) == len(files)}  # columns every file has
 
 
+def _true_values(tagger: JetTagger, table: Any, data: Any) -> dict[str, np.ndarray]:
+    """What the regressions should give, where the file knows it: ``true_<target>`` from the config's
+    targets (JetClass-layout files with the generator's branches), ``true_mass`` from GenPart and the
+    generated jets (NanoAOD, AK8 truth, for a model that regresses a mass)."""
+    out: dict[str, np.ndarray] = {}
+    targets = getattr(tagger.config, "targets", None) or {}
+    if targets:
+        try:
+            values = tagger.config.target_values(table)
+        except Exception:  # noqa: BLE001 - a file without the target's branches: no true values
+            values = None
+        if values is not None:
+            out |= {f"true_{name}": values[:, i].astype(np.float64) for i, name in enumerate(targets)}
+    masses = [c for c in tagger.bundle.outputs.others if c.role == "regression" and is_mass(c)]
+    if isinstance(data, Events) and masses and tagger.preset.truth != "flavour" and "true_mass" not in out:
+        out["true_mass"] = fatjet_true_mass(data, collection=tagger.jets)
+    return out
+
+
 #: the columns :func:`predict_files` writes besides the scores: no output may be named as one of them
 ID_COLUMNS: tuple[str, ...] = ("entry", "jet_index", "run", "luminosityBlock", "event", "genWeight")
-ID_COLUMNS += ("truth", "label", "status", "file_index")
+ID_COLUMNS += ("truth", "label", "status", "file_index", "true_mass")
 
 
 def _output_columns(tagger: JetTagger) -> dict[str, str]:
@@ -129,9 +151,38 @@ def evaluate(
     metrics = summary(labels, scores, classes, discs, model=tagger.bundle.name)
     metrics["files"] = [str(f) for f in files]
     metrics["counts"] = {k: n for k, n in counts.items() if n or k in ("jets", "no_constituent_jets")}
+    responses = mass_responses(tagger, {k: v[valid] for k, v in cols.items()})
+    if responses:
+        metrics["response"] = json_numbers({n: response_summary(h) for n, h in responses.items()})
     if output is not None:
         _write(metrics, tagger, labels, scores, Path(output), title)
     return metrics
+
+
+def mass_responses(tagger: JetTagger, cols: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``response_*`` histograms (those of the processor) of each regressed mass and of the soft-drop mass
+    over the true mass, by truth class (the label's) and jet pT, for the jets whose true mass is known and
+    above :data:`.truth.MIN_TRUE_MASS`."""
+    from .histograms import response_histogram, truth_axis
+
+    masses = [c.name for c in tagger.bundle.outputs.others if c.role == "regression" and is_mass(c)]
+    sd = next((cols[k] for k in ("jet_sdmass", "msoftdrop") if k in cols), None)
+    pt = cols.get("jet_pt")
+    out: dict[str, Any] = {}
+    for name in masses:
+        true = cols.get(f"true_{name}", cols.get("true_mass"))
+        if true is None or pt is None or "label" not in cols:
+            continue
+        known = np.isfinite(true) & (true > MIN_TRUE_MASS)
+        truths = [truth_of_class(c) or c for c in tagger.classes]
+        truth = np.asarray(truths, dtype=object)[cols["label"].astype(int)][known]
+        for what, values in ((name, cols[name]), ("msoftdrop", sd)):
+            if values is None or what in out:
+                continue
+            h = response_histogram(truth=truth_axis(truths))
+            h.fill(dataset="all", truth=truth.astype(str), pt=pt[known], response=values[known] / true[known])
+            out[what] = h
+    return out
 
 
 def _write(
@@ -165,6 +216,11 @@ def _write(
                 title=title or tagger.bundle.name,
                 colours=plotting.signal_colours({n: sorted(set(t)) for n, t in signals.items()}),
             )
+        for name in (n for n in metrics.get("response", {}) if n != "msoftdrop"):
+            summaries = {name: metrics["response"][name]} | (
+                {"msoftdrop": metrics["response"]["msoftdrop"]} if "msoftdrop" in metrics["response"] else {}
+            )
+            plotting.response_plot(summaries, out / f"response_{name}.png", title=tagger.bundle.name)
         if metrics["confusion"] is not None:  # None: no jet with scores
             plotting.confusion_plot(
                 np.asarray(metrics["confusion"]),

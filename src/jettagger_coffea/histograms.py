@@ -60,9 +60,19 @@ def regression_axis(name: str, unit: str | None, label: str) -> hist.axis.Regula
     return hist.axis.Regular(50, 0, 2, name="value", label=label + (f" [{unit}]" if unit else ""))
 
 
-#: response bins: regressed (or soft-drop) mass over the true mass, 0.01 wide (medians and quartiles are
-#: interpolated within a bin: :func:`.analysis.response_summary`)
-RESPONSE_AXIS = hist.axis.Regular(200, 0, 2, name="response", label="Mass / true mass")
+#: response bins: regressed (or soft-drop) mass over the true mass, 0.01 wide and centred on 0, 0.01, ...,
+#: 2 (medians and quartiles are interpolated within a bin, :func:`.analysis.response_summary`: a response
+#: of exactly 1 is read as 1)
+RESPONSE_AXIS = hist.axis.Regular(201, -0.005, 2.005, name="response", label="Mass / true mass")
+
+
+def response_histogram(
+    hist_class: type = hist.Hist,
+    truth: hist.axis.StrCategory | None = None,
+    pt_bins: Sequence[float] = PT_BINS,
+) -> hist.Hist:
+    """Mass over true mass per dataset, truth class and pT: the processor's and ``evaluate``'s."""
+    return _hist(hist_class, dataset_axis(), truth or truth_axis(), pt_axis(pt_bins), RESPONSE_AXIS)
 
 
 def make_histograms(
@@ -97,10 +107,7 @@ def make_histograms(
         )
         for name, unit, label in regressions
     }
-    regressed |= {
-        f"response_{name}": _hist(hist_class, dataset_axis(), truth, pt_axis(pt_bins), RESPONSE_AXIS)
-        for name in responses
-    }
+    regressed |= {f"response_{name}": response_histogram(hist_class, truth, pt_bins) for name in responses}
     return regressed | {
         # event / jet counts as a histogram: scalar reductions do not work lazily with dask >= 2025.4
         # cutflow: raw counts (quantity "raw") and sums of event weights ("sumw") per step

@@ -285,3 +285,11 @@ def _check_outputs(out: Outputs, labels: list[str], where: str) -> None:
     roles = {c.role for c in out.columns}
     if {"class", "logit"} <= roles:
         raise JetTaggerError(f"{where}: outputs mix class probabilities and logits (one or the other)")
+
+
+def is_mass(col: Any) -> bool:
+    """A regressed quantity that is a jet mass (compared with the true mass): in GeV, named ``mass...`` or
+    ``target_mass``, or a factor that multiplies a mass (``massCorr`` x (1 - rawFactor) x mass)."""
+    name = col.name.lower()
+    named = name.startswith("mass") or name == "target_mass"
+    return named and (col.unit == "GeV" or "mass" in (col.multiplies or ""))

@@ -24,6 +24,7 @@ from .bundle import Bundle
 from .columnar import Ops, empty_jagged, map_chunks, ops_for
 from .expressions import Expression
 from .histograms import PT_BINS, make_histograms
+from .inputs import is_mass
 from .tagger import (
     INVALID_LINK_ROWS,
     INVALID_SCORE,
@@ -32,7 +33,7 @@ from .tagger import (
     TAGGED,
     JetTagger,
 )
-from .truth import fatjet_true_mass, jet_truth, truth_classes
+from .truth import MIN_TRUE_MASS, fatjet_true_mass, jet_truth, truth_classes
 from .workingpoints import read_thresholds
 
 #: FatJet_jetId bits (NanoAOD): 1 loose (2016), 2 tight, 4 tight with lepton veto
@@ -372,19 +373,6 @@ def _fill_counts(h: Any, dataset: str, fname: str, w_event: Any, steps: Any, hal
     for step, n in steps:
         h.fill(dataset=dataset, file=fname, step=step, quantity="raw", unit=half, weight=half * 0 + n)
         h.fill(dataset=dataset, file=fname, step=step, quantity="sumw", unit=half, weight=w_event * n)
-
-
-#: true masses below this (GeV) are left out of the response histograms: a ratio to a near-zero mass (a
-#: QCD jet groomed to one particle) says nothing about a resolution
-MIN_TRUE_MASS = 10.0
-
-
-def is_mass(col: Any) -> bool:
-    """A regressed quantity that is a jet mass (compared with the true mass): in GeV, named ``mass...`` or
-    ``target_mass``, or a factor that multiplies a mass (``massCorr`` x (1 - rawFactor) x mass)."""
-    name = col.name.lower()
-    named = name.startswith("mass") or name == "target_mass"
-    return named and (col.unit == "GeV" or "mass" in (col.multiplies or ""))
 
 
 def _true_mass_chunk(events: Any, mask: Any, *, collection: str, radius: float) -> ak.Array:

@@ -38,6 +38,10 @@ def truth_classes(scheme: str) -> tuple[str, ...]:
     return FLAVOUR_CLASSES if scheme == "flavour" else TRUTH_CLASSES
 
 
+#: true masses below this (GeV) are left out of the response histograms: a ratio to a near-zero mass (a
+#: QCD jet groomed to one particle) says nothing about a resolution
+MIN_TRUE_MASS = 10.0
+
 _RULES = ((6, "Tbqq", 3), (24, "Wqq", 2), (23, "Zqq", 2), (25, "Hbb", 2))
 
 
