@@ -378,7 +378,9 @@ def test_mass_response_beside_the_soft_drop_mass(mass_bundle, tmp_path):
     known = true > MIN_TRUE_MASS
     assert known.sum() == 10
     paths = write_outputs(out, tmp_path / "out")
-    m = json.loads(paths["metrics"].read_text())["response"]
+    doc = json.loads(paths["metrics"].read_text())
+    assert doc["n_jets"] == 24 and doc["classes"] == []  # the jets with outputs, though none has a class
+    m = doc["response"]
     regressed = np.asarray(out["jets"]["mass"])
     msd = uproot.open(shared_file(PFNANO))["Events"]["FatJet_msoftdrop"].array()
     for name, values in (("mass", regressed), ("msoftdrop", ak.to_numpy(ak.flatten(msd)))):
@@ -407,3 +409,15 @@ def test_regressions_under_dask_awkward_equal_eager(glopart_bundle, events):
     for name in ("regression_massCorrX2p", "regression_massCorrGeneric"):
         assert lazy["hists"][name].sum(flow=True).value == 24
         np.testing.assert_allclose(lazy["hists"][name].values(), eager["hists"][name].values())
+
+
+def test_import_weaver_outputs_option(tmp_path):
+    """``--outputs`` overrides the roles from the output names; a role that is none is one line, exit 2."""
+    onnx, pre = shared_file(MASS / "model.onnx"), shared_file(MASS / "preprocess.json")
+    args = ("import-weaver", "--onnx", onnx, "--preprocess", pre)
+    r = cli(*args, "-o", tmp_path / "e", "--outputs", '{"output": {"mass": "embedding"}}')
+    assert r.returncode == 0, r.stderr
+    assert Bundle.load(tmp_path / "e").outputs.card() == {"output": {"mass": "embedding"}}
+    r = cli(*args, "-o", tmp_path / "bad", "--outputs", '{"output": {"mass": "probability"}}')
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "import-weaver --outputs" in r.stderr
+    assert not (tmp_path / "bad").exists()

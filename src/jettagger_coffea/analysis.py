@@ -186,6 +186,7 @@ def metrics_from_hists(out: dict[str, Any]) -> dict[str, Any]:
         classes,
         figures,
         cm,
+        n_jets=sum(c.get("tagged_jets", 0) for c in out["cutflow"].values()),
         cutflow=out["cutflow"],
         normalisation=out.get("normalisation", {}),
         selection=meta.get("selection"),

@@ -482,6 +482,12 @@ def _add_import(sub) -> None:
         help='JSON, e.g. {"TvsQCD": {"signal": ["Tbqq"], '
         '"background": ["QCD"]}}; default for CMS classes: NanoAOD\'s',
     )
+    p.add_argument(
+        "--outputs",
+        default="{}",
+        help="JSON: roles overriding those from the output names (output -> column -> role), e.g. "
+        '{"output": {"mass": {"role": "regression", "unit": "GeV"}}}',
+    )
     p.set_defaults(func=_run_import)
 
 
@@ -504,6 +510,7 @@ def _run_import(args: argparse.Namespace) -> int:
         _needs("train", "torch", "onnx")
     options = _json_option(args.network_options, "--network-options")
     discriminants = _json_option(args.discriminants, "--discriminants")
+    outputs = _json_option(args.outputs, "--outputs") or None
     path = import_weaver(
         args.data_config,
         args.output,
@@ -518,6 +525,7 @@ def _run_import(args: argparse.Namespace) -> int:
         stored_prefix=args.stored_prefix,
         served_model=args.served_model,
         jets=args.jets,
+        outputs=outputs,
     )
     print(path)
     return 0

@@ -156,10 +156,12 @@ def metrics_document(
     classes: Sequence[str],
     discriminants: dict[str, dict],
     confusion_counts: np.ndarray | None,
+    n_jets: float | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """metrics.json as both front ends write it: ``method`` says how the ROCs were made ("per-jet" or
-    "binned"); confusion rows are true classes (normalised), accuracy from the same counts."""
+    "binned"); confusion rows are true classes (normalised), accuracy from the same counts; ``n_jets``: the
+    jets with scores (default: those of the confusion matrix; a model without classes has none)."""
     doc: dict[str, Any] = {"schema": SCHEMA, "method": method, "model": model, "classes": list(classes)}
     if confusion_counts is not None and confusion_counts.sum() > 0:
         cm = np.asarray(confusion_counts, dtype=np.float64)
@@ -168,6 +170,8 @@ def metrics_document(
         doc["confusion"] = (cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)).tolist()
     else:
         doc |= {"n_jets": 0.0, "accuracy": float("nan"), "confusion": None}
+    if n_jets is not None:
+        doc["n_jets"] = float(n_jets)
     doc["discriminants"] = discriminants
     return strict_json(doc | extra)
 
