@@ -77,9 +77,10 @@ esac
 case " $ONLY " in *" finetune "*)
   FT_WEIGHTS=${FT_WEIGHTS:-../shared/reference/weights/ParticleNet_kin.pt}
   FT_JETS=${FT_JETS:-50000}
+  FT_VAL_JETS=${FT_VAL_JETS:-10000}  # validation jets at each curve point (full-size ParticleNet: ~1 min per 1000)
   ft() {  # name lr [extra train options]: one pass over FT_JETS distinct jets (shards 0..CURVE_SHARDS-1)
     $J train --data-config $CFG/jetclass5_kin.yaml --network particlenet --train $CURVE_TRAIN \
-      --output "$OUT/finetune/$1" --epochs 1 --max-train-jets "$FT_JETS" --max-val-jets 10000 --curve-points 8 \
+      --output "$OUT/finetune/$1" --epochs 1 --max-train-jets "$FT_JETS" --max-val-jets "$FT_VAL_JETS" --curve-points 8 \
       --batch-size 128 --lr "$2" --threads 1 --resume "${@:3}"
   }
   { ft particlenet-kin-ft 2e-4 --init "$FT_WEIGHTS" --lr-mult 'mod.fc.*=50'; } &
