@@ -41,7 +41,8 @@ def main(joint_path: str, classes_path: str) -> int:
         no_worse &= a >= b - 1e-3
         print(f"| {name} | {a:.4f} | {b:.4f} | {a - b:+.4f} |")
     print()
-    goal = f"resolution goal (>= {100 * GOAL:.0f} % narrower for every signal class): {'met' if met else 'missed'}"
+    verdict = "met" if met else "missed"
+    goal = f"resolution goal (>= {100 * GOAL:.0f} % narrower for every signal class): {verdict}"
     print(f"{goal}; AUCs no worse than the classifier's (within 1e-3): {'yes' if no_worse else 'no'}")
     return 0
 
