@@ -304,3 +304,20 @@ def test_match_genjet_closest_within_half_radius():
     assert match_genjet(jet, gen, 0.8) == 1  # across phi = +-pi
     assert match_genjet(jet, gen, 0.2) == -1  # closest at dR 0.14 > R/2
     assert match_genjet(jet, [], 0.8) == -1
+
+
+@pytest.mark.parametrize("process", ["wqq", "qcd"])
+def test_true_mass_from_nanoaod_equals_the_jetclass_target(process, targets):
+    """What a mass regression should give, read two ways from the same jets: from NanoAOD's GenPart and
+    GenJetAK8 (:func:`truth.fatjet_true_mass`, as on CMS files) and from the JetClass file's target
+    branches (resonance mass, or the generated jet's soft-drop mass for QCD)."""
+    from jettagger_coffea.sources import Events
+    from jettagger_coffea.truth import fatjet_true_mass, fatjet_truth
+
+    paths = targets[process]
+    t = _arrays(paths["jetclass"], "tree")
+    ev = Events(uproot.open(paths["nanoaod"])["Events"], "generated")
+    labels = fatjet_truth(ev)
+    want = np.where(ak.to_numpy(t.label_QCD), ak.to_numpy(t.jet_genjet_sdmass), ak.to_numpy(t.jet_gen_mass))
+    assert (labels == ("QCD" if process == "qcd" else "Wqq")).all()
+    np.testing.assert_allclose(fatjet_true_mass(ev), want, rtol=1e-4)
