@@ -11,7 +11,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._errors import JetTaggerError
-from .analysis import json_numbers, response_summary
 from .features import labels as label_values
 from .features import make_table
 from .inputs import is_mass
@@ -153,6 +152,8 @@ def evaluate(
     metrics["counts"] = {k: n for k, n in counts.items() if n or k in ("jets", "no_constituent_jets")}
     responses = mass_responses(tagger, {k: v[valid] for k, v in cols.items()})
     if responses:
+        from .analysis import json_numbers, response_summary  # hist: not for predict
+
         metrics["response"] = json_numbers({n: response_summary(h) for n, h in responses.items()})
     if output is not None:
         _write(metrics, tagger, labels, scores, Path(output), title)
