@@ -91,18 +91,41 @@ def endpoints(folder: Path) -> None:
         )
 
 
+def compare(curves: dict[str, list[dict]], a: str, b: str) -> None:
+    """Two runs on the same jets, point by point (the fine-tuning study: fine-tuned vs from scratch): macro
+    AUC and top / H->bb R50 of each at every count of distinct jets, and by how much ``a`` wins."""
+    print(
+        f"| distinct jets | AUC (macro) {a} / {b} | top R50 {a} / {b} | H→bb R50 {a} / {b} | {a} wins by (AUC) |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for ra, rb in zip(curves[a], curves[b]):
+        assert ra["jets"] == rb["jets"], "the runs' curve points must be the same counts of jets"
+        cells = []
+        for disc in ("TvsQCD", "HbbvsQCD"):
+            da, db = ra["discriminants"][disc], rb["discriminants"][disc]
+            cells.append(f"{r50(da)} / {r50(db)}")
+        gain = ra["auc_macro"] - rb["auc_macro"]
+        print(
+            f"| {ra['jets']} | {ra['auc_macro']:.4f} / {rb['auc_macro']:.4f} | {' | '.join(cells)} | {gain:+.4f} |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=Path, default=Path("runs/curve"))
     ap.add_argument("--figure", type=Path, default=Path("docs/figures/learning_curves.png"))
     ap.add_argument("--min-jets", type=float, default=4000, help="fit range start (after the warm-up)")
     ap.add_argument("--endpoints", type=Path, help="folder of `jettagger evaluate` outputs, one per model")
+    ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two runs point by point (A vs B)")
     args = ap.parse_args()
     if args.endpoints:
         endpoints(args.endpoints)
         return
     curves = load(args.runs)
     learning_curve_plot(curves, args.figure, title="5 classes, one pass, same jets")
+    if args.compare:
+        compare(curves, *args.compare)
+        return
     print("| model | distinct jets | accuracy | AUC (macro) | top vs QCD AUC / R50 | H→bb vs QCD AUC / R50 |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, rows in curves.items():
