@@ -94,9 +94,8 @@ def endpoints(folder: Path) -> None:
 def compare(curves: dict[str, list[dict]], a: str, b: str) -> None:
     """Two runs on the same jets, point by point (the fine-tuning study: fine-tuned vs from scratch): macro
     AUC and top / H->bb R50 of each at every count of distinct jets, and by how much ``a`` wins."""
-    print(
-        f"| distinct jets | AUC (macro) {a} / {b} | top R50 {a} / {b} | H→bb R50 {a} / {b} | {a} wins by (AUC) |"
-    )
+    pair = f"{a} / {b}"
+    print(f"| distinct jets | AUC (macro) {pair} | top R50 {pair} | H→bb R50 {pair} | {a} wins by (AUC) |")
     print("| --- | --- | --- | --- | --- |")
     for ra, rb in zip(curves[a], curves[b]):
         assert ra["jets"] == rb["jets"], "the runs' curve points must be the same counts of jets"
@@ -105,9 +104,8 @@ def compare(curves: dict[str, list[dict]], a: str, b: str) -> None:
             da, db = ra["discriminants"][disc], rb["discriminants"][disc]
             cells.append(f"{r50(da)} / {r50(db)}")
         gain = ra["auc_macro"] - rb["auc_macro"]
-        print(
-            f"| {ra['jets']} | {ra['auc_macro']:.4f} / {rb['auc_macro']:.4f} | {' | '.join(cells)} | {gain:+.4f} |"
-        )
+        aucs = f"{ra['auc_macro']:.4f} / {rb['auc_macro']:.4f}"
+        print(f"| {ra['jets']} | {aucs} | {' | '.join(cells)} | {gain:+.4f} |")
 
 
 def main() -> None:
