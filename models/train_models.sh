@@ -96,7 +96,8 @@ case " $ONLY " in *" finetune "*)
   # the scratch run is compared, not shipped: the same test-set metrics in a bundle under $OUT
   $J export "$OUT/finetune/particlenet-kin-scratch" --output "$OUT/finetune/particlenet-kin-scratch-bundle" \
     --name particlenet-kin-scratch --reference $TEST --card "$CURVE_CARD"
-  python models/learning_curves.py --runs "$OUT/finetune" --figure docs/figures/finetune_curves.png;;
+  python models/learning_curves.py --runs "$OUT/finetune" --figure docs/figures/finetune_curves.png \
+    --compare particlenet-kin-ft particlenet-kin-scratch;;
 esac
 # ONLY=joint (not in the default; ~40 min on the 2 cores, both runs at once): ParticleNet-lite with the 5 classes
 # and the jet mass in one head (jetclass5_joint.yaml: the resonance's generated mass, the generated jet's
