@@ -39,7 +39,7 @@ docs: install-dev
 	$(BIN)/mkdocs build --strict --site-dir site
 
 test: install-dev triton lint docs
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 run: install
 	$(BIN)/jettagger run
