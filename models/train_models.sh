@@ -49,6 +49,13 @@ curve() {  # name network options jets: one pass, validation metrics at 8 log-sp
     --batch-size 128 --lr 2e-3 --threads 1 --resume
 }
 
+finished() {  # folder run...: exit 75 (run again to go on) unless every run has ended
+  local folder=$1 m
+  for m in "${@:2}"; do
+    if [ ! -f "$folder/$m/best_state.pt" ] || grep -q '"interrupted"' "$folder/$m/summary.json"; then exit 75; fi
+  done
+}
+
 ONLY=${ONLY:-"pfn pfn-kinpid particlenet-lite curves r10"}
 case " $ONLY " in *" pfn "*) train pfn pfn '{}' "${MIN_PFN:-8}";; esac
 # the kinpid inputs (no impact parameters): what standard NanoAOD v15 provides
@@ -86,11 +93,7 @@ case " $ONLY " in *" finetune "*)
   { ft particlenet-kin-ft 2e-4 --init "$FT_WEIGHTS" --lr-mult 'mod.fc.*=50'; } &
   { ft particlenet-kin-scratch 2e-3; } &
   wait
-  for m in particlenet-kin-ft particlenet-kin-scratch; do
-    if [ ! -f "$OUT/finetune/$m/best_state.pt" ] || grep -q '"interrupted"' "$OUT/finetune/$m/summary.json"; then
-      exit 75  # not done: run again to go on
-    fi
-  done
+  finished "$OUT/finetune" particlenet-kin-ft particlenet-kin-scratch
   $J export "$OUT/finetune/particlenet-kin-ft" --output models/particlenet-kin-ft --name particlenet-kin-ft \
     --reference $TEST --card "$CURVE_CARD"
   # the scratch run is compared, not shipped: the same test-set metrics in a bundle under $OUT
@@ -116,11 +119,7 @@ case " $ONLY " in *" joint "*)
   { jt particlenet-lite-mass jetclass5_joint; } &
   { jt particlenet-lite-classes jetclass5_full; } &
   wait
-  for m in particlenet-lite-mass particlenet-lite-classes; do
-    if [ ! -f "$OUT/joint/$m/best_state.pt" ] || grep -q '"interrupted"' "$OUT/joint/$m/summary.json"; then
-      exit 75  # not done: run again to go on
-    fi
-  done
+  finished "$OUT/joint" particlenet-lite-mass particlenet-lite-classes
   $J export "$OUT/joint/particlenet-lite-mass" --output models/particlenet-lite-mass --name particlenet-lite-mass \
     --reference $JTEST --card "$JCARD"
   $J export "$OUT/joint/particlenet-lite-classes" --output "$OUT/joint/particlenet-lite-classes-bundle" \
