@@ -363,7 +363,7 @@ def test_dask_awkward_from_the_cli_equals_iterative(tmp_path):
     ref = run_fileset("pfn", fs, executor="iterative", chunksize=400, progress=False)
     r = run_cli(
         "run", "--model", "pfn", "--fileset", _fileset(tmp_path, fs), "--executor", "dask-awkward",
-        "--workers", "1", "--chunksize", "300", "-o", tmp_path / "out",
+        "--workers", "1", "--chunksize", "1000", "-o", tmp_path / "out",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "pfn on dask-awkward: 2000 jets" in r.stdout
