@@ -217,11 +217,7 @@ def _write(
                 title=title or tagger.bundle.name,
                 colours=plotting.signal_colours({n: sorted(set(t)) for n, t in signals.items()}),
             )
-        for name in (n for n in metrics.get("response", {}) if n != "msoftdrop"):
-            summaries = {name: metrics["response"][name]} | (
-                {"msoftdrop": metrics["response"]["msoftdrop"]} if "msoftdrop" in metrics["response"] else {}
-            )
-            plotting.response_plot(summaries, out / f"response_{name}.png", title=tagger.bundle.name)
+        plotting.response_plots(metrics.get("response", {}), out, title=tagger.bundle.name)
         if metrics["confusion"] is not None:  # None: no jet with scores
             plotting.confusion_plot(
                 np.asarray(metrics["confusion"]),

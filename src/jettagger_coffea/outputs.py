@@ -28,7 +28,6 @@ from ._errors import JetTaggerError
 from .analysis import (
     efficiency_curves,
     metrics_from_hists,
-    response_summary,
     roc_curves,
     signal_missing,
     truth_groups,
@@ -248,15 +247,7 @@ def _plots(out: dict[str, Any], metrics: dict[str, Any], folder: Path) -> dict[s
                 paths[f"eff_{axis}_{name}"] = plotting.efficiency_plot(
                     eff, folder / f"eff_{axis}_{name}.png", xlabel, title=name
                 )
-    responses = metrics.get("response", {})
-    for name in responses:  # each regressed mass beside the soft-drop mass, over the true mass
-        if name != "msoftdrop":
-            summaries = {name: response_summary(h[f"response_{name}"])}
-            if "msoftdrop" in responses:
-                summaries["msoftdrop"] = response_summary(h["response_msoftdrop"])
-            paths[f"response_{name}"] = plotting.response_plot(
-                summaries, folder / f"response_{name}.png", title=meta["model"]
-            )
+    paths |= plotting.response_plots(metrics.get("response", {}), folder, title=meta["model"])
     hm = h["msoftdrop"].project("truth", "msd")
     view = hm.view()
     per_truth = {

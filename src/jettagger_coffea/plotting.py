@@ -439,7 +439,7 @@ def response_plot(
             centres, half = 0.5 * (edges[1:] + edges[:-1]), 0.5 * np.diff(edges)
             per = s["per_pt"]
             filled = np.asarray(per["n"]) > 0
-            label = f"{t}, {mass}: {s['median']:.3f}, {s['resolution']:.3f}"
+            label = f"{t}, {mass}: {_number(s['median'])}, {_number(s['resolution'])}"
             for ax, key in ((top, "median"), (bottom, "resolution")):
                 y = np.asarray(per[key], dtype=float)
                 ax.errorbar(centres[filled], y[filled], xerr=half[filled], ls=ls, marker="o", ms=5,
@@ -453,3 +453,21 @@ def response_plot(
                title="truth, mass:\nmedian, resolution (all pT)", title_fontsize=11)  # fmt: skip
     _corner(top, title)
     return _save(fig, path)
+
+
+def _number(x: float | None) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"
+
+
+def response_plots(
+    responses: Mapping[str, Mapping[str, Any]], folder: Path, *, title: str = ""
+) -> dict[str, Path]:
+    """``response_<mass>.png`` for each regressed mass of ``responses`` (metrics.json's ``response``: mass
+    -> :func:`.analysis.response_summary`), beside the soft-drop mass where it is there."""
+    paths = {}
+    for name in (n for n in responses if n != "msoftdrop"):
+        summaries = {name: responses[name]}
+        if "msoftdrop" in responses:
+            summaries["msoftdrop"] = responses["msoftdrop"]
+        paths[f"response_{name}"] = response_plot(summaries, folder / f"response_{name}.png", title=title)
+    return paths
