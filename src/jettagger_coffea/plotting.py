@@ -449,8 +449,11 @@ def response_plot(
     bottom.set_ylabel("Half-IQR / median", fontsize=18)
     bottom.set_xlabel(r"Jet $p_T$ [GeV]")
     bottom.set_ylim(bottom=0)
+    kinds = ", ".join(
+        f"{name} {word}" for name, word in zip(summaries, ("solid", "dashed", "dotted", "dash-dot"))
+    )
     top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=11, frameon=False,
-               title="truth, mass:\nmedian, resolution (all pT)", title_fontsize=11)  # fmt: skip
+               title=f"{kinds}\ntruth, mass: median, resolution (all pT)", title_fontsize=11)  # fmt: skip
     _corner(top, title)
     return _save(fig, path)
 
