@@ -339,3 +339,17 @@ def test_slot_budget_is_measured_once_and_changes_no_score(tiny_bundle):
     again = JetTagger(tiny_bundle).score_jets(tree).scores  # cached: no second measurement
     assert len(backends._BUDGETS) == 1
     np.testing.assert_allclose(again, fixed, rtol=1e-5, atol=1e-6)
+
+
+def test_shipped_joint_bundle_regresses_the_mass():
+    """models/particlenet-lite-mass: the 5 classes and ``mass`` (GeV) as two ONNX outputs, in onnxruntime;
+    on the bundled W and top jets the regressed mass sits at the resonance's (median within 15 %)."""
+    from jettagger_coffea.bundle import Bundle, resolve
+    from jettagger_coffea.evaluation import predict_files
+
+    b = Bundle.load(resolve("particlenet-lite-mass"))
+    assert b.classes == ["QCD", "Hbb", "Wqq", "Zqq", "Tbqq"] and b.outputs.names == ["softmax", "mass"]
+    assert b.card["outputs"]["mass"] == {"mass": {"role": "regression", "unit": "GeV"}}
+    cols = predict_files(JetTagger(b), [sample_path("wqq", "jetclass"), sample_path("tbqq", "jetclass")])
+    for i, resonance in ((0, 80.4), (1, 172.5)):
+        assert abs(np.median(cols["mass"][cols["file_index"] == i]) / resonance - 1) < 0.15
