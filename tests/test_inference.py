@@ -353,3 +353,17 @@ def test_shipped_joint_bundle_regresses_the_mass():
     cols = predict_files(JetTagger(b), [sample_path("wqq", "jetclass"), sample_path("tbqq", "jetclass")])
     for i, resonance in ((0, 80.4), (1, 172.5)):
         assert abs(np.median(cols["mass"][cols["file_index"] == i]) / resonance - 1) < 0.15
+
+
+def test_shipped_fine_tuned_bundle_says_what_it_started_from():
+    """models/particlenet-kin-ft: the official JetClass ParticleNet (kin, 10 classes) fine-tuned on the 5
+    classes; its card names the weights (sha256) and the new head's tensors that were not loaded."""
+    from jettagger_coffea.bundle import Bundle, resolve
+
+    b = Bundle.load(resolve("particlenet-kin-ft"))
+    init = b.card["init"]
+    assert init["path"].endswith("ParticleNet_kin.pt") and len(init["sha256"]) == 64
+    assert init["not_loaded"] == ["mod.fc.1.weight", "mod.fc.1.bias"]
+    assert b.classes == ["QCD", "Hbb", "Wqq", "Zqq", "Tbqq"]
+    top = JetTagger(b).score_jets(uproot.open(sample_path("tbqq", "jetclass"))["tree"].arrays(entry_stop=200))
+    assert np.mean(top.scores.argmax(1) == 4) > 0.5
