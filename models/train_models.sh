@@ -106,7 +106,7 @@ esac
 # and the jet mass in one head (jetclass5_joint.yaml: the resonance's generated mass, the generated jet's
 # soft-drop mass for QCD) against the classifier alone (jetclass5_full.yaml, the same inputs), on the same
 # jets for the same epochs. Data: JOINT_DATA/{train,test} made by the generator with its mass targets
-# (models/make_dataset.sh writes them since the generator does; 8000 / 4000 jets per class here).
+# (`JOINT=1 models/make_dataset.sh`: 8000 training / 4000 test jets per class, seeds 3000 / 4000).
 case " $ONLY " in *" joint "*)
   JDATA=${JOINT_DATA:-samples/v3}
   JTRAIN=$(for p in $PROCESSES; do echo -n "$JDATA/train/${p}_jetclass.root "; done)
