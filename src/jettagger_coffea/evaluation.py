@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ._errors import JetTaggerError
 from .features import labels as label_values
 from .features import make_table
-from .inputs import is_mass
+from .inputs import regressed_masses
 from .jetfiles import open_jets
 from .metrics import discriminant, signal_background, summary
 from .sources import Events, check_events
@@ -91,8 +91,12 @@ def _true_values(tagger: JetTagger, table: Any, data: Any) -> dict[str, np.ndarr
             values = None
         if values is not None:
             out |= {f"true_{name}": values[:, i].astype(np.float64) for i, name in enumerate(targets)}
-    masses = [c for c in tagger.bundle.outputs.others if c.role == "regression" and is_mass(c)]
-    if isinstance(data, Events) and masses and tagger.preset.truth != "flavour" and "true_mass" not in out:
+    if (
+        isinstance(data, Events)
+        and regressed_masses(tagger.bundle.outputs)
+        and tagger.preset.truth != "flavour"
+        and "true_mass" not in out
+    ):
         out["true_mass"] = fatjet_true_mass(data, collection=tagger.jets)
     return out
 
@@ -166,7 +170,7 @@ def mass_responses(tagger: JetTagger, cols: dict[str, np.ndarray]) -> dict[str, 
     above :data:`.truth.MIN_TRUE_MASS`."""
     from .histograms import response_histogram, truth_axis
 
-    masses = [c.name for c in tagger.bundle.outputs.others if c.role == "regression" and is_mass(c)]
+    masses = [c.name for c in regressed_masses(tagger.bundle.outputs)]
     sd = next((cols[k] for k in ("jet_sdmass", "msoftdrop") if k in cols), None)
     pt = cols.get("jet_pt")
     out: dict[str, Any] = {}

@@ -293,3 +293,9 @@ def is_mass(col: Any) -> bool:
     name = col.name.lower()
     named = name.startswith("mass") or name == "target_mass"
     return named and (col.unit == "GeV" or "mass" in (col.multiplies or ""))
+
+
+def regressed_masses(outputs: Outputs) -> list[OutputColumn]:
+    """The regression columns that are jet masses (:func:`is_mass`): what the response compares with the
+    true mass."""
+    return [c for c in outputs.others if c.role == "regression" and is_mass(c)]

@@ -24,7 +24,7 @@ from .bundle import Bundle
 from .columnar import Ops, empty_jagged, map_chunks, ops_for
 from .expressions import Expression
 from .histograms import PT_BINS, make_histograms
-from .inputs import is_mass
+from .inputs import regressed_masses
 from .tagger import (
     INVALID_LINK_ROWS,
     INVALID_SCORE,
@@ -129,7 +129,7 @@ class TaggerProcessor(processor.ProcessorABC):
         #: the regression outputs: position among the non-class outputs, column
         self.regressions = [(i, c) for i, c in enumerate(others) if c.role == "regression"]
         #: the regressed masses: each compared with the true mass, beside the soft-drop mass (AK8 truth)
-        self.masses = [c.name for _, c in self.regressions if is_mass(c)]
+        self.masses = [c.name for c in regressed_masses(self.tagger.bundle.outputs)]
         if self.tagger.preset.truth == "flavour":
             self.masses = []
 
