@@ -154,21 +154,28 @@ def _digest(bundle: Path) -> str:
     return shipping.ModelBytes.read(bundle / "model.onnx").digest
 
 
-@pytest.mark.slow
-def test_the_default_bundle_runs_on_external_workers_over_xrootd(cluster, xrootd, client_area):
+@pytest.fixture(scope="module")
+def default_run(xrootd, client_area):
+    """The default bundle where only the client sees it, the bundled qcd + tbqq samples (local and served)
+    and the iterative run of them here: the reference of the tests below."""
     bundle = _default_bundle(client_area, "default")
-    inputs = _bundled("qcd", "tbqq")
-    local, remote = _filesets(xrootd, client_area, inputs, "bundled")
+    local, remote = _filesets(xrootd, client_area, _bundled("qcd", "tbqq"), "bundled")
+    _run("--executor", "iterative", "--model", bundle, "--fileset", local, "-o", client_area / "b_local")
+    return bundle, remote, client_area / "b_local"
+
+
+@pytest.mark.slow
+def test_the_default_bundle_runs_on_external_workers_over_xrootd(cluster, xrootd, client_area, default_run):
+    bundle, remote, reference = default_run
     served = Path(xrootd.folder) / "bundled" / "qcd_nanoaod.root"
     with cluster.client() as c:  # nothing of the client's disk reaches the workers, only the network
         for path in (bundle / "model.onnx", served, client_area / "bundled" / "local" / served.name):
             assert path.is_file()
             assert not any(c.run(os.path.exists, str(path)).values()), path
     before, _ = _worker_counts(cluster)
-    _run("--executor", "iterative", "--model", bundle, "--fileset", local, "-o", client_area / "b_local")
     _run("--scheduler", cluster.address, "--model", bundle, "--fileset", remote, "--chunksize", "400",
          "-o", client_area / "b_ext")  # fmt: skip
-    same_runs(client_area / "b_local", client_area / "b_ext")
+    same_runs(reference, client_area / "b_ext")
     ran, received = _worker_counts(cluster)
     digest = _digest(bundle)
     tagged = json.loads((client_area / "b_ext" / "metrics.json").read_text())
@@ -198,11 +205,8 @@ def test_cms_particlenet_runs_on_external_workers_over_xrootd(cluster, xrootd, c
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_run_changes_nothing(cluster, xrootd, client_area):
-    bundle = _default_bundle(client_area, "default-kill")
-    inputs = _bundled("qcd", "tbqq")
-    local, remote = _filesets(xrootd, client_area, inputs, "kill")
-    _run("--executor", "iterative", "--model", bundle, "--fileset", local, "-o", client_area / "k_local")
+def test_a_worker_killed_mid_run_changes_nothing(cluster, client_area, default_run):
+    bundle, remote, reference = default_run
     cmd = [sys.executable, "-m", "jettagger_coffea.cli", "run", "--scheduler", cluster.address, "--model",
            str(bundle), "--fileset", str(remote), "--chunksize", "100", "--pt-min", "200",
            "-o", str(client_area / "k_ext")]  # fmt: skip
@@ -223,7 +227,7 @@ def test_a_worker_killed_mid_run_changes_nothing(cluster, xrootd, client_area):
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
         c.wait_for_workers(2, timeout=60)  # the nanny's new worker, for the tests after this one
-    same_runs(client_area / "k_local", client_area / "k_ext")
+    same_runs(reference, client_area / "k_ext")
 
 
 @pytest.mark.slow

@@ -216,16 +216,20 @@ def test_cli_predict_and_run_with_triton(server, tmp_path):
     extra = ["--backend", "triton", "--server", server[0]]
     r = run_cli("predict", "--model", "pfn", "--input", src, "-o", tmp_path / "triton.parquet", *extra)
     assert r.returncode == 0, r.stderr
+    fileset = {ds: default_fileset()[ds] for ds in ("qcd", "tbqq")}  # a background and a signal
+    (tmp_path / "fs.json").write_text(json.dumps(fileset))
     r = run_cli(
-        "run", "--model", "pfn", "--executor", "futures", "--workers", "2", "-o", tmp_path / "t", *extra
+        "run", "--model", "pfn", "--fileset", tmp_path / "fs.json", "--executor", "futures", "--workers", "2",
+        "-o", tmp_path / "t", *extra,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     a = predict_files(JetTagger("pfn"), [src])
     b = ak.from_parquet(tmp_path / "triton.parquet")
     assert len(a["score_Tbqq"]) == len(b) == 1000
     assert np.nanmax(np.abs(a["score_Tbqq"] - ak.to_numpy(b.score_Tbqq))) <= 1e-6
-    ma = metrics_from_hists(run_fileset("pfn", default_fileset(), executor="iterative", progress=False))
+    ma = metrics_from_hists(run_fileset("pfn", fileset, executor="iterative", progress=False))
     mb = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert ma["discriminants"]["TvsQCD"]["n_signal"] == 1000
     for name, d in ma["discriminants"].items():
         assert mb["discriminants"][name]["auc"] == pytest.approx(d["auc"], abs=1e-6)
         assert mb["discriminants"][name]["n_signal"] == d["n_signal"]
