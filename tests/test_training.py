@@ -153,7 +153,7 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
         "--network-options",
         '{"phi_sizes": [64, 64], "f_sizes": [64]}',
         "--epochs",
-        "2",
+        "1",
     )
     cmd += ["--train", *(str(sample_path(p, "jetclass")) for p in ("qcd", "tbqq"))]
     cmd += ["--batch-size", "32", "--threads", "1", "--seed", "4"]
@@ -173,8 +173,8 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
     subprocess.run([*cmd, "-o", str(tmp_path / "one")], check=True, capture_output=True)
     log1 = [json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
     log2 = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["val_loss"] for r in log1] == [r["val_loss"] for r in log2] and len(log1) == 2
-    w1, w2 = (torch.load(d / "epoch-1_state.pt") for d in (tmp_path / "one", out))
+    assert [r["val_loss"] for r in log1] == [r["val_loss"] for r in log2] and len(log1) == 1
+    w1, w2 = (torch.load(d / "epoch-0_state.pt") for d in (tmp_path / "one", out))
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
