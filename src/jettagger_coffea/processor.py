@@ -25,6 +25,7 @@ from .columnar import Ops, empty_jagged, map_chunks, ops_for
 from .expressions import Expression
 from .histograms import PT_BINS, make_histograms
 from .inputs import regressed_masses
+from .nanoevents import index_rntuple_fields
 from .tagger import (
     INVALID_LINK_ROWS,
     INVALID_SCORE,
@@ -35,6 +36,8 @@ from .tagger import (
 )
 from .truth import MIN_TRUE_MASS, fatjet_true_mass, jet_truth, truth_classes
 from .workingpoints import read_thresholds
+
+index_rntuple_fields()  # where the processor runs, RNTuples open in one pass whatever the job's schema
 
 #: FatJet_jetId bits (NanoAOD): 1 loose (2016), 2 tight, 4 tight with lepton veto
 JET_ID = {"none": 0, "loose": 1, "tight": 2, "tightlepveto": 4}
