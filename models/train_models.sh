@@ -102,7 +102,7 @@ case " $ONLY " in *" finetune "*)
   python models/learning_curves.py --runs "$OUT/finetune" --figure docs/figures/finetune_curves.png \
     --compare particlenet-kin-ft particlenet-kin-scratch;;
 esac
-# ONLY=joint (not in the default; ~40 min on the 2 cores, both runs at once): ParticleNet-lite with the 5 classes
+# ONLY=joint (not in the default; ~50 min on the 2 cores, both runs at once): ParticleNet-lite with the 5 classes
 # and the jet mass in one head (jetclass5_joint.yaml: the resonance's generated mass, the generated jet's
 # soft-drop mass for QCD) against the classifier alone (jetclass5_full.yaml, the same inputs), on the same
 # jets for the same epochs. Data: JOINT_DATA/{train,test} made by the generator with its mass targets
@@ -114,7 +114,7 @@ case " $ONLY " in *" joint "*)
   JCARD="{\"data_command\": \"jettagger generate --process <each of the 5> --njets 8000 --seed 3000 --jobs 2 --format jetclass\", \"test_command\": \"jettagger generate --process <each> --njets 4000 --seed 4000 --jobs 2\"}"
   jt() {  # name config: the same jets, epochs and seed for both
     $J train --data-config "$CFG/$2.yaml" --network particlenet-lite --train $JTRAIN --output "$OUT/joint/$1" \
-      --epochs "${JOINT_EPOCHS:-5}" --batch-size 128 --lr 2e-3 --threads 1 --seed 1 --resume
+      --epochs "${JOINT_EPOCHS:-12}" --batch-size 128 --lr 2e-3 --threads 1 --seed 1 --resume
   }
   { jt particlenet-lite-mass jetclass5_joint; } &
   { jt particlenet-lite-classes jetclass5_full; } &
