@@ -232,6 +232,18 @@ def test_glopart_like_outputs_imported_with_their_roles(glopart_bundle):
     assert b.classes == GLOPART and b.card["classes"] == GLOPART
 
 
+def test_a_mass_factor_is_not_compared_with_the_true_mass_per_jet(glopart_bundle):
+    """evaluate's response: massCorr is a factor of (1 - rawFactor) x mass, not a mass; only the processor,
+    which multiplies it by the jet's fields, histograms its response."""
+    from jettagger_coffea.evaluation import mass_responses
+    from jettagger_coffea.tagger import JetTagger
+
+    n = 8
+    cols = {"massCorrX2p": np.ones(n), "massCorrGeneric": np.ones(n), "true_mass": np.full(n, 80.0)}
+    cols |= {"jet_pt": np.full(n, 500.0), "label": np.zeros(n), "msoftdrop": np.full(n, 75.0)}
+    assert mass_responses(JetTagger(glopart_bundle), cols) == {}
+
+
 def test_glopart_like_outputs_checked_per_output(glopart_bundle, tmp_path):
     """A card whose columns are the labels in order but split differently over the outputs: refused at
     load, naming the output; an unknown role: one line naming the card."""

@@ -167,10 +167,11 @@ def evaluate(
 def mass_responses(tagger: JetTagger, cols: dict[str, np.ndarray]) -> dict[str, Any]:
     """``response_*`` histograms (those of the processor) of each regressed mass and of the soft-drop mass
     over the true mass, by truth class (the label's) and jet pT, for the jets whose true mass is known and
-    above :data:`.truth.MIN_TRUE_MASS`."""
+    above :data:`.truth.MIN_TRUE_MASS`. A factor of the jet's mass (``multiplies``, GloParT's massCorr) is
+    left to the processor, which has the jet's fields to multiply it by."""
     from .histograms import response_histogram, truth_axis
 
-    masses = [c.name for c in regressed_masses(tagger.bundle.outputs)]
+    masses = [c.name for c in regressed_masses(tagger.bundle.outputs) if not c.multiplies]
     sd = next((cols[k] for k in ("jet_sdmass", "msoftdrop") if k in cols), None)
     pt = cols.get("jet_pt")
     out: dict[str, Any] = {}
