@@ -225,8 +225,15 @@ def read_structure(path: str | Path, roles: dict[str, str]) -> Structure:
     """ParticleNet's layers in the graph at ``path``, its inputs in ``roles`` (input name -> role); a
     graph of another shape is refused in one line naming the file and what does not fit."""
     g = _Graph(Path(path))
-    if sorted(g.inputs) != sorted(roles):
-        raise g.fail(f"its inputs {g.inputs} are not the data config's {list(roles)}")
+    unknown = [x for x in g.inputs if x not in roles]
+    if unknown:
+        raise g.fail(f"inputs {unknown} are not among the data config's {list(roles)}")
+    needed = {"points", "features", "mask"} | (
+        {"sv_points", "sv_mask"} if "sv_features" in roles.values() else set()
+    )
+    absent = sorted(needed - {roles[x] for x in g.inputs})
+    if absent:
+        raise g.fail(f"no input in the role(s) {absent} (ParticleNet's inputs)")
     if len(g.outputs) != 1:
         raise g.fail(f"{len(g.outputs)} outputs ({g.outputs}); ParticleNet has one")
     s = Structure(output=g.outputs[0])
@@ -319,12 +326,15 @@ def _read_head(g: _Graph, s: Structure, last_topk: Any) -> None:
         act = g.only_consumer(a.output[0])
         if act is None or act.op_type != "Relu" or act.output[0] != b.input[0]:
             raise g.fail("fully connected layers not joined by a ReLU")
-    last = g.only_consumer(gemms[-1].output[0])
-    s.softmax = last is not None and last.op_type == "Softmax"
-    if not s.softmax and gemms[-1].output[0] != s.output:
-        raise g.fail(f"the head's last layer is followed by {last.op_type if last else 'several nodes'}")
+    after = g.nodes[g.order[id(gemms[-1])] + 1 :]
+    s.softmax = any(n.op_type == "Softmax" for n in after)
     if not s.softmax and s.fc[-1].channels[0] != 1:
-        raise g.fail(f"a regression head of {s.fc[-1].channels[0]} outputs (one is supported)")
+        raise g.fail(
+            f"a head of {s.fc[-1].channels[0]} outputs without a softmax (one regression is supported)"
+        )
+    others = sorted({n.op_type for n in after} & {"Conv", "Gemm", "MatMul", "Softmax", "Sigmoid", "Tanh"})
+    if others != (["Softmax"] if s.softmax else []):
+        raise g.fail(f"after the head's last layer: {others} (a softmax or nothing is mapped)")
 
 
 def build_network(s: Structure, input_dims: int, sv_input_dims: int | None) -> ParticleNet:
@@ -444,12 +454,15 @@ def differences(
     def session(path: str | Path) -> Any:
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
+    def run(sess: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return sess.run(None, {i.name: feed[i.name] for i in sess.get_inputs()})[0]
+
     ref, got = session(original), (session(exported) if exported is not None else None)
     out = []
     for feed in check_inputs(tagger, input_dims, lengths):
-        want = ref.run(None, feed)[0]
+        want = run(ref, feed)
         if got is not None:
-            have = got.run(None, feed)[0]
+            have = run(got, feed)
         else:
             with torch.no_grad():
                 res = tagger(*(torch.from_numpy(feed[k]) for k in tagger.input_names))

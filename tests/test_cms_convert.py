@@ -1,0 +1,123 @@
+"""CMS's ParticleNet ONNX files converted into our ParticleNet (``import-weaver --convert``): the same
+scores as CMS's own graph on real CMS jets, NanoAOD's stored scores still reproduced, our export in the
+bundle, and a graph that is no ParticleNet refused in one line. Skipped where ../shared is absent."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from .conftest import SHARED, shared_file
+from .conftest import run_cli as cli
+from .test_cms import DISCRIMINANTS, nano_discriminant
+
+CMS = SHARED / "reference" / "cms"
+AK8 = CMS / "ParticleNetAK8_General_V01"
+MASS = CMS / "ParticleNetAK8_MassRegression_V01"
+NANO = SHARED / "reference" / "nanoaod" / "pfnano.root"
+
+
+def _import(model_dir, out, convert: bool):
+    from jettagger_coffea.bundle import Bundle
+    from jettagger_coffea.weaver import import_weaver
+
+    onnx, pre = shared_file(model_dir / "model.onnx"), shared_file(model_dir / "preprocess.json")
+    path = import_weaver(None, out, onnx=onnx, preprocess=pre, stored_prefix="particleNet", convert=convert)
+    return Bundle.load(path)
+
+
+def _predict(bundle) -> dict[str, np.ndarray]:
+    from jettagger_coffea.evaluation import predict_files
+    from jettagger_coffea.tagger import JetTagger
+
+    cols = predict_files(JetTagger(bundle), [shared_file(NANO)])
+    return {k: np.asarray(v) for k, v in cols.items()}
+
+
+@pytest.fixture(scope="module")
+def ak8(tmp_path_factory):
+    """(CMS's graph imported as it is, converted) bundles and their predictions on pfnano.root."""
+    tmp = tmp_path_factory.mktemp("convert")
+    plain, converted = _import(AK8, tmp / "plain", False), _import(AK8, tmp / "converted", True)
+    return plain, converted, _predict(plain), _predict(converted)
+
+
+def _largest_difference(a: dict, b: dict, columns: list[str]) -> float:
+    for k in columns:
+        np.testing.assert_array_equal(np.isnan(a[k]), np.isnan(b[k]))
+    return max(float(np.nanmax(np.abs(a[k] - b[k]) / np.maximum(1, np.abs(a[k])))) for k in columns)
+
+
+def test_converted_scores_equal_cms_graph_on_cms_jets(ak8):
+    want, got = ak8[2], ak8[3]
+    columns = [k for k in want if k.startswith("score_")]
+    assert len(columns) >= 20 and len(want[columns[0]]) == 24
+    assert _largest_difference(want, got, columns) <= 1e-5
+
+
+def test_converted_bundle_reproduces_nanoaod_stored_scores(ak8):
+    """The test_cms check (NanoAOD's FatJet_particleNet_* from our inputs), on the converted bundle."""
+    import awkward as ak
+    import uproot
+
+    ev = uproot.open(NANO)["Events"]
+    got = ak8[3]
+    for name in DISCRIMINANTS:
+        stored = ak.to_numpy(ak.flatten(ev[f"FatJet_particleNet_{name}"].array()))
+        diff = np.abs(nano_discriminant(got, name) - stored)
+        assert diff.mean() <= 3e-3, (name, diff.mean())
+        assert (diff < 0.01).sum() >= 22, (name, np.sort(diff))
+
+
+def test_converted_bundle_is_our_export_with_the_import_card(ak8):
+    import onnx
+
+    plain, converted = ak8[0], ak8[1]
+    for key in ("discriminants", "stored_scores", "classes", "source", "inputs", "outputs"):
+        assert converted.card.get(key) == plain.card.get(key), key
+    assert converted.config.preprocess_json() == plain.config.preprocess_json()
+    made = converted.card["provenance"]["converted_from"]
+    assert made["sha256"] == hashlib.sha256((AK8 / "model.onnx").read_bytes()).hexdigest()
+    assert made["network"] == "FusionParticleNet" and made["check"]["max_abs_diff"] <= 1e-2
+    assert made["check"]["median_abs_diff"] <= 1e-5 and made["check"]["jets"] == 32
+
+    def edge_convs(path) -> int:  # 1x1 convolutions over (N, C, P, k) edge tensors
+        g = onnx.load(str(path)).graph
+        dims = {i.name: len(i.dims) for i in g.initializer}
+        return sum(1 for n in g.node if n.op_type == "Conv" and dims.get(n.input[1]) == 4)
+
+    # CMS's graph: 3 x 3 layers on the edge tensors; ours: the first of each block per particle
+    assert (edge_convs(plain.onnx_path), edge_convs(converted.onnx_path)) == (9, 6)
+    assert not (converted.path / "model.pt").exists()  # the registry's ParticleNet has no fusion block
+
+
+def test_mass_regression_converts(tmp_path):
+    """CMS's mass regression (one output, BatchNorm folded into the convolutions) converts too."""
+    plain, converted = _import(MASS, tmp_path / "plain", False), _import(MASS, tmp_path / "conv", True)
+    want, got = _predict(plain), _predict(converted)
+    assert np.isfinite(want["mass"]).sum() == 24 and want["mass"].max() > 100  # GeV
+    assert _largest_difference(want, got, ["mass"]) <= 1e-5
+
+
+def test_a_graph_that_is_no_particlenet_refused_in_one_line(tmp_path):
+    from pathlib import Path
+
+    pfn = Path(__file__).resolve().parents[1] / "models" / "pfn"
+    r = cli(
+        "import-weaver",
+        "--onnx",
+        pfn / "model.onnx",
+        "--data-config",
+        pfn / "data_config.yaml",
+        "--preprocess",
+        pfn / "preprocess.json",
+        "--convert",
+        "-o",
+        tmp_path / "b",
+    )
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip()
+    assert "\n" not in line and str(pfn / "model.onnx") in line and "not a ParticleNet" in line, line
+    assert not (tmp_path / "b").exists()
