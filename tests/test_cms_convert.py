@@ -5,6 +5,7 @@ bundle, and a graph that is no ParticleNet refused in one line. Skipped where ..
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +122,44 @@ def test_a_graph_that_is_no_particlenet_refused_in_one_line(tmp_path):
     line = r.stderr.strip()
     assert "\n" not in line and str(pfn / "model.onnx") in line and "not a ParticleNet" in line, line
     assert not (tmp_path / "b").exists()
+
+
+def test_weaver_form_particlenet_converts_with_torch_weights(tmp_path):
+    """A ParticleNet exported as weaver does (edge features concatenated; torch folds each BatchNorm into
+    its convolution, bn_fts stays), no secondary vertices: converted, and with the registry's network
+    the bundle also gets model.pt, which the torch backend loads."""
+    import torch
+
+    from jettagger_coffea.backends import TorchBackend
+    from jettagger_coffea.bundle import Bundle
+    from jettagger_coffea.convert import check_inputs
+    from jettagger_coffea.nn import particlenet as pn
+    from jettagger_coffea.nn.export import export_onnx
+    from jettagger_coffea.weaver import import_weaver
+
+    lite = Bundle.load(Path(__file__).resolve().parents[1] / "models" / "particlenet-lite")
+    model = TorchBackend(lite).model
+    dims = {k: v[1] for k, v in lite.config.input_shapes.items()}
+    concatenated = lambda self, f, idx: self.convs[0](pn.edge_features(f, idx))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pn.EdgeConvBlock, "first_layer", concatenated)
+        weaver_form = export_onnx(model, dims, tmp_path / "weaver.onnx")
+    out = import_weaver(
+        lite.path / "data_config.yaml",
+        tmp_path / "b",
+        onnx=weaver_form,
+        preprocess=lite.path / "preprocess.json",
+        convert=True,
+    )
+    b = Bundle.load(out)
+    assert (
+        b.card["network"] == "particlenet"
+        and b.card["provenance"]["converted_from"]["check"]["max_abs_diff"] < 1e-5
+    )
+    assert b.card["network_options"]["conv_params"] == [[7, [32, 32, 32]], [7, [64, 64, 64]]]
+    torch_model = TorchBackend(b).model
+    feed = check_inputs(torch_model, dims, (40,))[0]
+    with torch.no_grad():
+        want = model(*(torch.from_numpy(feed[k]) for k in model.input_names))
+        got = torch_model(*(torch.from_numpy(feed[k]) for k in model.input_names))
+    assert float((want - got).abs().max()) < 1e-5
