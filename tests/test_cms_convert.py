@@ -103,7 +103,6 @@ def test_mass_regression_converts(tmp_path):
 
 
 def test_a_graph_that_is_no_particlenet_refused_in_one_line(tmp_path):
-
     pfn = Path(__file__).resolve().parents[1] / "models" / "pfn"
     r = cli(
         "import-weaver",
