@@ -161,3 +161,14 @@ def test_weaver_form_particlenet_converts_with_torch_weights(tmp_path):
         want = model(*(torch.from_numpy(feed[k]) for k in model.input_names))
         got = torch_model(*(torch.from_numpy(feed[k]) for k in model.input_names))
     assert float((want - got).abs().max()) < 1e-5
+
+
+def test_our_own_export_is_named_not_converted():
+    """Our export (first layer before the gather) is no weaver graph: refused, saying to use it as it is."""
+    from jettagger_coffea._errors import JetTaggerError
+    from jettagger_coffea.convert import read_structure
+
+    lite = Path(__file__).resolve().parents[1] / "models" / "particlenet-lite"
+    roles = {"pf_points": "points", "pf_features": "features", "pf_vectors": "vectors", "pf_mask": "mask"}
+    with pytest.raises(JetTaggerError, match=r"model.onnx: .*block 0: .*already in our export's form"):
+        read_structure(lite / "model.onnx", roles)

@@ -269,10 +269,15 @@ def _read_blocks(g: _Graph, s: Structure, topks: list, embed_convs: set[int]) ->
         segment = g.nodes[bounds[i] + 1 : bounds[i + 1]]
         convs = [n for n in segment if n.op_type == "Conv" and id(n) not in embed_convs]
         ndim = {id(n): getattr(g.const(n.input[1]), "ndim", 0) for n in convs}
-        edge = [g.conv(n) for n in convs if ndim[id(n)] == 4]
+        edge_nodes = [n for n in convs if ndim[id(n)] == 4]
         ones = [n for n in convs if ndim[id(n)] == 3]
-        if not edge or edge[0].channels[1] % 2:
-            raise g.fail(f"block {i}: no EdgeConv convolution of [x_i, x_j - x_i] after its TopK")
+        first = g.producer.get(edge_nodes[0].input[0]) if edge_nodes else None
+        if first is None or first.op_type != "Concat" or g.attr(first, "axis") != 1:
+            raise g.fail(
+                f"block {i}: no convolution of the concatenated edge features [x_i, x_j - x_i] after its "
+                "TopK (a graph already in our export's form is used as it is, without --convert)"
+            )
+        edge = [g.conv(n) for n in edge_nodes]
         c_in, c_out = edge[0].channels[1] // 2, edge[-1].channels[0]
         sc = [g.conv(n) for n in ones if g.conv(n).channels == (c_out, c_in)]
         if c_in != c_out and len(sc) != 1:
