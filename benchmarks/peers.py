@@ -16,7 +16,10 @@ Peers (inference alone, inputs already in memory):
 - *coffea ml_tools*: whole chunks (1000 jets) at the config's fixed length, as ``torch_wrapper`` feeds them
   (torch for the JetClass model; the CMS model ships as ONNX only, so onnxruntime at fixed length).
 *Ours*, end to end: reading, features, batched inference (slot budget measured once per process, the
-default) and writing the scores to parquet; for the JetClass model also at the old fixed budget.
+default) and writing the scores to parquet; for the JetClass model also at the old fixed budget; for the
+CMS model also with its graph converted into our ParticleNet (``import-weaver --convert``: our export,
+each EdgeConv's first layer applied per particle before the gather), with CMSSW's loop on that graph and
+onnxruntime's per-operator profile of both graphs in that loop.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from _models import SHARED, concatenated_particlenet, official_particlenet
 from _timing import best_of  # benchmarks/ is on sys.path when a script here runs
 
@@ -40,16 +44,18 @@ def cmssw_per_jet(session, jets, min_length: int) -> float:
     return best_of(lambda: [session.run(x) for x in singles])
 
 
-def per_budget(session, jets, n_classes: int, min_length: int) -> dict[int, float]:
+def per_budget(
+    session, jets, n_classes: int, min_length: int, budgets: tuple[int, ...] = BUDGETS
+) -> dict[int, float]:
     from jettagger_coffea.backends import run_batched
 
     return {
         b: best_of(lambda b=b: run_batched(session, jets, n_classes, min_length=min_length, max_slots=b))
-        for b in BUDGETS
+        for b in budgets
     }
 
 
-def jetclass_particlenet(tmp: Path, threads: int) -> dict:
+def jetclass_particlenet(tmp: Path, threads: int, budgets: tuple[int, ...] = BUDGETS) -> dict:
     import awkward as ak
     import torch
 
@@ -66,7 +72,7 @@ def jetclass_particlenet(tmp: Path, threads: int) -> dict:
     session = OnnxBackend(bundle.onnx_path, threads=threads)
     res: dict = {"jets": len(jets)}
     res["inference_seconds_per_slot_budget"] = per_budget(
-        session, jets, len(bundle.classes), bundle.min_length
+        session, jets, len(bundle.classes), bundle.min_length, budgets
     )
     res["cmssw_per_jet_same_onnx"] = cmssw_per_jet(session, jets, bundle.min_length)
     # what CMSSW would load: the network as weaver exports it (edge features concatenated)
@@ -112,7 +118,10 @@ def tiled_pfnano(path: Path, out: Path, copies: int) -> Path:
     return out
 
 
-def cms_particlenet_ak8(tmp: Path, threads: int) -> dict:
+def cms_particlenet_ak8(tmp: Path, threads: int, budgets: tuple[int, ...] = BUDGETS) -> dict:
+    """CMS's graph as CMSSW runs it against ours end to end, on the bundle imported as it is and on the one
+    converted into our ParticleNet (``import-weaver --convert``: our export, the EdgeConv first layer per
+    particle before the gather), side by side."""
     import awkward as ak
 
     from jettagger_coffea.backends import OnnxBackend
@@ -124,32 +133,60 @@ def cms_particlenet_ak8(tmp: Path, threads: int) -> dict:
     from jettagger_coffea.weaver import import_weaver
 
     cms = SHARED / "reference/cms/ParticleNetAK8_General_V01"
-    path = tiled_pfnano(SHARED / "reference/nanoaod/pfnano.root", tmp / "pfnano_tiled.root", CMS_COPIES)
-    bundle = Bundle.load(
-        import_weaver(None, tmp / "cms", onnx=cms / "model.onnx", preprocess=cms / "preprocess.json")
+    copies = int(os.environ.get("PEERS_CMS_COPIES", CMS_COPIES))  # fewer: a quick check of the script
+    path = tiled_pfnano(SHARED / "reference/nanoaod/pfnano.root", tmp / "pfnano_tiled.root", copies)
+    onnx, pre = cms / "model.onnx", cms / "preprocess.json"
+    bundle = Bundle.load(import_weaver(None, tmp / "cms", onnx=onnx, preprocess=pre))
+    converted = Bundle.load(
+        import_weaver(None, tmp / "cms-converted", onnx=onnx, preprocess=pre, convert=True)
     )
     table = make_table(open_jets(path), bundle.config, bundle.preset, where=str(path))
     jets = standardise(table, bundle.config, bundle.primary)
     session = OnnxBackend(bundle.onnx_path, threads=threads)
-    res: dict = {"jets": len(jets), "copies": CMS_COPIES}
-    res["inference_seconds_per_slot_budget"] = per_budget(
-        session, jets, len(bundle.classes), bundle.min_length
+    ours_session = OnnxBackend(converted.onnx_path, threads=threads)
+    res: dict = {"jets": len(jets), "copies": copies}
+    n = len(bundle.classes)
+    res["inference_seconds_per_slot_budget"] = per_budget(session, jets, n, bundle.min_length, budgets)
+    res["converted_inference_seconds_per_slot_budget"] = per_budget(
+        ours_session, jets, n, bundle.min_length, budgets
     )
     res["cmssw_per_jet"] = cmssw_per_jet(session, jets, bundle.min_length)
+    res["cmssw_per_jet_converted_onnx"] = cmssw_per_jet(ours_session, jets, bundle.min_length)
     fixed = [jets.dense(i, min(i + 1000, len(jets)), length="fixed") for i in range(0, len(jets), 1000)]
     res["ml_tools_fixed"] = best_of(lambda: [session.run(x) for x in fixed])
 
-    def ours() -> None:
-        cols = predict_files(JetTagger(bundle, threads=threads), [path])
-        ak.to_parquet(ak.Array(cols), tmp / "cms.parquet")
+    def ours(b: Bundle, name: str) -> None:
+        cols = predict_files(JetTagger(b, threads=threads), [path])
+        ak.to_parquet(ak.Array(cols), tmp / f"{name}.parquet")
 
-    res["ours_end_to_end"] = best_of(ours)
+    res["ours_end_to_end"] = best_of(lambda: ours(bundle, "cms"))
+    res["ours_end_to_end_converted"] = best_of(lambda: ours(converted, "cms-converted"))
+    got, want = (ak.from_parquet(tmp / f"{n}.parquet") for n in ("cms-converted", "cms"))
+    res["converted_max_abs_diff"] = max(
+        float(np.nanmax(np.abs(ak.to_numpy(got[k]) - ak.to_numpy(want[k]))))
+        for k in want.fields
+        if k.startswith("score_")
+    )
     res["read_and_features"] = best_of(
         lambda: standardise(
             make_table(open_jets(path), bundle.config, bundle.preset), bundle.config, bundle.primary
         )
     )
+    res["per_jet_profile"] = {
+        name: per_jet_profile(b.onnx_path, jets, b.min_length, threads, tmp)
+        for name, b in (("cms", bundle), ("converted", converted))
+    }
     return res
+
+
+def per_jet_profile(onnx: Path, jets, min_length: int, threads: int, tmp: Path) -> dict:
+    """onnxruntime's node time per operator type (the top 8 shares) over one call per jet, CMSSW's way, on
+    the first 400 jets."""
+    from operations import op_profile  # benchmarks/operations.py
+
+    first = range(min(400, len(jets)))
+    singles = [jets.dense(i, i + 1, "dynamic", min_length) for i in first if jets.counts[i] > 0]
+    return op_profile(onnx, singles * 4, threads, tmp)  # it profiles the first quarter: every single
 
 
 def main() -> None:
@@ -159,6 +196,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=["jetclass-particlenet", "cms-particlenet-ak8"])
     parser.add_argument("--output", type=Path, default=HERE / "peers.json")
+    parser.add_argument(
+        "--budgets", type=int, nargs="+", default=list(BUDGETS), help="slot budgets timed (inference alone)"
+    )
     args = parser.parse_args()
     os.environ["JETTAGGER_THREADS"] = str(args.threads)
     import pyarrow  # noqa: F401 - the parquet writer, as jettagger predict uses it
@@ -171,7 +211,7 @@ def main() -> None:
     res["threads"] = args.threads
     with tempfile.TemporaryDirectory() as tmp:
         for m in args.models:
-            res[m] = runs[m](Path(tmp), args.threads)
+            res[m] = runs[m](Path(tmp), args.threads, tuple(args.budgets))
     for m in args.models:
         r = res[m]
         ours = r["ours_end_to_end"]
@@ -181,16 +221,25 @@ def main() -> None:
         for key, label in (
             ("cmssw_per_jet", "CMSSW: one onnxruntime call per jet (inference alone)"),
             ("cmssw_per_jet_same_onnx", "CMSSW's loop on our ONNX export (inference alone)"),
+            ("cmssw_per_jet_converted_onnx", "CMSSW's loop on the converted graph (inference alone)"),
             ("ml_tools_fixed", "coffea ml_tools: fixed config length, 1000-jet chunks (inference alone)"),
             ("ours_end_to_end_fixed_budget", "ours, end to end, fixed budget (256 x 128 slots)"),
             ("ours_end_to_end", "ours, end to end, budget measured per process (default)"),
+            ("ours_end_to_end_converted", "ours, end to end, the graph converted (import-weaver --convert)"),
         ):
             if key in r:
                 print(f"| {label} | {r[key]:.2f} | {r['jets'] / r[key]:.0f} | {r[key] / ours:.2f}x |")
-        print(
-            "inference alone per slot budget: "
-            + ", ".join(f"{b}: {t:.2f} s" for b, t in r["inference_seconds_per_slot_budget"].items())
-        )
+        for key in ("inference_seconds_per_slot_budget", "converted_inference_seconds_per_slot_budget"):
+            if key in r:
+                print(f"{key}: " + ", ".join(f"{b}: {t:.2f} s" for b, t in r[key].items()))
+        if "ours_end_to_end_converted" in r:
+            conv = r["ours_end_to_end_converted"]
+            print(
+                f"converted, end to end, vs CMSSW's loop on CMS's graph: {r['cmssw_per_jet'] / conv:.2f}x; "
+                f"max |score difference| {r['converted_max_abs_diff']:.1e}"
+            )
+            for name, shares in r["per_jet_profile"].items():
+                print(f"per-jet profile, {name}: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
     args.output.write_text(json.dumps(res, indent=1) + "\n")
 
 

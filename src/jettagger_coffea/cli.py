@@ -454,6 +454,12 @@ def _add_import(sub) -> None:
     p.add_argument("--checkpoint", help="weaver state_dict (loaded weights-only)")
     p.add_argument("--onnx", help="weaver-exported or CMSSW model.onnx (with --preprocess)")
     p.add_argument(
+        "--convert",
+        action="store_true",
+        help="with --onnx of a ParticleNet: convert it into our network and ship our export (checked "
+        "against the original; needs the train extra)",
+    )
+    p.add_argument(
         "--served-model",
         default=None,
         help="without --onnx: a client-only bundle for this model on a Triton server (SONIC)",
@@ -506,7 +512,7 @@ def _json_option(text: str, option: str) -> dict:
 def _run_import(args: argparse.Namespace) -> int:
     from .weaver import import_weaver
 
-    if args.checkpoint:
+    if args.checkpoint or args.convert:
         _needs("train", "torch", "onnx")
     options = _json_option(args.network_options, "--network-options")
     discriminants = _json_option(args.discriminants, "--discriminants")
@@ -526,6 +532,7 @@ def _run_import(args: argparse.Namespace) -> int:
         served_model=args.served_model,
         jets=args.jets,
         outputs=outputs,
+        convert=args.convert,
     )
     print(path)
     return 0

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from ._errors import JetTaggerError
@@ -28,6 +29,7 @@ def import_weaver(
     served_model: str | None = None,
     jets: str | None = None,
     outputs: dict | None = None,
+    convert: bool = False,
 ) -> Path:
     """weaver or CMSSW artefacts -> a bundle. The CMSSW form (``model.onnx`` + ``preprocess.json``) needs no
     data config; the source preset is chosen from the variable names unless ``source`` is given, and for
@@ -36,7 +38,10 @@ def import_weaver(
     ``served_model`` without ``onnx``: a client-only bundle for that model on a Triton server (SONIC).
     Every output column gets a role from its name (:func:`.inputs.default_column`: classes, the model's
     discriminants, regressions, embeddings); ``outputs`` (the card's section: output name -> column ->
-    role) overrides them."""
+    role) overrides them. ``convert``: the ONNX (a ParticleNet) converted into our network and exported by
+    us (:mod:`.convert`), checked against the original; the rest of the bundle as without it."""
+    if convert and not onnx:
+        raise JetTaggerError("import-weaver: --convert needs --onnx (the graph to convert)")
     if data_config is None and not ((onnx or served_model) and preprocess):
         raise JetTaggerError(
             "import-weaver: give --data-config, or --onnx (or --served-model) with --preprocess"
@@ -58,7 +63,7 @@ def import_weaver(
         assert config is not None
         _from_checkpoint(out, config, card, network, checkpoint, network_options or {})
     elif onnx or served_model:
-        _from_onnx(out, config, card, onnx, preprocess, stored_prefix)
+        _from_onnx(out, config, card, onnx, preprocess, stored_prefix, convert)
     else:
         raise JetTaggerError(
             "import-weaver: give --checkpoint (with --network) or --onnx (with --preprocess)"
@@ -122,8 +127,10 @@ def _from_onnx(
     onnx: str | Path | None,
     preprocess: str | Path | None,
     stored_prefix: str | None,
+    convert: bool = False,
 ) -> None:
-    """An exported ONNX as it is, its inputs standardised as ``preprocess`` (over the data config) says."""
+    """An exported ONNX as it is (or ``convert``-ed: :func:`_write_converted`), its inputs standardised as
+    ``preprocess`` (over the data config) says."""
     if preprocess:
         merged = DataConfig.from_preprocess_json(preprocess, base=config)
         card["provenance"]["preprocess"] = str(preprocess)
@@ -144,7 +151,32 @@ def _from_onnx(
         card["provenance"]["onnx"] = str(onnx)
     if stored_prefix:
         card["stored_scores"] = {d: f"{stored_prefix}_{d}" for d in card["discriminants"]}
-    write_bundle(out, onnx=onnx, config=merged, card=card)
+    if convert:
+        assert onnx is not None
+        _write_converted(out, onnx, merged, card)
+    else:
+        write_bundle(out, onnx=onnx, config=merged, card=card)
+
+
+def _write_converted(out: Path, onnx: str | Path, config: DataConfig, card: dict) -> None:
+    """The bundle of a ParticleNet ONNX converted into our network: our export as model.onnx, the torch
+    weights where the network registry rebuilds it (then the card names it), the original's path,
+    sha256 and the measured |Δ| in the card's provenance."""
+    from .convert import convert_onnx
+    from .inputs import default_inputs
+
+    spec = default_inputs(config, card.get("source"))
+    names = list(config.input_names)
+    missing = [n for n in names if n not in spec]
+    if missing:
+        raise JetTaggerError(f"import-weaver --convert: no input role for {missing} of {onnx}")
+    dims = {k: v[1] for k, v in config.input_shapes.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        model, state, extra = convert_onnx(onnx, names, [spec[n].role for n in names], dims, Path(tmp))
+        card["provenance"]["converted_from"] = extra["converted_from"]
+        if state is not None:
+            card |= {"network": "particlenet", "network_options": extra["network_options"]}
+        write_bundle(out, onnx=model, config=config, card=card, state=state)
 
 
 #: NanoAOD's names for the signal groups of CMS's ParticleNet-AK8 classes (``<group>_<decay>``)
