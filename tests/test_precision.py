@@ -25,10 +25,10 @@ FILES = [sample_path(p, "jetclass") for p in PROCESSES]
 
 @pytest.fixture(scope="module")
 def lite(tmp_path_factory):
-    """A copy of the shipped particlenet-lite, with its int8 model made on 2 of the bundled files."""
+    """A copy of the shipped particlenet-lite, with its int8 model made on 1200 of the bundled jets."""
     path = tmp_path_factory.mktemp("precision") / "lite"
     shutil.copytree(resolve("particlenet-lite"), path)
-    rec = precision.quantize(path, "int8", FILES[:2], calibration=256, jets=1200)
+    rec = precision.quantize(path, "int8", FILES, calibration=256, jets=1200)
     return path, rec
 
 
@@ -54,7 +54,7 @@ def test_int8_recorded_and_run(lite, tmp_path, capsys):
     card = yaml.safe_load((path / "tagger.yaml").read_text())["precision"]["int8"]
     assert card["mean_abs_delta"] == pytest.approx(rec["mean_abs_delta"])
     assert card["jets"] > 300 and card["nodes"] and (path / card["model"]).is_file()
-    assert set(card["auc_delta"]) == set(Bundle.load(path).discriminants)
+    assert card["auc_delta"] and set(card["auc_delta"]) <= set(Bundle.load(path).discriminants)
     assert card["within_limits"] == precision.within_limits(card)
     ops = {n.op_type for n in onnx.load(str(path / card["model"])).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -97,7 +97,7 @@ def test_refused_without_record(lite, tmp_path, capsys):
 def test_bf16_measured(lite):
     """bf16 (torch autocast): measured and recorded; run where within the limits, else refused."""
     path, _ = lite
-    rec = precision.quantize(path, "bf16", FILES[:1], calibration=64, jets=400)
+    rec = precision.quantize(path, "bf16", FILES, calibration=64, jets=400)
     bundle = Bundle.load(path)
     assert bundle.card["precision"]["bf16"]["mean_abs_delta"] == pytest.approx(rec["mean_abs_delta"])
     assert rec["mean_abs_delta"] > 0 and "int8" in bundle.card["precision"]  # the int8 record kept
