@@ -11,7 +11,9 @@ that the machine's load hits every side alike:
 - *CMSSW*: one onnxruntime call per jet on the ONNX as weaver exports it, fp32 (inference alone,
   ``peers.cmssw_per_jet``);
 - *inference*: ``JetTagger.run_model`` on the standardised jets (tuned slot budget), fp32 / int8 / bf16;
-- *end to end*: what ``jettagger predict --precision P`` does: read, features, inference, parquet.
+- *end to end*: what ``jettagger predict --precision P`` does: read, features, inference, parquet;
+- torch fp32 (the baseline bf16 runs against) and bf16 where its record is over the limits (not offered:
+  its speed only).
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def measure(bundle, files, tmp: Path, threads: int) -> dict:
         res["records"][p]["seconds_to_make"] = time.perf_counter() - t
     bundle = Bundle.load(bundle.path)
     usable = [p for p in ("int8", "bf16") if precision.within_limits(res["records"][p])]
-    taggers = {p: JetTagger(bundle, precision=p, threads=threads) for p in ("fp32", *usable)}
+    onnx = {"threads": threads}  # torch's: torch.set_num_threads in main
+    taggers = {p: JetTagger(bundle, precision=p, **(onnx if p != "bf16" else {})) for p in ("fp32", *usable)}
     jets = load_jets(files, bundle.config, with_labels=False)
     res["jets"] = int((jets.counts > 0).sum())
     weaver_form = OnnxBackend(concatenated_particlenet(bundle, tmp), threads=threads)
@@ -69,6 +72,16 @@ def measure(bundle, files, tmp: Path, threads: int) -> dict:
             ak.to_parquet(ak.Array(predict_files(tagger, files)), tmp / f"pred-{p}.parquet")
 
         sides[f"end_to_end_{p}"] = end_to_end
+    if "bf16" not in usable:  # not offered: its speed, for the record (the backend made directly)
+        from jettagger_coffea.backends import TorchBackend, run_batched
+
+        bf16 = TorchBackend(bundle, precision="bf16")
+        sides["inference_bf16_not_offered"] = lambda: run_batched(
+            bf16, jets, bundle.outputs, min_length=bundle.min_length, max_slots=4096
+        )
+    torch32 = JetTagger(bundle, backend="torch")
+    torch32.run_model(jets)
+    sides["inference_torch_fp32"] = lambda: torch32.run_model(jets)
     times: dict[str, list[float]] = {k: [] for k in sides}
     for _ in range(2):  # interleaved rounds: the load hits every side alike
         for name, fn in sides.items():
