@@ -32,15 +32,19 @@ from peers import cmssw_per_jet
 HERE = Path(__file__).resolve().parent
 
 
-def bundles(tmp: Path) -> dict:
+NETWORKS = ("official-particlenet", "particlenet-lite")
+
+
+def bundle_of(name: str, tmp: Path):
     from jettagger_coffea.bundle import Bundle, resolve
 
-    lite = tmp / "particlenet-lite"
-    shutil.copytree(resolve("particlenet-lite"), lite)
-    return {"official-particlenet": official_particlenet(tmp), "particlenet-lite": Bundle.load(lite)}
+    if name == "official-particlenet":
+        return official_particlenet(tmp)
+    shutil.copytree(resolve(name), tmp / name)
+    return Bundle.load(tmp / name)
 
 
-def measure(bundle, files, tmp: Path, threads: int) -> dict:
+def measure(bundle, files, tmp: Path, threads: int, torch_sides: bool = True) -> dict:
     import awkward as ak
 
     from jettagger_coffea import precision
@@ -72,16 +76,17 @@ def measure(bundle, files, tmp: Path, threads: int) -> dict:
             ak.to_parquet(ak.Array(predict_files(tagger, files)), tmp / f"pred-{p}.parquet")
 
         sides[f"end_to_end_{p}"] = end_to_end
-    if "bf16" not in usable:  # not offered: its speed, for the record (the backend made directly)
+    if "bf16" not in usable and torch_sides:  # not offered: its speed only (the backend made directly)
         from jettagger_coffea.backends import TorchBackend, run_batched
 
         bf16 = TorchBackend(bundle, precision="bf16")
         sides["inference_bf16_not_offered"] = lambda: run_batched(
             bf16, jets, bundle.outputs, min_length=bundle.min_length, max_slots=4096
         )
-    torch32 = JetTagger(bundle, backend="torch")
-    torch32.run_model(jets)
-    sides["inference_torch_fp32"] = lambda: torch32.run_model(jets)
+    if torch_sides:
+        torch32 = JetTagger(bundle, backend="torch")
+        torch32.run_model(jets)
+        sides["inference_torch_fp32"] = lambda: torch32.run_model(jets)
     times: dict[str, list[float]] = {k: [] for k in sides}
     for _ in range(2):  # interleaved rounds: the load hits every side alike
         for name, fn in sides.items():
@@ -98,6 +103,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", type=Path, default=HERE / "precision.json")
+    ap.add_argument("--networks", nargs="+", choices=NETWORKS, default=list(NETWORKS))
+    ap.add_argument("--no-torch", action="store_true", help="skip the torch sides (fp32, bf16 not offered)")
     args = ap.parse_args()
     os.environ["JETTAGGER_THREADS"] = str(args.threads)
     import torch
@@ -109,8 +116,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     res: dict = {"threads": args.threads, "load_average_at_start": load, "cpu": _cpu()}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, bundle in bundles(Path(tmp)).items():
-            res[name] = measure(bundle, files, Path(tmp), args.threads)
+        for name in args.networks:
+            res[name] = measure(bundle_of(name, Path(tmp)), files, Path(tmp), args.threads, not args.no_torch)
             print(name, json.dumps(res[name]["seconds"]), flush=True)
             print("  speed-up vs CMSSW", json.dumps(res[name]["speedup_vs_cmssw"]), flush=True)
     res["load_average_at_end"] = os.getloadavg()[0]

@@ -28,8 +28,9 @@ def lite(tmp_path_factory):
     """A copy of the shipped particlenet-lite, with its int8 model made on 1200 of the bundled jets."""
     path = tmp_path_factory.mktemp("precision") / "lite"
     shutil.copytree(resolve("particlenet-lite"), path)
-    rec = precision.quantize(path, "int8", FILES, calibration=256, jets=1200)
-    return path, rec
+    args = ["--precision", "int8", "--calibration-jets", "256", "--max-jets", "1200", "--reference"]
+    assert main(["quantize", str(path), *args, *map(str, FILES)]) == 0
+    return path, precision.record(Bundle.load(path), "int8")
 
 
 def test_matmul_export_equals_conv(tmp_path):
@@ -50,6 +51,8 @@ def test_matmul_export_equals_conv(tmp_path):
 
 
 def test_int8_recorded_and_run(lite, tmp_path, capsys):
+    """`jettagger quantize` wrote the int8 model and its record; `predict --precision int8` runs it, its
+    scores within the recorded deviation of fp32's."""
     path, rec = lite
     card = yaml.safe_load((path / "tagger.yaml").read_text())["precision"]["int8"]
     assert card["mean_abs_delta"] == pytest.approx(rec["mean_abs_delta"])

@@ -803,6 +803,9 @@ def _add_quantize(sub) -> None:
     p.add_argument(
         "--calibration-jets", type=_positive(int), default=512, help="jets the int8 ranges are calibrated on"
     )
+    p.add_argument(
+        "--max-jets", type=_positive(int), default=None, help="at most this many jets (a seeded subset)"
+    )
     p.set_defaults(func=_run_quantize)
 
 
@@ -815,7 +818,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
     _needs("train", "torch", "onnx")
     from .precision import MAX_AUC_DELTA, MAX_MEAN_DELTA, describe, quantize
 
-    rec = quantize(args.model, args.precision, args.reference, args.calibration_jets)
+    rec = quantize(args.model, args.precision, args.reference, args.calibration_jets, args.max_jets)
     verdict = "within the limits" if rec["within_limits"] else "OVER the limits: --precision refuses it"
     layers = f", {len(rec['nodes'])} layers int8" if "nodes" in rec else ""
     print(f"{args.model}: {args.precision}{layers}: {describe(rec)}")
