@@ -110,6 +110,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from jettagger_coffea.backends import _SESSIONS
     from jettagger_coffea.data import PROCESSES, sample_path
 
     files = [sample_path(p, "jetclass") for p in PROCESSES]
@@ -118,6 +119,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.networks:
             res[name] = measure(bundle_of(name, Path(tmp)), files, Path(tmp), args.threads, not args.no_torch)
+            _SESSIONS.clear()  # the next network's run starts without this one's arenas
             print(name, json.dumps(res[name]["seconds"]), flush=True)
             print("  speed-up vs CMSSW", json.dumps(res[name]["speedup_vs_cmssw"]), flush=True)
     res["load_average_at_end"] = os.getloadavg()[0]
