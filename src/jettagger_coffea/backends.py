@@ -159,13 +159,20 @@ class OnnxBackend(ProcessLocal):
         return (self.model,)
 
     @classmethod
-    def from_bundle(cls, bundle: Any, threads: int | None = None) -> OnnxBackend:
+    def from_bundle(
+        cls, bundle: Any, threads: int | None = None, precision: str | None = None
+    ) -> OnnxBackend:
+        """``precision`` int8: the bundle's int8 model, where its card records it within the limits
+        (:func:`.precision.check`, else refused before any work)."""
         if not Path(bundle.onnx_path).is_file():
             raise JetTaggerError(
                 f"tagger bundle {bundle.path} has no model.onnx: a client-only bundle for Triton model "
                 f"{bundle.served_model!r}; run it with --backend triton --server URL"
             )
-        backend = cls(bundle.onnx_path, threads=threads)
+        from .precision import check
+
+        rec = check(bundle, precision, "onnx")
+        backend = cls(bundle.path / rec["model"] if rec else bundle.onnx_path, threads=threads)
         backend.output_names = bundle.outputs.names
         backend.fixed_lengths = fixed_lengths(backend.session.get_inputs(), bundle)
         probe(backend, bundle)
@@ -282,7 +289,9 @@ class TorchBackend(ProcessLocal):
 
     _process_local = ("_model",)
 
-    def __init__(self, bundle: Any, device: str | None = None, dtype: str = "float32") -> None:
+    def __init__(
+        self, bundle: Any, device: str | None = None, dtype: str = "float32", precision: str | None = None
+    ) -> None:
         if dtype not in ("float32", "float64"):
             raise JetTaggerError(f"torch backend: dtype must be float32 or float64, not {dtype!r}")
         path = bundle.path / "model.pt"
@@ -292,11 +301,23 @@ class TorchBackend(ProcessLocal):
         self.state = ModelBytes.read(path)  # travels with the tagger, like OnnxBackend's model
         self.device = device
         self.dtype = dtype
+        #: bf16: autocast (oneDNN's bf16 kernels on CPU), the outputs returned in float32
+        self.bf16 = precision == "bf16"
         self._model: Any = None
 
     @classmethod
-    def from_bundle(cls, bundle: Any, device: str | None = None, dtype: str = "float32") -> TorchBackend:
-        return cls(bundle, device=device, dtype=dtype)
+    def from_bundle(
+        cls,
+        bundle: Any,
+        device: str | None = None,
+        dtype: str = "float32",
+        precision: str | None = None,
+    ) -> TorchBackend:
+        """``precision`` bf16: where the card records it within the limits (:func:`.precision.check`)."""
+        from .precision import check
+
+        check(bundle, precision, "torch")
+        return cls(bundle, device=device, dtype=dtype, precision=precision)
 
     @property
     def payloads(self) -> tuple[ModelBytes, ...]:
@@ -328,10 +349,14 @@ class TorchBackend(ProcessLocal):
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray | list[np.ndarray]:
         import torch
 
-        with torch.no_grad():
+        model = self.model  # resolves the device
+        cast = torch.autocast(
+            torch.device(self.device or "cpu").type, dtype=torch.bfloat16, enabled=self.bf16
+        )
+        with torch.no_grad(), cast:
             dt = getattr(torch, self.dtype)
-            xs = [torch.from_numpy(inputs[k]).to(self.device, dtype=dt) for k in self.model.input_names]
-            out = self.model(*xs)
+            xs = [torch.from_numpy(inputs[k]).to(self.device, dtype=dt) for k in model.input_names]
+            out = model(*xs)
             if isinstance(out, tuple):  # a joint model: class probabilities, then each target
                 return [o.float().cpu().numpy() for o in out]
             return out.float().cpu().numpy()
@@ -470,6 +495,7 @@ def budget_cache_key(
         backend.model  # noqa: B018 - building it resolves the device (cuda where torch sees one)
         device = torch.device(backend.device or "cpu")
         runtime = {"torch": torch.__version__, "dtype": backend.dtype, "device": str(device)}
+        runtime["bf16"] = backend.bf16
         if device.type == "cuda":
             runtime["gpu"] = torch.cuda.get_device_name(device)
         else:

@@ -316,3 +316,12 @@ def _write_card(path: Path, card: dict[str, Any], config: DataConfig) -> None:
     if inputs is not None:
         card["inputs"] = card_inputs(config, inputs)
     (path / CARD).write_text(yaml.safe_dump(card, sort_keys=False))
+
+
+def update_card(path: str | Path, entries: dict[str, Any]) -> Bundle:
+    """``entries`` merged into a bundle's tagger.yaml (a reduced precision's record, see
+    :mod:`.precision`); returns the bundle, loaded and validated."""
+    path = Path(path)
+    card = yaml.safe_load((path / CARD).read_text())
+    _write_card(path, {**card, **entries}, DataConfig.from_yaml(path / CONFIG))
+    return Bundle.load(path)

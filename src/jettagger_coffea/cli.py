@@ -328,17 +328,31 @@ def _add_backend(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--served-model", default=None, help="model name on the Triton server (default: the bundle's name)"
     )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="int8 (onnx) or bf16 (torch): only for a bundle whose card records them within the limits "
+        "(see `jettagger quantize`)",
+    )
+
+
+#: --precision's choices (precision.PRECISIONS; here so that `jettagger --help` needs no numpy)
+PRECISIONS = ("fp32", "int8", "bf16")
 
 
 def _backend(args: argparse.Namespace):
-    """The backend spec from ``--backend``, ``--server``, ``--served-model`` (checked here, once): a server
-    means Triton; neither leaves the choice to the bundle (None: onnx, or triton for a client-only one)."""
+    """The backend spec from ``--backend``, ``--server``, ``--served-model`` and ``--precision`` (checked
+    here, once): a server means Triton, a reduced precision the backend that runs it; none leaves the
+    choice to the bundle (None: onnx, or triton for a client-only one)."""
     from .backends import BackendSpec
+    from .precision import BACKEND_OF
 
-    name = args.backend or ("triton" if args.server or args.served_model else None)
+    precision = None if args.precision == "fp32" else args.precision
+    name = args.backend or ("triton" if args.server or args.served_model else BACKEND_OF.get(precision or ""))
     if name is None:
         return None
-    return BackendSpec.of(name, server=args.server, served_model=args.served_model)
+    return BackendSpec.of(name, server=args.server, served_model=args.served_model, precision=precision)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -642,6 +656,10 @@ def _run_job(args: argparse.Namespace) -> tuple[dict, dict]:
     selection = Selection(args.pt_min, args.pt_max, args.eta_max, args.msd_min, args.msd_max, args.jet_id)
     backend = _backend(args)
     bundle = Bundle.load(args.model)  # a folder, a shipped name, or the default
+    if backend is not None:  # a reduced precision the card does not record is refused here, before any job
+        from .precision import check
+
+        check(bundle, dict(backend.options).get("precision"), backend.name)
     fileset = load_fileset(args.fileset) if args.fileset else default_fileset()
     if args.label is not None:
         from . import plotting  # (matplotlib: 1 s of imports, otherwise paid only when the plots are drawn)
@@ -779,6 +797,42 @@ def _run_workingpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_quantize(sub) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="make a bundle's int8 model / measure its bf16 run, and record its deviation in the card",
+    )
+    p.add_argument("model", help="tagger bundle folder (written into: model.int8.onnx, tagger.yaml)")
+    p.add_argument("--precision", choices=PRECISIONS[1:], required=True, help="reduced precision")
+    p.add_argument(
+        "--reference", nargs="+", required=True, help="labelled files: calibration and held-out jets"
+    )
+    p.add_argument(
+        "--calibration-jets", type=_positive(int), default=512, help="jets the int8 ranges are calibrated on"
+    )
+    p.add_argument(
+        "--max-jets", type=_positive(int), default=None, help="at most this many jets (a seeded subset)"
+    )
+    p.set_defaults(func=_run_quantize)
+
+
+def _run_quantize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    missing = [f for f in args.reference if not Path(f).is_file()]
+    if missing:
+        raise JetTaggerError(f"--reference: no such file {missing[0]}")
+    _needs("train", "torch", "onnx")
+    from .precision import MAX_AUC_DELTA, MAX_MEAN_DELTA, describe, quantize
+
+    rec = quantize(args.model, args.precision, args.reference, args.calibration_jets, args.max_jets)
+    verdict = "within the limits" if rec["within_limits"] else "OVER the limits: --precision refuses it"
+    layers = f", {len(rec['nodes'])} layers int8" if "nodes" in rec else ""
+    print(f"{args.model}: {args.precision}{layers}: {describe(rec)}")
+    print(f"  {verdict} (mean |Δscore| <= {MAX_MEAN_DELTA:g}, AUC within {MAX_AUC_DELTA:g}), in tagger.yaml")
+    return 0
+
+
 _EXTRA_COMMANDS: list = [
     _add_run,
     _add_workingpoints,
@@ -788,6 +842,7 @@ _EXTRA_COMMANDS: list = [
     _add_predict,
     _add_import,
     _add_cluster_script,
+    _add_quantize,
 ]
 
 

@@ -92,7 +92,9 @@ class JetTagger:
 
     ``backend``: a name (onnx, torch, triton) or a :class:`~.backends.BackendSpec` (default: onnx, or triton
     for a client-only bundle); ``backend_options``
-    (``threads``, ``device``, ``dtype``, ``server``, ``served_model``) go to that backend. ``jets``: the
+    (``threads``, ``device``, ``dtype``, ``server``, ``served_model``, ``precision``) go to that backend;
+    ``precision="int8"`` / ``"bf16"`` (default backend: onnx / torch) only where the card records it
+    within the limits (:mod:`.precision`). ``jets``: the
     jet collection to tag (default: the bundle's source preset's, e.g. ``FatJet``; ``Jet`` for AK4), read
     through the member of the preset's family that reads it.
     """
@@ -110,6 +112,12 @@ class JetTagger:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.preset = preset_for(self.bundle.preset, lambda _: True, jets) if jets else self.bundle.preset
         self.padding = check_padding(padding)
+        if backend_options.get("precision") == "fp32":
+            backend_options["precision"] = None
+        if backend is None and backend_options.get("precision"):  # the backend that runs it
+            from .precision import BACKEND_OF
+
+            backend = BACKEND_OF.get(backend_options["precision"])
         self.spec = BackendSpec.of(backend or self.bundle.default_backend, **backend_options)
         self.backend = make_backend(self.spec, self.bundle)
         if getattr(self.backend, "fixed_lengths", None):  # a model with a fixed particle axis: its length

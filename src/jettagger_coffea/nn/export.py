@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import tempfile
 import warnings
@@ -10,8 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..bundle import MODEL, STATE
+from . import particlenet as pn
 from .model import Tagger
 
 
@@ -41,10 +44,130 @@ def example_inputs(
     return out
 
 
-def export_onnx(model: Tagger, input_dims: dict[str, int], path: str | Path, opset: int = 17) -> Path:
+# -- ParticleNet's 1x1 convolutions as MatMul ------------------------------------------------------------
+def _affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """An inference BatchNorm as scale and shift."""
+    assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
+    assert bn.running_var is not None and bn.running_mean is not None
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        return scale, bn.bias - bn.running_mean * scale
+
+
+def _linear(weight: torch.Tensor, bn: nn.Module | None = None, bias: bool = True) -> nn.Linear:
+    """A 1x1 convolution's (out, in) weight with the BatchNorm after it folded in, as one channels-last
+    Linear (ONNX MatMul + Add: the weight is the right operand, quantised per output channel)."""
+    scale, shift = (
+        _affine(bn) if bn is not None else (torch.ones(weight.shape[0]), torch.zeros(weight.shape[0]))
+    )
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(weight * scale[:, None])
+        if lin.bias is not None:
+            lin.bias.copy_(shift)
+    return lin
+
+
+class Knn(nn.Module):
+    """:func:`.particlenet.knn` on channels-last (N, P, C) coordinates. Its own module so that its nodes
+    are named ``.../knn/...``: the int8 quantiser leaves the distances in fp32 (quantised, they move
+    neighbours)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inner = -2 * torch.matmul(x, x.transpose(1, 2))
+        xx = x.square().sum(dim=-1, keepdim=True)
+        dist = (xx + inner + xx.transpose(1, 2)).clamp(min=0)
+        return dist.topk(k=self.k + 1, dim=-1, largest=False, sorted=True)[1][:, :, 1:]
+
+
+class MatMulEdgeConv(nn.Module):
+    """:class:`.particlenet.EdgeConvBlock` channels-last, BatchNorms folded: the first layer per particle
+    before the gather (as its export), then MatMul + Add + ReLU per layer, mean over neighbours."""
+
+    def __init__(self, block: pn.EdgeConvBlock) -> None:
+        super().__init__()
+        self.knn = Knn(block.k)
+        w = block.convs[0].weight[:, :, 0, 0]  # type: ignore[index]
+        c = w.shape[1] // 2
+        self.centre = _linear(w[:, :c] - w[:, c:], block.bns[0])
+        self.neighbour = _linear(_affine(block.bns[0])[0][:, None] * w[:, c:], None, bias=False)
+        self.layers = nn.ModuleList(
+            _linear(conv.weight[:, :, 0, 0], bn)  # type: ignore[index]
+            for conv, bn in zip(list(block.convs)[1:], list(block.bns)[1:])
+        )
+        self.sc = None if block.sc is None else _linear(block.sc.weight[:, :, 0], block.sc_bn)
+
+    def forward(self, points: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        idx = self.knn(points)
+        n, p, k = idx.shape
+        y = self.neighbour(features)
+        base = torch.arange(n, device=y.device).view(-1, 1, 1) * p
+        gathered = y.reshape(n * p, -1)[(idx + base).reshape(-1)].view(n, p, k, -1)
+        x = torch.relu(self.centre(features).unsqueeze(2) + gathered)
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        sc = features if self.sc is None else self.sc(features)
+        return torch.relu(sc + x.mean(dim=2))
+
+
+class MatMulParticleNet(nn.Module):
+    """:class:`.particlenet.ParticleNet` at inference, channels-last between input and head: every 1x1
+    convolution a MatMul (onnxruntime's int8 MatMul kernels use VNNI; its ConvInteger was 5.4x slower),
+    the same scores to float rounding (:func:`matmul_form`)."""
+
+    def __init__(self, net: pn.ParticleNet) -> None:
+        super().__init__()
+        self.net = net  # the SV embeddings and the head, unchanged
+        self.convs = nn.ModuleList(MatMulEdgeConv(b) for b in net.edge_convs)  # type: ignore[arg-type]
+        self.fts = _affine(net.bn_fts) if net.use_fts_bn else None
+        self.uses = net.uses
+        self.pairwise = False
+
+    def forward(self, points, features, mask, sv_points=None, sv_features=None, sv_mask=None):
+        net = self.net
+        if net.sv:
+            features = torch.cat((net.pf_conv(features) * mask, net.sv_conv(sv_features) * sv_mask), dim=2)
+            points, mask = torch.cat((points, sv_points), dim=2), torch.cat((mask, sv_mask), dim=2)
+        pad = (mask == 0).transpose(1, 2)
+        counts = (~pad).float().sum(dim=1).clamp(min=1)
+        fts = features.transpose(1, 2)
+        if self.fts is not None:
+            fts = (fts * self.fts[0] + self.fts[1]).masked_fill(pad, 0)
+        for i, conv in enumerate(self.convs):
+            pts = (points.transpose(1, 2) if i == 0 else fts).masked_fill(pad, 1e9)
+            fts = conv(pts, fts).masked_fill(pad, 0)
+        x = fts.sum(dim=1) / counts if net.use_counts else fts.mean(dim=1)
+        return net.fc(x)
+
+
+_FIRST_LAYER = pn.EdgeConvBlock.first_layer
+
+
+def matmul_form(model: Tagger) -> Tagger:
+    """``model`` as exported: a copy whose ParticleNet (if it is one) is :class:`MatMulParticleNet`;
+    other networks unchanged, and so is a ParticleNet whose ``EdgeConvBlock.first_layer`` the caller
+    replaced (the weaver form of benchmarks/_models.py: the Conv graph it asks for)."""
+    net = model.mod
+    if not isinstance(net, pn.ParticleNet) or pn.EdgeConvBlock.first_layer is not _FIRST_LAYER:
+        return model
+    out = copy.deepcopy(model)
+    assert isinstance(out.mod, pn.ParticleNet)
+    out.mod = MatMulParticleNet(out.mod)
+    return out.eval()
+
+
+def export_onnx(
+    model: Tagger, input_dims: dict[str, int], path: str | Path, opset: int = 17, matmul: bool = True
+) -> Path:
     """Write ``model`` as ONNX with inputs named after the data-config groups and outputs as the model names
-    them (:attr:`Tagger.output_names`: ``softmax``, then one per regression target, in its unit)."""
+    them (:attr:`Tagger.output_names`: ``softmax``, then one per regression target, in its unit).
+    ``matmul``: ParticleNet's 1x1 convolutions as MatMul (:func:`matmul_form`); False: as Conv."""
     model = model.eval()
+    model = matmul_form(model) if matmul else model
     args = tuple(example_inputs(model, input_dims))
     dynamic_axes = {name: {0: "N", 2: "n_pf"} for name in model.input_names}
     dynamic_axes |= {name: {0: "N"} for name in model.output_names}
