@@ -16,8 +16,8 @@ from jettagger_coffea.bundle import Bundle
 
 def test_registry_names_every_backend_and_its_options():
     assert set(BACKENDS) == {"onnx", "torch", "triton"}
-    assert backend_options("onnx") == ["threads"]
-    assert backend_options("torch") == ["device", "dtype"]
+    assert backend_options("onnx") == ["threads", "precision"]
+    assert backend_options("torch") == ["device", "dtype", "precision"]
     assert backend_options("triton") == ["server", "served_model"]
 
 

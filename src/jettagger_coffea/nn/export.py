@@ -149,10 +149,11 @@ _FIRST_LAYER = pn.EdgeConvBlock.first_layer
 
 def matmul_form(model: Tagger) -> Tagger:
     """``model`` as exported: a copy whose ParticleNet (if it is one) is :class:`MatMulParticleNet`;
-    other networks unchanged, and so is a ParticleNet whose ``EdgeConvBlock.first_layer`` the caller
-    replaced (the weaver form of benchmarks/_models.py: the Conv graph it asks for)."""
+    other networks unchanged, and so are a ParticleNet whose ``EdgeConvBlock.first_layer`` the caller
+    replaced (the weaver form of benchmarks/_models.py: the Conv graph it asks for) and a subclass with
+    more steps (``convert.FusionParticleNet``: its own forward)."""
     net = model.mod
-    if not isinstance(net, pn.ParticleNet) or pn.EdgeConvBlock.first_layer is not _FIRST_LAYER:
+    if type(net) is not pn.ParticleNet or pn.EdgeConvBlock.first_layer is not _FIRST_LAYER:
         return model
     out = copy.deepcopy(model)
     assert isinstance(out.mod, pn.ParticleNet)
