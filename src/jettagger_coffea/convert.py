@@ -38,51 +38,6 @@ CHECK_JETS = 8
 MAX_FLIPPED = 0.1
 
 
-class FusionParticleNet(ParticleNet):
-    """ParticleNet with weaver's fusion block (``use_fusion``, as CMS's ParticleNet-AK8 has it): the
-    outputs of every EdgeConv block, concatenated, through a 1x1 convolution + BatchNorm + ReLU before the
-    pooling; the head reads its ``fusion`` channels. The forward is ParticleNet's with that one step
-    added (ParticleNet itself has no such option yet)."""
-
-    def __init__(self, input_dims: int, num_classes: int, *, fusion: int, **options: Any) -> None:
-        super().__init__(input_dims, num_classes, **options)
-        blocks = [int(b.convs[-1].out_channels) for b in self.edge_convs]  # type: ignore[index, union-attr]
-        self.fusion_block = nn.Sequential(
-            nn.Conv1d(sum(blocks), fusion, kernel_size=1, bias=False), nn.BatchNorm1d(fusion), nn.ReLU()
-        )
-        first: Any = self.fc[0][0] if isinstance(self.fc[0], nn.Sequential) else self.fc[0]
-        widened = nn.Linear(fusion, int(first.out_features))
-        if isinstance(self.fc[0], nn.Sequential):
-            self.fc[0][0] = widened
-        else:
-            self.fc[0] = widened
-
-    def forward(  # type: ignore[override]
-        self,
-        points: torch.Tensor,
-        features: torch.Tensor,
-        mask: torch.Tensor,
-        sv_points: torch.Tensor | None = None,
-        sv_features: torch.Tensor | None = None,
-        sv_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if self.sv:
-            assert sv_points is not None and sv_features is not None and sv_mask is not None
-            features = torch.cat((self.pf_conv(features) * mask, self.sv_conv(sv_features) * sv_mask), dim=2)
-            points, mask = torch.cat((points, sv_points), dim=2), torch.cat((mask, sv_mask), dim=2)
-        pad = mask == 0
-        counts = (~pad).float().sum(dim=-1).clamp(min=1)
-        fts = self.bn_fts(features).masked_fill(pad, 0) if self.use_fts_bn else features
-        outs = []
-        for i, conv in enumerate(self.edge_convs):
-            pts = (points if i == 0 else fts).masked_fill(pad, 1e9)
-            fts = conv(pts, fts).masked_fill(pad, 0)
-            outs.append(fts)
-        fts = self.fusion_block(torch.cat(outs, dim=1)).masked_fill(pad, 0)
-        x = fts.sum(dim=-1) / counts if self.use_counts else fts.mean(dim=-1)
-        return self.fc(x)
-
-
 @dataclass
 class Layer:
     """A 1x1 convolution or linear layer (weight as torch lays it out) and the affine map after it."""
@@ -353,11 +308,9 @@ def build_network(s: Structure, input_dims: int, sv_input_dims: int | None) -> P
     if s.embeds:
         options |= {"sv_input_dims": sv_input_dims, "sv_embed": s.embeds["features"][1].channels[0]}
     n_out = s.fc[-1].channels[0]
-    net: ParticleNet = (
-        FusionParticleNet(input_dims, n_out, fusion=s.fusion.channels[0], **options)
-        if s.fusion is not None
-        else ParticleNet(input_dims, n_out, **options)
-    )
+    if s.fusion is not None:
+        options["fusion"] = s.fusion.channels[0]
+    net = ParticleNet(input_dims, n_out, **options)
     with torch.no_grad():
         for role, name in (("features", "pf_conv"), ("sv_features", "sv_conv")):
             if role in s.embeds:
@@ -527,9 +480,7 @@ def export_converted(
 
 def registry_options(net: ParticleNet) -> dict[str, Any] | None:
     """The options that rebuild ``net`` from the network registry (``particlenet``), for a bundle's card
-    and its model.pt; None where the registry has no such network (the fusion block)."""
-    if isinstance(net, FusionParticleNet):
-        return None
+    and its model.pt."""
     options: dict[str, Any] = {
         "conv_params": [[b.k, [c.out_channels for c in b.convs]] for b in net.edge_convs],  # type: ignore[union-attr]
         "fc_params": [[m.out_features, 0.0] for m in net.fc.modules() if isinstance(m, nn.Linear)][:-1],
@@ -538,6 +489,8 @@ def registry_options(net: ParticleNet) -> dict[str, Any] | None:
     }
     if net.sv:
         options["sv_embed"] = net.pf_conv[1].out_channels  # type: ignore[index]
+    if net.fusion_block is not None:
+        options["fusion"] = net.fusion_block[0].out_channels  # type: ignore[index]
     return options
 
 

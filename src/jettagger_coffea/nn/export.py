@@ -150,10 +150,11 @@ _FIRST_LAYER = pn.EdgeConvBlock.first_layer
 def matmul_form(model: Tagger) -> Tagger:
     """``model`` as exported: a copy whose ParticleNet (if it is one) is :class:`MatMulParticleNet`;
     other networks unchanged, and so are a ParticleNet whose ``EdgeConvBlock.first_layer`` the caller
-    replaced (the weaver form of benchmarks/_models.py: the Conv graph it asks for) and a subclass with
-    more steps (``convert.FusionParticleNet``: its own forward)."""
+    replaced (the weaver form of benchmarks/_models.py: the Conv graph it asks for) and one with the
+    fusion block (CMS's, converted: the Conv form, per particle before the gather all the same)."""
     net = model.mod
-    if type(net) is not pn.ParticleNet or pn.EdgeConvBlock.first_layer is not _FIRST_LAYER:
+    plain = isinstance(net, pn.ParticleNet) and net.fusion_block is None
+    if not plain or pn.EdgeConvBlock.first_layer is not _FIRST_LAYER:
         return model
     out = copy.deepcopy(model)
     assert isinstance(out.mod, pn.ParticleNet)

@@ -89,7 +89,9 @@ def _embed(c_in: int, c_out: int) -> nn.Module:
 
 class ParticleNet(nn.Module):
     """ParticleNet; with ``sv_input_dims`` it also takes secondary vertices, as weaver's ParticleNetTagger:
-    particles and SVs are each embedded to ``sv_embed`` channels, then form one point cloud."""
+    particles and SVs are each embedded to ``sv_embed`` channels, then form one point cloud. ``fusion``
+    (weaver's ``use_fusion``, CMS's ParticleNet-AK8 has it): every block's output, concatenated, through a
+    1x1 convolution of that many channels + BatchNorm + ReLU before the pooling."""
 
     uses: tuple[str, ...] = ("points", "features", "mask")
     pairwise: ClassVar[bool] = False
@@ -104,6 +106,7 @@ class ParticleNet(nn.Module):
         use_counts: bool = True,
         sv_input_dims: int | None = None,
         sv_embed: int = 32,
+        fusion: int | None = None,
     ) -> None:
         super().__init__()
         self.sv = sv_input_dims is not None
@@ -120,8 +123,15 @@ class ParticleNet(nn.Module):
         for i, (k, chans) in enumerate(conv_params):
             in_feat = input_dims if i == 0 else conv_params[i - 1][1][-1]
             self.edge_convs.append(EdgeConvBlock(k, in_feat, tuple(chans)))
-        fcs: list[nn.Module] = []
+        self.fusion_block: nn.Sequential | None = None
         in_chn = conv_params[-1][1][-1]
+        if fusion is not None:
+            blocks = sum(chans[-1] for _, chans in conv_params)
+            self.fusion_block = nn.Sequential(
+                nn.Conv1d(blocks, fusion, kernel_size=1, bias=False), nn.BatchNorm1d(fusion), nn.ReLU()
+            )
+            in_chn = fusion
+        fcs: list[nn.Module] = []
         for chans, drop in fc_params:
             fcs.append(nn.Sequential(nn.Linear(in_chn, chans), nn.ReLU(), nn.Dropout(drop)))
             in_chn = chans
@@ -146,8 +156,12 @@ class ParticleNet(nn.Module):
         pad = ~mask
         counts = mask.float().sum(dim=-1).clamp(min=1)
         fts = self.bn_fts(features).masked_fill(pad, 0) if self.use_fts_bn else features
+        outs = []
         for i, conv in enumerate(self.edge_convs):
             pts = (points if i == 0 else fts).masked_fill(pad, 1e9)
             fts = conv(pts, fts).masked_fill(pad, 0)
+            outs.append(fts)
+        if self.fusion_block is not None:
+            fts = self.fusion_block(torch.cat(outs, dim=1)).masked_fill(pad, 0)
         x = fts.sum(dim=-1) / counts if self.use_counts else fts.mean(dim=-1)
         return self.fc(x)
