@@ -173,7 +173,8 @@ def test_the_default_bundle_runs_on_external_workers_over_xrootd(cluster, xrootd
             assert path.is_file()
             assert not any(c.run(os.path.exists, str(path)).values()), path
     before, _ = _worker_counts(cluster)
-    _run("--scheduler", cluster.address, "--model", bundle, "--fileset", remote, "--chunksize", "400",
+    # 20 chunks: enough that both workers take some, however fast the first one is ready
+    _run("--scheduler", cluster.address, "--model", bundle, "--fileset", remote, "--chunksize", "100",
          "-o", client_area / "b_ext")  # fmt: skip
     same_runs(reference, client_area / "b_ext")
     ran, received = _worker_counts(cluster)
