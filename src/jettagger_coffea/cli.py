@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from ._errors import JetTaggerError
+from ._names import PRECISIONS  # (not precision: it imports numpy)
 
 #: what the console says of ``nonfinite_inputs``
 NONFINITE_TEXT = (
@@ -337,19 +338,15 @@ def _add_backend(p: argparse.ArgumentParser) -> None:
     )
 
 
-#: --precision's choices (precision.PRECISIONS; here so that `jettagger --help` needs no numpy)
-PRECISIONS = ("fp32", "int8", "bf16")
-
-
 def _backend(args: argparse.Namespace):
     """The backend spec from ``--backend``, ``--server``, ``--served-model`` and ``--precision`` (checked
     here, once): a server means Triton, a reduced precision the backend that runs it; none leaves the
     choice to the bundle (None: onnx, or triton for a client-only one)."""
+    from ._names import reduced
     from .backends import BackendSpec
-    from .precision import BACKEND_OF
 
-    precision = None if args.precision == "fp32" else args.precision
-    name = args.backend or ("triton" if args.server or args.served_model else BACKEND_OF.get(precision or ""))
+    precision, runs_it = reduced(args.precision)
+    name = args.backend or ("triton" if args.server or args.served_model else runs_it)
     if name is None:
         return None
     return BackendSpec.of(name, server=args.server, served_model=args.served_model, precision=precision)

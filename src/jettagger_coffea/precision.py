@@ -17,11 +17,9 @@ from typing import Any
 import numpy as np
 
 from ._errors import JetTaggerError
+from ._names import BACKEND_OF, PRECISIONS
 from .bundle import MODEL, Bundle
 
-PRECISIONS = ("fp32", "int8", "bf16")
-#: the backend each reduced precision runs in (onnxruntime has no bf16 CPU kernels worth the name)
-BACKEND_OF = {"int8": "onnx", "bf16": "torch"}
 #: the limits a reduced precision must keep on the held-out jets, against fp32 (never relaxed)
 MAX_MEAN_DELTA = 1e-3
 MAX_AUC_DELTA = 1e-3

@@ -112,12 +112,11 @@ class JetTagger:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.preset = preset_for(self.bundle.preset, lambda _: True, jets) if jets else self.bundle.preset
         self.padding = check_padding(padding)
-        if backend_options.get("precision") == "fp32":
-            backend_options["precision"] = None
-        if backend is None and backend_options.get("precision"):  # the backend that runs it
-            from .precision import BACKEND_OF
+        if "precision" in backend_options:  # fp32 is none; a reduced one picks the backend that runs it
+            from ._names import reduced
 
-            backend = BACKEND_OF.get(backend_options["precision"])
+            backend_options["precision"], runs_it = reduced(backend_options["precision"])
+            backend = backend or runs_it
         self.spec = BackendSpec.of(backend or self.bundle.default_backend, **backend_options)
         self.backend = make_backend(self.spec, self.bundle)
         if getattr(self.backend, "fixed_lengths", None):  # a model with a fixed particle axis: its length
