@@ -190,6 +190,48 @@ def test_one_head_mechanism_for_every_network(network, tmp_path):
     assert max_difference(m, dims, onnx, lengths=(20, 37)) <= 1e-5 * 500  # relative to values of ~500
 
 
+def test_per_class_target_trains_each_hypothesis_on_its_own_class(tmp_path):
+    """A per-class target: one head output per class hypothesis; the loss moves only the hypothesis of
+    each jet's own class; the output (torch and ONNX) is the hypotheses weighted by the class
+    probabilities."""
+    from jettagger_coffea.dataconfig import Target
+    from jettagger_coffea.expressions import Expression
+    from jettagger_coffea.nn.export import example_inputs
+    from jettagger_coffea.training import Objective
+
+    names = ["pf_points", "pf_features", "pf_vectors", "pf_mask"]
+    dims = {"pf_points": 2, "pf_features": 7, "pf_vectors": 4, "pf_mask": 1}
+    roles = {n: n.removeprefix("pf_") for n in names}
+    targets = [("mass", 120.0, 40.0), ("pt", 500.0, 100.0)]
+    torch.manual_seed(0)
+    m = build("pfn", names, dims, 3, roles=roles, targets=targets, per_class=["mass"], **SMALL["pfn"]).eval()
+    assert m.n_outputs == 3 + 3 + 1 and m.output_names == ["softmax", "mass", "pt"]
+    xs = example_inputs(m, dims, n=4)
+    probs, mass, pt = m(*xs)
+    with torch.no_grad():
+        raw = m.raw(*xs)
+    torch.testing.assert_close(mass[:, 0], (probs * (120 + 40 * raw[:, 3:6])).sum(1))
+    torch.testing.assert_close(pt[:, 0], 500 + 100 * raw[:, 6])
+    onnx = export_onnx(m, dims, tmp_path / "m.onnx")
+    assert max_difference(m, dims, onnx, lengths=(20, 37)) <= 1e-5 * 500
+
+    mass_t = Target("mass", Expression("jet_sdmass"), "logcosh", per_class=True)
+    tg = [mass_t, Target("pt", Expression("jet_pt"))]
+    raw = raw.clone().requires_grad_(True)
+    labels = np.array([0, 2, 2, 1])
+    terms = Objective(3, tuple(tg)).terms(m, raw, labels, np.full((4, 2), 90.0, dtype=np.float32))
+    (grad,) = torch.autograd.grad(terms["mass"], raw)
+    moved = grad[:, 3:6] != 0
+    assert moved.tolist() == [[c == k for c in range(3)] for k in labels]  # its own class's hypothesis only
+    assert (grad[:, :3] == 0).all() and (grad[:, 6] == 0).all()
+
+
+def test_per_class_needs_classes(tmp_path):
+    cfg = _config(tmp_path, "reg", None, {"m": {"expr": "jet_sdmass", "per_class": True}})
+    with pytest.raises(JetTaggerError, match=r"targets\.m: per_class needs classes"):
+        DataConfig.from_yaml(cfg)
+
+
 def test_losses_on_known_numbers():
     pred, true = torch.tensor([0.0, 1.0, -2.0, 30.0]), torch.tensor([1.0, 1.0, 0.0, 0.0])
     torch.testing.assert_close(regression_loss(pred, true, "mse"), torch.tensor([1.0, 0.0, 4.0, 900.0]))
@@ -215,6 +257,7 @@ def test_losses_on_known_numbers():
         ({"softmax": "jet_sdmass"}, r"targets\.softmax: a target name must be"),
         ({"m": {"expr": "jet_sdmass", "los": "mse"}}, r"targets\.m: unknown keys \['los'\]"),
         ({"m": {"expr": "jet_sdmass", "center": 1.0}}, r"targets\.m: give both `center` and `width`"),
+        ({"m": {"expr": "jet_sdmass", "per_class": "yes"}}, r"targets\.m: per_class must be true or false"),
     ],
 )
 def test_bad_target_is_one_line_naming_config_and_target(target, message, tmp_path):

@@ -73,7 +73,11 @@ class Target:
     """A regression target (the config's ``targets``): an expression of the jet's fields, the loss it is
     trained with (``quantile`` for the pinball loss), its ``weight`` in the joint loss (cross entropy +
     sum of weight x loss), its unit, and the affine map the network's output is trained in: value =
-    ``center + width * output`` (``None`` until resolved on the training jets by ``standardise``)."""
+    ``center + width * output`` (``None`` until resolved on the training jets by ``standardise``).
+
+    ``per_class``: one value per class hypothesis (as GloParT's per-hypothesis mass corrections), each
+    trained on the jets of its class only, the output their mean weighted by the class probabilities: a
+    jet's W and top masses are not averaged into one regression pulled between them."""
 
     name: str
     expr: Expression
@@ -84,6 +88,7 @@ class Target:
     standardise: str = "median_iqr"
     center: float | None = None
     width: float | None = None
+    per_class: bool = False
 
     @property
     def resolved(self) -> bool:
@@ -408,7 +413,7 @@ def _class_names(ltype: str, lvalue: list[str] | dict[str, Expression]) -> list[
     return list(lvalue)
 
 
-_TARGET_KEYS = ("expr", "loss", "quantile", "weight", "unit", "standardise", "center", "width")
+_TARGET_KEYS = ("expr", "loss", "quantile", "weight", "unit", "standardise", "center", "width", "per_class")
 
 
 def _targets(section: Any, source: str, taken: Mapping[str, list[str]]) -> dict[str, Target]:
@@ -445,6 +450,11 @@ def _target(name: str, spec: Any, source: str, taken: Mapping[str, list[str]]) -
     scaling = str(spec.get("standardise", "median_iqr")).lower()
     if scaling not in TARGET_SCALINGS:
         raise JetTaggerError(f"{where}: unknown standardise {scaling!r} ({', '.join(TARGET_SCALINGS)})")
+    per_class = spec.get("per_class", False)
+    if not isinstance(per_class, bool):
+        raise JetTaggerError(f"{where}: per_class must be true or false (got {per_class!r})")
+    if per_class and not taken.get("classes"):
+        raise JetTaggerError(f"{where}: per_class needs classes (the config has no labels)")
     numbers = {k: _number(where, k, spec.get(k)) for k in ("weight", "center", "width")}
     weight = 1.0 if numbers["weight"] is None else numbers["weight"]
     if not weight >= 0 or (numbers["width"] is not None and not numbers["width"] > 0):
@@ -463,6 +473,7 @@ def _target(name: str, spec: Any, source: str, taken: Mapping[str, list[str]]) -
         scaling,
         numbers["center"],
         numbers["width"],
+        per_class,
     )
 
 

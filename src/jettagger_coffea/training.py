@@ -178,21 +178,22 @@ class Objective:
         """The mean loss of each term over the head's outputs ``raw`` (on any device): ``ce`` (classes) and
         each target's name (standardised by the ``model``'s center and width)."""
         raw = raw.float()
-        logits, pred = raw[:, : self.n_classes], raw[:, self.n_classes :]
+        logits, heads = model.split(raw)
         out = {}
+        label = None if labels is None else torch.from_numpy(labels).long().to(raw.device)
         if self.n_classes:
-            assert labels is not None
-            out["ce"] = torch.nn.functional.cross_entropy(
-                logits, torch.from_numpy(labels).long().to(raw.device)
-            )
+            assert label is not None
+            out["ce"] = torch.nn.functional.cross_entropy(logits, label)
         if self.targets:
             assert targets is not None
             center, width = model.target_center.to(raw.device), model.target_width.to(raw.device)
             t = (torch.from_numpy(targets).to(raw.device) - center) / width
             ok = torch.isfinite(t)
             t = torch.where(ok, t, torch.zeros_like(t))
-            for i, tg in enumerate(self.targets):
-                per_jet = regression_loss(pred[:, i], t[:, i], tg.loss, tg.quantile)
+            for i, (tg, head) in enumerate(zip(self.targets, heads)):
+                # a per-class target: each jet trains the hypothesis of its own class only
+                pred = head[:, 0] if head.shape[1] == 1 else head.gather(1, label[:, None])[:, 0]  # type: ignore[index]
+                per_jet = regression_loss(pred, t[:, i], tg.loss, tg.quantile)
                 out[tg.name] = masked_mean(per_jet, ok[:, i])
         return out
 
@@ -225,9 +226,7 @@ def evaluate(model, jets: Standardised, objective: Objective, batch_size: int, d
         row["val_acc"] = float(np.mean(raw[:, : objective.n_classes].argmax(1).numpy() == jets.labels))
     if objective.targets:
         assert jets.targets is not None
-        values = (
-            model.target_center.cpu() + model.target_width.cpu() * raw[:, objective.n_classes :]
-        ).numpy()
+        values = (model.target_center.cpu() + model.target_width.cpu() * model.standardised(raw)).numpy()
         row["val_targets"] = {
             t.name: {"loss": float(terms[t.name]), **response(values[:, i], jets.targets[:, i])}
             for i, t in enumerate(objective.targets)
@@ -337,6 +336,7 @@ def _target_record(t: Target, nonfinite: int) -> dict[str, Any]:
     """A target as the summary records it: its expression, loss, weight, unit and standardisation."""
     out = {"expr": t.expr.source, "loss": t.loss, "quantile": t.quantile, "weight": t.weight, "unit": t.unit}
     return out | {
+        "per_class": t.per_class,
         "standardise": t.standardise,
         "center": t.center,
         "width": t.width,

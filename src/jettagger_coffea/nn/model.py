@@ -23,11 +23,12 @@ class Tagger(nn.Module):
 
     Takes the groups positionally in data-config order (the ONNX input names), each in its role, pads to
     the network's minimum length (k-NN needs k + 1 points; exported models rely on the runtime for it),
-    and returns NaN for jets without constituents. The network's head has ``n_classes`` logits, then one
-    output per target (``targets``: name, center, width), trained standardised: the softmax of the logits
-    is the output ``softmax``, each target ``center + width * output`` (its unit: the affine map is in the
-    exported graph) the output named as it, (N, 1). One output: a tensor; several: a tuple, in
-    :attr:`output_names` order.
+    and returns NaN for jets without constituents. The network's head has ``n_classes`` logits, then per
+    target (``targets``: name, center, width) one output, or one per class for a target in ``per_class``
+    (:attr:`~jettagger_coffea.dataconfig.Target.per_class`), trained standardised: the softmax of the
+    logits is the output ``softmax``, each target ``center + width * output`` (its unit: the affine map is
+    in the exported graph; a per-class target's hypotheses weighted by the class probabilities) the output
+    named as it, (N, 1). One output: a tensor; several: a tuple, in :attr:`output_names` order.
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class Tagger(nn.Module):
         *,
         n_classes: int | None = None,
         targets: Sequence[tuple[str, float, float]] = (),
+        per_class: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.mod = net
@@ -49,6 +51,11 @@ class Tagger(nn.Module):
         self.min_length = int(min_length)
         self.target_names = [str(t[0]) for t in targets]
         self.n_classes = -1 if n_classes is None else int(n_classes)  # -1: every output is a class logit
+        unknown = sorted(set(per_class) - set(self.target_names))
+        if unknown or (per_class and self.n_classes < 1):
+            raise ValueError(f"per-class targets {list(per_class)}: no such target, or no classes")
+        #: the head's width of each target: one, or one per class hypothesis
+        self.target_widths = [self.n_classes if n in per_class else 1 for n in self.target_names]
         self.target_center: torch.Tensor
         self.target_width: torch.Tensor
         # the targets' map to their units: not weights (the data config records it), but in the graph
@@ -77,20 +84,32 @@ class Tagger(nn.Module):
         uses: tuple[str, ...] = self.mod.uses  # type: ignore[assignment]
         return self.mod(**{r: x for r, x in zip(self.roles, inputs) if r in uses})
 
-    def split(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, standardised targets) of the head's output."""
-        k = raw.shape[1] - len(self.target_names)
-        return raw[:, :k], raw[:, k:]
+    def split(self, raw: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits, each target's standardised head outputs: (N, 1), or (N, classes) per hypothesis)."""
+        k = raw.shape[1] - sum(self.target_widths)
+        bounds = [k + sum(self.target_widths[:i]) for i in range(len(self.target_widths) + 1)]
+        return raw[:, :k], [raw[:, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def standardised(self, raw: torch.Tensor) -> torch.Tensor:
+        """(N, targets): each standardised target, a per-class one as its hypotheses weighted by the class
+        probabilities."""
+        logits, heads = self.split(raw)
+        if not heads:
+            return raw[:, :0]
+        p = torch.softmax(logits, dim=1) if logits.shape[1] else logits
+        cols = [(p * h).sum(dim=1, keepdim=True) if h.shape[1] > 1 else h for h in heads]
+        return torch.cat(cols, dim=1)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         args = dict(zip(self.roles, inputs))
         short = self.min_length - args["mask"].shape[-1]
         if not torch.onnx.is_in_onnx_export() and short > 0:  # the runtime pads to min_length itself
             args = {k: nn.functional.pad(x, (0, short)) for k, x in args.items()}
-        logits, std = self.split(self.raw(*(args[r] for r in self.roles)))
+        raw = self.raw(*(args[r] for r in self.roles))
+        logits = self.split(raw)[0]
         outs = [torch.softmax(logits, dim=1)] if logits.shape[1] else []
         if self.target_names:
-            values = self.target_center + self.target_width * std
+            values = self.target_center + self.target_width * self.standardised(raw)
             outs += [values[:, i : i + 1] for i in range(len(self.target_names))]
         empty = (args["mask"].sum(dim=(1, 2)) == 0).unsqueeze(1)
         outs = [torch.where(empty, torch.full_like(o, float("nan")), o) for o in outs]
@@ -100,7 +119,7 @@ class Tagger(nn.Module):
     def n_outputs(self) -> int:
         """The head's width: classes + targets (what a fine-tuning checkpoint's head is compared with)."""
         head = [m for m in self.mod.modules() if isinstance(m, nn.Linear)]
-        return head[-1].out_features if self.n_classes < 0 else self.n_classes + len(self.target_names)
+        return head[-1].out_features if self.n_classes < 0 else self.n_classes + sum(self.target_widths)
 
 
 def network_options(cls: type) -> set[str]:
@@ -121,11 +140,13 @@ def build(
     *,
     roles: Mapping[str, str],
     targets: Sequence[tuple[str, float, float]] = (),
+    per_class: Sequence[str] = (),
     **options: Any,
 ) -> Tagger:
     """A :class:`Tagger` around ``network`` fed by the data-config groups ``input_names`` in the given
     ``roles`` (group -> role: the bundle's input spec, :mod:`jettagger_coffea.inputs`), its head
-    ``num_classes`` logits and one output per regression target (name, center, width)."""
+    ``num_classes`` logits and one output per regression target (name, center, width), one per class for
+    those in ``per_class``."""
     cls = network_class(network)
     allowed = network_options(cls) - {"sv_input_dims"}
     unknown = sorted(set(options) - allowed)
@@ -144,14 +165,17 @@ def build(
             )
         opts["sv_input_dims"] = input_dims[by_role["sv_features"]]
     in_dim = input_dims[by_role["features"]] if "features" in by_role else 0
-    net = cls(in_dim, num_classes + len(targets), **opts)  # type: ignore[call-arg]
+    width = num_classes + sum(num_classes if t[0] in per_class else 1 for t in targets)
+    net = cls(in_dim, width, **opts)  # type: ignore[call-arg]
     missing = [r for r in net.uses if r not in by_role]  # type: ignore[union-attr]
     if missing:
         raise JetTaggerError(
             f"network {network!r} needs input groups for {missing}; the config has {input_names}"
         )
     min_length = getattr(net, "min_length", 1)
-    return Tagger(net, input_names, role_list, min_length, n_classes=num_classes, targets=targets)
+    return Tagger(
+        net, input_names, role_list, min_length, n_classes=num_classes, targets=targets, per_class=per_class
+    )
 
 
 def build_for(network: str, config: DataConfig, inputs: Mapping[str, InputSpec], **options: Any) -> Tagger:
@@ -162,7 +186,10 @@ def build_for(network: str, config: DataConfig, inputs: Mapping[str, InputSpec],
     roles = {g: s.role for g, s in inputs.items()}
     n = len(config.class_names)
     targets = target_scales(config)
-    return build(network, list(config.input_names), dims, n, roles=roles, targets=targets, **options)
+    hyp = [t.name for t in config.targets.values() if t.per_class]
+    return build(
+        network, list(config.input_names), dims, n, roles=roles, targets=targets, per_class=hyp, **options
+    )
 
 
 def target_scales(config: DataConfig) -> list[tuple[str, float, float]]:
