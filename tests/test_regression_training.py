@@ -226,6 +226,22 @@ def test_per_class_target_trains_each_hypothesis_on_its_own_class(tmp_path):
     assert (grad[:, :3] == 0).all() and (grad[:, 6] == 0).all()
 
 
+def test_a_factor_target_says_what_it_multiplies(tmp_path):
+    """A target that is a factor of the jet's mass (GloParT's massCorr): the card's output says what it
+    multiplies, so the processor multiplies it out; a bad expression there is one line naming it."""
+    from jettagger_coffea.inputs import trained_outputs
+
+    factor = {"expr": "jet_gen_mass / jet_sdmass", "multiplies": "msoftdrop"}
+    cfg = DataConfig.from_yaml(_config(tmp_path, "f", ["label_QCD", "label_Tbqq"], {"massCorr": factor}))
+    assert cfg.targets["massCorr"].multiplies == "msoftdrop"
+    (col,) = trained_outputs(cfg).tensors[1].columns
+    assert col.card() == {"role": "regression", "unit": "GeV", "multiplies": "msoftdrop"}
+    bad = _config(tmp_path, "b", ["label_QCD"], {"m": {"expr": "jet_sdmass", "multiplies": "os.system(1)"}})
+    with pytest.raises(JetTaggerError, match=r"targets\.m\.multiplies") as err:
+        DataConfig.from_yaml(bad)
+    assert "\n" not in str(err.value)
+
+
 def test_per_class_needs_classes(tmp_path):
     cfg = _config(tmp_path, "reg", None, {"m": {"expr": "jet_sdmass", "per_class": True}})
     with pytest.raises(JetTaggerError, match=r"targets\.m: per_class needs classes"):

@@ -77,7 +77,9 @@ class Target:
 
     ``per_class``: one value per class hypothesis (as GloParT's per-hypothesis mass corrections), each
     trained on the jets of its class only, the output their mean weighted by the class probabilities: a
-    jet's W and top masses are not averaged into one regression pulled between them."""
+    jet's W and top masses are not averaged into one regression pulled between them. ``multiplies``: the
+    target is a factor of that expression of the NanoAOD jet's fields (GloParT's massCorr: ``(1 -
+    rawFactor) * mass``), written into the card, so that the processor multiplies it out."""
 
     name: str
     expr: Expression
@@ -89,6 +91,7 @@ class Target:
     center: float | None = None
     width: float | None = None
     per_class: bool = False
+    multiplies: str | None = None
 
     @property
     def resolved(self) -> bool:
@@ -413,7 +416,7 @@ def _class_names(ltype: str, lvalue: list[str] | dict[str, Expression]) -> list[
     return list(lvalue)
 
 
-_TARGET_KEYS = ("expr", "loss", "quantile", "weight", "unit", "standardise", "center", "width", "per_class")
+_TARGET_KEYS = ("expr", "loss", "quantile", "weight", "unit", "standardise", "center", "width", "per_class", "multiplies")
 
 
 def _targets(section: Any, source: str, taken: Mapping[str, list[str]]) -> dict[str, Target]:
@@ -455,6 +458,9 @@ def _target(name: str, spec: Any, source: str, taken: Mapping[str, list[str]]) -
         raise JetTaggerError(f"{where}: per_class must be true or false (got {per_class!r})")
     if per_class and not taken.get("classes"):
         raise JetTaggerError(f"{where}: per_class needs classes (the config has no labels)")
+    factor = spec.get("multiplies")
+    if factor is not None:  # checked as an expression here; its fields where a processor applies it
+        Expression(str(factor), where=f"{where}.multiplies")
     numbers = {k: _number(where, k, spec.get(k)) for k in ("weight", "center", "width")}
     weight = 1.0 if numbers["weight"] is None else numbers["weight"]
     if not weight >= 0 or (numbers["width"] is not None and not numbers["width"] > 0):
@@ -474,6 +480,7 @@ def _target(name: str, spec: Any, source: str, taken: Mapping[str, list[str]]) -
         numbers["center"],
         numbers["width"],
         per_class,
+        None if factor is None else str(factor),
     )
 
 

@@ -224,13 +224,14 @@ def default_outputs(labels: list[str], tensors: list[tuple[str, int | None]] | N
 def trained_outputs(config: DataConfig) -> Outputs:
     """The outputs of a network trained here (:class:`~.nn.model.Tagger`): ``softmax``, the class
     probabilities, where the config has classes; then one output per regression target, named as it, one
-    column in its unit."""
+    column in its unit (and what it multiplies, where the target is a factor)."""
     from .dataconfig import CLASS_OUTPUT
 
     classes = tuple(OutputColumn(default_column(v).name, "class") for v in config.label_value)
     tensors = [OutputTensor(CLASS_OUTPUT, classes)] if classes else []
     tensors += [
-        OutputTensor(t.name, (OutputColumn(t.name, "regression", t.unit),)) for t in config.targets.values()
+        OutputTensor(t.name, (OutputColumn(t.name, "regression", t.unit, t.multiplies),))
+        for t in config.targets.values()
     ]
     return Outputs(tuple(tensors))
 

@@ -337,6 +337,7 @@ def _target_record(t: Target, nonfinite: int) -> dict[str, Any]:
     out = {"expr": t.expr.source, "loss": t.loss, "quantile": t.quantile, "weight": t.weight, "unit": t.unit}
     return out | {
         "per_class": t.per_class,
+        "multiplies": t.multiplies,
         "standardise": t.standardise,
         "center": t.center,
         "width": t.width,
