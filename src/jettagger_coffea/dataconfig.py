@@ -416,7 +416,18 @@ def _class_names(ltype: str, lvalue: list[str] | dict[str, Expression]) -> list[
     return list(lvalue)
 
 
-_TARGET_KEYS = ("expr", "loss", "quantile", "weight", "unit", "standardise", "center", "width", "per_class", "multiplies")
+_TARGET_KEYS = (
+    "expr",
+    "loss",
+    "quantile",
+    "weight",
+    "unit",
+    "standardise",
+    "center",
+    "width",
+    "per_class",
+    "multiplies",
+)
 
 
 def _targets(section: Any, source: str, taken: Mapping[str, list[str]]) -> dict[str, Target]:
