@@ -1,6 +1,10 @@
 """The ways an analyst would otherwise run a full-size ParticleNet, side by side on the same jets and weights.
 
-    python benchmarks/peers.py [--threads 2] [--output benchmarks/peers.json]
+    python benchmarks/peers.py [--threads 2] [--output benchmarks/peers.json] [--no-doc | --doc-only]
+
+After the run its tables are rendered from the JSON into their blocks of docs/performance.md (between
+the `<!-- NAME:begin -->` / `<!-- NAME:end -->` markers); ``--doc-only`` renders the existing JSON, running
+nothing (``benchmarks/report.py`` does every benchmark's).
 
 Two models, each against its peers:
 - the official JetClass ParticleNet (kin inputs, 366k parameters; ``../shared/reference/weights``), imported

@@ -1,6 +1,10 @@
 """Reduced precision against fp32 and CMSSW's per-jet loop, side by side in one run, on the same jets.
 
-    python benchmarks/precision.py [--threads 2] [--output benchmarks/precision.json]
+    python benchmarks/precision.py [--threads 2] [--output benchmarks/precision.json] [--no-doc | --doc-only]
+
+After the run its tables are rendered from the JSON into their blocks of docs/performance.md (between
+the `<!-- NAME:begin -->` / `<!-- NAME:end -->` markers); ``--doc-only`` renders the existing JSON, running
+nothing (``benchmarks/report.py`` does every benchmark's).
 
 Two networks: the official JetClass ParticleNet (``../shared/reference/weights``, imported as
 ``benchmarks/peers.py`` does) and the shipped particlenet-lite (a copy). Each gets its int8 model and its
