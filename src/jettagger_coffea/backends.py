@@ -199,8 +199,20 @@ class OnnxBackend(ProcessLocal):
         return [i.name for i in self.session.get_inputs()]
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """The outputs the card names (all where it names none), in its order."""
-        return self.session.run(self.output_names, {k: inputs[k] for k in self.input_names})
+        """The outputs the card names (all where it names none), in its order. The arena is shrunk after
+        each call: a long-lived process (a dask worker) does not keep the largest batch's buffers (the
+        slot-budget measurement's 32768 slots: +150 MB for ParticleNet-Lite, +80 MB shrunk; same scores,
+        no measurable time)."""
+        return self.session.run(self.output_names, {k: inputs[k] for k in self.input_names}, _run_options())
+
+
+@functools.cache
+def _run_options() -> Any:
+    import onnxruntime as ort
+
+    opts = ort.RunOptions()
+    opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return opts
 
 
 def fixed_lengths(inputs: list[Any], bundle: Any) -> dict[str, int]:
