@@ -339,5 +339,5 @@ def test_shipped_joint_config_is_the_classifier_inputs_plus_mass():
     assert joint.inputs == full.inputs and joint.label_value == full.label_value
     mass = joint.targets["mass"]
     assert mass.expr.source == "np.where(label_QCD, jet_genjet_sdmass, jet_gen_mass)"
-    assert (mass.loss, mass.unit, mass.weight) == ("logcosh", "GeV", 1.0)
+    assert (mass.loss, mass.unit, mass.weight, mass.per_class) == ("logcosh", "GeV", 1.0, True)
     assert joint.output_names == [*full.label_value, "mass"]
