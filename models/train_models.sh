@@ -127,7 +127,19 @@ case " $ONLY " in *" joint "*)
   $J evaluate --model models/particlenet-lite-mass --input $JTEST -o "$OUT/joint/eval-mass"
   $J evaluate --model "$OUT/joint/particlenet-lite-classes-bundle" --input $JTEST -o "$OUT/joint/eval-classes"
   python models/joint_table.py "$OUT/joint/eval-mass/metrics.json" "$OUT/joint/eval-classes/metrics.json"
-  cp "$OUT/joint/eval-mass/response_mass.png" docs/figures/joint_mass_response.png;;
+  cp "$OUT/joint/eval-mass/response_mass.png" docs/figures/joint_mass_response.png
+  # jet by jet: paired-bootstrap AUC differences, a second classifier seed (the training spread), sculpting
+  $J train --data-config "$CFG/jetclass5_full.yaml" --network particlenet-lite --train $JTRAIN \
+    --output "$OUT/joint/particlenet-lite-classes-seed2" --epochs "${JOINT_EPOCHS:-12}" --batch-size 128 \
+    --lr 2e-3 --threads 1 --seed 2 --resume
+  $J export "$OUT/joint/particlenet-lite-classes-seed2" --output "$OUT/joint/classes-seed2-bundle" \
+    --name particlenet-lite-classes-seed2
+  for b in models/particlenet-lite-mass "$OUT/joint/particlenet-lite-classes-bundle" "$OUT/joint/classes-seed2-bundle"; do
+    $J predict --model "$b" --input $JTEST -o "$OUT/joint/$(basename "$b").parquet"
+  done
+  python models/joint_compare.py "$OUT/joint/particlenet-lite-mass.parquet" \
+    "$OUT/joint/particlenet-lite-classes-bundle.parquet" --classes-seed2 "$OUT/joint/classes-seed2-bundle.parquet" \
+    --test $JTEST;;
 esac
 case " $ONLY " in *" r10 "*) ;; *) exit 0;; esac
 
