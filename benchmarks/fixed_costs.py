@@ -1,16 +1,27 @@
-"""Fixed costs of a process, side by side in one run: time to the first score of a first process (slot budget
-measured) and of a second one (budget read from the user cache), start-up times of the CLI, and the import
-profile of `jettagger predict`.
+"""Fixed costs, side by side in one run.
 
-    python benchmarks/fixed_costs.py [--models pfn particlenet-lite part] [--repeat 3]
+Of a process (``--part process``): time to the first score of a first process (slot budget measured) and
+of a second one (budget read from the user cache), start-up times of the CLI, and the import profile of
+`jettagger predict`. Every process is a fresh interpreter; the cache is a temporary folder.
 
-Writes benchmarks/fixed_costs.json and regenerates the "Fixed costs" section of docs/performance.md
-(between its markers). Every process is a fresh interpreter; the cache is a temporary folder.
+Of a file (``--part files``): the Runner over many distinct copies of the real PFNano file (1802 branches),
+a few chunks each, with coffea's work function (every chunk opens its file and builds NanoEvents of every
+branch) and with ours (a file opened once per worker, NanoEvents of the processor's branches only:
+:mod:`jettagger_coffea.reading`), on the iterative executor and on dask with 2 local workers; then the
+profile of what remains (iterative, ours).
+
+    python benchmarks/fixed_costs.py [--part process|files|all] [--models pfn particlenet-lite part]
+                                     [--repeat 3] [--files 200] [--chunks 2]
+
+Writes benchmarks/fixed_costs.json (a part not measured keeps its earlier numbers) and regenerates the
+"Fixed costs" section of docs/performance.md (between its markers).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
 import json
 import os
 import platform
@@ -20,7 +31,9 @@ import sys
 import tempfile
 import textwrap
 import time
+import uuid
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -184,7 +197,9 @@ def measure(models: list[str], repeat: int) -> dict:
 
 
 def section(res: dict) -> str:
-    """The markdown between the markers of docs/performance.md."""
+    """The markdown between the markers of docs/performance.md (the per-file part where measured)."""
+    if "budget_cache" not in res:
+        return "\n".join([BEGIN, *file_section(res["per_file"]), END])
     load = max(res["machine"]["load_before"][0], res["machine"]["load_after"][0])
     cpus = res["machine"]["cpus"]
     runs = len(next(iter(res["budget_cache"].values()))["runs"])
@@ -226,7 +241,202 @@ def section(res: dict) -> str:
         "No longer imported by `jettagger predict`, nor by `jettagger run` before its job (each timed in "
         f"this run as an import on top of the cli, numpy and awkward): {gone}."
     )
-    return "\n".join([*lines, "", _wrap(text), END])
+    lines += ["", _wrap(text)]
+    if "per_file" in res:
+        lines += ["", *file_section(res["per_file"])]
+    return "\n".join([*lines, END])
+
+
+# -- fixed costs of a file -----------------------------------------------------------------------------
+PFNANO = HERE.parent.parent / "shared" / "reference" / "nanoaod" / "pfnano.root"
+
+
+def distinct_copies(src: Path, folder: Path, n: int) -> list[str]:
+    """``n`` byte copies of ``src`` with their own ROOT file UUID (patched where the header and the top
+    directory hold it), so that the fileset check reads each as a file of its own."""
+    import uproot
+
+    with uproot.open(src) as f:
+        old = f.file.uuid.bytes
+    data = src.read_bytes()
+    assert data.count(old) == 2, "the UUID is expected in the file header and the top directory"
+    out = []
+    for i in range(n):
+        path = folder / f"pfnano_{i:03d}.root"
+        path.write_bytes(data.replace(old, uuid.uuid4().bytes))
+        out.append(str(path))
+    return out
+
+
+@contextlib.contextmanager
+def variant(coffeas: bool, branch_filter: bool) -> Iterator[None]:
+    """The Runner as coffea makes it (``coffeas``: its own work function, a file opened for every chunk)
+    or ours, with the processor's branch filter or every branch in the NanoEvents."""
+    from coffea import processor
+
+    from jettagger_coffea import reading
+    from jettagger_coffea.processor import TaggerProcessor
+
+    saved = reading.ReusingRunner, TaggerProcessor.branch_filter
+    if coffeas:
+        setattr(reading, "ReusingRunner", processor.Runner)  # noqa: B010 - (a module's name replaced)
+    if not branch_filter:
+        setattr(TaggerProcessor, "branch_filter", lambda _: None)  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(reading, "ReusingRunner", saved[0])  # noqa: B010
+        setattr(TaggerProcessor, "branch_filter", saved[1])  # noqa: B010
+
+
+VARIANTS = {
+    "coffea (open per chunk, all branches)": (True, False),
+    "ours, reuse only (all branches)": (False, False),
+    "ours (reuse + branch filter)": (False, True),
+}
+
+
+def per_file(model: str, n_files: int, chunks: int, tmp: Path) -> dict:
+    """Seconds of the Runner (the preflight excluded: ``meta.seconds``) per variant and executor over
+    ``n_files`` distinct PFNano files of ``chunks`` chunks each; dask on 2 local single-threaded workers
+    (a client passed in: the cluster's start is not counted); then a profile of ours, iterative."""
+    from _timing import single_thread_workers
+
+    from jettagger_coffea.execution import run_fileset
+
+    files = distinct_copies(PFNANO, tmp, n_files)
+    events = 10
+    chunksize = -(-events // chunks)
+    n_chunks = n_files * -(-events // chunksize)
+    fileset = {"qcd": files}
+    kw = {"chunksize": chunksize, "progress": False}
+    res: dict = {
+        "load_before": os.getloadavg(),
+        "files": n_files,
+        "chunks": n_chunks,
+        "chunksize": chunksize,
+        "model": model,
+        "branches": 1802,
+        "runs": {},
+    }
+    run_fileset(model, {"qcd": files[:2]}, executor="iterative", **kw)  # warm: imports, sessions, file cache
+    for executor, variants in (("iterative", list(VARIANTS)), ("dask", [*VARIANTS][::2])):
+        with contextlib.ExitStack() as stack:
+            client = None
+            if executor == "dask":
+                _, client = stack.enter_context(single_thread_workers(2))
+                run_fileset(model, {"qcd": files[:4]}, executor="dask", client=client, **kw)  # warm workers
+            for name in variants:
+                with variant(*VARIANTS[name]):
+                    load = os.getloadavg()[0]
+                    out = run_fileset(model, fileset, executor=executor, client=client, **kw)
+                seconds = out["meta"]["seconds"]
+                res["runs"].setdefault(executor, {})[name] = {
+                    "seconds": seconds,
+                    "per_file_s": seconds / n_files,
+                    "per_chunk_s": seconds / n_chunks,
+                    "load_1min": [load, os.getloadavg()[0]],
+                    "tagged_jets": out["cutflow"]["qcd"]["tagged_jets"],
+                }
+                print(executor, name, f"{seconds:.1f} s", flush=True)
+    res["profile"] = profile(model, files[: max(n_files // 4, 10)], kw)
+    res["load_after"] = os.getloadavg()
+    return res
+
+
+#: where the time of a chunk goes, by the function it is spent under (cumulative, outermost calls;
+#: ``folder/file:function``): the NanoEvents made (of which the TTree's metadata read, uproot's Model.read,
+#: and the form of its branches), the processor unpickled, and process (the branches read, tagging, fills)
+PROFILE_PARTS = {
+    "NanoEvents made (NanoEventsFactory.from_root)": ("nanoevents/factory.py:from_root",),
+    "of which the TTree's metadata (uproot Model.read, once a file)": ("uproot/model.py:read",),
+    "of which the form of its branches (_extract_base_form)": ("mapping/uproot.py:_extract_base_form",),
+    "processor unpickled (cloudpickle)": ("~:<built-in method _pickle.loads>",),
+    "process (branches read, tagging, truth, fills)": ("jettagger_coffea/processor.py:process",),
+}
+
+
+def profile(model: str, files: list[str], kw: dict) -> dict:
+    """cProfile of ours on the iterative executor: seconds per chunk under each part of the work
+    function (:data:`PROFILE_PARTS`) and the top functions by own time."""
+    import pstats
+
+    from jettagger_coffea import execution
+    from jettagger_coffea.execution import run_fileset
+
+    prof = cProfile.Profile()
+    real = execution._runner
+
+    def runner(*a, **k):
+        prof.enable()
+        try:
+            return real(*a, **k)
+        finally:
+            prof.disable()
+
+    execution._runner = runner  # type: ignore[assignment]
+    try:
+        run_fileset(model, {"qcd": files}, executor="iterative", **kw)
+    finally:
+        execution._runner = real  # type: ignore[assignment]
+    stats = pstats.Stats(prof)
+    chunks = len(files) * -(-10 // kw["chunksize"])
+    total = max(v[3] for v in stats.stats.values())  # type: ignore[attr-defined]
+    parts: dict[str, float] = {}
+    for name, keys in PROFILE_PARTS.items():
+        cum = [
+            v[3]
+            for (file, line, fn), v in stats.stats.items()  # type: ignore[attr-defined]
+            if f"{Path(file).parent.name}/{Path(file).name}:{fn}".removeprefix("/") in keys
+        ]
+        parts[name] = max(cum, default=0.0) / chunks
+    own = sorted(
+        stats.stats.items(),  # type: ignore[attr-defined]
+        key=lambda kv: -kv[1][2],
+    )[:12]
+    return {
+        "files": len(files),
+        "chunks": chunks,
+        "total_per_chunk_s": total / chunks,
+        "parts_per_chunk_s": parts,
+        "top_own_time": [[f"{Path(f).name}:{line}({fn})", v[2] / chunks] for (f, line, fn), v in own],
+    }
+
+
+def file_section(r: dict) -> list[str]:
+    """The per-file part of the section: the table of both executors, the load, the profile."""
+    load = max(r["load_before"][0], r["load_after"][0])
+    intro = (
+        f"Per file and per chunk (issue #32, part 3): coffea's Runner over {r['files']} distinct copies of "
+        f"the real PFNano file ({r['branches']} branches, 10 events; each its own ROOT file UUID), "
+        f"{r['chunks'] // r['files']} chunks a file ({r['chunks']} chunks), model {r['model']}, the "
+        "preflight excluded (cached); dask on 2 local single-threaded workers, the cluster's start excluded. "
+        f"1-minute load average {r['load_before'][0]:.1f} before, {r['load_after'][0]:.1f} after, up to "
+        f"{load:.1f}: a shared, loaded machine (other jobs on the cores), so the ratios within one executor, "
+        "measured one after the other in this run, are what to read, not the absolute seconds."
+    )
+    lines = [_wrap(intro), ""]
+    lines += [
+        "| executor | work function | seconds | per file | per chunk | vs coffea's | load (1 min) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for executor, runs in r["runs"].items():
+        base = next(iter(runs.values()))["seconds"]
+        for name, v in runs.items():
+            lo, hi = v["load_1min"]
+            lines.append(
+                f"| {executor} | {name} | {v['seconds']:.1f} | {v['per_file_s']:.3f} s | "
+                f"{v['per_chunk_s']:.3f} s | {base / v['seconds']:.2f}x | {lo:.1f}-{hi:.1f} |"
+            )
+    p = r["profile"]
+    parts = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in p["parts_per_chunk_s"].items())
+    text = (
+        f"What remains (cProfile of ours, iterative, {p['files']} files, {p['chunks']} chunks): "
+        f"{p['total_per_chunk_s'] * 1000:.0f} ms a chunk, of which {parts}. The open is paid once per file "
+        "(spread over its chunks here); the rest once per chunk."
+    )
+    top = ", ".join(f"`{name}` {sec * 1000:.1f} ms" for name, sec in p["top_own_time"][:8])
+    return [*lines, "", _wrap(text), "", _wrap(f"Top own times per chunk: {top}.")]
 
 
 def _wrap(text: str) -> str:
@@ -247,13 +457,26 @@ def write_doc(text: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=("process", "files", "all"), default="all")
     ap.add_argument("--models", nargs="+", default=["pfn", "particlenet-lite", "part"])
     ap.add_argument("--repeat", type=int, default=3, help="fresh processes per measurement (best taken)")
+    ap.add_argument("--files", type=int, default=200, help="distinct PFNano files (--part files)")
+    ap.add_argument("--chunks", type=int, default=2, help="chunks per file (--part files)")
     ap.add_argument("--output", type=Path, default=HERE / "fixed_costs.json")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/performance.md")
     args = ap.parse_args()
     os.environ.setdefault("JETTAGGER_THREADS", "2")
-    res = measure(args.models, args.repeat)
+    res = json.loads(args.output.read_text()) if args.output.exists() else {}
+    if args.part in ("process", "all"):
+        res = {
+            **measure(args.models, args.repeat),
+            **({"per_file": res["per_file"]} if "per_file" in res else {}),
+        }
+    if args.part in ("files", "all"):
+        if not PFNANO.exists():
+            raise SystemExit(f"{PFNANO} not found (../shared): the per-file part needs the real PFNano file")
+        with tempfile.TemporaryDirectory() as tmp:
+            res["per_file"] = per_file(args.models[0], args.files, args.chunks, Path(tmp))
     args.output.write_text(json.dumps(res, indent=2))
     text = section(res)
     print(text)

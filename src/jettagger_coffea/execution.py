@@ -363,12 +363,15 @@ RETRIES = 0
 
 def _runner(proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution, client: Any) -> Any:
     """coffea's Runner on the iterative, futures or dask executor, over pre-made chunks
-    (:func:`_work_items`: no file is opened again for its metadata). Every chunk's file is opened with
-    :func:`.remote.uproot_options`: a URL's reads have a timeout and only their transient failures are
-    retried, per read, where they happen (dask workers unpickle the same source class); a chunk that fails
-    otherwise is not retried (``RETRIES``)."""
+    (:func:`_work_items`: no file is opened again for its metadata). A file is opened once per worker
+    and kept for its next chunks (:class:`.reading.ReusingRunner`), with only the branches the processor
+    reads in its events (:meth:`.TaggerProcessor.branch_filter`), and with :func:`.remote.uproot_options`:
+    a URL's reads have a timeout and only their transient failures are retried, per read, where they
+    happen (dask workers unpickle the same source class); a chunk that fails otherwise is not retried
+    (``RETRIES``). The iterative executor's files are closed at the end (they were this process's)."""
     from coffea import processor
 
+    from . import reading
     from .remote import uproot_options
 
     if plan.executor == "iterative":
@@ -380,17 +383,26 @@ def _runner(proc: TaggerProcessor, fileset: dict[str, Any], plan: Execution, cli
     # with skipping on, any failure of a chunk skips it; the accounting names the file
     skip = (Exception,) if plan.skip_bad_files else False
     options = uproot_options()
-    runner = processor.Runner(
+    runner = reading.ReusingRunner(
         ex,
         schema=PFNanoSchema,
         chunksize=plan.chunksize,
         skipbadfiles=skip,
         xrootdtimeout=options.pop("timeout"),
     )
+    names = proc.branch_filter()
     try:
-        return runner(_work_items(fileset), proc, uproot_options=options)
+        return runner(
+            _work_items(fileset),
+            proc,
+            uproot_options=options,
+            iteritems_options={} if names is None else {"filter_name": names},
+        )
     except Exception as err:
         raise JetTaggerError(f"processing failed: {' '.join(str(err).split())}") from err  # one line
+    finally:
+        if plan.executor == "iterative":
+            reading.close_all()
 
 
 def _account(out: dict[str, Any], metadata: dict[str, Any], files: CheckedFiles, lumi: float | None) -> None:

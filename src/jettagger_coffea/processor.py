@@ -26,6 +26,7 @@ from .expressions import Expression
 from .histograms import PT_BINS, make_histograms
 from .inputs import regressed_masses
 from .nanoevents import index_rntuple_fields
+from .sources import PRESETS, load_preset
 from .tagger import (
     INVALID_LINK_ROWS,
     INVALID_SCORE,
@@ -38,6 +39,10 @@ from .truth import MIN_TRUE_MASS, fatjet_true_mass, jet_truth, truth_classes
 from .workingpoints import read_thresholds
 
 index_rntuple_fields()  # where the processor runs, RNTuples open in one pass whatever the job's schema
+
+#: what truth and true masses read (:mod:`.truth`), and the per-event branches the processor reads
+TRUTH_COLLECTIONS = ("GenPart", "GenJetAK8", "SubGenJetAK8")
+EVENT_BRANCHES = ("genWeight", "run", "luminosityBlock", "event")
 
 #: FatJet_jetId bits (NanoAOD): 1 loose (2016), 2 tight, 4 tight with lepton veto
 JET_ID = {"none": 0, "loose": 1, "tight": 2, "tightlepveto": 4}
@@ -135,6 +140,22 @@ class TaggerProcessor(processor.ProcessorABC):
         self.masses = [c.name for c in regressed_masses(self.tagger.bundle.outputs)]
         if self.tagger.preset.truth == "flavour":
             self.masses = []
+
+    def branch_filter(self) -> list[str] | None:
+        """uproot ``filter_name`` globs of every branch :meth:`process` reads (whole collections: the
+        jets, the link tables and targets of every member of the preset's family that reads them, the
+        generator record and jets, the event weight and identifiers): the NanoEvents of a chunk are built
+        from these only. None (every branch) for a subclass, whose ``process`` may read anything.
+        Cross-references to collections left out (``FatJet_subJetIdx1`` -> ``SubJet``) stay plain index
+        fields (:class:`.nanoevents.PFNanoSchema` builds only the links it can)."""
+        if type(self) is not TaggerProcessor:
+            return None
+        preset, jets = self.tagger.preset, self.tagger.jets
+        family = [load_preset(name) for name in PRESETS]
+        members = [preset, *(p for p in family if p.family == preset.family and p.jets == jets)]
+        tables = {c for p in members for spec in p.collections.values() for c in (spec.link, spec.target)}
+        collections = sorted({jets, *TRUTH_COLLECTIONS, *(c for c in tables if c)})
+        return [*(f"{c}_*" for c in collections), *(f"n{c}" for c in collections), *EVENT_BRANCHES]
 
     def is_mc(self, events: Any, dataset: str) -> bool:
         meta = self.datasets.get(dataset, {})
