@@ -42,7 +42,8 @@ index_rntuple_fields()  # where the processor runs, RNTuples open in one pass wh
 
 #: what truth and true masses read (:mod:`.truth`), and the per-event branches the processor reads
 TRUTH_COLLECTIONS = ("GenPart", "GenJetAK8", "SubGenJetAK8")
-EVENT_BRANCHES = ("genWeight", "run", "luminosityBlock", "event")
+IDENTIFIERS = ("run", "luminosityBlock", "event")
+EVENT_BRANCHES = ("genWeight", *IDENTIFIERS)
 
 #: FatJet_jetId bits (NanoAOD): 1 loose (2016), 2 tight, 4 tight with lepton veto
 JET_ID = {"none": 0, "loose": 1, "tight": 2, "tightlepveto": 4}
@@ -296,7 +297,7 @@ class TaggerProcessor(processor.ProcessorABC):
             "entry": start + event_of[keep],
             "jet_index": jet_index[keep],
         }
-        for b in ("run", "luminosityBlock", "event"):
+        for b in IDENTIFIERS:
             if b in ak.fields(events):
                 cols[b] = ak.to_numpy(events[b])[event_of[keep]]
         cols["truth"] = np.asarray(self.truth_classes)[c.truth]

@@ -90,26 +90,27 @@ class Tagger(nn.Module):
         bounds = [k + sum(self.target_widths[:i]) for i in range(len(self.target_widths) + 1)]
         return raw[:, :k], [raw[:, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def standardised(self, raw: torch.Tensor) -> torch.Tensor:
-        """(N, targets): each standardised target, a per-class one as its hypotheses weighted by the class
-        probabilities."""
+    def heads(self, raw: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(class probabilities, or None without classes; (N, targets) each standardised target, a
+        per-class one as its hypotheses weighted by those probabilities)."""
         logits, heads = self.split(raw)
-        if not heads:
-            return raw[:, :0]
-        p = torch.softmax(logits, dim=1) if logits.shape[1] else logits
-        cols = [(p * h).sum(dim=1, keepdim=True) if h.shape[1] > 1 else h for h in heads]
-        return torch.cat(cols, dim=1)
+        p = torch.softmax(logits, dim=1) if logits.shape[1] else None
+        cols = [h if p is None or h.shape[1] == 1 else (p * h).sum(dim=1, keepdim=True) for h in heads]
+        return p, torch.cat(cols, dim=1) if cols else raw[:, :0]
+
+    def standardised(self, raw: torch.Tensor) -> torch.Tensor:
+        """(N, targets): :meth:`heads`' standardised targets (training's validation view)."""
+        return self.heads(raw)[1]
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         args = dict(zip(self.roles, inputs))
         short = self.min_length - args["mask"].shape[-1]
         if not torch.onnx.is_in_onnx_export() and short > 0:  # the runtime pads to min_length itself
             args = {k: nn.functional.pad(x, (0, short)) for k, x in args.items()}
-        raw = self.raw(*(args[r] for r in self.roles))
-        logits = self.split(raw)[0]
-        outs = [torch.softmax(logits, dim=1)] if logits.shape[1] else []
+        probs, std = self.heads(self.raw(*(args[r] for r in self.roles)))
+        outs = [] if probs is None else [probs]
         if self.target_names:
-            values = self.target_center + self.target_width * self.standardised(raw)
+            values = self.target_center + self.target_width * std
             outs += [values[:, i : i + 1] for i in range(len(self.target_names))]
         empty = (args["mask"].sum(dim=(1, 2)) == 0).unsqueeze(1)
         outs = [torch.where(empty, torch.full_like(o, float("nan")), o) for o in outs]
